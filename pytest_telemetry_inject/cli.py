@@ -1,0 +1,228 @@
+"""``telemetry-inject``: instrument, strip or check trees of source files; manage the cache.
+
+Exit codes:
+    0  done (files left alone are reported with their reason)
+    1  ``--check``: some eligible function has no telemetry
+    2  usage or configuration error
+    3  some file could not be read, written or safely instrumented (it was left unchanged)
+  130  interrupted
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .errors import TelemetryInjectError
+from .settings import STYLES, TARGETS, Settings, find_project_root
+
+EXIT_OK, EXIT_CHECK, EXIT_USAGE, EXIT_ERRORS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+PROG = "telemetry-inject"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Put function-level telemetry (a span per call) into source files, "
+                    "deterministically, verified and cached.",
+        epilog="Also: 'telemetry-inject cache stats|clear|prune'. Exit codes: 0 done, 1 --check found "
+               "functions without telemetry, 2 usage error, 3 some file could not be processed.")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to process")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("-o", "--output", metavar="DIR", type=Path,
+                       help="write every file under DIR at its path relative to its PATH argument")
+    where.add_argument("--in-place", action="store_true", help="rewrite the files where they are")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--strip", action="store_true", help="remove the telemetry this tool inserted")
+    mode.add_argument("--check", action="store_true",
+                      help="change nothing; exit 1 when an eligible function has no telemetry")
+    parser.add_argument("--dry-run", action="store_true", help="write nothing; report what would change")
+    parser.add_argument("--diff", action="store_true", help="print a unified diff of every change")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="list files (-v) and functions (-vv)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
+    parser.add_argument("--style", choices=STYLES, help="with: wrap the body; decorator: one added line")
+    parser.add_argument("--target", choices=TARGETS, help="what the inserted code calls")
+    parser.add_argument("--validate", action=argparse.BooleanOptionalAction, default=None,
+                        help="check every new insertion script before using it (default: on)")
+    parser.add_argument("--max-parallel", type=int, metavar="N", help="worker processes (default: one per CPU)")
+    parser.add_argument("--no-parallel", action="store_true", help="process files in this process only")
+    parser.add_argument("--cache-dir", metavar="DIR", help="cache folder (default: .telemetry_cache)")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    parser.add_argument("--exclude", action="append", metavar="GLOB", help="skip files matching GLOB (repeatable)")
+    parser.add_argument("--vendored-module", metavar="NAME", help="dotted import name of the vendored module")
+    parser.add_argument("--root", type=Path, metavar="DIR",
+                        help="project root (pyproject.toml, cache); default: found from the first PATH")
+    parser.add_argument("--use-scripts", action="store_true",
+                        help="script mode (the default; accepted for compatibility)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def _cache_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"{PROG} cache", description="Inspect or maintain the cache.")
+    parser.add_argument("action", choices=("stats", "clear", "prune"))
+    parser.add_argument("--cache-dir", metavar="DIR", help="cache folder (default: from the project's settings)")
+    parser.add_argument("--root", type=Path, default=Path("."), metavar="DIR", help="project root")
+    parser.add_argument("--max-age-days", type=float, default=30.0,
+                        help="prune: remove file memos unused for this many days (default 30)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] == "cache":
+            return _cache_main(args[1:])
+        return _main(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (TelemetryInjectError, FileNotFoundError, NotADirectoryError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _cache_main(argv: list[str]) -> int:
+    from .engine.cache import ScriptCache
+
+    args = _cache_parser().parse_args(argv)
+    root = find_project_root(args.root)
+    settings = Settings.load(root, overrides={"cache_dir": args.cache_dir})
+    cache = ScriptCache(root / settings.cache_dir)
+    if args.action == "stats":
+        result = cache.stats()
+    elif args.action == "clear":
+        result = {"path": str(cache.root), "files_removed": cache.clear()}
+    else:
+        result = {"path": str(cache.root), **cache.prune(max_age_days=args.max_age_days)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            print(f"{key:>22}: {value}")
+    return EXIT_OK
+
+
+def _main(argv: list[str]) -> int:
+    from .engine.runner import RunOptions, run
+
+    args = _parser().parse_args(argv)
+    root = (args.root or find_project_root(args.paths[0])).resolve()
+    overrides = {
+        "style": args.style, "target": args.target, "validate": args.validate,
+        "max_parallel": args.max_parallel, "cache_dir": args.cache_dir,
+        "vendored_module": args.vendored_module,
+        "parallel": False if args.no_parallel else None,
+        "use_cache": False if args.no_cache else None,
+    }
+    settings = Settings.load(root, overrides=overrides)
+    if args.exclude:
+        settings.exclude = settings.exclude + args.exclude
+    mode = "strip" if args.strip else "check" if args.check else "instrument"
+    options = RunOptions(mode=mode, output_dir=args.output.resolve() if args.output else None,
+                         in_place=args.in_place, dry_run=args.dry_run, diff=args.diff)
+    progress = _Progress(enabled=not args.quiet and not args.json)
+    try:
+        summary = run(args.paths, settings, options, project_root=root,
+                      progress=progress.update, on_total=progress.start)
+    finally:
+        progress.close()
+    return _report(summary, args, options)
+
+
+class _Progress:
+    """A progress bar on a terminal, shown only for runs that last over a second."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.bar = None
+
+    def start(self, total: int) -> None:
+        if self.enabled and total:
+            from tqdm import tqdm
+
+            tqdm.monitor_interval = 0  # no monitor thread: workers are forked
+            self.bar = tqdm(total=total, unit="file", delay=1.0, file=sys.stderr, leave=False)
+
+    def update(self, count: int) -> None:
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _report(summary, args: argparse.Namespace, options) -> int:  # type: ignore[no-untyped-def]
+    data = summary.to_json(details=bool(args.json))
+    errors = [r for r in summary.files if r.status == "error"]
+    for report in summary.files:
+        if report.status == "error":
+            print(f"{PROG}: error: {report.path}: {report.reason}", file=sys.stderr)
+        elif report.status == "skipped" and not args.quiet and report.reason != "not a supported language":
+            print(f"{PROG}: skipped {report.path}: {report.reason}", file=sys.stderr)
+    for message in summary.errors:
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+    if summary.cache_warning and not args.quiet:
+        print(f"{PROG}: warning: {summary.cache_warning}", file=sys.stderr)
+    if args.diff:
+        for report in summary.files:
+            if report.diff:
+                sys.stdout.write(report.diff)
+    missing = data["missing"]
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif not args.quiet:
+        if options.mode == "check":
+            for item in missing:
+                print(f"{item['path']}:{item['line']}: {item['qualname']} has no telemetry")
+        for report in summary.files if args.verbose else ():
+            line = f"{report.status:>12}  {report.path}"
+            if report.reason:
+                line += f"  ({report.reason})"
+            print(line)
+            if args.verbose > 1:
+                for f in report.functions:
+                    detail = f.reason or f.template
+                    print(f"{'':>14}{f.line:>6}  {f.status:<12} {f.qualname}  {detail}")
+        for message in summary.vendored:
+            print(f"{PROG}: vendored module: {message}")
+        _print_summary(data, options)
+    if errors or summary.errors:
+        return EXIT_ERRORS
+    if options.mode == "check" and missing:
+        return EXIT_CHECK
+    return EXIT_OK
+
+
+def _print_summary(data: dict, options) -> None:  # type: ignore[no-untyped-def]
+    files, functions, cache = data["files"], data["functions"], data["cache"]
+    verb = {"instrument": "instrumented", "strip": "stripped", "check": "instrumented"}[options.mode]
+    counts = ", ".join(f"{functions.get(k, 0)} {k}" for k in ("instrumented", "stripped", "missing", "skipped", "failed")
+                       if functions.get(k))
+    changed = files.get(verb, 0) if options.mode != "check" else 0
+    print(f"{PROG}: {files['total']} source files ({changed} {verb}, {files.get('unchanged', 0)} unchanged, "
+          f"{files.get('skipped', 0)} skipped, {files.get('error', 0)} errors), "
+          f"{functions['total']} functions ({counts or 'none'}) in {data['elapsed_s']:.2f} s"
+          + (f" ({functions['per_function_ms']:.3f} ms per function)" if functions["per_function_ms"] else ""))
+    if cache["path"]:
+        print(f"{PROG}: cache {cache['path']}: {cache['memo_hits']} file hits, {cache['memo_misses']} misses, "
+              f"{cache['script_hits']} script hits, {cache['script_misses']} new scripts")
+    for label, key in (("skipped", "skipped_reasons"), ("failed", "failed_reasons")):
+        reasons = functions[key]
+        if reasons:
+            top = sorted(reasons.items(), key=lambda kv: -kv[1])[:6]
+            print(f"{PROG}: {label}: " + "; ".join(f"{n} {r}" for r, n in top))
+    if not options.writes and options.mode != "check":
+        why = "--dry-run" if options.dry_run else "no -o DIR or --in-place"
+        print(f"{PROG}: nothing written ({why})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,439 @@
+"""The engine: one file in, instrumented file (and line map) out, through cached scripts.
+
+For each eligible function: look its key up in the cache; on a miss, plan the edits of
+the first template that applies, render the insertion script and its generated test. The
+edits of all functions are composed into the file; the result is validated (it compiles,
+stripping it gives back the original byte for byte, every span has its function's name)
+before anything is cached or written. When that fails, each new script is checked alone
+(the checks of its generated test) and the failing ones fall back to the next template;
+a function nothing can instrument is left exactly as it was, with the reason recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from .. import __version__
+from ..errors import SourceError, TemplateNotApplicable
+from ..languages import Language, language_for
+from ..languages.base import FunctionRecord, ParsedFile, Template
+from ..scriptlib import Edit, apply, sha256 as text_sha256
+from ..settings import Settings
+from ..sourcefile import decode_source
+from .cache import CACHE_FORMAT, CacheCounters, IndexEntry, ScriptCache
+from .reconstruct import LineMap, Reconstruction, reconstruct
+from .scripts import edits_from_json, edits_to_json, render_script, sha256_text
+from .testgen import render_test_module, test_module_name
+
+ENGINE_FORMAT = 1
+
+
+@dataclass
+class FunctionOutcome:
+    qualname: str
+    line: int
+    status: str
+    """``instrumented``, ``skipped`` (a reason of policy), ``failed`` (nothing could
+    instrument it), ``missing`` (``check``: it lacks telemetry) or ``stripped``."""
+    reason: str = ""
+    template: str = ""
+    script: str = ""
+    cached: bool = False
+
+    def to_list(self) -> list[Any]:
+        return [self.qualname, self.line, self.status, self.reason, self.template, self.script, self.cached]
+
+    @classmethod
+    def from_list(cls, item: Sequence[Any]) -> "FunctionOutcome":
+        return cls(*item)
+
+
+class LazyOutcomes(Sequence[FunctionOutcome]):
+    """The function outcomes of a memoised file, decoded only when someone looks at them
+    (a warm run that prints a summary never does)."""
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw = raw
+        self._items: list[FunctionOutcome] | None = None
+
+    def _load(self) -> list[FunctionOutcome]:
+        if self._items is None:
+            self._items = [FunctionOutcome(*item[:6], cached=True) for item in json.loads(self._raw)]
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def, override]
+        return self._load()[index]
+
+    def __iter__(self) -> Iterator[FunctionOutcome]:
+        return iter(self._load())
+
+
+@dataclass
+class FileResult:
+    path: str
+    language: str = ""
+    status: str = "unchanged"
+    """``instrumented`` / ``stripped`` (output differs), ``unchanged``, ``skipped`` (left
+    alone for a reason) or ``error`` (it could not be processed safely)."""
+    reason: str = ""
+    output: bytes | None = None
+    functions: Sequence[FunctionOutcome] = field(default_factory=list)
+    memo_hit: bool = False
+    line_map: LineMap | bytes | None = None
+    """The line map; raw JSON segments until ``get_line_map`` decodes them."""
+    counters: CacheCounters = field(default_factory=CacheCounters)
+    elapsed: float = 0.0
+    tests: str = ""
+    """File name of the generated test module of this file's scripts (in the cache)."""
+    tally: tuple[dict[str, int], dict[str, dict[str, int]]] | None = None
+    """(count per status, reason counts per status), known without decoding ``functions``."""
+
+    @property
+    def changed(self) -> bool:
+        return self.output is not None
+
+    def get_line_map(self) -> LineMap | None:
+        if isinstance(self.line_map, bytes):
+            self.line_map = LineMap.from_segments(json.loads(self.line_map))
+        return self.line_map
+
+    def counts(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        if self.tally is None:
+            self.tally = _tally(self.functions)
+        return self.tally
+
+
+def _tally(functions: Iterable[FunctionOutcome]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    counts: dict[str, int] = {}
+    reasons: dict[str, dict[str, int]] = {}
+    for outcome in functions:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        if outcome.reason:
+            by_reason = reasons.setdefault(outcome.status, {})
+            by_reason[outcome.reason] = by_reason.get(outcome.reason, 0) + 1
+    return counts, reasons
+
+
+@dataclass
+class _Plan:
+    record: FunctionRecord
+    template: Template | None = None
+    edits: Sequence[Edit] | None = None
+    key: str = ""
+    entry: IndexEntry | None = None
+    failures: list[str] = field(default_factory=list)
+    tried: int = 0
+
+
+class Engine:
+    """Instruments, strips and checks source files. One per process (it holds parsers and
+    the loaded parts of the cache)."""
+
+    def __init__(self, settings: Settings, cache: ScriptCache | None = None,
+                 refactorer: Callable[..., Any] | None = None) -> None:
+        self.settings = settings
+        self.cache = cache if settings.use_cache else None
+        self.refactorer = refactorer
+        self._fingerprint = settings.output_fingerprint()
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def function_key(self, record: FunctionRecord, template: Template) -> str:
+        parts = ("function", __version__, str(ENGINE_FORMAT), record.language, template.id,
+                 str(template.version), record.qualname, record.sha256)
+        return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+    def memo_key(self, data: bytes, language: Language, import_name: str, selection: str) -> str:
+        parts = ("file", __version__, str(ENGINE_FORMAT), str(CACHE_FORMAT), language.name,
+                 self._fingerprint, str(self.settings.validate), import_name, selection,
+                 hashlib.sha256(data).hexdigest())
+        return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+    # -- instrument -------------------------------------------------------------------------
+
+    def instrument(self, data: bytes, path: str, *, import_name: str = "telemetry_utils",
+                   select: Callable[[FunctionRecord], bool] | None = None, selection: str = "") -> FileResult:
+        """Instrument one file's bytes. ``select`` limits the work to some functions (the
+        pre-commit hook's changed ones); ``selection`` must then name that choice uniquely."""
+        started = time.perf_counter()
+        language = language_for(path, data[:256])
+        if language is None:
+            return FileResult(path, status="skipped", reason="not a supported language")
+        key = self.memo_key(data, language, import_name, selection) if self.cache is not None else ""
+        result = self.lookup_memo(data, path, key=key)
+        if result is None:
+            result = self._instrument(data, path, language, import_name, select, key)
+            if self.cache is not None:
+                if result.status != "error":
+                    header, sections = _memo_parts(result)
+                    self.cache.put_memo(key, header, sections, result.output or b"")
+                result.counters, self.cache.counters = self.cache.counters, CacheCounters()
+        result.elapsed = time.perf_counter() - started
+        return result
+
+    def lookup_memo(self, data: bytes, path: str, *, import_name: str = "telemetry_utils",
+                    selection: str = "", key: str = "", counted: bool = True) -> FileResult | None:
+        """The whole-file result from the memo, without parsing anything; None on a miss.
+        ``counted=False`` leaves the cache's counters alone (for threads)."""
+        if self.cache is None:
+            return None
+        if not key:
+            language = language_for(path, data[:256])
+            if language is None:
+                return None
+            key = self.memo_key(data, language, import_name, selection)
+        if counted:
+            memo = self.cache.get_memo(key)
+        else:
+            memo, _damaged = self.cache.read_memo(key)
+        if memo is None:
+            return None
+        result = _result_from_memo(path, memo.header, memo.sections, memo.payload)
+        if counted:
+            result.counters, self.cache.counters = self.cache.counters, CacheCounters()
+        else:
+            result.counters = CacheCounters(memo_hits=1)
+        return result
+
+    def _instrument(self, data: bytes, path: str, language: Language, import_name: str,
+                    select: Callable[[FunctionRecord], bool] | None, key: str) -> FileResult:
+        result = FileResult(path, language=language.name)
+        try:
+            decoded = decode_source(data)
+            parsed = language.parse(decoded.text, path, self.settings)
+        except SourceError as exc:
+            return _skipped(result, str(exc))
+        if parsed.file_skip_reason:
+            return _skipped(result, parsed.file_skip_reason)
+        if parsed.header_present and parsed.header_present != self.settings.target:
+            return _skipped(result, f"already instrumented for target {parsed.header_present!r} "
+                                    f"(strip it first, or use --target {parsed.header_present})")
+        plans: list[_Plan] = []
+        for record in parsed.functions:
+            if record.skip_reason:
+                result.functions.append(FunctionOutcome(record.qualname, record.def_line, "skipped", record.skip_reason))
+            elif select is None or select(record):
+                plans.append(self._plan(language, parsed, record))
+        header = language.header(parsed, self.settings, import_name)
+        text = self._compose_validated(language, parsed, plans, header, result, key)
+        for plan in plans:
+            record = plan.record
+            if plan.edits is None:
+                reason = "; ".join(plan.failures) or "no template applies"
+                result.functions.append(FunctionOutcome(record.qualname, record.def_line, "failed", reason))
+            else:
+                template = f"{plan.template.id}/{plan.template.version}" if plan.template else ""
+                script = plan.entry.script if plan.entry else ""
+                result.functions.append(FunctionOutcome(record.qualname, record.def_line, "instrumented", "",
+                                                        template, script, plan.tried == 0))
+        result.functions.sort(key=lambda o: o.line)
+        if result.status == "error":
+            return result
+        if text is not None and text != parsed.text:
+            result.output = decoded.encode(text)
+            result.status = "instrumented"
+        return result
+
+    def _plan(self, language: Language, parsed: ParsedFile, record: FunctionRecord,
+              start: int = 0) -> _Plan:
+        plan = _Plan(record)
+        for template in language.templates(record, self.settings)[start:]:
+            key = self.function_key(record, template)
+            entry = self.cache.lookup(key) if self.cache is not None else None
+            if entry is not None:
+                if entry.status == "ok" and entry.edits is not None:
+                    self.cache.counters.script_hits += 1
+                    plan.template, plan.key, plan.entry = template, key, entry
+                    plan.edits = edits_from_json(entry.edits)
+                    return plan
+                plan.failures.append(f"{template.id}: {entry.reason}")
+                continue
+            try:
+                edits = language.plan(template, record, parsed)
+            except TemplateNotApplicable as exc:
+                plan.failures.append(f"{template.id}: {exc}")
+                continue
+            if self.cache is not None:
+                self.cache.counters.script_misses += 1
+            plan.template, plan.key, plan.edits, plan.tried = template, key, edits, 1
+            return plan
+        return plan
+
+    def _compose_validated(self, language: Language, parsed: ParsedFile, plans: list[_Plan],
+                           header: list[str], result: FileResult, key: str) -> str | None:
+        """The instrumented text, validated; None when nothing changes. New scripts that
+        fail are replaced by the next template, or dropped."""
+        failed: list[IndexEntry] = []
+        for _round in range(3):
+            chosen = [p for p in plans if p.edits is not None]
+            if not chosen:
+                self._store(failed)
+                return None
+            if header and not parsed.header_line:
+                for plan in chosen:
+                    plan.failures.append("no place for the module import")
+                    plan.edits = None
+                return None
+            rebuilt = reconstruct(parsed.lines, [(p.record, p.edits) for p in chosen], header, parsed.header_line)
+            new = [p for p in chosen if p.entry is None]
+            problem = self._validate_file(language, parsed, rebuilt) if self.settings.validate else None
+            if problem is None:
+                scripts: dict[str, str] = {}
+                for plan in new:
+                    plan.entry, script = self._make_entry(language, parsed, plan)
+                    scripts[plan.entry.script] = script
+                cases = [(p.entry.script, p.record.qualname, p.record.source(parsed.lines), p.entry.origin)
+                         for p in chosen]
+                test_module = None
+                if self.cache is not None:
+                    name = test_module_name(parsed.path, key)
+                    test_module = (language.name, name,
+                                   render_test_module(path=parsed.path, language=language.name, cases=cases))
+                    result.tests = name
+                self._store(failed + [p.entry for p in new], scripts, test_module)
+                result.line_map = rebuilt.line_map
+                return rebuilt.text
+            if problem.startswith("does not compile with this Python"):
+                _skipped(result, problem)
+                return None
+            # Find the scripts that fail on their own; the next template takes their place.
+            culprits = False
+            for plan in new:
+                failures = self._check_alone(language, parsed, plan)
+                if failures:
+                    culprits = True
+                    failed_template = plan.template
+                    reason = f"{failed_template.id}: {failures[0]}"
+                    failed.append(IndexEntry(plan.key, "failed", template=f"{failed_template.id}/{failed_template.version}",
+                                             language=language.name, qualname=plan.record.qualname,
+                                             reason=failures[0]))
+                    templates = language.templates(plan.record, self.settings)
+                    replacement = self._plan(language, parsed, plan.record, templates.index(failed_template) + 1)
+                    replacement.failures[:0] = plan.failures + [reason]
+                    plans[plans.index(plan)] = replacement
+            if not culprits:
+                break
+        result.status = "error"
+        result.reason = f"the instrumented file failed validation ({problem}); it is left unchanged"
+        self._store(failed)
+        return None
+
+    def _store(self, entries: list[IndexEntry], scripts: dict[str, str] | None = None,
+               test_module: tuple[str, str, str] | None = None) -> None:
+        if self.cache is not None and (entries or test_module):
+            self.cache.store(entries, scripts, test_module)
+
+    def _validate_file(self, language: Language, parsed: ParsedFile, rebuilt: Reconstruction) -> str | None:
+        try:
+            return language.validate_output(parsed, rebuilt.text, rebuilt.new_rows)
+        except SourceError as exc:
+            return f"the output cannot be stripped: {exc}"
+
+    def _make_entry(self, language: Language, parsed: ParsedFile, plan: _Plan) -> tuple[IndexEntry, str]:
+        """The index entry and the text of a new plan's insertion script."""
+        record, template = plan.record, plan.template
+        assert template is not None and plan.edits is not None
+        output = apply(record.source(parsed.lines), plan.edits)
+        template_name = f"{template.id}/{template.version}"
+        script = render_script(language=language.name, span_name=record.qualname, template=template_name,
+                               source_sha256=record.sha256, output_sha256=text_sha256(output), edits=plan.edits)
+        entry = IndexEntry(plan.key, "ok", template=template_name, script=sha256_text(script),
+                           language=language.name, qualname=record.qualname, edits=edits_to_json(plan.edits))
+        return entry, script
+
+    def _check_alone(self, language: Language, parsed: ParsedFile, plan: _Plan) -> list[str]:
+        """The checks of the script's generated test, run on the function alone."""
+        from ..testkit import ScriptCheck
+
+        _entry, script = self._make_entry(language, parsed, plan)
+        check = ScriptCheck(script, language=language.name, span_name=plan.record.qualname,
+                            original=plan.record.source(parsed.lines))
+        return check.run_all()
+
+    # -- strip and check --------------------------------------------------------------------
+
+    def strip(self, data: bytes, path: str) -> FileResult:
+        """Remove everything the tool inserted (the exact inverse of instrumenting)."""
+        started = time.perf_counter()
+        language = language_for(path, data[:256])
+        if language is None:
+            return FileResult(path, status="skipped", reason="not a supported language")
+        result = FileResult(path, language=language.name)
+        try:
+            decoded = decode_source(data)
+            stripped = language.strip(decoded.text)
+        except SourceError as exc:
+            return _skipped(result, str(exc))
+        result.functions = [FunctionOutcome(name, line, "stripped") for line, name in stripped.spans]
+        if stripped.text != decoded.text:
+            result.output = decoded.encode(stripped.text)
+            result.status = "stripped"
+        result.elapsed = time.perf_counter() - started
+        return result
+
+    def check(self, data: bytes, path: str) -> FileResult:
+        """Which eligible functions lack telemetry (those a template could instrument)."""
+        started = time.perf_counter()
+        language = language_for(path, data[:256])
+        if language is None:
+            return FileResult(path, status="skipped", reason="not a supported language")
+        result = FileResult(path, language=language.name)
+        try:
+            decoded = decode_source(data)
+            parsed = language.parse(decoded.text, path, self.settings)
+        except SourceError as exc:
+            return _skipped(result, str(exc))
+        if parsed.file_skip_reason:
+            return _skipped(result, parsed.file_skip_reason)
+        for record in parsed.functions:
+            if record.instrumented:
+                result.functions.append(FunctionOutcome(record.qualname, record.def_line, "instrumented"))
+            elif record.skip_reason:
+                result.functions.append(FunctionOutcome(record.qualname, record.def_line, "skipped", record.skip_reason))
+            else:
+                reasons = []
+                for template in language.templates(record, self.settings):
+                    try:
+                        language.plan(template, record, parsed)
+                        break
+                    except TemplateNotApplicable as exc:
+                        reasons.append(f"{template.id}: {exc}")
+                else:
+                    result.functions.append(FunctionOutcome(record.qualname, record.def_line, "failed", "; ".join(reasons)))
+                    continue
+                result.functions.append(FunctionOutcome(record.qualname, record.def_line, "missing",
+                                                        "no telemetry"))
+        result.elapsed = time.perf_counter() - started
+        return result
+
+
+def _skipped(result: FileResult, reason: str) -> FileResult:
+    result.status = "skipped"
+    result.reason = reason
+    result.output = None
+    return result
+
+
+def _memo_parts(result: FileResult) -> tuple[dict[str, Any], list[bytes]]:
+    counts, reasons = result.counts()
+    header = {"status": result.status, "reason": result.reason, "language": result.language,
+              "changed": result.output is not None, "tests": result.tests, "counts": counts, "reasons": reasons}
+    functions = json.dumps([f.to_list() for f in result.functions], separators=(",", ":"), ensure_ascii=False)
+    line_map = result.get_line_map()
+    segments = json.dumps(line_map.to_segments() if line_map is not None else None, separators=(",", ":"))
+    return header, [functions.encode("utf-8", "surrogatepass"), segments.encode()]
+
+
+def _result_from_memo(path: str, header: dict[str, Any], sections: list[bytes], payload: bytes) -> FileResult:
+    functions_raw, line_map_raw = sections
+    return FileResult(path, language=header["language"], status=header["status"], reason=header["reason"],
+                      output=payload if header["changed"] else None, functions=LazyOutcomes(functions_raw),
+                      memo_hit=True, line_map=line_map_raw if line_map_raw != b"null" else None,
+                      tests=header.get("tests", ""), tally=(header["counts"], header["reasons"]))

@@ -1,0 +1,222 @@
+"""Insertion scripts: render them, read their edits, check them against the allowlist, run them.
+
+A script is a small Python file in a safe subset: it may import only from
+``pytest_telemetry_inject.scriptlib``, define names and functions, loop with ``for`` and
+call allowed builtins. Template scripts are trusted (this package wrote them); a script from
+the LLM refactorer is untrusted: it must pass ``check_security`` and runs in the sandbox.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import hashlib
+from typing import Any, Callable, Sequence
+
+from .. import __version__
+from ..errors import SecurityViolation, ValidationError
+from ..scriptlib import Edit, Indent, Insert, InsertAfter
+
+HELPER_MODULE = "pytest_telemetry_inject.scriptlib"
+MAX_SCRIPT_CHARS = 200_000
+
+ALLOWED_BUILTINS = frozenset({
+    "abs", "all", "any", "bool", "chr", "dict", "enumerate", "filter", "float", "frozenset",
+    "int", "isinstance", "len", "list", "map", "max", "min", "ord", "range", "repr",
+    "reversed", "set", "sorted", "str", "sum", "tuple", "zip",
+    "Exception", "IndexError", "KeyError", "RuntimeError", "TypeError", "ValueError",
+    "True", "False", "None",
+})
+
+_ALLOWED_NODES = (
+    ast.Module, ast.Expr, ast.Assign, ast.AnnAssign, ast.AugAssign, ast.FunctionDef,
+    ast.arguments, ast.arg, ast.Return, ast.If, ast.For, ast.Break, ast.Continue, ast.Pass,
+    ast.Name, ast.Load, ast.Store, ast.Del, ast.Constant, ast.List, ast.Tuple, ast.Dict, ast.Set,
+    ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.comprehension, ast.Call,
+    ast.keyword, ast.Attribute, ast.Subscript, ast.Slice, ast.BinOp, ast.UnaryOp, ast.BoolOp,
+    ast.Compare, ast.IfExp, ast.JoinedStr, ast.FormattedValue, ast.Starred, ast.ImportFrom,
+    ast.alias, ast.Raise, ast.Assert, ast.operator, ast.unaryop, ast.boolop, ast.cmpop,
+    ast.expr_context,
+)
+
+
+def edits_to_json(edits: Sequence[Edit]) -> list[list[Any]]:
+    out: list[list[Any]] = []
+    for edit in edits:
+        if isinstance(edit, Indent):
+            out.append(["indent", edit.first, edit.last, edit.unit, edit.after, list(edit.keep)])
+        elif isinstance(edit, Insert):
+            out.append(["insert", edit.before, edit.text])
+        elif isinstance(edit, InsertAfter):
+            out.append(["insert_after", edit.line, edit.text])
+        else:
+            raise TypeError(f"not an edit: {edit!r}")
+    return out
+
+
+def edits_from_json(data: Sequence[Sequence[Any]]) -> list[Edit]:
+    edits: list[Edit] = []
+    for item in data:
+        kind = item[0]
+        if kind == "indent":
+            edits.append(Indent(int(item[1]), int(item[2]), str(item[3]), str(item[4]),
+                                tuple(int(k) for k in item[5])))
+        elif kind == "insert":
+            edits.append(Insert(int(item[1]), str(item[2])))
+        elif kind == "insert_after":
+            edits.append(InsertAfter(int(item[1]), str(item[2])))
+        else:
+            raise ValueError(f"unknown edit {kind!r}")
+    return edits
+
+
+def _render_edit(edit: Edit) -> str:
+    if isinstance(edit, Indent):
+        keep = "[" + ", ".join(str(k) for k in edit.keep) + "]"
+        return (f"indent(first={edit.first}, last={edit.last}, unit={edit.unit!r}, "
+                f"after={edit.after!r}, keep={keep})")
+    if isinstance(edit, Insert):
+        return f"insert(before={edit.before}, text={edit.text!r})"
+    return f"insert_after(line={edit.line}, text={edit.text!r})"
+
+
+def render_script(*, language: str, span_name: str, template: str, source_sha256: str,
+                  output_sha256: str, edits: Sequence[Edit]) -> str:
+    """The text of a template's insertion script: readable, deterministic, content-addressed."""
+    helpers = sorted({type(e).__name__.lower().replace("insertafter", "insert_after") for e in edits})
+    body = "\n".join(f"    {_render_edit(e)}," for e in edits)
+    return (
+        f'"""Insertion script for `{span_name}` ({language}), from template {template}.\n'
+        "\n"
+        f"Written by pytest-telemetry-inject {__version__}. It applies to one version of the\n"
+        "function (the source whose sha256 is SOURCE_SHA256) and refuses any other; applied\n"
+        'to its own output it changes nothing. Line numbers count from the function\'s first line.\n'
+        '"""\n'
+        "\n"
+        f"from {HELPER_MODULE} import apply, {', '.join(helpers)}\n"
+        "\n"
+        f"LANGUAGE = {language!r}\n"
+        f"SPAN_NAME = {span_name!r}\n"
+        f"TEMPLATE = {template!r}\n"
+        f"SOURCE_SHA256 = {source_sha256!r}\n"
+        f"OUTPUT_SHA256 = {output_sha256!r}\n"
+        "\n"
+        "EDITS = [\n"
+        f"{body}\n"
+        "]\n"
+        "\n"
+        "\n"
+        "def transform(source):\n"
+        "    return apply(source, EDITS, source_sha256=SOURCE_SHA256, output_sha256=OUTPUT_SHA256)\n"
+    )
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# -- the security allowlist -------------------------------------------------------------------
+
+
+def check_security(text: str) -> ast.Module:
+    """Parse ``text`` and refuse anything outside the safe subset (one-line reasons)."""
+    if len(text) > MAX_SCRIPT_CHARS:
+        raise SecurityViolation(f"the script is longer than {MAX_SCRIPT_CHARS} characters")
+    try:
+        tree = ast.parse(text, "<insertion script>")
+    except SyntaxError as exc:
+        raise ValidationError(f"the script does not parse: line {exc.lineno}: {exc.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        raise ValidationError(f"the script does not parse: {exc}") from None
+    defined: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            defined.add(node.id)
+        elif isinstance(node, ast.FunctionDef):
+            defined.add(node.name)
+        elif isinstance(node, ast.arg):
+            defined.add(node.arg)
+        elif isinstance(node, ast.alias):
+            defined.add(node.asname or node.name)
+    for node in ast.walk(tree):
+        line = getattr(node, "lineno", "?")
+        if not isinstance(node, _ALLOWED_NODES):
+            raise SecurityViolation(f"line {line}: {type(node).__name__} is not allowed in an insertion script")
+        if isinstance(node, ast.ImportFrom):
+            if node.module != HELPER_MODULE or node.level:
+                raise SecurityViolation(f"line {line}: only `from {HELPER_MODULE} import ...` is allowed")
+            for alias in node.names:
+                if alias.name == "*" or alias.name.startswith("_"):
+                    raise SecurityViolation(f"line {line}: import names explicitly, none private")
+        elif isinstance(node, ast.Attribute):
+            if node.attr.startswith("_"):
+                raise SecurityViolation(f"line {line}: access to the attribute {node.attr!r} is not allowed")
+        elif isinstance(node, ast.Name):
+            if node.id.startswith("__"):
+                raise SecurityViolation(f"line {line}: the name {node.id!r} is not allowed")
+            if isinstance(node.ctx, ast.Load) and node.id not in defined and node.id not in ALLOWED_BUILTINS:
+                raise SecurityViolation(f"line {line}: the name {node.id!r} is not allowed")
+        elif isinstance(node, ast.FunctionDef):
+            if node.decorator_list:
+                raise SecurityViolation(f"line {line}: decorators are not allowed")
+            if node.name.startswith("_"):
+                raise SecurityViolation(f"line {line}: function names may not start with '_'")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, (bytes,)):
+            raise SecurityViolation(f"line {line}: bytes constants are not allowed")
+    if not any(isinstance(n, ast.FunctionDef) and n.name == "transform" for n in tree.body):
+        raise ValidationError("the script defines no transform(source) function")
+    return tree
+
+
+def _restricted_builtins(helper: Any) -> dict[str, Any]:
+    allowed = {name: getattr(builtins, name) for name in ALLOWED_BUILTINS if hasattr(builtins, name)}
+
+    def restricted_import(name: str, globals: Any = None, locals: Any = None,
+                          fromlist: Sequence[str] = (), level: int = 0) -> Any:
+        if name == HELPER_MODULE and not level:
+            return helper
+        raise ImportError(f"insertion scripts may not import {name}")
+
+    allowed["__import__"] = restricted_import
+    return allowed
+
+
+def load_transform(text: str, *, check: bool = True) -> Callable[[str], str]:
+    """``transform`` of a trusted script, executed in this process with restricted builtins.
+    Untrusted scripts go through ``engine.sandbox`` instead."""
+    from .. import scriptlib
+
+    tree = check_security(text) if check else ast.parse(text)
+    code = compile(tree, "<insertion script>", "exec", dont_inherit=True)
+    namespace: dict[str, Any] = {"__builtins__": _restricted_builtins(scriptlib), "__name__": "insertion_script"}
+    exec(code, namespace)
+    transform = namespace.get("transform")
+    if not callable(transform):
+        raise ValidationError("the script defines no transform(source) function")
+    return transform
+
+
+def read_edits(text: str) -> list[Edit] | None:
+    """The EDITS list of a script written by ``render_script`` (read without running it), or
+    None for a script of another form."""
+    tree = ast.parse(text)
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["EDITS"]:
+            if not isinstance(node.value, ast.List):
+                return None
+            edits: list[Edit] = []
+            for call in node.value.elts:
+                if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
+                    return None
+                kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+                if call.func.id == "indent":
+                    edits.append(Indent(kwargs["first"], kwargs["last"], kwargs["unit"],
+                                        kwargs.get("after", ""), tuple(kwargs.get("keep", ()))))
+                elif call.func.id == "insert":
+                    edits.append(Insert(kwargs["before"], kwargs["text"]))
+                elif call.func.id == "insert_after":
+                    edits.append(InsertAfter(kwargs["line"], kwargs["text"]))
+                else:
+                    return None
+            return edits
+    return None

@@ -1,0 +1,173 @@
+"""What the engine needs from a language: records, templates, a header, strip and checks."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+from ..scriptlib import Edit, split_lines
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionRecord:
+    """One function definition found in a source file. Lines are 1-based, bytes index the
+    UTF-8 encoding of the decoded text."""
+
+    language: str
+    path: str
+    qualname: str
+    """The span name: Python's ``__qualname__`` (``Outer.<locals>.inner``, ``Class.method``)."""
+    name: str
+    start_line: int
+    """First line of the definition, its first decorator included."""
+    end_line: int
+    """Last line of the definition."""
+    def_line: int
+    """The line of the ``def`` (``function``, ``func``) keyword."""
+    start_byte: int
+    end_byte: int
+    body_start_line: int
+    body_end_line: int
+    """Last line of the body's last statement (trailing comments excluded)."""
+    body_start_byte: int
+    body_end_byte: int
+    anchor_line: int
+    """Where a wrapper goes: the first statement after the docstring; 0 when there is none
+    or it shares a line with what comes before it."""
+    indent: str
+    """Leading whitespace of the definition line."""
+    body_indent: str
+    """Leading whitespace of the anchor line ('' when there is no anchor)."""
+    sha256: str
+    """sha256 of the definition's source (whole lines, start_line to end_line)."""
+    is_async: bool = False
+    is_generator: bool = False
+    is_method: bool = False
+    decorators: tuple[str, ...] = ()
+    """Decorator expressions, without the ``@``."""
+    instrumented: bool = False
+    """The function already carries this tool's telemetry."""
+    one_line: bool = False
+    """The body starts on the definition line."""
+    keep: tuple[int, ...] = ()
+    """Lines of the definition that start inside a multi-line string: never re-indented."""
+    skip_reason: str | None = None
+    """Why the function is not eligible (None: it is)."""
+    nested_in: str | None = None
+    """Qualname of the enclosing function, for nested functions."""
+
+    @property
+    def is_decorated(self) -> bool:
+        return bool(self.decorators)
+
+    @property
+    def unit(self) -> str:
+        """The body's indentation step relative to the definition line."""
+        if self.body_indent.startswith(self.indent):
+            return self.body_indent[len(self.indent):]
+        return ""
+
+    def source(self, lines: Sequence[str]) -> str:
+        return "".join(lines[self.start_line - 1:self.end_line])
+
+    def relative(self, line: int) -> int:
+        """A file line number as a line number of the function's own source."""
+        return line - self.start_line + 1
+
+
+@dataclass
+class ParsedFile:
+    """A decoded source file and the functions found in it."""
+
+    language: str
+    path: str
+    text: str
+    lines: list[str]
+    functions: list[FunctionRecord]
+    header_line: int
+    """Line before which the module-level import goes (0: it cannot be placed)."""
+    header_present: str | None = None
+    """The target whose header the file already has, if any."""
+    file_skip_reason: str | None = None
+    """Why the whole file is left alone (opt-out comment, name clash), if it is."""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A deterministic way to instrument a function: an id and version (cache key parts)."""
+
+    id: str
+    version: int
+    style: str
+    target: str
+
+
+@dataclass
+class StripResult:
+    text: str
+    spans: list[tuple[int, str]]
+    """(line in the instrumented text, span name) of every span removed."""
+    header_removed: bool
+
+
+class Language(abc.ABC):
+    """One language. Implementations register through the ``telemetry_inject_languages`` hook."""
+
+    name: str = ""
+    extensions: tuple[str, ...] = ()
+    interpreters: tuple[str, ...] = ()
+    """Interpreter names that identify the language in a shebang line."""
+
+    @abc.abstractmethod
+    def parse(self, text: str, path: str, settings: "Settings") -> ParsedFile:
+        """Find the functions of ``text``; raise SourceSyntaxError if it does not parse."""
+
+    @abc.abstractmethod
+    def templates(self, record: FunctionRecord, settings: "Settings") -> list[Template]:
+        """The deterministic templates to try for ``record``, best first."""
+
+    @abc.abstractmethod
+    def plan(self, template: Template, record: FunctionRecord, parsed: ParsedFile) -> list[Edit]:
+        """The edits (relative to the function's own lines) for ``template``; raise
+        TemplateNotApplicable with a reason when it cannot be used."""
+
+    @abc.abstractmethod
+    def header(self, parsed: ParsedFile, settings: "Settings", import_name: str) -> list[str]:
+        """Module-level lines the inserted code needs (empty when already present)."""
+
+    @abc.abstractmethod
+    def strip(self, text: str) -> StripResult:
+        """Remove everything this tool inserts; the exact inverse of instrumentation."""
+
+    @abc.abstractmethod
+    def check_syntax(self, text: str, path: str) -> str | None:
+        """None when ``text`` is valid, else a one-line message."""
+
+    def validate_output(self, parsed: ParsedFile, text: str, new_rows: Sequence[int]) -> str | None:
+        """None when ``text`` (``parsed`` instrumented; ``new_rows[i]`` is the row original
+        row ``i`` moved to) is valid and strips back to the original; else a one-line reason."""
+        problem = self.check_syntax(text, parsed.path)
+        if problem is not None:
+            original = self.check_syntax(parsed.text, parsed.path)
+            if original is not None:
+                return f"does not compile with this Python: {original}"
+            return f"the output does not parse: {problem}"
+        if self.strip(text).text != parsed.text:
+            return "stripping the output does not give back the original file"
+        return None
+
+    def snippet_parses(self, snippet: str) -> str | None:
+        """Like check_syntax, for one function's source taken out of its file."""
+        return self.check_syntax(snippet, "<function>")
+
+    def equivalent(self, original: str, other: str) -> bool:
+        """Whether ``other`` means the same code as ``original`` (text-equal by default)."""
+        return original == other
+
+    def split(self, text: str) -> list[str]:
+        return split_lines(text)

@@ -1,0 +1,137 @@
+"""Find the files to process under the given paths.
+
+Language by extension, else by a shebang line; inside a git work tree, what git ignores is
+skipped (git itself answers, so every ``.gitignore`` rule means what it means to git);
+virtualenvs, ``site-packages``, ``node_modules``, build output and the cache folder are
+always skipped; a symbolic link is never followed out of the tree.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from .languages import language_for
+from .runtime.vendor import DEFAULT_MODULE, is_vendored
+from .settings import Settings
+
+SKIP_DIRS = frozenset({
+    ".git", ".hg", ".svn", ".bzr", "__pycache__", "node_modules", "site-packages", "dist-packages",
+    "build", "dist", ".eggs", ".tox", ".nox", ".venv", ".mypy_cache", ".pytest_cache",
+    ".ruff_cache", ".telemetry_cache", ".idea", ".vscode",
+})
+VENDORED_REASON = "the vendored telemetry module"
+
+
+@dataclass(frozen=True)
+class ScanItem:
+    path: Path
+    """The file, as found."""
+    root: Path
+    """The path argument it was found under (its folder for a file argument)."""
+    relative: Path
+    """Its path relative to ``root`` (where ``-o DIR`` puts it)."""
+    language: str | None
+    skip_reason: str | None = None
+    symlink_target: str | None = None
+    """For a link that stays inside the tree: what it points to (``-o`` copies the link)."""
+
+
+def _git_files(folder: str) -> tuple[str, set[str]] | None:
+    """(repository top, the files under ``folder`` that git does not ignore, relative to
+    the top), or None outside a git work tree."""
+    try:
+        top = subprocess.run(["git", "-C", folder, "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        relative = os.path.relpath(os.path.realpath(folder), os.path.realpath(top))
+        listing = subprocess.run(
+            ["git", "-C", top, "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", relative],
+            capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return os.path.realpath(top), {os.fsdecode(name) for name in listing.split(b"\0") if name}
+
+
+def scan(paths: Iterable[str | os.PathLike[str]], settings: Settings, *, project_root: Path,
+         exclude_dirs: Iterable[Path] = ()) -> list[ScanItem]:
+    """Every file under ``paths`` with its language (None: not a source file)."""
+    excluded = {os.path.realpath(p) for p in exclude_dirs}
+    excluded.add(os.path.realpath(project_root / settings.cache_dir))
+    excluded_names = {os.path.basename(p) for p in excluded}
+    vendored_name = (settings.vendored_module.rpartition(".")[2] or DEFAULT_MODULE) + ".py"
+    root_real = os.path.realpath(project_root)
+    items: list[ScanItem] = []
+    for raw in paths:
+        arg = Path(raw)
+        if not arg.exists() and not arg.is_symlink():
+            raise FileNotFoundError(f"no such file or folder: {arg}")
+        if not arg.is_dir():
+            items.append(_item(arg, arg.parent, Path(arg.name), vendored_name))
+            continue
+        top = str(arg)
+        top_real = os.path.realpath(top)
+        git = _git_files(top) if settings.respect_gitignore else None
+        git_prefix = ""
+        if git is not None:
+            rel = os.path.relpath(top_real, git[0])
+            git_prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        rel_to_project = os.path.relpath(top_real, root_real).replace(os.sep, "/")
+        rel_to_project = "" if rel_to_project == "." else rel_to_project + "/"
+        pending = [("", top)]
+        while pending:
+            relative_dir, folder = pending.pop()
+            try:
+                with os.scandir(folder) as listing:
+                    entries = sorted(listing, key=lambda e: e.name)
+            except OSError:
+                continue
+            if relative_dir and any(e.name in ("pyvenv.cfg", "conda-meta") for e in entries):
+                continue  # a virtualenv (or conda environment), whatever its name
+            subfolders = []
+            for entry in entries:
+                name = entry.name
+                relative = relative_dir + name
+                if entry.is_dir(follow_symlinks=False):
+                    if name not in SKIP_DIRS and not name.endswith(".egg-info") and (
+                            name not in excluded_names or os.path.realpath(entry.path) not in excluded):
+                        subfolders.append((relative + "/", entry.path))
+                    continue
+                if git is not None and (git_prefix + relative) not in git[1]:
+                    continue
+                if settings.exclude and _excluded(relative, rel_to_project + relative, settings.exclude):
+                    continue
+                path = Path(entry.path)
+                if entry.is_symlink():
+                    resolved = os.path.realpath(entry.path)
+                    inside = resolved == top_real or resolved.startswith(top_real + os.sep)
+                    reason = ("symbolic link (its target is processed where it lies)" if inside
+                              else "symbolic link out of the tree (not followed)")
+                    items.append(ScanItem(path, arg, Path(relative), None, reason,
+                                          os.readlink(entry.path) if inside else None))
+                    continue
+                items.append(_item(path, arg, Path(relative), vendored_name))
+            pending.extend(reversed(subfolders))
+    return items
+
+
+def _item(path: Path, root: Path, relative: Path, vendored_name: str) -> ScanItem:
+    head = None
+    if not path.suffix:
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(256)
+        except OSError as exc:
+            return ScanItem(path, root, relative, None, f"cannot read: {exc.strerror}")
+    language = language_for(str(path), head)
+    if language is not None and path.name == vendored_name and is_vendored(path):
+        return ScanItem(path, root, relative, None, VENDORED_REASON)
+    return ScanItem(path, root, relative, language.name if language else None)
+
+
+def _excluded(relative: str, project_relative: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatch(c, p) or fnmatch.fnmatch(c, p.rstrip("/") + "/*")
+               for c in (relative, project_relative) for p in patterns)

@@ -1,0 +1,105 @@
+"""The checks behind every generated test (and the validator, which runs the same checks).
+
+``ScriptCheck`` holds one script, the original function source it was made for, the
+language and the expected span name; each method is one property the script must have and
+raises ``AssertionError`` with a one-line reason when it does not.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from .errors import TelemetryInjectError
+
+
+class ScriptCheck:
+    def __init__(self, script: str, *, language: str, span_name: str, original: str,
+                 origin: str = "template") -> None:
+        from .languages import get_language
+
+        self.script = script
+        self.language = get_language(language)
+        self.span_name = span_name
+        self.original = original
+        self.origin = origin
+        self._output: str | None = None
+        self._transform: Callable[[str], str] | None = None
+
+    @classmethod
+    def for_test_file(cls, test_file: str, script_sha256: str, **kwargs: str) -> "ScriptCheck":
+        """The check for a generated test that lives in ``<cache>/tests/<language>/``."""
+        from .engine.scripts import sha256_text
+
+        folder = os.path.dirname(os.path.abspath(test_file))
+        cache_root = os.path.dirname(os.path.dirname(folder))
+        path = os.path.join(cache_root, "scripts", os.path.basename(folder), script_sha256[:2],
+                            script_sha256 + ".py")
+        with open(path, encoding="utf-8") as handle:
+            script = handle.read()
+        if sha256_text(script) != script_sha256:
+            raise AssertionError(f"{path} was changed after it was written (its sha256 no longer matches)")
+        return cls(script, **kwargs)
+
+    def run(self, source: str) -> str:
+        """The script's output for ``source``: in this process for template scripts, in the
+        sandbox for untrusted ones."""
+        if self.origin == "template":
+            if self._transform is None:
+                from .engine.scripts import load_transform
+
+                self._transform = load_transform(self.script)
+            return self._transform(source)
+        from .engine.sandbox import run_script
+
+        return run_script(self.script, source)
+
+    @property
+    def output(self) -> str:
+        if self._output is None:
+            try:
+                self._output = self.run(self.original)
+            except TelemetryInjectError as exc:
+                raise AssertionError(f"the script failed: {exc}") from None
+            except Exception as exc:  # the script's own error, reported in one line
+                raise AssertionError(f"the script raised {type(exc).__name__}: {exc}") from None
+        return self._output
+
+    def output_parses(self) -> None:
+        problem = self.language.snippet_parses(self.output)
+        assert problem is None, f"the output does not parse: {problem}"
+
+    def strip_gives_back_the_original(self) -> None:
+        stripped = self.language.strip(self.output).text
+        if stripped != self.original:
+            assert self.language.equivalent(self.original, stripped), (
+                "stripping the telemetry does not give back the original function")
+
+    def span_name_is_the_qualname(self) -> None:
+        names = [name for _line, name in self.language.strip(self.output).spans]
+        assert names, "the output has no span"
+        assert names[0] == self.span_name, f"the span is named {names[0]!r}, not {self.span_name!r}"
+
+    def applying_twice_changes_nothing(self) -> None:
+        try:
+            again = self.run(self.output)
+        except Exception as exc:
+            raise AssertionError(f"applying the script to its output failed: {exc}") from None
+        assert again == self.output, "applying the script to its own output changed it"
+
+    def run_all(self) -> list[str]:
+        """Every check; the reasons of those that failed (empty: the script passed)."""
+        failures = []
+        for check in (self.output_parses, self.strip_gives_back_the_original,
+                      self.span_name_is_the_qualname, self.applying_twice_changes_nothing):
+            try:
+                check()
+            except AssertionError as exc:
+                failures.append(str(exc))
+                if check is self.output_parses:
+                    break
+        return failures
+
+    def assert_all(self) -> None:
+        failures = self.run_all()
+        assert not failures, "; ".join(failures)
