@@ -225,7 +225,9 @@ class Engine:
         text = self._compose_validated(language, parsed, plans, header, result, key)
         for plan in plans:
             record = plan.record
-            if plan.edits is None:
+            if result.status == "error":
+                result.functions.append(FunctionOutcome(record.qualname, record.def_line, "failed", result.reason))
+            elif plan.edits is None:
                 reason = "; ".join(plan.failures) or "no template applies"
                 result.functions.append(FunctionOutcome(record.qualname, record.def_line, "failed", reason))
             else:

@@ -107,7 +107,6 @@ class _TreeSitter(threading.local):
         self.QueryCursor = tree_sitter.QueryCursor
         self.parser = tree_sitter.Parser(language)
         self.query = tree_sitter.Query(language, _QUERY)
-        self.error_query = tree_sitter.Query(language, "(ERROR) @error")
 
 
 _TS: _TreeSitter | None = None
@@ -312,12 +311,21 @@ class PythonLanguage(Language):
         return parsed
 
     def _tree_error(self, root: Any) -> str:
-        ts = _ts()
-        errors = ts.QueryCursor(ts.error_query).captures(root).get("error", [])
-        if errors:
-            first = min(errors, key=lambda n: n.start_byte)
-            return f"syntax error at line {first.start_point.row + 1}"
-        return "syntax error (a token is missing)"
+        """Where the first ERROR or MISSING node is (only subtrees holding errors are visited)."""
+        cursor = root.walk()
+        while True:
+            node = cursor.node
+            if node.type == "ERROR" or node.is_missing:
+                what = f"missing {node.type!r}" if node.is_missing else "syntax error"
+                return f"{what} at line {node.start_point.row + 1}"
+            if node.has_error and cursor.goto_first_child():
+                continue
+            while not cursor.goto_next_sibling():
+                if not cursor.goto_parent():
+                    return "syntax error"
+            while not cursor.node.has_error:
+                if not cursor.goto_next_sibling():
+                    break
 
     def _file_skip_reason(self, parsed: ParsedFile) -> str | None:
         for line in parsed.lines[:30]:
@@ -604,7 +612,12 @@ class PythonLanguage(Language):
 
     def snippet_parses(self, snippet: str) -> str | None:
         # Syntax only: a nested function taken alone has no binding for its `nonlocal`s.
-        return self.check_syntax(_wrap_snippet(snippet), "<function>", flags=ast.PyCF_ONLY_AST)
+        try:
+            tree = _ast_parse(_wrap_snippet(snippet), "the function does not parse")
+        except SourceSyntaxError as exc:
+            return str(exc)
+        deep = _too_deep(tree.body)
+        return f"line {deep}: blocks nest past CPython's limit" if deep else None
 
     def equivalent(self, original: str, other: str) -> bool:
         """Equal as syntax trees (positions ignored)."""
@@ -664,8 +677,9 @@ BLOCK_LIMIT = 20  # CPython's CO_MAXBLOCKS
 
 
 def _too_deep(statements: list[ast.stmt], depth: int = 0) -> int:
-    """The line of a block nested too deeply for CPython's compiler, or 0. Counted so that
-    it can only over-estimate: each ``with`` item counts one, each ``try`` two."""
+    """The line of a block nested too deeply for CPython's compiler (which takes 20 and
+    refuses 21), or 0. Counted so that it can only over-estimate: each ``with`` item counts
+    one, each ``try`` two."""
     for stmt in statements:
         if not isinstance(stmt, _COMPOUND):
             continue
@@ -679,7 +693,7 @@ def _too_deep(statements: list[ast.stmt], depth: int = 0) -> int:
             inner = depth + 2
         else:
             inner = depth
-        if inner >= BLOCK_LIMIT:
+        if inner > BLOCK_LIMIT:
             return stmt.lineno
         for field in _BODIES:
             children = getattr(stmt, field, None)

@@ -1,0 +1,1 @@
+"""A tiny shop: a catalogue, stock, carts and prices."""
