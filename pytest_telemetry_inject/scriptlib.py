@@ -138,16 +138,19 @@ def apply_edits(lines: list[str], edits: Sequence[Edit], offset: int = 0,
                 raise ScriptMismatch(f"indent reaches line {edit.last}, past the end")
             keep = {k - 1 + offset for k in edit.keep}
             unit, after = edit.unit, edit.after
-            for i in range(first, last + 1):
+            with_unit, size = after + unit, len(after)
+            width = len(unit)
+            for i in range(first, last + 1):  # the hot loop of a cold run: kept inline
                 if pre[i]:
                     pre[i] = [indent_line(t, unit, after) for t in pre[i]]
                 if post[i]:
                     post[i] = [indent_line(t, unit, after) for t in post[i]]
-                if i in keep or is_blank(lines[i]):
+                line = lines[i]
+                if i in keep or not line.strip(_BLANK):
                     continue
-                lines[i] = indent_line(lines[i], unit, after)
+                lines[i] = with_unit + line[size:] if after and line.startswith(after) else unit + line
                 if shift is not None:
-                    shift[i] += len(unit)
+                    shift[i] += width
         elif isinstance(edit, Insert):
             i = edit.before - 1 + offset
             if i >= n:

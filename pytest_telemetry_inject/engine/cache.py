@@ -10,10 +10,12 @@ Layout::
 
 Keys are sha256 digests of content and settings, never of mtimes, so a cache travels
 between CI machines. Every write is safe with concurrent writers and a kill at any moment:
-files are written to a temporary name and ``os.replace``-d; index records are appended,
-one line each, under a ``filelock``, each line carrying its own checksum. A reader that
-finds a truncated or corrupt line, a memo whose content does not match its crc32, or a
-script whose text no longer matches its name ignores it, and the engine rebuilds it.
+memos and test modules are written to a temporary name and ``os.replace``-d; a script is
+created in place (its name is the sha256 of its text, which every reader checks); index
+records are appended, one line each (``<crc32> <JSON array>``), under a ``filelock``. A
+reader that finds a truncated or damaged line, a memo whose content does not match its
+crc32, or a script whose text no longer matches its name ignores it, and the engine
+rebuilds it.
 
 A cache that cannot be written (a read-only tree) is still read; failed writes are
 counted, never raised.
@@ -46,11 +48,6 @@ _TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
         "# For information about cache directory tags, see https://bford.info/cachedir/\n")
 
 
-def _checksum(record: dict[str, Any]) -> str:
-    text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-
-
 @dataclass
 class IndexEntry:
     """What the index knows of one function key."""
@@ -67,21 +64,20 @@ class IndexEntry:
     reason: str = ""
     version: str = __version__
 
-    def to_record(self) -> dict[str, Any]:
-        record = {"k": self.key, "st": self.status, "tpl": self.template, "s": self.script,
-                  "l": self.language, "q": self.qualname, "o": self.origin,
-                  "e": self.edits, "r": self.reason, "v": self.version}
-        record["c"] = _checksum(record)
-        return record
+    def to_line(self) -> bytes:
+        """One index line: the crc32 of the JSON record, a space, the record."""
+        record = json.dumps([self.key, self.status, self.template, self.script, self.language, self.qualname,
+                             self.origin, self.edits, self.reason, self.version],
+                            separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+        return b"%08x %s" % (zlib.crc32(record), record)
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> "IndexEntry":
-        check = record.pop("c", None)
-        if check != _checksum(record):
-            raise ValueError("checksum mismatch")
-        return cls(key=record["k"], status=record["st"], template=record["tpl"], script=record["s"],
-                   language=record["l"], qualname=record["q"], origin=record["o"],
-                   edits=record["e"], reason=record["r"], version=record["v"])
+    def from_line(cls, line: bytes) -> "IndexEntry":
+        """The entry of an index line; ValueError for a damaged or truncated one."""
+        if line[8:9] != b" " or int(line[:8], 16) != zlib.crc32(line[9:]):
+            raise ValueError("damaged index line")
+        key, status, template, script, language, qualname, origin, edits, reason, version = json.loads(line[9:])
+        return cls(key, status, template, script, language, qualname, origin, edits, reason, version)
 
 
 @dataclass
@@ -206,7 +202,7 @@ class ScriptCache:
             if not raw.strip():
                 continue
             try:
-                entry = IndexEntry.from_record(json.loads(raw))
+                entry = IndexEntry.from_line(raw)
             except (ValueError, KeyError, TypeError, AttributeError):
                 self.counters.corrupt += 1
                 continue
@@ -283,8 +279,7 @@ class ScriptCache:
             return
         lines: dict[str, list[bytes]] = {}
         for entry in batch:
-            record = json.dumps(entry.to_record(), separators=(",", ":"), ensure_ascii=False)
-            lines.setdefault(entry.key[:2], []).append(record.encode("utf-8", "surrogatepass"))
+            lines.setdefault(entry.key[:2], []).append(entry.to_line())
             self._shard(entry.key)[entry.key] = entry
         try:
             with self._lock():
@@ -422,9 +417,8 @@ class ScriptCache:
                 lines = sum(1 for raw in path.read_bytes().split(b"\n") if raw.strip())
                 keep = {k: e for k, e in self._read_shard(path).items() if e.version == __version__}
                 used_scripts.update(e.script for e in keep.values() if e.status == "ok")
-                body = "".join(json.dumps(e.to_record(), separators=(",", ":"), ensure_ascii=False) + "\n"
-                               for e in keep.values())
-                write_atomic(str(path), body.encode("utf-8", "surrogatepass"))
+                body = b"".join(e.to_line() + b"\n" for e in keep.values())
+                write_atomic(str(path), body)
                 summary["index_lines_dropped"] += lines - len(keep)
             for path in _files(self.root / "scripts"):
                 if not stale_temp(path) and path.name[:-3] not in used_scripts:
