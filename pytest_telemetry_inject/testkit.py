@@ -96,6 +96,8 @@ class ScriptCheck:
                 check()
             except AssertionError as exc:
                 failures.append(str(exc))
+            except TelemetryInjectError as exc:
+                failures.append(f"{check.__name__.replace('_', ' ')}: {exc}")
                 if check is self.output_parses:
                     break
         return failures

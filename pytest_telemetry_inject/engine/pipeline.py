@@ -215,6 +215,14 @@ class Engine:
         if parsed.header_present and parsed.header_present != self.settings.target:
             return _skipped(result, f"already instrumented for target {parsed.header_present!r} "
                                     f"(strip it first, or use --target {parsed.header_present})")
+        stale = {r.def_line for r in parsed.functions if r.stale and (select is None or select(r))}
+        if stale:
+            # Renamed or moved functions: take their old spans off, then instrument them anew.
+            try:
+                text = language.strip(parsed.text, only=stale).text
+                parsed = language.parse(text, path, self.settings)
+            except SourceError as exc:
+                return _skipped(result, f"cannot rename the spans of moved functions: {exc}")
         plans: list[_Plan] = []
         for record in parsed.functions:
             if record.skip_reason:
@@ -238,7 +246,9 @@ class Engine:
         result.functions.sort(key=lambda o: o.line)
         if result.status == "error":
             return result
-        if text is not None and text != parsed.text:
+        if text is None and stale:
+            text = parsed.text  # only spans were taken off (their functions failed again)
+        if text is not None and text != decoded.text:
             result.output = decoded.encode(text)
             result.status = "instrumented"
         return result

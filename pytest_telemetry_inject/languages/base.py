@@ -59,6 +59,13 @@ class FunctionRecord:
     """Why the function is not eligible (None: it is)."""
     nested_in: str | None = None
     """Qualname of the enclosing function, for nested functions."""
+    span_name: str | None = None
+    """The span name an instrumented function already carries (None: none, or unknown)."""
+
+    @property
+    def stale(self) -> bool:
+        """Instrumented under another name (the function was renamed or moved)."""
+        return self.instrumented and self.span_name is not None and self.span_name != self.qualname
 
     @property
     def is_decorated(self) -> bool:
@@ -141,8 +148,9 @@ class Language(abc.ABC):
         """Module-level lines the inserted code needs (empty when already present)."""
 
     @abc.abstractmethod
-    def strip(self, text: str) -> StripResult:
-        """Remove everything this tool inserts; the exact inverse of instrumentation."""
+    def strip(self, text: str, *, only: set[int] | None = None) -> StripResult:
+        """Remove everything this tool inserts; the exact inverse of instrumentation.
+        ``only``: the definition lines of the functions to strip (the header then stays)."""
 
     @abc.abstractmethod
     def check_syntax(self, text: str, path: str) -> str | None:
@@ -157,7 +165,7 @@ class Language(abc.ABC):
             if original is not None:
                 return f"does not compile with this Python: {original}"
             return f"the output does not parse: {problem}"
-        if self.strip(text).text != parsed.text:
+        if self.strip(text).text != self.strip(parsed.text).text:
             return "stripping the output does not give back the original file"
         return None
 

@@ -386,10 +386,18 @@ class PythonLanguage(Language):
         hi = bisect.bisect_right(string_rows, end_row)
         keep = tuple(row + 1 for row in string_rows[lo:hi])
 
-        instrumented = any(DECO_MARK.fullmatch("@" + d) for d in decorators)
+        span_name = None
+        for decorator in decorators:
+            match = DECO_MARK.fullmatch("@" + decorator)
+            if match:
+                span_name = match.group(2)
+        instrumented = span_name is not None
         if not instrumented and anchor_row >= 0:
             anchor_text = _content(lines[anchor_row])
-            instrumented = bool(WITH_MARK.fullmatch(anchor_text)) or anchor_text == LOG_PROLOGUE
+            match = WITH_MARK.fullmatch(anchor_text)
+            if match:
+                span_name = match.group(2)
+            instrumented = match is not None or anchor_text == LOG_PROLOGUE
         reason = None
         names = [_decorator_name(d) for d in decorators]
         if instrumented:
@@ -413,7 +421,7 @@ class PythonLanguage(Language):
             sha256=hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest(),
             is_async=data.startswith(b"async", node.start_byte), is_generator=is_generator,
             is_method=is_method, decorators=decorators, instrumented=instrumented, one_line=one_line,
-            keep=keep, skip_reason=reason, nested_in=nested_in,
+            keep=keep, skip_reason=reason, nested_in=nested_in, span_name=span_name,
         )
 
     # -- templates ------------------------------------------------------------------------
@@ -490,12 +498,19 @@ class PythonLanguage(Language):
     # -- strip ----------------------------------------------------------------------------
 
     def strip(self, text: str, *, string_rows: Sequence[int] | None = None,
-              tree: ast.Module | None = None) -> StripResult:
+              tree: ast.Module | None = None, only: set[int] | None = None) -> StripResult:
         """Remove this tool's telemetry. The structure comes from Python's own parser (the
         text must parse with this interpreter); the rows that start inside strings from
-        tree-sitter, unless given (validation maps them from the original file)."""
+        tree-sitter, unless given (validation maps them from the original file). ``only``:
+        the ``def`` lines of the functions to strip; the module header then stays."""
         if "_telemetry" not in text:  # nothing of ours: no need to parse
             return StripResult(text, [], False)
+        if text[:1] in _WS:
+            # One function's source taken out of a class or function: strip it inside a block.
+            wrapped = self.strip("if 1:\n" + text, string_rows=None if string_rows is None else
+                                 [row + 1 for row in string_rows], only=only)
+            return StripResult(wrapped.text[len("if 1:\n"):], [(line - 1, name) for line, name in wrapped.spans],
+                               wrapped.header_removed)
         if tree is None:
             tree = _ast_parse(text, "cannot strip telemetry")
         lines = split_lines(text)
@@ -503,6 +518,8 @@ class PythonLanguage(Language):
         blocks: list[tuple[int, int, int]] = []  # (wrapper row, first body row, last body row)
         spans: list[tuple[int, str]] = []
         for function in _ast_functions(tree.body):
+            if only is not None and function.lineno not in only:
+                continue
             for decorator in function.decorator_list:
                 row = decorator.lineno - 1
                 if decorator.end_lineno == decorator.lineno and "_telemetry" in lines[row]:
@@ -534,7 +551,7 @@ class PythonLanguage(Language):
                     blocks.append(block)
                     spans.append((row + 1, name))
         header_removed = False
-        for stmt in tree.body[:16]:  # the header follows the docstring and __future__ imports
+        for stmt in tree.body[:16] if only is None else ():  # the header follows the docstring and __future__ imports
             row = stmt.lineno - 1
             if stmt.end_lineno == stmt.lineno and _header_target(_content(lines[row])):
                 delete.add(row)
@@ -600,7 +617,10 @@ class PythonLanguage(Language):
             return self._unless_original_broken(parsed, f"line {deep}: blocks nest past CPython's limit")
         rows = parsed.extra.get("string_rows", ())
         stripped = self.strip(text, string_rows=[new_rows[r] for r in rows], tree=tree)
-        if stripped.text != parsed.text:
+        # The input may carry telemetry already (functions instrumented earlier): both must
+        # strip to the same code.
+        expected = self.strip(parsed.text, string_rows=rows).text if "_telemetry" in parsed.text else parsed.text
+        if stripped.text != expected:
             return "stripping the output does not give back the original file"
         return None
 

@@ -431,3 +431,42 @@ def test_instrumented_code_behaves_the_same_and_reports(tmp_path, case: str, sty
                 "fails"} <= called
         errors = {row["name"]: row["errors"] for row in runtime.snapshot() if row["module"] == module_name}
         assert errors["fails"] == 1 and errors["add"] == 0
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_adding_a_function_to_an_instrumented_file(style: str) -> None:
+    first = instrument(CASES["basics"], style, "runtime").output
+    grown = first + b"\n\ndef added(x):\n    return x + 1\n"
+    result = instrument(grown, style, "runtime")
+    assert [f.qualname for f in result.functions if f.status == "instrumented"] == ["added"]
+    assert result.output.startswith(first), "nothing else changed"
+    assert strip(result.output) == CASES["basics"] + b"\n\ndef added(x):\n    return x + 1\n"
+
+
+def test_renamed_and_moved_functions_get_their_span_names_updated() -> None:
+    source = src('''
+        def old():
+            return 1
+
+        class Home:
+            def method(self):
+                return 2
+    ''')
+    instrumented = instrument(source, "with", "runtime").output
+    renamed = instrumented.replace(b"def old():", b"def new():").replace(b"class Home:", b"class Away:")
+    result = instrument(renamed, "with", "runtime")
+    assert sorted(f.qualname for f in result.functions if f.status == "instrumented") == ["Away.method", "new"]
+    text = result.output.decode()
+    assert 'span("new")' in text and 'span("Away.method")' in text
+    assert 'span("old")' not in text and 'span("Home.method")' not in text
+    assert strip(result.output) == source.replace(b"def old():", b"def new():").replace(b"class Home:", b"class Away:")
+    assert instrument(result.output, "with", "runtime").output is None
+
+
+def test_strip_only_some_functions_keeps_the_header() -> None:
+    output = instrument(CASES["basics"], "decorator", "runtime").output.decode()
+    add_line = next(i for i, line in enumerate(output.splitlines(), 1) if line.startswith("def add("))
+    partly = PYTHON.strip(output, only={add_line})
+    assert [name for _line, name in partly.spans] == ["add"]
+    assert "_telemetry_runtime.tracer" in partly.text and '@_telemetry.instrument("add")' not in partly.text
+    assert '@_telemetry.instrument("countdown")' in partly.text
