@@ -28,6 +28,16 @@ ALLOWED_BUILTINS = frozenset({
     "True", "False", "None",
 })
 
+# Attribute names a script may use: the public methods of the plain types it works with and
+# the fields of scriptlib's edits. An allowlist, not a denylist: frame and code attributes
+# (``gi_frame.f_back.f_globals``) and ``str.format``'s field access must stay out of reach.
+_EDIT_FIELDS = frozenset({"first", "last", "unit", "after", "keep", "before", "text", "line"})
+_SAFE_METHODS = frozenset(
+    name for kind in (str, list, dict, tuple, set, frozenset, int) for name in dir(kind)
+    if not name.startswith("_")
+) - {"format", "format_map", "maketrans", "from_bytes", "to_bytes", "fromkeys", "mro"}
+ALLOWED_ATTRIBUTES = _EDIT_FIELDS | _SAFE_METHODS
+
 _ALLOWED_NODES = (
     ast.Module, ast.Expr, ast.Assign, ast.AnnAssign, ast.AugAssign, ast.FunctionDef,
     ast.arguments, ast.arg, ast.Return, ast.If, ast.For, ast.Break, ast.Continue, ast.Pass,
@@ -138,34 +148,45 @@ def check_security(text: str) -> ast.Module:
             defined.add(node.arg)
         elif isinstance(node, ast.alias):
             defined.add(node.asname or node.name)
+    # Kinds of problem in order of severity; within a kind, the first in the source is named.
+    found: list[list[tuple[tuple[int, int, int], str]]] = [[], [], [], []]
     for node in ast.walk(tree):
-        line = getattr(node, "lineno", "?")
+        line = getattr(node, "lineno", 0)
+        where = (line, getattr(node, "col_offset", 0), getattr(node, "end_col_offset", 0) or 0)
         if not isinstance(node, _ALLOWED_NODES):
-            raise SecurityViolation(f"line {line}: {type(node).__name__} is not allowed in an insertion script")
-        if isinstance(node, ast.ImportFrom):
+            found[0].append((where, f"line {line}: {type(node).__name__} is not allowed in an insertion script"))
+        elif isinstance(node, ast.ImportFrom):
             if node.module != HELPER_MODULE or node.level:
-                raise SecurityViolation(f"line {line}: only `from {HELPER_MODULE} import ...` is allowed")
+                found[1].append((where, f"line {line}: only `from {HELPER_MODULE} import ...` is allowed"))
             for alias in node.names:
-                if alias.name == "*" or alias.name.startswith("_"):
-                    raise SecurityViolation(f"line {line}: import names explicitly, none private")
-        elif isinstance(node, ast.Attribute):
-            if node.attr.startswith("_"):
-                raise SecurityViolation(f"line {line}: access to the attribute {node.attr!r} is not allowed")
+                if alias.name not in _helper_names():
+                    found[1].append((where, f"line {line}: {HELPER_MODULE} has no public name {alias.name!r}"))
         elif isinstance(node, ast.Name):
-            if node.id.startswith("__"):
-                raise SecurityViolation(f"line {line}: the name {node.id!r} is not allowed")
-            if isinstance(node.ctx, ast.Load) and node.id not in defined and node.id not in ALLOWED_BUILTINS:
-                raise SecurityViolation(f"line {line}: the name {node.id!r} is not allowed")
+            if node.id.startswith("__") or (isinstance(node.ctx, ast.Load) and node.id not in defined
+                                            and node.id not in ALLOWED_BUILTINS):
+                found[2].append((where, f"line {line}: the name {node.id!r} is not allowed"))
+        elif isinstance(node, ast.Attribute):
+            if node.attr not in ALLOWED_ATTRIBUTES:
+                found[3].append((where, f"line {line}: access to the attribute {node.attr!r} is not allowed"))
         elif isinstance(node, ast.FunctionDef):
             if node.decorator_list:
-                raise SecurityViolation(f"line {line}: decorators are not allowed")
+                found[0].append((where, f"line {line}: decorators are not allowed"))
             if node.name.startswith("_"):
-                raise SecurityViolation(f"line {line}: function names may not start with '_'")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, (bytes,)):
-            raise SecurityViolation(f"line {line}: bytes constants are not allowed")
+                found[2].append((where, f"line {line}: function names may not start with '_'"))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, bytes):
+            found[0].append((where, f"line {line}: bytes constants are not allowed"))
+    for problems in found:
+        if problems:
+            raise SecurityViolation(min(problems)[1])
     if not any(isinstance(n, ast.FunctionDef) and n.name == "transform" for n in tree.body):
         raise ValidationError("the script defines no transform(source) function")
     return tree
+
+
+def _helper_names() -> frozenset[str]:
+    from .. import scriptlib
+
+    return frozenset(scriptlib.__all__)
 
 
 def _restricted_builtins(helper: Any) -> dict[str, Any]:
