@@ -32,6 +32,9 @@ class RunOptions:
     in_place: bool = False
     dry_run: bool = False
     diff: bool = False
+    start_method: str = ""
+    """How worker processes start ("fork", "spawn", ...); default: fork on Linux. Inside a
+    process that runs threads (a pytest-xdist worker) forking is unsafe: use "spawn"."""
 
     @property
     def writes(self) -> bool:
@@ -298,7 +301,7 @@ def run(paths: Iterable[str], settings: Settings, options: RunOptions, *, projec
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+        context = multiprocessing.get_context(options.start_method or ("fork" if sys.platform == "linux" else "spawn"))
         misses.sort(key=lambda t: _size(t[0]), reverse=True)
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                  initargs=(settings, str(cache.root) if cache else None, options)) as pool:

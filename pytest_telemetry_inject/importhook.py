@@ -1,0 +1,186 @@
+"""The import hook: a finder on ``sys.meta_path`` that serves instrumented code.
+
+Like pytest's assertion rewriting (its model), the finder bails out early on a cheap check
+and asks the normal ``PathFinder`` for the spec only for candidate modules; the loader is a
+``SourceFileLoader`` (so ``importlib.resources``, ``python -m`` through ``get_code`` and
+everything else keep working) whose ``get_code`` returns the instrumented module compiled
+with the original positions. Compiled code is cached by content (source hash, settings,
+tool and interpreter version), never by mtime, and never written to ``__pycache__``.
+
+It never breaks an import: on any error the original module is compiled and imported as
+usual, and the problem is recorded for the session's report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import marshal
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from types import CodeType
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from .engine.pipeline import Engine, FileResult
+
+_CODE_MAGIC = b"TI-CODE1" + importlib.util.MAGIC_NUMBER
+
+
+@dataclass
+class HookState:
+    """What the hook did, for the session's summary."""
+
+    instrumented: dict[str, str] = field(default_factory=dict)
+    """module name -> file, for modules imported instrumented."""
+    problems: dict[str, str] = field(default_factory=dict)
+    """module name -> one-line reason it was imported uninstrumented."""
+
+
+class TelemetryFinder:
+    """Finds the modules to instrument: those whose file ``wants(path)`` accepts, or, with
+    explicit prefixes, those whose name starts with one of them."""
+
+    def __init__(self, engine: "Engine", wants: Callable[[str], bool], *, prefixes: tuple[str, ...] = (),
+                 cache_root: str | None = None, results: Callable[[str], "FileResult | None"] | None = None) -> None:
+        self.engine = engine
+        self.wants = wants
+        self.prefixes = prefixes
+        self.cache_root = cache_root
+        self.results = results
+        self.state = HookState()
+        self._busy = threading.local()
+        self._skip_tops = set(sys.stdlib_module_names) | set(sys.builtin_module_names) | {
+            "pytest", "_pytest", "pluggy", "py", "pytest_telemetry_inject", "tree_sitter", "tree_sitter_python",
+            "xdist", "execnet", "coverage", "pytest_cov", "filelock", "tqdm", "dotenv", "opentelemetry"}
+
+    # -- the finder ------------------------------------------------------------------------
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None):  # type: ignore[no-untyped-def]
+        if getattr(self._busy, "active", False):
+            return None  # an import made by the engine itself
+        top = fullname.partition(".")[0]
+        if self.prefixes:
+            if not any(fullname == p or fullname.startswith(p + ".") for p in self.prefixes):
+                return None
+        elif top in self._skip_tops:
+            return None
+        self._busy.active = True
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(fullname, path)  # type: ignore[arg-type]
+        finally:
+            self._busy.active = False
+        if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
+            return None
+        origin = spec.origin or ""
+        if not origin.endswith(".py") or (not self.prefixes and not self.wants(origin)):
+            return None
+        spec.loader = TelemetryLoader(fullname, origin, self)
+        return spec
+
+    def install(self) -> None:
+        if self not in sys.meta_path:
+            sys.meta_path.insert(0, self)
+
+    def uninstall(self) -> None:
+        try:
+            sys.meta_path.remove(self)
+        except ValueError:
+            pass
+
+    # -- compiling -------------------------------------------------------------------------
+
+    def instrumented_code(self, fullname: str, path: str, data: bytes) -> CodeType | None:
+        """The instrumented module's code, or None when it is left as it is (reason recorded)."""
+        from .engine.compiler import compile_mapped
+
+        self._busy.active = True
+        try:
+            result = self.engine.instrument(data, path, import_name="")
+            if result.status == "unchanged" and result.output is None:
+                return None  # nothing to instrument
+            if result.output is None:
+                self.state.problems[fullname] = result.reason or result.status
+                return None
+            key = self._code_key(data)
+            code = self._load_code(key)
+            if code is None:
+                text = result.output.decode(_encoding_of(result.output))
+                line_map = result.get_line_map()
+                if line_map is None:
+                    self.state.problems[fullname] = "no line map"
+                    return None
+                code = compile_mapped(text.lstrip("\ufeff"), line_map, path)
+                self._store_code(key, code)
+            self.state.instrumented[fullname] = path
+            return code
+        finally:
+            self._busy.active = False
+
+    def _code_key(self, data: bytes) -> str:
+        from . import __version__
+
+        parts = (__version__, self.engine.settings.output_fingerprint(), sys.implementation.cache_tag or "",
+                 hashlib.sha256(data).hexdigest())
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+    def _code_path(self, key: str) -> str | None:
+        if not self.cache_root:
+            return None
+        return os.path.join(self.cache_root, "metadata", "code", key[:2], key)
+
+    def _load_code(self, key: str) -> CodeType | None:
+        path = self._code_path(key)
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+            if data.startswith(_CODE_MAGIC):
+                code = marshal.loads(data[len(_CODE_MAGIC):])
+                if isinstance(code, CodeType):
+                    return code
+        except (OSError, ValueError, EOFError, TypeError):
+            pass
+        return None
+
+    def _store_code(self, key: str, code: CodeType) -> None:
+        path = self._code_path(key)
+        if path is None:
+            return
+        from .sourcefile import write_atomic
+
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_atomic(path, _CODE_MAGIC + marshal.dumps(code), mode=0o644)
+        except OSError:
+            pass  # best effort, like pytest's own cache of rewritten modules
+
+
+class TelemetryLoader(importlib.machinery.SourceFileLoader):
+    """A source loader whose code is the instrumented module's (the original on any error)."""
+
+    def __init__(self, fullname: str, path: str, finder: TelemetryFinder) -> None:
+        super().__init__(fullname, path)
+        self._finder = finder
+
+    def get_code(self, fullname: str) -> CodeType | None:  # type: ignore[override]
+        path = self.get_filename(fullname)
+        try:
+            data = self.get_data(path)
+            code = self._finder.instrumented_code(fullname, path, data)
+        except Exception as exc:  # never break an import
+            self._finder.state.problems[fullname] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            code = None
+        if code is not None:
+            return code
+        return super().get_code(fullname)
+
+
+def _encoding_of(data: bytes) -> str:
+    from .sourcefile import detect_encoding
+
+    return detect_encoding(data)[0]

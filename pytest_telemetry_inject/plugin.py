@@ -1,0 +1,84 @@
+"""The pytest plugin: ``pytest --inject-telemetry``.
+
+Installed with the package (a ``pytest11`` entry point), it does nothing unless asked: this
+module imports only the standard library and pytest, and everything else waits for the flag.
+
+With ``--inject-telemetry``, before conftest files load (so the project's modules are not
+imported yet), the session:
+
+1. finds the project's modules (files under the rootdir but tests, ``conftest.py``,
+   virtualenvs and ``site-packages``; or the packages named by ``--telemetry-modules``) and
+   runs the engine over them (in parallel on a cold cache; from the memo on a warm one);
+2. installs the import hook, which serves those modules instrumented and compiled with their
+   original line numbers;
+3. adds one ``path::telemetry`` item per instrumented file, marked ``telemetry``, that runs
+   the generated tests of that file's insertion scripts;
+4. attributes every call to the test that made it and reports (terminal, JSON, HTML,
+   Chrome trace, OpenTelemetry), merging pytest-xdist workers' telemetry on the controller.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator
+
+import pytest
+
+if TYPE_CHECKING:
+    from .plugin_session import TelemetrySession
+
+SESSION_NAME = "telemetry-inject-session"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("telemetry-inject", "function-level telemetry (pytest-telemetry-inject)")
+    group.addoption("--inject-telemetry", action="store_true", dest="inject_telemetry", default=False,
+                    help="instrument the project's modules on the fly and report a span per call")
+    group.addoption("--telemetry-modules", dest="telemetry_modules", metavar="PREFIXES",
+                    help="comma-separated module prefixes to instrument (default: the project's own "
+                         "modules under the rootdir); installed packages may be named too")
+    group.addoption("--telemetry-report", dest="telemetry_report", metavar="FILE.json",
+                    help="write the telemetry report as JSON")
+    group.addoption("--telemetry-html", dest="telemetry_html", metavar="FILE.html",
+                    help="write a self-contained HTML report")
+    group.addoption("--telemetry-trace", dest="telemetry_trace", metavar="FILE.json",
+                    help="write a Chrome trace (opens in Perfetto or chrome://tracing)")
+    group.addoption("--telemetry-otel", action="store_true", dest="telemetry_otel", default=False,
+                    help="send spans over OTLP (configured by the standard OTEL_* variables), a session "
+                         "span and a span per test as parents of the function spans")
+    group.addoption("--telemetry-output", dest="telemetry_output", metavar="DIR",
+                    help="write the instrumented sources, the vendored runtime and a manifest to DIR")
+    parser.addini("telemetry_modules", "module prefixes to instrument (default: the project's own modules)",
+                  type="linelist", default=[])
+    parser.addini("telemetry_exclude", "glob patterns (relative to the rootdir) of files not to instrument",
+                  type="linelist", default=[])
+    parser.addini("telemetry_min_duration", "calls shorter than this many seconds are counted but not "
+                  "emitted as events", default="0")
+    parser.addini("telemetry_style", "with (default) or decorator", default="with")
+    parser.addini("telemetry_target", "runtime (default) or otel", default="runtime")
+    parser.addini("telemetry_report", "default for --telemetry-report", default="")
+    parser.addini("telemetry_html", "default for --telemetry-html", default="")
+    parser.addini("telemetry_trace", "default for --telemetry-trace", default="")
+    parser.addini("telemetry_summary_top", "functions listed in the terminal summary", default="15")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser,
+                                  args: list[str]) -> Iterator[None]:
+    # The earliest moment with the command line parsed and no conftest imported yet (the
+    # moment pytest-cov starts coverage).
+    if getattr(early_config.known_args_namespace, "inject_telemetry", False):
+        from .plugin_session import TelemetrySession
+
+        session = TelemetrySession(early_config)
+        early_config.pluginmanager.register(session, SESSION_NAME)
+        session.start()
+    return (yield)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "telemetry: the generated tests of a file's insertion scripts")
+
+
+def active_session(config: pytest.Config) -> "TelemetrySession | None":
+    return config.pluginmanager.get_plugin(SESSION_NAME)  # type: ignore[return-value]
+

@@ -1,0 +1,299 @@
+"""What ``pytest --inject-telemetry`` does (imported only when the flag is given)."""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from .engine.cache import ScriptCache
+from .engine.pipeline import Engine
+from .engine.runner import FileReport, RunOptions, run
+from .importhook import TelemetryFinder
+from .settings import Settings
+
+# Files that are never the project's code under test, whatever the rootdir holds.
+_NOT_PROJECT = {"setup.py", "noxfile.py", "conftest.py", "conf.py", "fabfile.py", "tasks.py"}
+_TEST_DIRS = {"tests", "test", "testing"}
+_OWN_PACKAGE = str(Path(__file__).resolve().parent)
+
+
+class TelemetrySession:
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.root = Path(str(config.rootpath))
+        ini = config.getini
+        self.settings = Settings.load(self.root, defaults={"target": "runtime", "style": "with"},
+                                      overrides={"style": ini("telemetry_style") or None,
+                                                 "target": ini("telemetry_target") or None})
+        if self.settings.target not in ("runtime", "otel"):
+            self.settings.target = "runtime"  # on the fly the code calls an importable runtime
+        self.cache = ScriptCache(self.root / self.settings.cache_dir) if self.settings.use_cache else None
+        self.engine = Engine(self.settings, self.cache)
+        prefixes = self.option("telemetry_modules") or ",".join(ini("telemetry_modules"))
+        self.prefixes = tuple(p.strip() for p in prefixes.split(",") if p.strip())
+        self.reports: dict[str, FileReport] = {}
+        self.candidates: set[str] = set()
+        self.finder: TelemetryFinder | None = None
+        self.early: list[str] = []
+        self.worker_snapshots: list[dict] = []
+        self.prepare_seconds = 0.0
+
+    def option(self, name: str) -> Any:
+        """A command-line option; before conftests load only the known args are parsed."""
+        value = getattr(self.config.known_args_namespace, name, None)
+        return value if value is not None else self.config.getoption(name, default=None)
+
+    @property
+    def is_worker(self) -> bool:
+        # pytest-xdist sets workerinput after the command line is parsed, when this object
+        # already exists: ask each time.
+        return hasattr(self.config, "workerinput")
+
+    # -- start: find, instrument, hook ------------------------------------------------------
+
+    def start(self) -> None:
+        started = time.perf_counter()
+        files = self.project_files()
+        self.candidates = {str(p) for p in files}
+        if files:
+            options = RunOptions(mode="instrument", dry_run=True, start_method="spawn")
+            summary = run([str(p) for p in files], self.settings, options, project_root=self.root, cache=self.cache)
+            self.reports = {r.path: r for r in summary.files}
+        self.finder = TelemetryFinder(self.engine, lambda origin: os.path.realpath(origin) in self.candidates,
+                                      prefixes=self.prefixes, cache_root=str(self.cache.root) if self.cache else None)
+        self.finder.install()
+        self.early = sorted(name for name, module in list(sys.modules.items())
+                            if (getattr(module, "__file__", None) or "") in self.candidates
+                            and name not in self.finder.state.instrumented)
+        self._configure_runtime()
+        self.prepare_seconds = time.perf_counter() - started
+
+    def project_files(self) -> list[Path]:
+        """The files to instrument: the packages named by prefixes, else the project's own."""
+        from .scan import scan
+
+        roots: list[Path] = []
+        if self.prefixes:
+            for prefix in self.prefixes:
+                location = _module_location(prefix)
+                if location is not None:
+                    roots.append(location)
+        else:
+            roots.append(self.root)
+        test_globs = list(self.config.getini("python_files")) + ["conftest.py"]
+        testpaths = [(self.root / p).resolve() for p in self.config.getini("testpaths")]
+        excludes = list(self.settings.exclude) + list(self.config.getini("telemetry_exclude"))
+        found: list[Path] = []
+        for root in roots:
+            if root.is_file():
+                found.append(root.resolve())
+                continue
+            for item in scan([root], self.settings, project_root=self.root):
+                if item.language != "python" or item.skip_reason:
+                    continue
+                path = item.path.resolve()
+                relative = item.relative.as_posix()
+                if str(path).startswith(_OWN_PACKAGE + os.sep) or path.name in _NOT_PROJECT:
+                    continue
+                if not self.prefixes and (
+                        any(fnmatch.fnmatch(path.name, glob) for glob in test_globs)
+                        or _TEST_DIRS & set(item.relative.parts[:-1])
+                        or any(t == path.parent or t in path.parents for t in testpaths)):
+                    continue
+                if any(fnmatch.fnmatch(relative, g) or fnmatch.fnmatch(relative, g.rstrip("/") + "/*")
+                       for g in excludes):
+                    continue
+                found.append(path)
+        return sorted(set(found))
+
+    def _configure_runtime(self) -> None:
+        from . import runtime
+
+        configure = getattr(runtime, "configure", None)
+        if configure is not None:
+            try:
+                min_duration = float(self.config.getini("telemetry_min_duration") or 0)
+            except ValueError:
+                raise pytest.UsageError("telemetry_min_duration must be a number of seconds") from None
+            configure(min_duration=min_duration)
+
+    # -- items --------------------------------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config,
+                                      items: list[pytest.Item]) -> None:
+        for path, report in sorted(self.reports.items()):
+            if report.status == "instrumented" or report.tally[0].get("instrumented"):
+                file = TelemetryFile.from_parent(session, path=Path(path))
+                file.telemetry = self
+                file.report = report
+                items.extend(file.collect())
+
+    # -- per-test attribution -----------------------------------------------------------------
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+        from . import runtime
+
+        setter = getattr(runtime, "set_current_test", None)
+        if setter is not None:
+            setter(item.nodeid)
+        try:
+            return (yield)
+        finally:
+            if setter is not None:
+                setter(None)
+
+    # -- xdist ----------------------------------------------------------------------------------
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        data = getattr(node, "workeroutput", {}).get("telemetry")
+        if data:
+            self.worker_snapshots.append(json.loads(data))
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.is_worker:
+            self.config.workeroutput["telemetry"] = json.dumps(self.snapshot(local=True))  # type: ignore[attr-defined]
+
+    def snapshot(self, local: bool = False) -> dict:
+        from . import runtime
+
+        mine = {"functions": runtime.snapshot(), "problems": self.finder.state.problems if self.finder else {},
+                "instrumented_modules": sorted(self.finder.state.instrumented) if self.finder else []}
+        if local or not self.worker_snapshots:
+            return mine
+        merged: dict[tuple[str, str], dict] = {}
+        problems: dict[str, str] = {}
+        modules: set[str] = set()
+        for snap in [mine, *self.worker_snapshots]:
+            problems.update(snap["problems"])
+            modules.update(snap["instrumented_modules"])
+            for row in snap["functions"]:
+                key = (row["module"], row["name"])
+                if key not in merged:
+                    merged[key] = dict(row)
+                    continue
+                seen = merged[key]
+                if row["count"]:
+                    seen["min_ns"] = min(seen["min_ns"], row["min_ns"]) if seen["count"] else row["min_ns"]
+                    seen["max_ns"] = max(seen["max_ns"], row["max_ns"])
+                for name in ("count", "total_ns", "errors"):
+                    seen[name] += row[name]
+        return {"functions": list(merged.values()), "problems": problems, "instrumented_modules": sorted(modules)}
+
+    # -- summary --------------------------------------------------------------------------------
+
+    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+        if self.is_worker:
+            return
+        data = self.snapshot()
+        write = terminalreporter.write_line
+        terminalreporter.section("telemetry")
+        rows = sorted((r for r in data["functions"] if r["count"]), key=lambda r: r["total_ns"], reverse=True)
+        files = sum(1 for r in self.reports.values() if r.tally[0].get("instrumented"))
+        functions = sum(r.tally[0].get("instrumented", 0) for r in self.reports.values())
+        write(f"{functions} functions instrumented in {files} files (prepared in {self.prepare_seconds:.2f} s); "
+              f"{len(rows)} called, {sum(r['count'] for r in rows)} calls")
+        top = int(self.config.getini("telemetry_summary_top") or 15)
+        if rows:
+            write(f"{'function':<60} {'calls':>8} {'total ms':>10} {'mean us':>9} {'errors':>6}")
+            for row in rows[:top]:
+                name = f"{row['module']}:{row['name']}"
+                write(f"{name[-60:]:<60} {row['count']:>8} {row['total_ns'] / 1e6:>10.3f} "
+                      f"{row['total_ns'] / row['count'] / 1e3:>9.2f} {row['errors']:>6}")
+        for module, reason in sorted(data["problems"].items()):
+            write(f"not instrumented: {module}: {reason}")
+        if self.early:
+            write(f"imported before telemetry could be injected (they run without it): {', '.join(self.early)}; "
+                  "they were imported by a plugin or startup hook that runs before conftest.py files load: "
+                  "make that import lazy, or exclude them from --telemetry-modules")
+
+
+class TelemetryFile(pytest.File):
+    """A source file the plugin instrumented; its one item runs its scripts' generated tests."""
+
+    telemetry: TelemetrySession
+    report: FileReport
+
+    def collect(self) -> list[pytest.Item]:
+        item = TelemetryItem.from_parent(self, name="telemetry")
+        item.add_marker(pytest.mark.telemetry)
+        return [item]
+
+
+class ScriptTestFailure(Exception):
+    """Some insertion scripts of a file failed their generated tests."""
+
+
+class TelemetryItem(pytest.Item):
+    """Runs the generated tests of one file's insertion scripts (one per instrumented function)."""
+
+    def runtest(self) -> None:
+        from .testkit import ScriptCheck
+
+        parent: TelemetryFile = self.parent  # type: ignore[assignment]
+        session, report = parent.telemetry, parent.report
+        module_file = self._test_module(session, report)
+        failures: list[tuple[str, str]] = []
+        cases = 0
+        for sha, name, origin, original in self._cases(module_file):
+            cases += 1
+            check = ScriptCheck.for_test_file(str(module_file), sha, language=report.language or "python",
+                                              span_name=name, original=original, origin=origin)
+            for reason in check.run_all():
+                failures.append((name, reason))
+        self.user_properties.append(("insertion_scripts", cases))
+        if failures:
+            raise ScriptTestFailure(failures)
+
+    def _test_module(self, session: TelemetrySession, report: FileReport) -> Path:
+        if session.cache is None:
+            raise ScriptTestFailure([("-", "the cache is off: there are no generated tests to run")])
+        result = session.engine.lookup_memo(Path(report.path).read_bytes(), report.path, import_name="")
+        name = result.tests if result is not None else ""
+        if not name:
+            raise ScriptTestFailure([("-", "no generated tests for this file in the cache (run again to rebuild)")])
+        return Path(session.cache.test_module_path(report.language or "python", name))
+
+    @staticmethod
+    def _cases(module_file: Path) -> list[tuple[str, str, str, str]]:
+        spec = importlib.util.spec_from_file_location(f"_telemetry_tests_{module_file.stem}", module_file)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        return list(module.SCRIPTS)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, ScriptTestFailure):
+            lines = ["insertion scripts failed their generated tests (these functions run without telemetry "
+                     "only if a rebuild also fails; no LLM refactorer is configured, so no repair was tried):"]
+            lines += [f"  {name}: {reason}" for name, reason in excinfo.value.args[0]]
+            return "\n".join(lines)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"{self.name}: generated tests of the insertion scripts"
+
+
+def _module_location(name: str) -> Path | None:
+    """The file or package folder of a module, found without importing it."""
+    parts = name.split(".")
+    spec = importlib.machinery.PathFinder.find_spec(parts[0])
+    for part in parts[1:]:
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(f"{spec.name}.{part}", list(spec.submodule_search_locations))
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    return Path(spec.origin) if spec.origin else None

@@ -1,0 +1,223 @@
+"""`pytest --inject-telemetry`, run for real in a subprocess on small projects."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+PACKAGE = {
+    "pkg/__init__.py": '"""The package."""\n',
+    "pkg/data.txt": "resource text\n",
+    "pkg/core.py": '''
+        """Core module."""
+        import functools
+        import importlib.resources
+        import inspect
+        import warnings
+
+
+        def double(x):
+            """Twice x."""
+            return 2 * x
+
+
+        def fails(x):
+            value = x + 1
+            raise ValueError(f"bad {value}")
+
+
+        def logged(func):
+            @functools.wraps(func)
+            def wrapper(*args, **kwargs):
+                return func(*args, **kwargs)
+            return wrapper
+
+
+        @logged
+        def wrapped(a):
+            return a + 1
+
+
+        def deprecated():
+            warnings.warn("old", DeprecationWarning, stacklevel=2)
+            return 1
+
+
+        class Base:
+            def hello(self):
+                return "base"
+
+
+        class Child(Base):
+            def hello(self):
+                return "child+" + super().hello()
+
+
+        def resource():
+            return importlib.resources.files("pkg").joinpath("data.txt").read_text()
+
+
+        def own_source():
+            return inspect.getsource(double)
+    ''',
+    "pkg/__main__.py": '''
+        from pkg.core import double
+        print("main", double(21))
+    ''',
+}
+
+TESTS = '''
+    import pickle
+    import runpy
+    import sys
+
+    import pytest
+
+    from pkg import core
+
+
+    def test_behaviour():
+        assert core.double(4) == 8
+        assert core.double.__doc__ == "Twice x."
+        assert core.wrapped(1) == 2 and core.wrapped.__wrapped__.__name__ == "wrapped"
+        assert core.Child().hello() == "child+base"
+        assert core.resource() == "resource text\\n"
+        assert core.own_source().startswith("def double(x):\\n    \\"\\"\\"Twice x.\\"\\"\\"\\n    return 2 * x")
+        assert pickle.loads(pickle.dumps(core.double)) is core.double
+        assert pickle.loads(pickle.dumps(core.Child())).hello() == "child+base"
+
+
+    def test_warning_points_at_the_caller():
+        with pytest.warns(DeprecationWarning) as record:
+            core.deprecated()
+        assert record[0].filename == __file__
+        assert record[0].lineno == sys._getframe().f_lineno - 2
+
+
+    def test_python_dash_m(capsys):
+        runpy.run_module("pkg", run_name="__main__")
+        assert capsys.readouterr().out == "main 42\\n"
+
+
+    def test_fails():
+        core.fails(1)
+'''
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester):
+    for name, text in PACKAGE.items():
+        path = pytester.path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"))
+    (pytester.path / "tests").mkdir()
+    (pytester.path / "tests" / "test_core.py").write_text(textwrap.dedent(TESTS).lstrip("\n"))
+    pytester.makeini("[pytest]\ntestpaths = tests\n")
+    return pytester
+
+
+def test_instrumented_project_behaves_the_same(project: pytest.Pytester) -> None:
+    result = project.runpytest_subprocess("--inject-telemetry", "-v", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4, failed=1)  # 3 tests pass, 1 fails on purpose, + one telemetry item
+    result.stdout.fnmatch_lines(["*pkg/core.py::telemetry PASSED*"])
+    # The traceback points at the original line, with the original source.
+    result.stdout.fnmatch_lines(["*def fails(x):*", "*raise ValueError(f\"bad {value}\")*", "E       ValueError: bad 2",
+                                 "pkg/core.py:15: ValueError"])
+    result.stdout.fnmatch_lines(["*= telemetry =*", "*10 functions instrumented in 1 files*",
+                                 "*pkg.core:fails*1*1"])
+
+
+def test_the_same_tests_pass_without_the_plugin(project: pytest.Pytester) -> None:
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.no_fnmatch_line("*= telemetry =*")
+
+
+def test_off_unless_asked(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_probe='''
+        import sys
+
+        def test_nothing_loaded():
+            assert not any(type(f).__name__ == "TelemetryFinder" for f in sys.meta_path)
+            assert "tree_sitter" not in sys.modules
+            assert "pytest_telemetry_inject.plugin_session" not in sys.modules
+    ''')
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+def test_a_module_that_cannot_be_instrumented_imports_normally(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(clash="_telemetry = 'mine'\ndef f():\n    return _telemetry\n",
+                        test_clash="import clash\ndef test_it():\n    assert clash.f() == 'mine'\n")
+    result = pytester.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*0 functions instrumented in 0 files*"])
+
+
+def test_modules_imported_early_are_reported(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(early="def f():\n    return 1\n",
+                        early_plugin="import early\n",
+                        test_early="import early\ndef test_it():\n    assert early.f() == 1\n")
+    result = pytester.runpytest_subprocess("--inject-telemetry", "-p", "early_plugin", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*imported before telemetry could be injected*early*make that import lazy*"])
+
+
+def test_named_installed_package(pytester: pytest.Pytester, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = tmp_path / "site"
+    (site / "extlib").mkdir(parents=True)
+    (site / "extlib" / "__init__.py").write_text("def ext(x):\n    return x * 3\n")
+    pytester.makepyfile(test_ext="import extlib\ndef test_it():\n    assert extlib.ext(2) == 6\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    result = pytester.runpytest_subprocess("--inject-telemetry", "--telemetry-modules=extlib", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*extlib:ext*1*"])
+
+
+def test_a_tampered_script_fails_its_item(project: pytest.Pytester) -> None:
+    project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider")
+    scripts = sorted((project.path / ".telemetry_cache" / "scripts" / "python").rglob("*.py"))
+    assert scripts
+    for script in scripts:
+        script.write_text(script.read_text().replace("EDITS = [", "EDITS = [  # changed\n"))
+    result = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-k", "telemetry")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*was changed after it was written*"])
+
+
+def test_compiled_code_is_cached(project: pytest.Pytester) -> None:
+    project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider")
+    code = project.path / ".telemetry_cache" / "metadata" / "code"
+    first = {p: p.stat().st_mtime_ns for p in code.rglob("*") if p.is_file()}
+    assert len(first) == 1  # only pkg/core.py has functions to instrument
+    project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider")
+    assert {p: p.stat().st_mtime_ns for p in code.rglob("*") if p.is_file()} == first
+
+
+def test_xdist_merges_the_workers_telemetry(project: pytest.Pytester) -> None:
+    def calls(result: pytest.RunResult) -> dict[str, int]:
+        lines = result.stdout.str().split("= telemetry =")[1].splitlines()
+        return {line.split()[0]: int(line.split()[1]) for line in lines if line.startswith("pkg.")}
+
+    single = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider")
+    result = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(passed=4, failed=1)
+    assert result.stdout.str().count("= telemetry =") == 1
+    merged, alone = calls(result), calls(single)
+    # Calls made by tests are the same; the decorator runs once per process that imports it.
+    assert merged.pop("pkg.core:logged") == 2 and alone.pop("pkg.core:logged") == 1
+    assert merged == alone and merged["pkg.core:double"] == 2
+
+
+def test_coverage_is_the_same_with_and_without(project: pytest.Pytester) -> None:
+    def covered(*args: str) -> dict:
+        out = project.path / "cov.json"
+        project.runpytest_subprocess("--cov=pkg", f"--cov-report=json:{out}", "-p", "no:cacheprovider", *args)
+        data = json.loads(out.read_text())
+        return {name: (sorted(f["executed_lines"]), sorted(f["missing_lines"])) for name, f in data["files"].items()}
+
+    plain = covered()
+    instrumented = covered("--inject-telemetry")
+    assert plain and plain == instrumented
