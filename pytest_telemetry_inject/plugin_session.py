@@ -90,7 +90,6 @@ class TelemetrySession:
         else:
             roots.append(self.root)
         test_globs = list(self.config.getini("python_files")) + ["conftest.py"]
-        testpaths = [(self.root / p).resolve() for p in self.config.getini("testpaths")]
         excludes = list(self.settings.exclude) + list(self.config.getini("telemetry_exclude"))
         found: list[Path] = []
         for root in roots:
@@ -104,10 +103,10 @@ class TelemetrySession:
                 relative = item.relative.as_posix()
                 if str(path).startswith(_OWN_PACKAGE + os.sep) or path.name in _NOT_PROJECT:
                     continue
-                if not self.prefixes and (
-                        any(fnmatch.fnmatch(path.name, glob) for glob in test_globs)
-                        or _TEST_DIRS & set(item.relative.parts[:-1])
-                        or any(t == path.parent or t in path.parents for t in testpaths)):
+                # Test files: pytest's python_files, conftest.py, and anything in a tests folder.
+                # (Not testpaths: a project may point it at its package, tests inside.)
+                if not self.prefixes and (any(fnmatch.fnmatch(path.name, glob) for glob in test_globs)
+                                          or _TEST_DIRS & set(item.relative.parts[:-1])):
                     continue
                 if any(fnmatch.fnmatch(relative, g) or fnmatch.fnmatch(relative, g.rstrip("/") + "/*")
                        for g in excludes):

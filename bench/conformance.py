@@ -1,0 +1,175 @@
+"""Real-world conformance: real projects' own test suites, plain and with --inject-telemetry.
+
+For each project of the corpus: download its source distribution from the package index,
+unpack it, install it (editable) with pytest and this package into a virtualenv, and run its
+suite from its folder: once plain, then with ``--inject-telemetry`` on a cold cache (its own
+package instrumented, its tests not), then again on a warm cache, then plain again. Outcomes
+are compared test by test (from JUnit XML); the wall-time ratio instrumented/plain uses the
+warm run and the faster of the two plain runs.
+
+    python bench/conformance.py [--workdir DIR] [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = [
+    ("more-itertools", "11.2.1"),
+    ("toolz", "1.2.0"),
+    ("cachetools", "8.0.1"),
+    ("tabulate", "0.10.0"),
+    ("parse", "1.22.4"),
+    ("markupsafe", "3.0.4"),
+]
+
+
+def sh(*args: str, cwd: Path | None = None, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, env=env, check=check, capture_output=True, text=True)
+
+
+def fetch(name: str, version: str, workdir: Path) -> Path:
+    """The unpacked source distribution's folder."""
+    downloads = workdir / "downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    found = [p for p in downloads.iterdir() if p.name.lower().replace("_", "-").startswith(f"{name}-{version}".lower())]
+    if not found:
+        sh(sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+           f"{name}=={version}", "-d", str(downloads))
+        found = [p for p in downloads.iterdir()
+                 if p.name.lower().replace("_", "-").startswith(f"{name}-{version}".lower())]
+    archive = found[0]
+    target = workdir / "src" / f"{name}-{version}"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(dir=target.parent))
+        if archive.suffix == ".zip":
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(temp)
+        else:
+            with tarfile.open(archive) as t:
+                t.extractall(temp, filter="data")
+        (inner,) = list(temp.iterdir())
+        inner.rename(target)
+        temp.rmdir()
+    return target
+
+
+def make_venv(workdir: Path) -> Path:
+    venv = workdir / "venv"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        sh(sys.executable, "-m", "venv", str(venv))
+        sh(str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+        # pytest-cov: some projects' own configuration passes --cov options.
+        sh(str(python), "-m", "pip", "install", "--quiet", "-e", str(ROOT), "pytest", "pytest-cov")
+    return python
+
+
+def outcomes(junit: Path) -> dict[str, str]:
+    """test id -> passed / failed / error / skipped."""
+    result: dict[str, str] = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        test = f"{case.get('classname')}::{case.get('name')}"
+        kinds = {child.tag for child in case}
+        outcome = "failed" if "failure" in kinds else "error" if "error" in kinds else \
+            "skipped" if "skipped" in kinds else "passed"
+        result[test] = outcome
+    return result
+
+
+def run_suite(python: Path, project: Path, label: str, *extra: str) -> tuple[float, dict[str, str], str]:
+    junit = project / f".conformance-{label}.xml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "TELEMETRY_INJECT_"))}
+    started = time.perf_counter()
+    done = sh(str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *extra,
+              cwd=project, env=env, check=False)
+    elapsed = time.perf_counter() - started
+    return elapsed, outcomes(junit) if junit.exists() else {}, done.stdout
+
+
+def summarise(results: dict[str, str]) -> str:
+    counts: dict[str, int] = {}
+    for outcome in results.values():
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+
+
+def conform(name: str, version: str, workdir: Path, python: Path) -> dict:
+    project = fetch(name, version, workdir)
+    sh(str(python), "-m", "pip", "install", "--quiet", "-e", str(project))
+    shutil.rmtree(project / ".telemetry_cache", ignore_errors=True)
+    plain_s, plain, plain_line = run_suite(python, project, "plain")
+    report = project / ".conformance-telemetry.json"
+    cold_s, cold, cold_line = run_suite(python, project, "cold", "--inject-telemetry")
+    warm_s, warm, warm_line = run_suite(python, project, "warm", "--inject-telemetry")
+    plain2_s, plain2, _ = run_suite(python, project, "plain2")
+    base = min(plain_s, plain2_s)
+    # The generated telemetry items are extra tests: compare the project's own tests only.
+    own = {k: v for k, v in warm.items() if not k.endswith("::telemetry")}
+    own_cold = {k: v for k, v in cold.items() if not k.endswith("::telemetry")}
+    items = {k: v for k, v in warm.items() if k.endswith("::telemetry")}
+    summary_line = next((line for line in warm_line.splitlines() if "functions instrumented" in line), "")
+    return {
+        "project": f"{name} {version}", "plain": summarise(plain), "instrumented": summarise(own),
+        "identical": plain == own == own_cold and plain == plain2,
+        "differences": sorted(k for k in set(plain) | set(own) if plain.get(k) != own.get(k))[:10],
+        "telemetry_items": summarise(items), "ratio_warm": warm_s / base, "ratio_cold": cold_s / base,
+        "plain_s": base, "warm_s": warm_s, "cold_s": cold_s, "summary": summary_line,
+        "llm_calls": 0 if "litellm" not in (cold_line + warm_line) else None,
+        "report": str(report),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "telemetry-conformance")
+    parser.add_argument("--only", nargs="*", help="project names to run")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    python = make_venv(args.workdir)
+    rows = []
+    for name, version in CORPUS:
+        if args.only and name not in args.only:
+            continue
+        try:
+            rows.append(conform(name, version, args.workdir, python))
+        except subprocess.CalledProcessError as exc:
+            rows.append({"project": f"{name} {version}", "error": (exc.stderr or exc.stdout or str(exc))[-500:]})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    header = f"{'project':<24} {'plain':<32} {'instrumented':<32} {'same':<5} {'warm x':>7} {'cold x':>7}  functions"
+    print(header)
+    for row in rows:
+        if "error" in row:
+            print(f"{row['project']:<24} error: {row['error']}")
+            continue
+        functions = row["summary"].split(" (")[0]
+        print(f"{row['project']:<24} {row['plain']:<32} {row['instrumented']:<32} "
+              f"{'yes' if row['identical'] else 'NO':<5} {row['ratio_warm']:>7.2f} {row['ratio_cold']:>7.2f}  {functions}")
+    good = [r for r in rows if "error" not in r]
+    if good:
+        median = statistics.median(r["ratio_warm"] for r in good)
+        print(f"median warm ratio {median:.2f} (target <= 1.25); all identical: "
+              f"{all(r['identical'] for r in good)}; LLM calls: {sum(r['llm_calls'] or 0 for r in good)} "
+              "(no model is configured: the LLM layer is never imported)")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0 if good and all(r["identical"] for r in good) and len(good) == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
