@@ -86,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TelemetryInjectError, FileNotFoundError, NotADirectoryError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # the cache or a folder cannot be used; nothing was lost
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"{PROG}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_ERRORS
 
 
 def _cache_main(argv: list[str]) -> int:

@@ -45,6 +45,7 @@ class TelemetrySession:
         self.finder: TelemetryFinder | None = None
         self.early: list[str] = []
         self.worker_snapshots: list[dict] = []
+        self.written: list[str] = []
         self.prepare_seconds = 0.0
 
     def option(self, name: str) -> Any:
@@ -163,6 +164,57 @@ class TelemetrySession:
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.is_worker:
             self.config.workeroutput["telemetry"] = json.dumps(self.snapshot(local=True))  # type: ignore[attr-defined]
+            return
+        output = self.option("telemetry_output")
+        if output:
+            manifest = self.write_output(Path(output))
+            self.written.append(f"instrumented sources ({len(manifest['files'])} files) and a manifest in {output}")
+
+    def write_output(self, folder: Path) -> dict:
+        """The project's modules instrumented for shipping (target ``vendored``: no dependency
+        on this package), the vendored runtime and ``telemetry-manifest.json``, under
+        ``folder`` at their paths relative to the rootdir."""
+        import dataclasses
+        import hashlib
+
+        from . import __version__
+        from .engine.runner import vendored_import
+        from .runtime.vendor import write_vendored
+        from .scan import ScanItem
+        from .sourcefile import write_atomic
+
+        settings = dataclasses.replace(self.settings, target="vendored", origins={})
+        engine = Engine(settings, self.cache)
+        manifest: dict = {"format": 1, "tool": f"pytest-telemetry-inject {__version__}",
+                          "settings": json.loads(settings.output_fingerprint()), "files": [], "vendored": []}
+        vendored: set[Path] = set()
+        for name in sorted(self.candidates):
+            path = Path(name)
+            try:
+                relative = path.relative_to(self.root)
+            except ValueError:
+                relative = Path(path.name)
+            item = ScanItem(path, self.root, relative, "python")
+            import_name, location = vendored_import(item, settings)
+            data = path.read_bytes()
+            result = engine.instrument(data, str(relative), import_name=import_name)
+            output = result.output if result.output is not None else data
+            target = folder / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(str(target), output, like=str(path))
+            counts = result.counts()[0]
+            manifest["files"].append({"path": relative.as_posix(), "status": result.status, "reason": result.reason,
+                                      "source_sha256": hashlib.sha256(data).hexdigest(),
+                                      "output_sha256": hashlib.sha256(output).hexdigest(),
+                                      "functions_instrumented": counts.get("instrumented", 0),
+                                      "functions_skipped": counts.get("skipped", 0) + counts.get("failed", 0)})
+            if result.output is not None and location is not None:
+                vendored.add(folder / location)
+        for module in sorted(vendored):
+            write_vendored(module)
+            manifest["vendored"].append(module.relative_to(folder).as_posix())
+        write_atomic(str(folder / "telemetry-manifest.json"), json.dumps(manifest, indent=2).encode())
+        return manifest
 
     def snapshot(self, local: bool = False) -> dict:
         from . import runtime
@@ -210,6 +262,8 @@ class TelemetrySession:
                 name = f"{row['module']}:{row['name']}"
                 write(f"{name[-60:]:<60} {row['count']:>8} {row['total_ns'] / 1e6:>10.3f} "
                       f"{row['total_ns'] / row['count'] / 1e3:>9.2f} {row['errors']:>6}")
+        for line in self.written:
+            write(f"wrote {line}")
         for module, reason in sorted(data["problems"].items()):
             write(f"not instrumented: {module}: {reason}")
         if self.early:

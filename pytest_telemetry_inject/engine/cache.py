@@ -22,10 +22,13 @@ counted, never raised.
 
 Format versions (``CACHE_FORMAT``):
     1: first format.
+    2: index lines are ``<crc32> <JSON array>``; a memo's crc32 also covers the lengths in
+       its first line.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -40,7 +43,7 @@ from .. import __version__
 from ..errors import CacheError
 from ..sourcefile import read_bytes, write_atomic
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 LOCK_TIMEOUT = 60.0
 STALE_TEMP_SECONDS = 3600.0
 _TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -103,6 +106,7 @@ class Memo:
 
 
 MEMO_MAGIC = b"TI-MEMO"
+_LASTING_ERRORS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EACCES, errno.EPERM}
 
 
 class ScriptCache:
@@ -151,10 +155,13 @@ class ScriptCache:
             return True
         try:
             os.makedirs(os.path.join(self.root, "metadata", "index"), exist_ok=True)
+            # Each checked on its own: a kill between the two writes must not lose one for good.
+            ignore = os.path.join(self.root, ".gitignore")
+            if not os.path.exists(ignore):
+                write_atomic(ignore, b"# Created by pytest-telemetry-inject.\n*\n")
             tag = os.path.join(self.root, "CACHEDIR.TAG")
             if not os.path.exists(tag):
                 write_atomic(tag, _TAG.encode())
-                write_atomic(os.path.join(self.root, ".gitignore"), b"# Created by pytest-telemetry-inject.\n*\n")
         except OSError as exc:
             self._write_failed(exc)
             return False
@@ -170,8 +177,8 @@ class ScriptCache:
         self.counters.write_errors += 1
         if not self.write_error:
             self.write_error = f"cannot write the cache at {self.root}: {exc.strerror or exc}"
-        if isinstance(exc, PermissionError) or getattr(exc, "errno", None) in (30,):  # EROFS
-            self.writable = False
+        if isinstance(exc, PermissionError) or exc.errno in _LASTING_ERRORS:
+            self.writable = False  # no use trying again for every file
 
     def _write_file(self, path: str, text: str) -> bool:
         try:
@@ -320,16 +327,18 @@ class ScriptCache:
 
     def put_memo(self, key: str, header: dict[str, Any], sections: list[bytes], payload: bytes) -> None:
         """Layout: one line ``TI-MEMO <format> <crc32> <header length> <section lengths>``,
-        then the header JSON, the sections and the payload. A crc32 of everything after the
-        first line catches a torn or damaged memo (a sha256 would cost ten times as much
-        on a warm run, and protects no better against someone who can write the cache)."""
+        then the header JSON, the sections and the payload. The crc32 covers the lengths and
+        everything after the first line, so a torn or damaged memo is never used (a sha256
+        would cost ten times as much on a warm run, and protects no better against someone
+        who can write the cache)."""
         if not self._ensure_layout():
             return
         head = json.dumps(dict(header, version=__version__), separators=(",", ":"),
                           ensure_ascii=False).encode("utf-8", "surrogatepass")
         body = b"".join([head, *sections, payload])
-        lengths = ",".join(str(len(part)) for part in sections) or "-"
-        first = b"%s %d %08x %d %s\n" % (MEMO_MAGIC, CACHE_FORMAT, zlib.crc32(body), len(head), lengths.encode())
+        lengths = (",".join(str(len(part)) for part in sections) or "-").encode()
+        shape = b"%d %s" % (len(head), lengths)
+        first = b"%s %d %08x %s\n" % (MEMO_MAGIC, CACHE_FORMAT, zlib.crc32(shape + b"\n" + body), shape)
         path = self._memo_path(key)
         try:
             self._ensure_dir(os.path.dirname(path))
@@ -366,7 +375,8 @@ class ScriptCache:
         """Remove everything in the cache; the number of files removed."""
         if not self.root.is_dir():
             return 0
-        removed = sum(1 for _ in _files(self.root))
+        lock = self.root / "metadata" / "index.lock"
+        removed = sum(1 for path in _files(self.root) if path != lock)
         with self._lock():
             for child in list(self.root.iterdir()):
                 if child.name in ("metadata",):
@@ -377,6 +387,8 @@ class ScriptCache:
                     _remove(child)
         self._shards.clear()
         self._verified.clear()
+        self._made.clear()
+        self._layout_ready = False
         return removed
 
     def prune(self, *, max_age_days: float = 30.0) -> dict[str, int]:
@@ -403,14 +415,15 @@ class ScriptCache:
             for path in _files(self.root / "metadata" / "files"):
                 if stale_temp(path):
                     continue
+                age = now - _atime(path)  # before reading it: a read refreshes the access time
                 memo = _read_memo(path)
-                if memo is None or now - _atime(path) > max_age_days * 86400:
+                scripts = _memo_scripts(memo) if memo is not None else None
+                if scripts is None or age > max_age_days * 86400:
                     _remove(path)
                     summary["memos_removed"] += 1
                     continue
                 used_tests.add(memo.header.get("tests") or "")
-                if memo.sections:  # the function list: [qualname, line, status, reason, template, script, ...]
-                    used_scripts.update(item[5] for item in json.loads(memo.sections[0]) if item[5])
+                used_scripts.update(scripts)
             for path in _files(self.root / "metadata" / "index"):
                 if path.suffix != ".jsonl":
                     continue
@@ -420,6 +433,11 @@ class ScriptCache:
                 body = b"".join(e.to_line() + b"\n" for e in keep.values())
                 write_atomic(str(path), body)
                 summary["index_lines_dropped"] += lines - len(keep)
+            for folder in (self.root, self.root / "metadata", self.root / "metadata" / "index"):
+                for path in folder.glob(".ti-*"):
+                    stale_temp(path)
+            for path in _files(self.root / "metadata" / "code"):
+                stale_temp(path)
             for path in _files(self.root / "scripts"):
                 if not stale_temp(path) and path.name[:-3] not in used_scripts:
                     _remove(path)
@@ -465,7 +483,9 @@ def _decode_memo(data: bytes) -> Memo | None:
     first, sep, body = data.partition(b"\n")
     try:
         magic, fmt, crc, head_length, lengths = first.split(b" ")
-        if not sep or magic != MEMO_MAGIC or int(fmt) != CACHE_FORMAT or int(crc, 16) != zlib.crc32(body):
+        shape = head_length + b" " + lengths
+        if not sep or magic != MEMO_MAGIC or int(fmt) != CACHE_FORMAT \
+                or int(crc, 16) != zlib.crc32(shape + b"\n" + body):
             return None
         offset = int(head_length)
         header = json.loads(body[:offset])
@@ -478,6 +498,16 @@ def _decode_memo(data: bytes) -> Memo | None:
     if not isinstance(header, dict) or header.get("version") != __version__:
         return None
     return Memo(header, sections, body[offset:])
+
+
+def _memo_scripts(memo: Memo) -> set[str] | None:
+    """The scripts a memo's function list names; None when that list does not decode."""
+    if not memo.sections:
+        return set()
+    try:  # [qualname, line, status, reason, template, script, cached] per function
+        return {item[5] for item in json.loads(memo.sections[0]) if item[5]}
+    except (ValueError, TypeError, IndexError, KeyError):
+        return None
 
 
 def _read_memo(path: Path) -> Memo | None:

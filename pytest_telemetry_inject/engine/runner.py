@@ -55,6 +55,8 @@ class FileReport:
     tally: tuple[dict[str, int], dict[str, dict[str, int]]] = ({}, {})
     diff: str = ""
     written: str = ""
+    cache_warning: str = ""
+    """Why the cache could not be written, as the process that tried saw it."""
 
 
 @dataclass
@@ -147,7 +149,10 @@ def _process(task: tuple[str, str, str, str]) -> tuple[FileReport, bool]:
     except OSError as exc:
         return _error_report(display, f"cannot read: {exc.strerror or exc}"), False
     result = _run_engine(_ENGINE, _OPTIONS.mode, data, display, import_name)
-    return _finish(result, data, source, destination, _OPTIONS), result.changed
+    report = _finish(result, data, source, destination, _OPTIONS)
+    if _ENGINE.cache is not None and result.counters.write_errors:
+        report.cache_warning = _ENGINE.cache.write_error
+    return report, result.changed
 
 
 def _run_engine(engine: Engine, mode: str, data: bytes, display: str, import_name: str) -> FileResult:
@@ -325,7 +330,7 @@ def run(paths: Iterable[str], settings: Settings, options: RunOptions, *, projec
     if not summary.cache_warning:
         for report in summary.files:
             if report.counters.write_errors:
-                summary.cache_warning = f"the cache at {summary.cache_path} could not be written"
+                summary.cache_warning = report.cache_warning or f"the cache at {summary.cache_path} could not be written"
                 break
 
     if vendored_targets and options.writes:

@@ -221,3 +221,23 @@ def test_coverage_is_the_same_with_and_without(project: pytest.Pytester) -> None
     plain = covered()
     instrumented = covered("--inject-telemetry")
     assert plain and plain == instrumented
+
+
+def test_telemetry_output_writes_a_shippable_tree(project: pytest.Pytester, tmp_path) -> None:
+    out = tmp_path / "artifact"
+    result = project.runpytest_subprocess("--inject-telemetry", f"--telemetry-output={out}", "-p", "no:cacheprovider")
+    result.stdout.fnmatch_lines([f"*wrote instrumented sources (3 files) and a manifest in {out}*"])
+    manifest = json.loads((out / "telemetry-manifest.json").read_text())
+    assert {f["path"]: f["functions_instrumented"] for f in manifest["files"]} == \
+        {"pkg/__init__.py": 0, "pkg/__main__.py": 0, "pkg/core.py": 10}
+    assert manifest["vendored"] == ["pkg/telemetry_utils.py"]
+    assert "from pkg import telemetry_utils as _telemetry_runtime" in (out / "pkg" / "core.py").read_text()
+    # The artifact runs with the standard library only: no pytest_telemetry_inject on the path.
+    (out / "pkg" / "data.txt").write_text("resource text\n")
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, "-S", "-E", "-c",
+                          "import sys; assert not any(\"site-packages\" in p for p in sys.path); "
+                          "import pkg.core as c; print(c.double(5))"],
+                         cwd=out, capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout == "10\n", run.stderr
