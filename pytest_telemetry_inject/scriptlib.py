@@ -9,6 +9,9 @@ An insertion script is a list of line edits on one function's source (line numbe
   multi-line string: re-indenting them would change the string).
 - ``insert(before, text)``: a new line ``text`` before line ``before``.
 - ``insert_after(line, text)``: a new line ``text`` after line ``line``.
+- ``insert_text(line, column, text)``: ``text`` inside line ``line``, before the character
+  at ``column`` of the original line (0-based; languages with braces put their telemetry
+  on existing lines, so no line moves).
 
 Edits apply in the order given and always refer to the original line numbers. The same
 functions compose the edits of nested functions in a whole file (``engine.reconstruct``),
@@ -26,12 +29,14 @@ __all__ = [
     "Indent",
     "Insert",
     "InsertAfter",
+    "InsertText",
     "ScriptMismatch",
     "apply",
     "apply_edits",
     "indent",
     "insert",
     "insert_after",
+    "insert_text",
     "is_blank",
     "indent_line",
     "line_eol",
@@ -63,7 +68,13 @@ class InsertAfter(NamedTuple):
     text: str
 
 
-Edit = Union[Indent, Insert, InsertAfter]
+class InsertText(NamedTuple):
+    line: int
+    column: int
+    text: str
+
+
+Edit = Union[Indent, Insert, InsertAfter, InsertText]
 
 
 def indent(first: int, last: int, unit: str, after: str = "", keep: Sequence[int] = ()) -> Indent:
@@ -84,6 +95,12 @@ def insert_after(line: int, text: str) -> InsertAfter:
     if line < 1 or "\n" in text or "\r" in text:
         raise ValueError("insert_after takes a line number >= 1 and one line of text")
     return InsertAfter(line, text)
+
+
+def insert_text(line: int, column: int, text: str) -> InsertText:
+    if line < 1 or column < 0 or "\n" in text or "\r" in text:
+        raise ValueError("insert_text takes a line >= 1, a column >= 0 and text without line breaks")
+    return InsertText(line, column, text)
 
 
 def split_lines(text: str) -> list[str]:
@@ -120,11 +137,14 @@ def indent_line(line: str, unit: str, after: str) -> str:
 
 def apply_edits(lines: list[str], edits: Sequence[Edit], offset: int = 0,
                 pre: list[list[str]] | None = None, post: list[list[str]] | None = None,
-                shift: list[int] | None = None) -> None:
+                shift: list[int] | None = None, inline: dict[int, list[tuple[int, int]]] | None = None) -> None:
     """Apply ``edits`` in place. ``lines`` are the original lines (0-based; ``offset`` is
     added to the edits' 1-based numbers to find them), ``pre``/``post`` hold the lines
     inserted before/after each line so far (by other functions), ``shift`` the columns each
-    line moved right. Used for one function and for a whole file alike."""
+    line moved right, ``inline`` the (original column, length) of the text inserted inside
+    each line so far. Used for one function and for a whole file alike."""
+    if inline is None:
+        inline = {}
     n = len(lines)
     own: dict[int, int] = {}  # lines this call inserted before line i: they go first, in order
     if pre is None:
@@ -163,6 +183,21 @@ def apply_edits(lines: list[str], edits: Sequence[Edit], offset: int = 0,
             if i >= n or not lines[i].endswith("\n"):
                 raise ScriptMismatch(f"insert after line {edit.line}: no line ending there")
             post[i].append(edit.text + line_eol(lines, i))
+        elif isinstance(edit, InsertText):
+            i = edit.line - 1 + offset
+            if i >= n:
+                raise ScriptMismatch(f"insert_text on line {edit.line}, past the end")
+            done = inline.setdefault(i, [])
+            # The column is in the original line: move it past what was inserted at or
+            # before it (earlier insertions at the same column stay first).
+            moved = (shift[i] if shift is not None else 0) + sum(length for column, length in done
+                                                                 if column <= edit.column)
+            position = edit.column + moved
+            line = lines[i]
+            if position > len(line.rstrip("\r\n")):
+                raise ScriptMismatch(f"insert_text at column {edit.column} of line {edit.line}, past its end")
+            lines[i] = line[:position] + edit.text + line[position:]
+            done.append((edit.column, len(edit.text)))
         else:
             raise TypeError(f"not an edit: {edit!r}")
 

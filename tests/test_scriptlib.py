@@ -104,3 +104,27 @@ def test_rendered_scripts_pass_the_allowlist_and_run() -> None:
     transform = load_transform(script)
     assert transform(source) == out
     assert transform(out) == out
+
+
+def test_insert_text_composes_on_one_line() -> None:
+    """Brace languages insert inside existing lines: positions refer to the original line,
+    and the texts of nested functions on the same line compose in either order."""
+    from pytest_telemetry_inject.scriptlib import InsertText, apply_edits, insert_text
+
+    line = ["function a() { function b() { return 1; } return b(); }\n"]
+    outer = [insert_text(1, 14, " A;"), insert_text(1, 54, "Z; ")]
+    inner = [insert_text(1, 29, " B;"), insert_text(1, 40, "Y; ")]
+    expected = "function a() { A; function b() { B; return 1; Y; } return b(); Z; }\n"
+    for order in ((inner, outer), (outer, inner)):
+        work = list(line)
+        inline: dict = {}
+        for edits in order:
+            apply_edits(work, edits, 0, None, None, None, inline)
+        assert work == [expected]
+    assert apply(line[0], outer + inner) == expected
+    with pytest.raises(ScriptMismatch):
+        apply("x\n", [InsertText(1, 5, "!")])
+    script = render_script(language="javascript", span_name="a", template="t/1", source_sha256=sha256(line[0]),
+                           output_sha256=sha256(expected), edits=outer + inner)
+    check_security(script)
+    assert load_transform(script)(line[0]) == expected

@@ -66,8 +66,9 @@ def reconstruct(lines: Sequence[str], functions: Sequence[tuple[FunctionRecord, 
     pre: list[list[str]] = [[] for _ in range(count)]
     post: list[list[str]] = [[] for _ in range(count)]
     shift = [0] * count
+    inline: dict[int, list[tuple[int, int]]] = {}
     for record, edits in sorted(functions, key=lambda item: item[0].start_line, reverse=True):
-        apply_edits(work, edits, record.start_line - 1, pre, post, shift)
+        apply_edits(work, edits, record.start_line - 1, pre, post, shift, inline)
     if header:
         if not 1 <= header_line <= count:
             raise ValueError("no place for the module header")

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from .. import __version__
 from ..errors import SecurityViolation, ValidationError
-from ..scriptlib import Edit, Indent, Insert, InsertAfter
+from ..scriptlib import Edit, Indent, Insert, InsertAfter, InsertText
 
 HELPER_MODULE = "pytest_telemetry_inject.scriptlib"
 MAX_SCRIPT_CHARS = 200_000
@@ -31,7 +31,7 @@ ALLOWED_BUILTINS = frozenset({
 # Attribute names a script may use: the public methods of the plain types it works with and
 # the fields of scriptlib's edits. An allowlist, not a denylist: frame and code attributes
 # (``gi_frame.f_back.f_globals``) and ``str.format``'s field access must stay out of reach.
-_EDIT_FIELDS = frozenset({"first", "last", "unit", "after", "keep", "before", "text", "line"})
+_EDIT_FIELDS = frozenset({"first", "last", "unit", "after", "keep", "before", "text", "line", "column"})
 _SAFE_METHODS = frozenset(
     name for kind in (str, list, dict, tuple, set, frozenset, int) for name in dir(kind)
     if not name.startswith("_")
@@ -59,6 +59,8 @@ def edits_to_json(edits: Sequence[Edit]) -> list[list[Any]]:
             out.append(["insert", edit.before, edit.text])
         elif isinstance(edit, InsertAfter):
             out.append(["insert_after", edit.line, edit.text])
+        elif isinstance(edit, InsertText):
+            out.append(["insert_text", edit.line, edit.column, edit.text])
         else:
             raise TypeError(f"not an edit: {edit!r}")
     return out
@@ -75,6 +77,8 @@ def edits_from_json(data: Sequence[Sequence[Any]]) -> list[Edit]:
             edits.append(Insert(int(item[1]), str(item[2])))
         elif kind == "insert_after":
             edits.append(InsertAfter(int(item[1]), str(item[2])))
+        elif kind == "insert_text":
+            edits.append(InsertText(int(item[1]), int(item[2]), str(item[3])))
         else:
             raise ValueError(f"unknown edit {kind!r}")
     return edits
@@ -87,13 +91,16 @@ def _render_edit(edit: Edit) -> str:
                 f"after={edit.after!r}, keep={keep})")
     if isinstance(edit, Insert):
         return f"insert(before={edit.before}, text={edit.text!r})"
+    if isinstance(edit, InsertText):
+        return f"insert_text(line={edit.line}, column={edit.column}, text={edit.text!r})"
     return f"insert_after(line={edit.line}, text={edit.text!r})"
 
 
 def render_script(*, language: str, span_name: str, template: str, source_sha256: str,
                   output_sha256: str, edits: Sequence[Edit]) -> str:
     """The text of a template's insertion script: readable, deterministic, content-addressed."""
-    helpers = sorted({type(e).__name__.lower().replace("insertafter", "insert_after") for e in edits})
+    names = {Indent: "indent", Insert: "insert", InsertAfter: "insert_after", InsertText: "insert_text"}
+    helpers = sorted({names[type(e)] for e in edits})
     body = "\n".join(f"    {_render_edit(e)}," for e in edits)
     return (
         f'"""Insertion script for `{span_name}` ({language}), from template {template}.\n'
@@ -215,29 +222,3 @@ def load_transform(text: str, *, check: bool = True) -> Callable[[str], str]:
     if not callable(transform):
         raise ValidationError("the script defines no transform(source) function")
     return transform
-
-
-def read_edits(text: str) -> list[Edit] | None:
-    """The EDITS list of a script written by ``render_script`` (read without running it), or
-    None for a script of another form."""
-    tree = ast.parse(text)
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["EDITS"]:
-            if not isinstance(node.value, ast.List):
-                return None
-            edits: list[Edit] = []
-            for call in node.value.elts:
-                if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
-                    return None
-                kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-                if call.func.id == "indent":
-                    edits.append(Indent(kwargs["first"], kwargs["last"], kwargs["unit"],
-                                        kwargs.get("after", ""), tuple(kwargs.get("keep", ()))))
-                elif call.func.id == "insert":
-                    edits.append(Insert(kwargs["before"], kwargs["text"]))
-                elif call.func.id == "insert_after":
-                    edits.append(InsertAfter(kwargs["line"], kwargs["text"]))
-                else:
-                    return None
-            return edits
-    return None
