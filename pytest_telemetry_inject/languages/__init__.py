@@ -43,12 +43,7 @@ class _Builtins:
         return [PythonLanguage()]
 
 
-@lru_cache(maxsize=1)
-def _registry() -> dict[str, Language]:
-    manager = pluggy.PluginManager(PROJECT)
-    manager.add_hookspecs(LanguageSpec)
-    manager.register(_Builtins(), "builtins")
-    manager.load_setuptools_entrypoints(f"{PROJECT}.languages")
+def _collect(manager: pluggy.PluginManager) -> dict[str, Language]:
     found: dict[str, Language] = {}
     for languages in manager.hook.telemetry_inject_languages():
         for language in languages:
@@ -56,11 +51,32 @@ def _registry() -> dict[str, Language]:
     return found
 
 
+@lru_cache(maxsize=1)
+def _builtins() -> dict[str, Language]:
+    manager = pluggy.PluginManager(PROJECT)
+    manager.add_hookspecs(LanguageSpec)
+    manager.register(_Builtins(), "builtins")
+    return _collect(manager)
+
+
+@lru_cache(maxsize=1)
+def _registry() -> dict[str, Language]:
+    """Built-in languages and those of installed plugins. Reading entry points costs tens of
+    milliseconds, so it waits until a file is in no built-in language."""
+    manager = pluggy.PluginManager(PROJECT)
+    manager.add_hookspecs(LanguageSpec)
+    manager.register(_Builtins(), "builtins")
+    manager.load_setuptools_entrypoints(f"{PROJECT}.languages")
+    return {**_builtins(), **_collect(manager)}
+
+
 def all_languages() -> dict[str, Language]:
     return dict(_registry())
 
 
 def get_language(name: str) -> Language:
+    if name in _builtins():
+        return _builtins()[name]
     try:
         return _registry()[name]
     except KeyError:
@@ -70,6 +86,9 @@ def get_language(name: str) -> Language:
 def language_for(path: str, head: bytes | None = None) -> Language | None:
     """The language of ``path``: by extension, else by the interpreter in a shebang line."""
     ext = os.path.splitext(path)[1].lower()
+    for language in _builtins().values():
+        if ext in language.extensions:
+            return language
     registry = _registry()
     for language in registry.values():
         if ext in language.extensions:
