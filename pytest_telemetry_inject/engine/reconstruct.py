@@ -58,9 +58,10 @@ class Reconstruction:
 
 
 def reconstruct(lines: Sequence[str], functions: Sequence[tuple[FunctionRecord, Sequence[Edit]]],
-                header: Sequence[str] = (), header_line: int = 0) -> Reconstruction:
-    """The file with every function's edits applied and ``header`` inserted before
-    ``header_line`` (1-based)."""
+                header: Sequence[str | Edit] = (), header_line: int = 0) -> Reconstruction:
+    """The file with every function's edits applied and the module header added: its lines
+    (strings) inserted before ``header_line`` (1-based), or its edits (file line numbers:
+    languages that must not move a line put their import inside an existing one)."""
     work = list(lines)
     count = len(work)
     pre: list[list[str]] = [[] for _ in range(count)]
@@ -69,12 +70,16 @@ def reconstruct(lines: Sequence[str], functions: Sequence[tuple[FunctionRecord, 
     inline: dict[int, list[tuple[int, int]]] = {}
     for record, edits in sorted(functions, key=lambda item: item[0].start_line, reverse=True):
         apply_edits(work, edits, record.start_line - 1, pre, post, shift, inline)
-    if header:
+    header_lines = [entry for entry in header if isinstance(entry, str)]
+    header_edits = [entry for entry in header if not isinstance(entry, str)]
+    if header_edits:
+        apply_edits(work, header_edits, 0, pre, post, shift, inline)
+    if header_lines:
         if not 1 <= header_line <= count:
             raise ValueError("no place for the module header")
         index = header_line - 1
         eol = line_eol(work, index)
-        pre[index][0:0] = [line + eol for line in header]
+        pre[index][0:0] = [line + eol for line in header_lines]
     original: list[int] = []
     moved: list[int] = []
     new_rows: list[int] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..scriptlib import Edit, split_lines
 
@@ -144,8 +144,10 @@ class Language(abc.ABC):
         TemplateNotApplicable with a reason when it cannot be used."""
 
     @abc.abstractmethod
-    def header(self, parsed: ParsedFile, settings: "Settings", import_name: str) -> list[str]:
-        """Module-level lines the inserted code needs (empty when already present)."""
+    def header(self, parsed: ParsedFile, settings: "Settings", import_name: str) -> list[Any]:
+        """What the inserted code needs at module level (empty when already present): lines
+        to insert before ``parsed.header_line``, or edits in file line numbers (for
+        languages where no line may move: ``scriptlib.insert_text`` on an existing line)."""
 
     @abc.abstractmethod
     def strip(self, text: str, *, only: set[int] | None = None) -> StripResult:
