@@ -191,3 +191,53 @@ def test_console_script_is_installed() -> None:
     assert script is not None
     done = subprocess.run([script, "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("telemetry-inject ")
+
+
+def _tree(root: Path, files: int) -> None:
+    for i in range(files):
+        body = "".join(f"def f{j}(x):\n    y = x + {j}\n    return y * 2\n\n" for j in range(30))
+        (root / f"m{i}.py").write_text(body)
+
+
+def test_progress_bar_on_a_terminal_for_long_runs(tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    root = tmp_path / "big"
+    root.mkdir()
+    _tree(root, 150)
+    primary, secondary = pty.openpty()
+    # A terminal of 80 columns (a fresh pty has none, and tqdm would draw a bar of width 0).
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "pytest_telemetry_inject.cli", str(root), "--dry-run",
+                             "--no-cache", "--no-parallel"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=secondary, text=True)
+    os.close(secondary)
+    seen = b""
+    while True:
+        ready, _, _ = select.select([primary], [], [], 120)
+        if not ready:
+            break
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    proc.wait(timeout=120)
+    os.close(primary)
+    assert proc.returncode == 0
+    # tqdm draws "<n>/150" and a rate once the run has lasted a second.
+    assert b"/150 " in seen and b"file/s" in seen, seen[-500:]
+
+
+def test_no_progress_bar_when_not_a_terminal(tmp_path: Path) -> None:
+    root = tmp_path / "big"
+    root.mkdir()
+    _tree(root, 150)
+    done = cli(str(root), "--dry-run", "--no-cache", "--no-parallel", cwd=tmp_path)
+    assert done.returncode == 0 and "file/s" not in done.stderr
