@@ -1,246 +1,1610 @@
 """The telemetry runtime: what instrumented code calls. Standard library only.
 
-This one file is both ``pytest_telemetry_inject.runtime`` and, copied verbatim, the
-vendored module written into projects that commit their telemetry (target ``vendored``).
+This one file is both ``pytest_telemetry_inject.runtime`` and, copied verbatim after a marker
+line, the vendored module written into projects that commit their telemetry (target
+``vendored``, usually ``telemetry_utils.py``). docs/runtime.md is the full reference.
 
-Instrumented modules do ``_telemetry = tracer(__name__)`` once, then per call either
+Instrumented modules do ``_telemetry = tracer(__name__)`` once, then per function either
 ``with _telemetry.span("Qual.name"):`` (functions and coroutines),
-``with _telemetry.generator_span("Qual.name"):`` (generators: the span lives from the first
-step to exhaustion or close, and never becomes the caller's current span) or the decorator
-``@_telemetry.instrument("Qual.name")``.
+``with _telemetry.generator_span("Qual.name"):`` (generators and async generators: the span
+lives from the first step to exhaustion or close and never becomes the caller's current
+span) or the decorator ``@_telemetry.instrument("Qual.name")``.
 
-Per call it records count, total/min/max duration and exceptions. It never raises into
-user code. Environment:
+Per function (and per test, see ``set_current_test``) it keeps the number of calls, the
+total, smallest and largest duration and the exceptions. Optional sinks: JSONL events,
+a Chrome trace file (Perfetto, chrome://tracing), OpenTelemetry spans, events kept in
+memory for reports. It never raises into user code. Environment variables (read at import;
+``configure()`` changes the same settings later):
 
 - ``TELEMETRY_INJECT_DISABLED=1``: every span is a no-op.
-- ``TELEMETRY_INJECT_REPORT=1`` (or ``=PATH``): print a table of calls at exit (to stderr or PATH).
-- ``TELEMETRY_INJECT_JSONL=PATH``: append one JSON event per call to PATH (flushed at exit).
+- ``TELEMETRY_INJECT_JSONL=PATH``: append one JSON event per call to PATH.
+- ``TELEMETRY_INJECT_TRACE=PATH``: write a Chrome trace event file at exit and on ``flush()``.
+- ``TELEMETRY_INJECT_OTEL=1`` (or ``0``): OpenTelemetry spans on (off); unset: on when a
+  real TracerProvider is set.
+- ``TELEMETRY_INJECT_MIN_DURATION=SECONDS``: shorter calls are counted but not emitted.
+- ``TELEMETRY_INJECT_SAMPLE_RATE=0..1``: the share of calls emitted as events.
+- ``TELEMETRY_INJECT_REPORT=1`` (or ``=PATH``): a table of calls at exit (stderr or PATH).
+
+How the hot path stays cheap (figures in docs/runtime.md):
+
+- A tracer's class is the current mode's (aggregate only, events, OpenTelemetry, off):
+  ``span`` is a plain method there, so a mode costs nothing when it is not on.
+- ``span()`` does one dict lookup (name -> site), one allocation and one clock read; the
+  span's ``__enter__`` is a C function (a Python ``__enter__`` is called from C by the
+  ``with`` statement, which costs a second interpreter frame).
+- Durations are appended to a per-site list (``list.append`` is atomic) and folded into
+  count/total/min/max in batches under a lock: counting is exact under threads without
+  a lock per call.
+- Contextvars (parent spans) are only touched by the sinks that record parents.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextvars
 import functools
-import inspect
-import json
+import itertools
 import os
 import sys
 import threading
-import time
+from time import perf_counter_ns as _clock
+from time import time_ns as _time_ns
 
 __all__ = [
+    "RUNTIME_VERSION",
     "Tracer",
+    "chrome_trace",
+    "configure",
+    "current_test",
+    "dropped_events",
+    "events",
+    "flush",
     "format_report",
+    "merge_snapshots",
     "no_telemetry",
     "reset",
+    "set_current_test",
     "snapshot",
     "tracer",
 ]
 
-RUNTIME_VERSION = 1
-_clock = time.perf_counter_ns
+# 1: the first runtime (aggregate, JSONL). 2: sinks, per-test attribution, forwarding.
+RUNTIME_VERSION = 2
+# What a vendored copy and the package runtime agree on to forward spans (see _adopt).
+_TELEMETRY_INJECT_CORE = 1
+_MAIN_NAME = "pytest_telemetry_inject.runtime._core"
+
 _TRUE = ("1", "true", "yes", "on")
-_DISABLED = os.environ.get("TELEMETRY_INJECT_DISABLED", "").strip().lower() in _TRUE
-_lock = threading.Lock()
-_sites: dict[tuple[str, str], "_Site"] = {}
-_tracers: dict[str, "Tracer"] = {}
-_events: list[str] | None = [] if os.environ.get("TELEMETRY_INJECT_JSONL") else None
+_FALSE = ("0", "false", "no", "off")
+# Exceptions that end a call without it failing: a generator closed early, an iterator's
+# ``__next__`` / ``__anext__`` saying it is exhausted.
+_NOT_ERRORS = (GeneratorExit, StopIteration, StopAsyncIteration)
+_NOTHING: dict = {}  # its .get is the disabled try form's start/end/fail
+_DRAIN_AT = 512  # durations kept per site before they are folded into the aggregate
+_SPILL_AT = 4096  # events kept before they are handed to the sinks
+_EPOCH_NS = _time_ns() - _clock()  # perf_counter_ns() + this = Unix time in ns
+
+# C callables used as ``__enter__`` / ``__exit__`` of no-op spans: the ``with`` statement
+# calls them without building a Python frame. ``type.__prepare__`` takes any arguments and
+# returns a new, empty (so false: the exception is not swallowed) dict.
+_ENTER = {}.clear
+_EXIT_NOOP = type.__prepare__
+
+_lock = threading.Lock()  # folds buffers, spills events, snapshots; replaced after fork
+_sites: dict = {}  # (module, name) -> _Site
+_tracers: dict = {}  # module -> Tracer
+_events: list = []  # event tuples not yet handed to the sinks
+_thread_names: dict = {}  # thread ident -> name, for events
+_current = contextvars.ContextVar("telemetry_inject_span", default=None)
+_cv_get = _current.get
+_cv_set = _current.set
+_cv_reset = _current.reset
+_next_id = itertools.count(1).__next__
+_get_ident = threading.get_ident
+_pid = os.getpid()
+
+# Settings the hot path reads (module globals: the cheapest lookup there is).
+_mode = "agg"  # "off" | "agg" | "ev" (events) | "otel"
+_min_ns = 0
+_rate = 1.0
+_random = None  # random.random, imported when a sample rate is set
+_ev_on = False  # some event sink is on
+_parents = False  # some event sink records parent ids (JSONL, kept events)
+_test = None  # the current test (set_current_test)
+_collecting = False  # this runtime is the collector vendored copies forward to
+_lead = None  # (vendored copies) the runtime this copy forwards to
+_copies: list = []  # (collector) the vendored copies forwarding to it
+
+# OpenTelemetry, bound when the sink is on (never imported otherwise).
+_otel = None  # a namespace of the functions used, or None
+
+
+class _Config:
+    """The settings (``configure()`` and the environment)."""
+
+    __slots__ = ("disabled", "min_duration", "sample_rate", "jsonl", "trace", "otel", "otel_provider",
+                 "report", "keep_events", "max_events", "collector")
+
+    def __init__(self) -> None:
+        self.disabled = False
+        self.min_duration = 0.0
+        self.sample_rate = 1.0
+        self.jsonl = ""
+        self.trace = ""
+        self.otel: bool | str = "auto"
+        self.otel_provider: object = None  # a TracerProvider; None: the global one
+        self.report = ""
+        self.keep_events = False
+        self.max_events = 200_000
+        self.collector = False
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+_config = _Config()
+
+
+# -- sites and their aggregate ---------------------------------------------------------------
 
 
 class _Site:
-    """One instrumented function (module + qualname) and its aggregate."""
+    """One instrumented function (module + qualname): its pending durations and errors, and
+    its aggregate per test (``None``: outside any test)."""
 
-    __slots__ = ("module", "name", "count", "total", "min", "max", "errors")
+    __slots__ = ("module", "name", "file", "line", "buf", "errs", "stats", "ot", "_attrs")
 
-    def __init__(self, module: str, name: str) -> None:
+    def __init__(self, module: str, name: str, file: str | None, line: int | None) -> None:
         self.module = module
         self.name = name
-        self.count = 0
-        self.total = 0
-        self.min = 0
-        self.max = 0
-        self.errors = 0
+        self.file = file
+        self.line = line
+        self.buf: list[int] = []  # durations (ns) not yet folded
+        self.errs: list[type] = []  # exception types not yet folded
+        # test -> [count, total, min, max, errors, {exception name: count} or None]
+        self.stats: dict = {}
+        self.ot = None  # the module's OpenTelemetry tracer, when that sink is on
+        self._attrs: dict | None = None
 
-    def record(self, start: int, duration: int, error: BaseException | None) -> None:
-        with _lock:
-            self.count += 1
-            self.total += duration
-            if self.count == 1 or duration < self.min:
-                self.min = duration
-            if duration > self.max:
-                self.max = duration
-            if error is not None:
-                self.errors += 1
-        if _events is not None:
-            event = {"module": self.module, "name": self.name, "start_ns": start, "duration_ns": duration,
-                     "pid": os.getpid(), "thread": threading.get_ident()}
-            if error is not None:
-                event["exception"] = type(error).__name__
-            _events.append(json.dumps(event))
+    def otel_attributes(self) -> dict:
+        """OpenTelemetry code attributes, computed once per site."""
+        if self._attrs is None:
+            # The module is the tracer's (instrumentation scope's) name: no code.namespace,
+            # each attribute costs the SDK about a microsecond per span to validate.
+            attrs: dict = {"code.function": self.name}
+            if self.file:
+                attrs["code.filepath"] = self.file
+            if self.line:
+                attrs["code.lineno"] = self.line
+            self._attrs = attrs
+        return self._attrs
 
 
-class _Span:
-    __slots__ = ("_site", "_start")
+def _exception_name(kind: type) -> str:
+    """The exception's class name, as version 1 wrote it (``OutOfStock``, ``Outer.Error``)."""
+    return getattr(kind, "__qualname__", None) or getattr(kind, "__name__", None) or repr(kind)
 
-    def __init__(self, site: _Site) -> None:
+
+def _drain(site: _Site) -> None:
+    """Fold the site's pending durations and errors into the current test's aggregate.
+    The caller holds ``_lock``. Appends go on meanwhile: only the first ``n`` items,
+    read here, are removed, and only one drain runs at a time."""
+    buf, errs = site.buf, site.errs
+    n, m = len(buf), len(errs)
+    if not n and not m:
+        return
+    stats = site.stats.get(_test)
+    if stats is None:
+        stats = site.stats[_test] = [0, 0, 0, 0, 0, None]
+    if n:
+        chunk = buf[:n]
+        del buf[:n]
+        low, high = min(chunk), max(chunk)
+        if not stats[0] or low < stats[2]:
+            stats[2] = low
+        if high > stats[3]:
+            stats[3] = high
+        stats[0] += n
+        stats[1] += sum(chunk)
+    if m:
+        chunk = errs[:m]
+        del errs[:m]
+        kinds = stats[5] if stats[5] is not None else {}
+        for kind in chunk:
+            key = _exception_name(kind)
+            kinds[key] = kinds.get(key, 0) + 1
+        stats[4] += m
+        stats[5] = kinds
+
+
+def _drain_soon(site: _Site) -> None:
+    """From the hot path: fold unless another thread (or this one, re-entered from a
+    finalizer) is already folding; the buffer then waits for the next call."""
+    lock = _lock
+    if lock.acquire(False):
+        try:
+            _drain(site)
+        finally:
+            lock.release()
+        _maybe_otel()
+
+
+def _drain_all() -> None:
+    for site in list(_sites.values()):
+        if site.buf or site.errs:
+            _drain(site)
+
+
+# -- spans ---------------------------------------------------------------------------------
+
+
+class _Off:
+    """The no-op span (disabled, or a fault inside the runtime): C enter and exit."""
+
+    __slots__ = ()
+    __enter__ = _ENTER
+    __exit__ = _EXIT_NOOP
+
+
+_OFF = _Off()
+
+
+class _AggSpan:
+    """A call, aggregate only (the default mode)."""
+
+    __slots__ = ("_t", "_site", "_err")  # _err: the exception the try form's fail() saw
+    __enter__ = _ENTER
+
+    def _begin(self, site: _Site) -> _AggSpan:
         self._site = site
-
-    def __enter__(self) -> "_Span":
-        self._start = _clock()
+        self._t = _clock()
         return self
 
-    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
-        end = _clock()
+    def __exit__(self, et: type | None, ev: BaseException | None, tb: object) -> None:
         try:
-            if exc is not None and isinstance(exc, (GeneratorExit, StopIteration, StopAsyncIteration)):
-                exc = None
-            self._site.record(self._start, end - self._start, exc)
+            end = _clock()
+            site = self._site
+            buf = site.buf
+            buf.append(end - self._t)
+            # After the duration: a fold between the two appends must never see more
+            # errors than calls.
+            if et is not None and not issubclass(et, _NOT_ERRORS):
+                site.errs.append(et)
+            if len(buf) > _DRAIN_AT:
+                _drain_soon(site)
         except Exception:  # the runtime never raises into user code
             pass
-        return False
 
 
-class _NoSpan:
-    __slots__ = ()
+def _describe(kind: type, error: object) -> str:
+    """``Type: message`` (a failing ``__str__`` must not lose the span)."""
+    try:
+        return f"{kind.__name__}: {error}"
+    except Exception:
+        return kind.__name__
 
-    def __enter__(self) -> "_NoSpan":
+
+def _name_thread(ident: int) -> None:
+    _thread_names[ident] = threading.current_thread().name
+
+
+def _emit(site: _Site, start: int, duration: int, tid: int, span_id: object, parent: object,
+          error: type | None, test: object) -> None:
+    """Keep one event (the caller checked min_duration and the sample rate)."""
+    _events.append((site, start, duration, tid, span_id, parent, error, test))
+    if len(_events) >= _SPILL_AT and _lock.acquire(False):
+        try:
+            _spill()
+        finally:
+            _lock.release()
+
+
+class _EvSpan(_AggSpan):
+    """A call that may become an event: it has an id, a parent (the current span, kept in
+    a contextvar, so threads and asyncio tasks get theirs) and a thread."""
+
+    __slots__ = ("_id", "_parent", "_tok", "_test", "_tid")
+
+    def _begin(self, site: _Site) -> _EvSpan:
+        self._site = site
+        self._test = _test
+        tid = self._tid = _get_ident()
+        if tid not in _thread_names:
+            _name_thread(tid)
+        if _parents:
+            self._parent = _cv_get()
+            self._id = span_id = _next_id()
+            self._tok = token = _cv_set(span_id)
+            try:
+                self._t = _clock()
+            except BaseException:  # never leave a span current that will not end
+                _cv_reset(token)
+                raise
+        else:  # only the Chrome trace is on: it nests by time, no contextvar work
+            self._parent = self._id = self._tok = None
+            self._t = _clock()
         return self
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
-        return False
+    def __exit__(self, et: type | None, ev: BaseException | None, tb: object) -> None:
+        token = None
+        try:
+            token = self._tok  # first: whatever fails below, the span stops being current
+            duration = _clock() - self._t
+            site = self._site
+            buf = site.buf
+            buf.append(duration)
+            error = None
+            if et is not None and not issubclass(et, _NOT_ERRORS):
+                site.errs.append(et)
+                error = et
+            if duration >= _min_ns and (_rate >= 1.0 or _random() < _rate):
+                _emit(site, self._t, duration, self._tid, self._id, self._parent, error, self._test)
+            if len(buf) > _DRAIN_AT:
+                _drain_soon(site)
+        except Exception:
+            pass
+        if token is not None:
+            try:
+                _cv_reset(token)
+            except Exception:  # e.g. a span used across contexts: leave the var alone
+                pass
 
 
-_NO_SPAN = _NoSpan()
+class _EvGenSpan(_EvSpan):
+    """A generator's span: never the current span (a contextvar set inside a generator
+    leaks to its caller while it is suspended). The decorator form makes it current
+    around each step through ``_enter_step`` / ``_exit_step``."""
+
+    __slots__ = ()
+
+    def _begin(self, site: _Site) -> _EvGenSpan:
+        self._site = site
+        self._parent = _cv_get() if _parents else None
+        self._id = _next_id() if _parents else None
+        self._tok = None
+        self._test = _test
+        tid = self._tid = _get_ident()
+        if tid not in _thread_names:
+            _name_thread(tid)
+        self._t = _clock()
+        return self
+
+    def _enter_step(self) -> object:
+        try:
+            return _cv_set(self._id) if self._id is not None else None
+        except Exception:
+            return None
+
+    def _exit_step(self, token: object) -> None:
+        try:
+            if token is not None:
+                _cv_reset(token)
+        except Exception:
+            pass
+
+
+def _otel_tracer(site: _Site):  # type: ignore[no-untyped-def]
+    ot = site.ot
+    if ot is None:
+        ot = site.ot = _otel.get_tracer(site.module)
+    return ot
+
+
+class _OtSpan(_AggSpan):
+    """A call as an OpenTelemetry span, current (in OpenTelemetry's context) for the body,
+    so spans nest under whatever span is current, e.g. a test's."""
+
+    __slots__ = ("_o", "_tok", "_test", "_tid")
+
+    def _begin(self, site: _Site) -> _OtSpan:
+        self._site = site
+        if _ev_on:
+            self._test = _test
+            tid = self._tid = _get_ident()
+            if tid not in _thread_names:
+                _name_thread(tid)
+        try:
+            otel = _otel
+            span = self._o = _otel_tracer(site).start_span(site.name, attributes=site.otel_attributes())
+            self._tok = otel.attach(otel.set_span_in_context(span))
+        except Exception:  # a failing exporter or processor: still count the call
+            self._o = self._tok = None
+        try:
+            self._t = _clock()
+        except BaseException:  # never leave a span current (or open) that will not end
+            if self._tok is not None:
+                _otel.detach(self._tok)
+            if self._o is not None:
+                self._o.end()
+            raise
+        return self
+
+    def __exit__(self, et: type | None, ev: BaseException | None, tb: object) -> None:
+        error = duration = span = token = None
+        try:
+            span, token = self._o, self._tok  # first: whatever fails below, the span ends
+            duration = _clock() - self._t
+            if et is not None and not issubclass(et, _NOT_ERRORS):
+                error = et
+            site = self._site
+            buf = site.buf
+            buf.append(duration)
+            if error is not None:
+                site.errs.append(et)
+            if len(buf) > _DRAIN_AT:
+                _drain_soon(site)
+        except Exception:
+            pass
+        if span is not None:
+            try:
+                if token is not None:
+                    _otel.detach(token)
+                if error is not None:
+                    span.record_exception(ev)
+                    span.set_status(_otel.error_status(_describe(et, ev)))
+            except Exception:
+                pass
+            finally:
+                try:
+                    span.end()
+                except Exception:
+                    pass
+        if _ev_on and duration is not None:
+            try:
+                if duration >= _min_ns and (_rate >= 1.0 or _random() < _rate):
+                    span_id = parent = None
+                    if span is not None:
+                        span_id = span.get_span_context().span_id
+                        parent = span.parent.span_id if span.parent is not None else None
+                    _emit(self._site, self._t, duration, self._tid, span_id, parent, error, self._test)
+            except Exception:
+                pass
+
+
+class _OtGenSpan(_OtSpan):
+    """A generator's OpenTelemetry span: started with the current span as parent, never
+    made current by ``with`` (see ``_EvGenSpan``); per step by the decorator."""
+
+    __slots__ = ()
+
+    def _begin(self, site: _Site) -> _OtGenSpan:
+        self._site = site
+        self._tok = None
+        if _ev_on:
+            self._test = _test
+            tid = self._tid = _get_ident()
+            if tid not in _thread_names:
+                _name_thread(tid)
+        try:
+            self._o = _otel_tracer(site).start_span(site.name, attributes=site.otel_attributes())
+        except Exception:
+            self._o = None
+        try:
+            self._t = _clock()
+        except BaseException:
+            if self._o is not None:
+                self._o.end()
+            raise
+        return self
+
+    def _enter_step(self) -> object:
+        try:
+            span = self._o
+            return None if span is None else _otel.attach(_otel.set_span_in_context(span))
+        except Exception:
+            return None
+
+    def _exit_step(self, token: object) -> None:
+        try:
+            if token is not None:
+                _otel.detach(token)
+        except Exception:
+            pass
+
+
+# -- tracers --------------------------------------------------------------------------------
 
 
 class Tracer:
-    """The spans of one module."""
+    """The spans of one module: ``span(name)``, ``generator_span(name)`` and
+    ``instrument(name)``.
 
-    __slots__ = ("module", "_sites")
+    ``tracer()`` hands out instances of the subclass of the current mode (``_install``
+    swaps ``__class__``): there ``span`` is a plain method, which CPython specialises best.
+    The base class's ``span`` / ``generator_span`` slots serve vendored copies' tracers that
+    forward to the collector's (``_FollowTracer``)."""
+
+    __slots__ = ("module", "span", "generator_span", "start", "start_generator", "end", "fail",
+                 "_by_name", "_where", "_lead", "_followers",
+                 "__weakref__")
+    _kinds: tuple = (_AggSpan, _AggSpan)  # the span classes of span() and generator_span()
 
     def __init__(self, module: str) -> None:
         self.module = module
-        self._sites: dict[str, _Site] = {}
+        self._by_name: dict = {}  # name -> _Site (this module's sites seen so far)
+        self._where: dict = {}  # name -> (file, line) known before the first call
+        self._lead: Tracer | None = None  # (vendored copies) the tracer spans go to
+        self._followers: list = []  # (collector) vendored copies' tracers of this module
+        _install(self)
 
-    def _site(self, name: str) -> _Site:
-        site = self._sites.get(name)
+    def _span_agg(self, name: str) -> _AggSpan | _Off:
+        # The hot path of the default mode (what _AggSpan._begin does, inlined; a try
+        # block costs nothing until something raises).
+        try:
+            site = self._by_name[name]
+            span = _AggSpan()
+            span._site = site
+            span._t = _clock()
+            return span
+        except Exception:  # KeyError: the first call of this site (or an internal fault)
+            return self._first(name, False)
+
+    def _span_ev(self, name: str) -> _AggSpan | _Off:
+        try:
+            return _EvSpan()._begin(self._by_name[name])
+        except Exception:
+            return self._first(name, False)
+
+    def _gspan_ev(self, name: str) -> _AggSpan | _Off:
+        try:
+            return _EvGenSpan()._begin(self._by_name[name])
+        except Exception:
+            return self._first(name, True)
+
+    def _span_otel(self, name: str) -> _AggSpan | _Off:
+        try:
+            return _OtSpan()._begin(self._by_name[name])
+        except Exception:
+            return self._first(name, False)
+
+    def _gspan_otel(self, name: str) -> _AggSpan | _Off:
+        try:
+            return _OtGenSpan()._begin(self._by_name[name])
+        except Exception:
+            return self._first(name, True)
+
+    def _span_off(self, name: str) -> _Off:
+        return _OFF
+
+    # -- the try form (``--style try``): no ``with`` protocol, no object per call --
+    #
+    #     _telemetry_t = _telemetry.start()
+    #     try:
+    #         ...body...
+    #     except BaseException:
+    #         _telemetry_t = _telemetry.fail("Q", _telemetry_t)
+    #         raise
+    #     finally:
+    #         _telemetry.end("Q", _telemetry_t)
+    #
+    # ``start`` takes no name, so that in the aggregate mode it is the C clock itself; the
+    # name comes with ``end``. There the state is the start time (an int), or after
+    # ``fail`` a (start, exception type) pair: ``end`` records the duration before the
+    # error, as ``_AggSpan.__exit__`` does. In the other modes the state is a span object
+    # begun on the tracer's placeholder site, which ``end`` replaces with the real one
+    # (renaming the OpenTelemetry span, as its API allows until the span ends).
+
+    def _end_agg(self, name: str, state: object) -> None:
+        try:
+            site = self._by_name[name]
+            buf = site.buf
+            buf.append(_clock() - state)  # type: ignore[operator]
+            if len(buf) > _DRAIN_AT:
+                _drain_soon(site)
+        except Exception:  # the first call of the site, an error, or a state of another mode
+            self._end_other(name, state)
+
+    def _fail_agg(self, name: str, state: object) -> object:
+        try:
+            kind = sys.exc_info()[0]
+            if kind is not None and not issubclass(kind, _NOT_ERRORS):
+                return (state, kind)
+        except Exception:
+            pass
+        return state
+
+    def _placeholder(self) -> _Site:
+        site = self._by_name.get(None)
         if site is None:
-            with _lock:
-                site = _sites.setdefault((self.module, name), _Site(self.module, name))
-            self._sites[name] = site
+            site = self._by_name[None] = _Site(self.module, self.module, None, None)
         return site
 
-    def span(self, name: str) -> "_Span | _NoSpan":
-        if _DISABLED:
-            return _NO_SPAN
-        site = self._sites.get(name)
-        return _Span(site if site is not None else self._site(name))
+    def _start_span(self) -> object:
+        try:
+            return self._kinds[0]()._begin(self._placeholder())
+        except Exception:
+            return None
 
-    generator_span = span
+    def _start_generator_span(self) -> object:
+        try:
+            return self._kinds[1]()._begin(self._placeholder())
+        except Exception:
+            return None
+
+    def _end_span(self, name: str, state: object) -> None:
+        try:
+            if not isinstance(state, _AggSpan):
+                self._end_other(name, state)
+                return
+            site = self._by_name.get(name)
+            if site is None:  # frames: _site, this, the user's function
+                site = self._by_name[name] = self._site(name, 2)
+            state._site = site
+            otel_span = getattr(state, "_o", None)
+            if otel_span is not None:
+                try:
+                    otel_span.update_name(site.name)
+                    otel_span.set_attributes(site.otel_attributes())
+                except Exception:
+                    pass
+            error = getattr(state, "_err", None)
+            if error is None:
+                state.__exit__(None, None, None)
+            else:
+                state.__exit__(type(error), error, error.__traceback__)
+        except Exception:
+            pass
+
+    def _fail_span(self, name: str, state: object) -> object:
+        try:
+            error = sys.exc_info()[1]
+            if isinstance(state, _AggSpan) and error is not None:
+                state._err = error
+        except Exception:
+            pass
+        return state
+
+    def _end_other(self, name: str, state: object) -> None:
+        """``end`` off its fast path: the site's first call, a span of another mode (the mode
+        changed during the call), an error recorded by ``fail``."""
+        try:
+            if isinstance(state, _AggSpan):
+                Tracer._end_span(self, name, state)
+                return
+            if state is None:
+                return  # started while disabled (or the start failed): nothing was measured
+            kind = None
+            if isinstance(state, tuple):
+                state, kind = state
+            if not isinstance(state, int):
+                return
+            duration = _clock() - state
+            site = self._by_name.get(name)
+            if site is None:  # frames: _site, this, end (either mode's), the user's function
+                site = self._by_name[name] = self._site(name, 3)
+            site.buf.append(duration)
+            if kind is not None:
+                site.errs.append(kind)
+            if len(site.buf) > _DRAIN_AT:
+                _drain_soon(site)
+        except Exception:
+            pass
+
+    def _first(self, name: str, generator: bool) -> _AggSpan | _Off:
+        """The first call of a site through this tracer. Frames: the user's function
+        called span() (2 up from ``_site``), which called this."""
+        try:
+            site = self._by_name[name] = self._site(name, 3)
+            return self._kinds[generator]()._begin(site)
+        except Exception:
+            return _OFF
+
+    def _site(self, name: str, depth: int) -> _Site:
+        key = (self.module, name)
+        site = _sites.get(key)
+        if site is None:
+            where = self._where.get(name)
+            if where is None:
+                where = (None, None)
+                getframe = getattr(sys, "_getframe", None)
+                if getframe is not None:
+                    try:  # the caller's frame, once per site (never per call)
+                        code = getframe(depth).f_code
+                        where = (code.co_filename, code.co_firstlineno)
+                    except ValueError:
+                        pass
+            site = _sites.setdefault(key, _Site(self.module, name, *where))
+            _maybe_otel()
+        return site
+
+    def _register(self, name: str, func: object) -> None:
+        """Remember where a decorated function is (its span is called from a wrapper)."""
+        code = getattr(func, "__code__", None)
+        if code is not None:
+            where = (code.co_filename, code.co_firstlineno)
+            self._where[name] = where
+            if self._lead is not None:
+                self._lead._where[name] = where
 
     def instrument(self, name: str):  # type: ignore[no-untyped-def]
-        """Decorator form: the same span around every call, for every kind of function."""
+        """Decorator form: one span per call of sync, async, generator and async generator
+        functions (``staticmethod``/``classmethod`` objects are unwrapped and rewrapped).
+        Keeps ``functools.wraps`` metadata (``__wrapped__``, ``__doc__``, signature). When
+        the runtime is disabled at decoration time the function is returned unchanged."""
 
         def decorate(func):  # type: ignore[no-untyped-def]
-            if _DISABLED:
+            try:
+                return _wrap(self, name, func)
+            except Exception:
                 return func
-            span = self.span
-            if inspect.isasyncgenfunction(func):
-                @functools.wraps(func)
-                async def async_gen_wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-                    with span(name):
-                        async for item in func(*args, **kwargs):
-                            yield item
-                return async_gen_wrapper
-            if inspect.iscoroutinefunction(func):
-                @functools.wraps(func)
-                async def async_wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-                    with span(name):
-                        return await func(*args, **kwargs)
-                return async_wrapper
-            if inspect.isgeneratorfunction(func):
-                @functools.wraps(func)
-                def gen_wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-                    with span(name):
-                        return (yield from func(*args, **kwargs))
-                return gen_wrapper
-
-            @functools.wraps(func)
-            def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-                with span(name):
-                    return func(*args, **kwargs)
-            return wrapper
 
         return decorate
 
+    # -- forwarding (see _adopt) --
+
+    def _follow(self, lead: Tracer) -> None:
+        self._lead = lead
+        self.__class__ = _FollowTracer  # first: in the mode classes ``span`` is a method
+        self.span = lead.span
+        self.generator_span = lead.generator_span
+        self.start, self.start_generator = lead.start, lead.start_generator
+        self.end, self.fail = lead.end, lead.fail
+
+    def _unfollow(self) -> None:
+        self._lead = None
+        _install(self)
+
+    def __repr__(self) -> str:
+        return f"<telemetry {type(self).__name__} {self.module!r}>"
+
+
+class _AggTracer(Tracer):
+    __slots__ = ()
+    span = Tracer._span_agg
+    generator_span = Tracer._span_agg
+    start = start_generator = _clock  # a C function: the try form's start costs a clock read
+    end = Tracer._end_agg
+    fail = Tracer._fail_agg
+
+
+class _EvTracer(Tracer):
+    __slots__ = ()
+    _kinds = (_EvSpan, _EvGenSpan)
+    span = Tracer._span_ev
+    generator_span = Tracer._gspan_ev
+    start = Tracer._start_span
+    start_generator = Tracer._start_generator_span
+    end = Tracer._end_span
+    fail = Tracer._fail_span
+
+
+class _OtTracer(Tracer):
+    __slots__ = ()
+    _kinds = (_OtSpan, _OtGenSpan)
+    span = Tracer._span_otel
+    generator_span = Tracer._gspan_otel
+    start = Tracer._start_span
+    start_generator = Tracer._start_generator_span
+    end = Tracer._end_span
+    fail = Tracer._fail_span
+
+
+class _OffTracer(Tracer):
+    __slots__ = ()
+    span = Tracer._span_off
+    generator_span = Tracer._span_off
+    # C functions, not Python ones: a disabled try-form call costs two C calls.
+    # ({}.clear() -> None; {}.get(name, state) -> state.)
+    start = start_generator = _NOTHING.clear
+    fail = end = _NOTHING.get
+
+
+class _FollowTracer(Tracer):
+    """A vendored copy's tracer while it forwards: ``span`` and ``generator_span`` are the
+    collector tracer's bound methods, kept in the base class's slots."""
+
+    __slots__ = ()
+
+
+_TRACER_CLASSES = {"off": _OffTracer, "agg": _AggTracer, "ev": _EvTracer, "otel": _OtTracer}
+
+
+def _install(tr: Tracer) -> None:
+    """Give the tracer the current mode's class (and its followers the new methods)."""
+    if tr._lead is not None:
+        return
+    tr.__class__ = _TRACER_CLASSES[_mode]
+    for follower in list(tr._followers):
+        try:
+            follower._follow(tr)
+        except Exception:
+            pass
+
 
 def tracer(module: str) -> Tracer:
-    """The tracer of ``module`` (one per module name)."""
+    """The tracer of ``module`` (one per module name). Never raises."""
     found = _tracers.get(module)
     if found is None:
-        with _lock:
+        try:
             found = _tracers.setdefault(module, Tracer(module))
+            _maybe_otel()
+            lead = _lead if _lead is not None else _find_collector()
+            if lead is not None:
+                lead._attach_follower(found)
+        except Exception:
+            found = _tracers.get(module) or Tracer(module)
     return found
 
 
 def no_telemetry(func):  # type: ignore[no-untyped-def]
-    """Mark a function the tool must leave alone (it recognises the decorator's name)."""
+    """Mark a function the tool must leave alone (the scanner recognises the name)."""
     return func
 
 
-def snapshot() -> list[dict]:
-    """The aggregate: one row per function that has a site, called or not."""
-    with _lock:
-        sites = list(_sites.values())
-    return [{"module": s.module, "name": s.name, "count": s.count, "total_ns": s.total,
-             "min_ns": s.min, "max_ns": s.max, "errors": s.errors} for s in sites]
+# -- the decorator ---------------------------------------------------------------------------
+
+_CO_GENERATOR = 0x20
+_CO_COROUTINE = 0x80
+_CO_ASYNC_GENERATOR = 0x200
 
 
-def reset() -> None:
-    with _lock:
-        for site in _sites.values():
-            site.count = site.total = site.min = site.max = site.errors = 0
-    if _events is not None:
-        del _events[:]
+def _wrap(tr: Tracer, name: str, func):  # type: ignore[no-untyped-def]
+    if isinstance(func, (staticmethod, classmethod)):
+        return type(func)(_wrap(tr, name, func.__func__))
+    tr._register(name, func)
+    if _config.disabled:
+        return func
+    code = getattr(func, "__code__", None)
+    flags = code.co_flags if code is not None else 0
+
+    if flags & _CO_ASYNC_GENERATOR:
+        @functools.wraps(func)
+        async def async_gen_wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            span = tr.generator_span(name)
+            with span:
+                agen = func(*args, **kwargs)
+                enter = getattr(span, "_enter_step", None)
+                leave = getattr(span, "_exit_step", None)
+                try:
+                    value = thrown = None
+                    while True:
+                        token = enter() if enter is not None else None
+                        try:
+                            if thrown is None:
+                                item = await agen.asend(value)
+                            else:
+                                error, thrown = thrown, None
+                                item = await agen.athrow(error)
+                                del error
+                        except StopAsyncIteration:
+                            return
+                        finally:
+                            if enter is not None:
+                                leave(token)
+                        try:
+                            value = yield item
+                        except GeneratorExit:
+                            raise
+                        except BaseException as exc:  # thrown in by the consumer: forward it
+                            thrown, value = exc, None
+                finally:
+                    await agen.aclose()
+        return async_gen_wrapper
+
+    if flags & _CO_COROUTINE:
+        @functools.wraps(func)
+        async def async_wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            with tr.span(name):
+                return await func(*args, **kwargs)
+        return async_wrapper
+
+    if flags & _CO_GENERATOR:
+        @functools.wraps(func)
+        def gen_wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            span = tr.generator_span(name)
+            with span:
+                enter = getattr(span, "_enter_step", None)
+                if enter is None:
+                    return (yield from func(*args, **kwargs))
+                return (yield from _stepped(func(*args, **kwargs), enter, span._exit_step))
+        return gen_wrapper
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        with tr.span(name):
+            return func(*args, **kwargs)
+    return wrapper
 
 
-def format_report(top: int = 25) -> str:
-    rows = sorted((r for r in snapshot() if r["count"]), key=lambda r: r["total_ns"], reverse=True)
-    lines = [f"{'function':<50} {'calls':>8} {'total ms':>10} {'mean us':>10} {'max us':>10} {'errors':>6}"]
-    for row in rows[:top]:
-        name = f"{row['module']}:{row['name']}"
-        lines.append(f"{name[-50:]:<50} {row['count']:>8} {row['total_ns'] / 1e6:>10.3f} "
-                     f"{row['total_ns'] / row['count'] / 1e3:>10.2f} {row['max_ns'] / 1e3:>10.2f} {row['errors']:>6}")
-    if len(rows) > top:
-        lines.append(f"... and {len(rows) - top} more functions")
-    return "\n".join(lines)
-
-
-def _after_fork_in_child() -> None:
-    global _lock
-    _lock = threading.Lock()
-    reset()
-
-
-def _at_exit() -> None:
-    try:
-        path = os.environ.get("TELEMETRY_INJECT_JSONL")
-        if path and _events:
-            with open(path, "a", encoding="utf-8") as handle:
-                handle.write("\n".join(_events) + "\n")
-            del _events[:]
-        where = os.environ.get("TELEMETRY_INJECT_REPORT", "").strip()
-        if where and where.lower() not in ("0", "false", "no", "off"):
-            text = format_report()
-            if where.lower() in _TRUE:
-                sys.stderr.write("telemetry:\n" + text + "\n")
+def _stepped(gen, enter, leave):  # type: ignore[no-untyped-def]
+    """``yield from gen`` with the generator's span current during each step only."""
+    value = thrown = None
+    while True:
+        token = enter()
+        try:
+            if thrown is None:
+                item = gen.send(value)
             else:
-                with open(where, "a", encoding="utf-8") as handle:
-                    handle.write(text + "\n")
+                error, thrown = thrown, None
+                item = gen.throw(error)
+                del error
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            leave(token)
+        try:
+            value = yield item
+        except GeneratorExit:
+            token = enter()
+            try:
+                gen.close()
+            finally:
+                leave(token)
+            raise
+        except BaseException as exc:  # thrown in by the consumer: forward it
+            thrown, value = exc, None
+
+
+# -- modes, OpenTelemetry ---------------------------------------------------------------------
+
+
+def _otel_configured() -> bool:
+    """A real TracerProvider is set (without importing anything)."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return False
+    provider = getattr(trace, "_TRACER_PROVIDER", None)  # None until set_tracer_provider()
+    if provider is None:
+        return False
+    kind = type(provider)  # OpenTelemetry's own placeholders do not count; others' do
+    return not (kind.__module__ == "opentelemetry.trace" and kind.__name__ in ("ProxyTracerProvider",
+                                                                               "NoOpTracerProvider"))
+
+
+class _OtelBridge:
+    """The few OpenTelemetry functions the spans call."""
+
+    def __init__(self) -> None:
+        from opentelemetry import context, trace
+        from opentelemetry.trace import Status, StatusCode
+
+        self.trace = trace
+        self.attach = context.attach
+        self.detach = context.detach
+        self.set_span_in_context = trace.set_span_in_context
+        self.error_status = lambda description: Status(StatusCode.ERROR, description)
+
+    def provider(self):  # type: ignore[no-untyped-def]
+        return _config.otel_provider or self.trace.get_tracer_provider()
+
+    def get_tracer(self, module: str):  # type: ignore[no-untyped-def]
+        # The global provider's tracers are proxies until a provider is set: fine.
+        provider = _config.otel_provider
+        return provider.get_tracer(module) if provider is not None else self.trace.get_tracer(module)
+
+    def force_flush(self) -> None:
+        flush = getattr(self.provider(), "force_flush", None)
+        if flush is not None:
+            flush()
+
+
+def _load_otel() -> bool:
+    global _otel
+    if _otel is None:
+        try:
+            _otel = _OtelBridge()
+        except Exception:  # not installed (or broken): the sink stays off
+            return False
+    return True
+
+
+def _wanted_mode() -> str:
+    cfg = _config
+    if cfg.disabled:
+        return "off"
+    otel = cfg.otel
+    if otel is True or (otel == "auto" and (cfg.otel_provider is not None or _otel_configured())):
+        if _load_otel():
+            return "otel"
+    if cfg.jsonl or cfg.trace or cfg.keep_events:
+        return "ev"
+    return "agg"
+
+
+def _apply() -> None:
+    """Recompute the mode from the settings and reinstall every tracer."""
+    global _mode, _min_ns, _rate, _random, _ev_on, _parents
+    cfg = _config
+    _min_ns = max(0, int(cfg.min_duration * 1e9))
+    _rate = min(1.0, max(0.0, float(cfg.sample_rate)))
+    if _rate < 1.0 and _random is None:
+        import random
+
+        _random = random.random
+    _ev_on = bool(cfg.jsonl or cfg.trace or cfg.keep_events)
+    _parents = bool(cfg.jsonl or cfg.keep_events)
+    _mode = _wanted_mode()
+    for tr in list(_tracers.values()):
+        _install(tr)
+
+
+def _maybe_otel() -> None:
+    """Notice a TracerProvider set after this runtime was imported (checked when a tracer
+    or site is made, at each fold, test switch, configure and flush: never per call)."""
+    if _mode not in ("otel", "off") and _config.otel == "auto" and _otel_configured():
+        _apply()
+
+
+# -- sinks ----------------------------------------------------------------------------------
+
+
+def _event_dict(event: tuple) -> dict:
+    site, start, duration, tid, span_id, parent, error, test = event
+    out = {"name": site.name, "module": site.module, "start_ns": start, "ts_ns": start + _EPOCH_NS,
+           "duration_ns": duration, "pid": _pid, "tid": tid, "thread": _thread_names.get(tid),
+           "id": span_id, "parent": parent, "test": test}
+    if error is not None:
+        out["exception"] = _exception_name(error)
+    return out
+
+
+def _expand(path: str) -> str:
+    return path.replace("{pid}", str(_pid))
+
+
+class _JsonlSink:
+    """Appends each spilled batch of events to a file, one JSON object a line, in one
+    ``write`` (O_APPEND: processes sharing the file do not interleave lines). Lines are
+    formatted by hand from per-site, per-test and per-thread JSON fragments (json.dumps of
+    a dict per event costs several microseconds)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._json: dict = {}  # str/None -> its JSON text
+
+    def _quote(self, text: object) -> str:
+        found = self._json.get(text)
+        if found is None:
+            import json
+
+            found = self._json[text] = json.dumps(text)
+        return found
+
+    def take(self, batch: list) -> None:
+        quote = self._quote
+        epoch, pid = _EPOCH_NS, _pid
+        names = _thread_names
+        lines = []
+        for site, start, duration, tid, span_id, parent, error, test in batch:
+            line = (f'{{"name":{quote(site.name)},"module":{quote(site.module)},"start_ns":{start},'
+                    f'"ts_ns":{start + epoch},"duration_ns":{duration},"pid":{pid},"tid":{tid},'
+                    f'"thread":{quote(names.get(tid))},"id":{"null" if span_id is None else span_id},'
+                    f'"parent":{"null" if parent is None else parent},"test":{quote(test)}')
+            if error is not None:
+                line += f',"exception":{quote(_exception_name(error))}'
+            lines.append(line + "}\n")
+        data = "".join(lines).encode("utf-8")
+        fd = os.open(_expand(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
+
+    def write(self) -> None:
+        pass
+
+
+class _KeepSink:
+    """Keeps events in memory (up to ``max_events``; the rest are counted as dropped)."""
+
+    def __init__(self) -> None:
+        self.kept: list = []
+        self.dropped = 0
+
+    def take(self, batch: list) -> None:
+        room = _config.max_events - len(self.kept)
+        if room >= len(batch):
+            self.kept.extend(batch)
+        else:
+            self.kept.extend(batch[:max(room, 0)])
+            self.dropped += len(batch) - max(room, 0)
+
+    def write(self) -> None:
+        pass
+
+
+class _TraceSink(_KeepSink):
+    """Keeps events and writes them as a Chrome trace event file (JSON object format) at
+    each flush: "X" (complete) events, microseconds, one track per thread."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.forked = False
+
+    def write(self) -> None:
+        import json
+
+        path = _expand(self.path)
+        if self.forked and "{pid}" not in self.path:  # a forked child: do not clobber the parent's
+            stem, dot, suffix = path.rpartition(".")
+            path = f"{stem}.{_pid}.{suffix}" if dot and "/" not in suffix else f"{path}.{_pid}"
+        document = chrome_trace([_event_dict(e) for e in self.kept], dropped=self.dropped)
+        tmp = f"{path}.{_pid}.tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, separators=(",", ":"))
+        os.replace(tmp, path)
+
+
+_sinks: dict = {}  # "jsonl" | "trace" | "keep" -> sink
+
+
+def _set_sinks() -> None:
+    """Make the sinks match the settings (the caller spilled pending events first)."""
+    cfg = _config
+    for key, path, kind in (("jsonl", cfg.jsonl, _JsonlSink), ("trace", cfg.trace, _TraceSink)):
+        sink = _sinks.get(key)
+        if not path:
+            _sinks.pop(key, None)
+        elif sink is None or sink.path != path:
+            _sinks[key] = kind(path)
+    if cfg.keep_events:
+        _sinks.setdefault("keep", _KeepSink())
+    else:
+        _sinks.pop("keep", None)
+
+
+def _spill() -> None:
+    """Hand pending events to every sink (caller holds ``_lock``). A failing sink loses its
+    batch; the others and the user's code are not affected."""
+    n = len(_events)
+    if not n:
+        return
+    batch = _events[:n]
+    del _events[:n]
+    for sink in list(_sinks.values()):
+        try:
+            sink.take(batch)
+        except Exception:
+            pass
+
+
+def chrome_trace(events: list, *, dropped: int = 0, process_name: str | None = None) -> dict:
+    """A Chrome trace event document (opens in Perfetto and chrome://tracing) from event
+    dicts (``events()``, JSONL lines). Spans of one thread that overlap without nesting
+    (asyncio tasks, generators) go to extra tracks, so every track nests properly."""
+    out: list = []
+    by_thread: dict = {}
+    for event in events:
+        by_thread.setdefault((event.get("pid", 0), event.get("tid", 0)), []).append(event)
+    named: set = set()
+    next_tid = 1
+    for (pid, tid), items in by_thread.items():
+        if pid not in named:
+            named.add(pid)
+            label = process_name or f"{os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'python'} ({pid})"
+            out.append({"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": label}})
+        items.sort(key=lambda e: (e["start_ns"], -e["duration_ns"]))
+        lanes: list = []  # [track id, stack of end times]
+        thread = items[0].get("thread") or f"thread {tid}"
+        for event in items:
+            start, end = event["start_ns"], event["start_ns"] + event["duration_ns"]
+            for lane in lanes:
+                stack = lane[1]
+                while stack and stack[-1] <= start:
+                    stack.pop()
+                if not stack or end <= stack[-1]:
+                    stack.append(end)
+                    track = lane[0]
+                    break
+            else:
+                track = next_tid
+                next_tid += 1
+                name = thread if not lanes else f"{thread} (overlapping spans {len(lanes)})"
+                out.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": track, "args": {"name": name}})
+                out.append({"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": track,
+                            "args": {"sort_index": track}})
+                lanes.append([track, [end]])
+            args = {"module": event.get("module"), "test": event.get("test")}
+            if event.get("exception"):
+                args["exception"] = event["exception"]
+            out.append({"name": event["name"], "cat": event.get("module") or "function", "ph": "X",
+                        "ts": start / 1000, "dur": event["duration_ns"] / 1000, "pid": pid, "tid": track,
+                        "args": args})
+    return {"traceEvents": out, "displayTimeUnit": "ms",
+            "otherData": {"producer": "pytest-telemetry-inject", "runtime_version": RUNTIME_VERSION,
+                          "dropped_events": dropped}}
+
+
+# -- the API for the pytest plugin and for users ----------------------------------------------
+
+
+def configure(**settings: object) -> dict:
+    """Change settings; returns them all. Keywords (each optional): ``disabled`` (bool),
+    ``min_duration`` (seconds), ``sample_rate`` (0..1), ``jsonl`` (path or ""), ``trace``
+    (path or ""), ``otel`` (True, False or "auto"), ``report`` ("", "1" or a path),
+    ``otel_provider`` (a TracerProvider to use instead of the global one), ``keep_events``
+    (bool: keep events in memory for ``events()``), ``max_events`` (int), ``collector``
+    (bool: make this runtime the one vendored copies forward to).
+    A path may contain ``{pid}``. Unknown keywords raise TypeError."""
+    unknown = set(settings) - set(_Config.__slots__)
+    if unknown:
+        raise TypeError(f"configure() got unknown settings: {', '.join(sorted(unknown))}")
+    with _lock:
+        _drain_all()
+        _spill()
+        for sink in list(_sinks.values()):
+            try:
+                sink.write()
+            except Exception:
+                pass
+        for key, value in settings.items():
+            if key in ("min_duration", "sample_rate"):
+                value = float(value)  # type: ignore[arg-type]
+            elif key in ("jsonl", "trace", "report"):
+                value = "" if value in (None, False) else str(value)
+            elif key == "otel":
+                value = value if value == "auto" else bool(value)
+            elif key == "max_events":
+                value = int(value)  # type: ignore[call-overload]
+            elif key == "otel_provider":
+                for site in list(_sites.values()):
+                    site.ot = None  # tracers of the old provider
+            else:
+                value = bool(value)
+            setattr(_config, key, value)
+        _set_sinks()
+    _apply()
+    if "collector" in settings:
+        _set_collecting(bool(settings["collector"]))
+    return _config.as_dict()
+
+
+def set_current_test(nodeid: str | None) -> None:
+    """Attribute the calls that end from now on (in any thread) to test ``nodeid`` (None:
+    to no test). Calls still buffered are folded into the previous test first. The first
+    call makes this runtime the collector vendored copies forward to. Never raises."""
+    global _test
+    try:
+        with _lock:
+            _drain_all()
+            _test = nodeid
+        if not _collecting:
+            _set_collecting(True)
+        _maybe_otel()
     except Exception:
         pass
 
 
+def current_test() -> str | None:
+    """The test set by ``set_current_test``."""
+    return _test
+
+
+def _row(site: _Site, stats: list, test: object = None, per_test: bool = False) -> dict:
+    row = {"module": site.module, "name": site.name, "file": site.file, "line": site.line,
+           "count": stats[0], "total_ns": stats[1], "min_ns": stats[2], "max_ns": stats[3],
+           "errors": stats[4], "exceptions": dict(stats[5] or {})}
+    if per_test:
+        row["test"] = test
+    return row
+
+
+def _fold(into: list, stats: list) -> None:
+    if stats[0]:
+        if not into[0] or stats[2] < into[2]:
+            into[2] = stats[2]
+        into[3] = max(into[3], stats[3])
+    into[0] += stats[0]
+    into[1] += stats[1]
+    into[4] += stats[4]
+    if stats[5]:
+        kinds = into[5] if into[5] is not None else {}
+        for key, count in stats[5].items():
+            kinds[key] = kinds.get(key, 0) + count
+        into[5] = kinds
+
+
+def snapshot(per_test: bool = False) -> list:
+    """The aggregate as plain, JSON-serialisable dicts, exact at the time of the call.
+
+    ``per_test=False``: one row per function seen (called or not since ``reset()``) with
+    ``module``, ``name``, ``file``, ``line``, ``count``, ``total_ns``, ``min_ns``, ``max_ns``
+    (0 when not called), ``errors`` and ``exceptions`` ({exception name: count}).
+    ``per_test=True``: one row per (test, function) with calls, with ``test`` added (the
+    nodeid, or None for calls outside any test)."""
+    with _lock:
+        _drain_all()
+        rows = []
+        for site in list(_sites.values()):
+            if per_test:
+                for test, stats in list(site.stats.items()):
+                    rows.append(_row(site, stats, test, True))
+            else:
+                total = [0, 0, 0, 0, 0, None]
+                for stats in list(site.stats.values()):
+                    _fold(total, stats)
+                rows.append(_row(site, total))
+    return rows
+
+
+def merge_snapshots(snapshots) -> list:  # type: ignore[no-untyped-def]
+    """Combine snapshots (e.g. of pytest-xdist workers) exactly: counts, totals and errors
+    add up, the smallest min and the largest max win. Rows are matched by module, name and
+    (for per-test rows) test."""
+    merged: dict = {}
+    for rows in snapshots:
+        for row in rows:
+            key = (row["module"], row["name"], "test" in row, row.get("test"))
+            seen = merged.get(key)
+            stats = [row["count"], row["total_ns"], row["min_ns"], row["max_ns"], row["errors"],
+                     row.get("exceptions") or None]
+            if seen is None:
+                out = dict(row)
+                total = [0, 0, 0, 0, 0, None]
+                _fold(total, stats)
+                merged[key] = (out, total)
+                continue
+            out, total = seen
+            _fold(total, stats)
+            for name in ("file", "line"):
+                if out.get(name) is None and row.get(name) is not None:
+                    out[name] = row[name]
+    result = []
+    for out, total in merged.values():
+        out.update(count=total[0], total_ns=total[1], min_ns=total[2], max_ns=total[3], errors=total[4],
+                   exceptions=dict(total[5] or {}))
+        result.append(out)
+    return result
+
+
+def events(clear: bool = False) -> list:
+    """The events kept in memory (``configure(keep_events=True)``), as dicts: ``name``,
+    ``module``, ``start_ns`` (perf counter), ``ts_ns`` (Unix), ``duration_ns``, ``pid``,
+    ``tid``, ``thread``, ``id``, ``parent``, ``test`` and ``exception`` when one escaped.
+    ``clear=True`` empties the store (e.g. a worker sending its events once)."""
+    with _lock:
+        _spill()
+        keep = _sinks.get("keep")
+        if keep is None:
+            return []
+        out = [_event_dict(e) for e in keep.kept]
+        if clear:
+            keep.kept = []
+    return out
+
+
+def dropped_events() -> int:
+    """Events not kept because ``max_events`` was reached."""
+    keep = _sinks.get("keep")
+    return keep.dropped if keep is not None else 0
+
+
+def reset() -> None:
+    """Forget every call and event (sites, settings and sinks stay)."""
+    with _lock:
+        _reset_state()
+
+
+def _reset_state() -> None:
+    for site in list(_sites.values()):
+        del site.buf[:]
+        del site.errs[:]
+        site.stats.clear()
+    del _events[:]
+    for sink in list(_sinks.values()):
+        if isinstance(sink, _KeepSink):
+            sink.kept = []
+            sink.dropped = 0
+
+
+def flush() -> None:
+    """Fold buffers, hand events to the sinks, write the trace file and flush the
+    OpenTelemetry provider. Called at exit too. Never raises."""
+    try:
+        with _lock:
+            _drain_all()
+            _spill()
+            for sink in list(_sinks.values()):
+                try:
+                    sink.write()
+                except Exception:
+                    pass
+        _maybe_otel()
+        if _mode == "otel" and _otel is not None:
+            _otel.force_flush()
+    except Exception:
+        pass
+
+
+# -- the terminal table --------------------------------------------------------------------
+
+
+def format_report(rows: list | None = None, *, top: int = 25, instrumented=None,  # type: ignore[no-untyped-def]
+                  width: int = 60) -> str:
+    """A plain-text table of the functions with the most total time (``rows``: a snapshot;
+    default: this runtime's). ``instrumented``: names (``module:qualname``) of every
+    instrumented function; those never called are listed after the table."""
+    if rows is None:
+        rows = snapshot()
+    called = sorted((r for r in rows if r["count"]), key=lambda r: (-r["total_ns"], r["module"], r["name"]))
+    # Columns as in version 1 (scripts split these lines): function, calls, total ms,
+    # mean us, max us, errors. The smallest durations are in the JSON and HTML reports.
+    lines = [f"{'function':<{width}} {'calls':>9} {'total ms':>10} {'mean us':>10} {'max us':>10} {'errors':>6}"]
+    for row in called[:top]:
+        name = f"{row['module']}:{row['name']}"
+        if len(name) > width:
+            name = "..." + name[-(width - 3):]
+        lines.append(f"{name:<{width}} {row['count']:>9} {row['total_ns'] / 1e6:>10.3f} "
+                     f"{row['total_ns'] / row['count'] / 1e3:>10.2f} {row['max_ns'] / 1e3:>10.2f} {row['errors']:>6}")
+    if len(called) > top:
+        lines.append(f"... and {len(called) - top} more functions called")
+    total_calls = sum(r["count"] for r in called)
+    total_errors = sum(r["errors"] for r in called)
+    lines.append(f"{len(called)} functions called, {total_calls} calls, {total_errors} raised")
+    failing = sorted((r for r in called if r["errors"]), key=lambda r: -r["errors"])
+    if failing:
+        lines.append("exceptions:")
+        for row in failing[:top]:
+            kinds = ", ".join(f"{k} x{v}" for k, v in sorted((row.get("exceptions") or {}).items(),
+                                                                key=lambda kv: -kv[1]))
+            lines.append(f"  {row['module']}:{row['name']}: {row['errors']} ({kinds})")
+    if instrumented is not None:
+        seen = {f"{r['module']}:{r['name']}" for r in called}
+        never = sorted(set(instrumented) - seen)
+        lines.append(f"never called: {len(never)} of {len(set(instrumented))} instrumented functions")
+        lines.extend(f"  {name}" for name in never[:top])
+        if len(never) > top:
+            lines.append(f"  ... and {len(never) - top} more")
+    return "\n".join(lines)
+
+
+# -- vendored copies forward to the collector ----------------------------------------------------
+#
+# Every copy of this file (the package's ``_core`` and each vendored ``telemetry_utils``) is
+# a module with its own state. While the package runtime is the collector (the pytest plugin
+# called ``set_current_test`` or ``configure(collector=True)``), a vendored copy's tracers
+# take the collector's span functions, so committed telemetry lands in the test reports.
+# Copies imported before the collector starts are adopted then (found in ``sys.modules`` by
+# the ``_TELEMETRY_INJECT_CORE`` marker, read from the module's ``__dict__`` so no module
+# ``__getattr__`` runs); copies imported later look for it when their tracers are made.
+# Forwarding costs nothing per call: the copy's ``Tracer.span`` IS the collector's.
+
+
+def _find_collector():  # type: ignore[no-untyped-def]
+    """(In a vendored copy) the package runtime, when it is collecting."""
+    if __name__ == _MAIN_NAME:
+        return None
+    main = sys.modules.get(_MAIN_NAME)
+    if main is None or main is sys.modules.get(__name__):
+        return None
+    namespace = getattr(main, "__dict__", {})
+    if namespace.get("_TELEMETRY_INJECT_CORE") != _TELEMETRY_INJECT_CORE or not namespace.get("_collecting"):
+        return None
+    _adopt(main)
+    return main
+
+
+def _attach_follower(follower) -> None:  # type: ignore[no-untyped-def]
+    """(In the collector) make a vendored copy's tracer use ours for the same module."""
+    lead = tracer(follower.module)
+    lead._where.update(follower._where)
+    if follower not in lead._followers:
+        lead._followers.append(follower)
+    follower._follow(lead)
+
+
+def _adopt(main) -> None:  # type: ignore[no-untyped-def]
+    """(In a vendored copy) forward to ``main`` (None: stop forwarding)."""
+    global _lead
+    if main is _lead:
+        return
+    _lead = main
+    for tr in list(_tracers.values()):
+        try:
+            if main is None:
+                tr._unfollow()
+            else:
+                main._attach_follower(tr)
+        except Exception:
+            pass
+
+
+def _set_collecting(on: bool) -> None:
+    """(In the package runtime) start or stop being the collector of vendored copies."""
+    global _collecting
+    if __name__ != _MAIN_NAME or on == _collecting:
+        return
+    _collecting = on
+    _config.collector = on
+    me = sys.modules.get(__name__)
+    if on:
+        for module in list(sys.modules.values()):
+            namespace = getattr(module, "__dict__", None) if isinstance(module, type(sys)) else None
+            if namespace and namespace.get("_TELEMETRY_INJECT_CORE") == _TELEMETRY_INJECT_CORE and module is not me:
+                try:
+                    namespace["_adopt"](me)
+                    _copies.append(module)
+                except Exception:
+                    pass
+    else:
+        for module in _copies:
+            try:
+                module._adopt(None)
+            except Exception:
+                pass
+        del _copies[:]
+        for tr in list(_tracers.values()):
+            del tr._followers[:]
+
+
+# -- environment, fork, exit ------------------------------------------------------------------
+
+
+def _read_environment() -> None:
+    env = os.environ
+    cfg = _config
+    cfg.disabled = env.get("TELEMETRY_INJECT_DISABLED", "").strip().lower() in _TRUE
+    for name, attr in (("TELEMETRY_INJECT_MIN_DURATION", "min_duration"),
+                       ("TELEMETRY_INJECT_SAMPLE_RATE", "sample_rate")):
+        text = env.get(name, "").strip()
+        if text:
+            try:
+                setattr(cfg, attr, float(text))
+            except ValueError:
+                sys.stderr.write(f"telemetry: ignoring {name}={text!r} (not a number)\n")
+    cfg.jsonl = env.get("TELEMETRY_INJECT_JSONL", "").strip()
+    cfg.trace = env.get("TELEMETRY_INJECT_TRACE", "").strip()
+    otel = env.get("TELEMETRY_INJECT_OTEL", "").strip().lower()
+    cfg.otel = True if otel in _TRUE else False if otel in _FALSE else "auto"
+    report = env.get("TELEMETRY_INJECT_REPORT", "").strip()
+    cfg.report = "" if report.lower() in _FALSE else report
+
+
+def _after_fork_in_child() -> None:
+    """The child starts clean: its own lock, no calls, no events, no current span."""
+    global _lock, _pid
+    _lock = threading.Lock()
+    _pid = os.getpid()
+    _reset_state()
+    _thread_names.clear()
+    trace = _sinks.get("trace")
+    if trace is not None:
+        trace.forked = True
+    try:
+        _current.set(None)
+    except Exception:
+        pass
+
+
+def _write_report() -> None:
+    where = _config.report
+    if not where:
+        return
+    rows = snapshot()
+    if not any(r["count"] for r in rows):
+        return
+    if where.lower() in _TRUE:
+        sys.stderr.write("telemetry:\n" + format_report(rows) + "\n")
+        return
+    path = _expand(where)
+    if path.endswith((".json", ".html")):
+        try:
+            from pytest_telemetry_inject.runtime import report as _report_module
+        except Exception:
+            _report_module = None
+        if _report_module is not None:
+            _report_module.write_from_runtime(path, sys.modules[__name__])
+            return
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(format_report(rows) + "\n")
+
+
+def _at_exit() -> None:
+    flush()
+    try:
+        _write_report()
+    except Exception:
+        pass
+
+
+try:
+    _read_environment()
+    _set_sinks()
+    _apply()
+except Exception:  # a broken environment must not break the import of user code
+    pass
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_at_exit)

@@ -1,0 +1,289 @@
+"""Overhead of the telemetry runtime per call, side by side with the alternatives.
+
+    python bench/runtime_overhead.py [--quick] [--rounds N] [--json PATH]
+
+Every variant is a module holding ``def f(x): return x + 1`` as the engine instruments it
+(target ``runtime``, in each style: ``try`` — the pytest plugin's default —, ``with`` and
+``decorator``), or as the alternative writes it (a hand-written OpenTelemetry span;
+Logfire's auto-tracing rewrites the bare module on import). All variants are timed in the same process, round
+after round, interleaved (so a noisy neighbour hits them all alike); each round times a
+batch of calls (up to 200000) per variant and the bare function in the same round. The
+figure is the smallest per-call cost above the bare call over the rounds (timeit's
+advice: the minimum is the run least disturbed); the median is printed beside it.
+
+Targets (PASS/FAIL), for the try style: the default aggregator at most 350 ns above a bare
+call, disabled at most 100 ns, the OpenTelemetry sink at most 1.2 times a hand-written
+OpenTelemetry span (both above the bare call). "floor" is a ``with`` block on an empty context manager with C
+``__enter__``: what the calling convention itself costs on this machine, before the runtime
+does anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from collections.abc import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BARE = "def f(x):\n    return x + 1\n"
+
+
+def instrumented_source(style: str) -> str:
+    """BARE as the engine instruments it for the runtime target."""
+    from pytest_telemetry_inject.engine.pipeline import Engine
+    from pytest_telemetry_inject.settings import Settings
+
+    result = Engine(Settings(style=style, target="runtime"), cache=None).instrument(BARE.encode(), "f.py")
+    assert result.output is not None, result.reason
+    return result.output.decode()
+FLOOR = ("class _Empty:\n    __slots__ = ()\n    __enter__ = {}.clear\n"
+         "    def __exit__(self, et, ev, tb):\n        pass\n\n_EMPTY = _Empty()\n\n"
+         "def f(x):\n    with _EMPTY:\n        return x + 1\n")
+OTEL_BY_HAND = ("from opentelemetry import trace\n_tracer = trace.get_tracer(__name__)\n\n"
+                "def f(x):\n    with _tracer.start_as_current_span(\"f\"):\n        return x + 1\n")
+
+TARGET_AGG_NS = 350.0
+TARGET_OFF_NS = 100.0
+TARGET_OTEL_RATIO = 1.2
+
+
+class Variant:
+    def __init__(self, label: str, func: Callable[[int], int], setup: Callable[[], None] | None = None,
+                 note: str = "") -> None:
+        self.label = label
+        self.func = func
+        self.setup = setup
+        self.note = note
+        self.number = 0
+        self.samples: list[float] = []  # ns per call above bare, one per round
+        self.raw: list[float] = []  # ns per call
+
+
+def write_module(folder: Path, name: str, text: str) -> Callable[[int], int]:
+    (folder / f"{name}.py").write_text(text)
+    module = importlib.import_module(name)
+    return module.f
+
+
+def time_batch(func: Callable[[int], int], number: int) -> float:
+    """ns per call of ``func(1)`` over ``number`` calls (the loop's own cost included; it
+    cancels out against the bare function's batch)."""
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter_ns()
+        for _ in range(number):
+            func(1)
+        return (time.perf_counter_ns() - start) / number
+    finally:
+        if gc_was:
+            gc.enable()
+
+
+def import_time_us() -> tuple[float, float]:
+    """Cumulative import time (us) of ``pytest_telemetry_inject.runtime`` and of its
+    ``_core`` alone, from ``python -X importtime``: best of 5 fresh interpreters, with the
+    bytecode cache warm (kept under a temporary PYTHONPYCACHEPREFIX, not in the tree)."""
+    env = {k: v for k, v in os.environ.items()
+           if k != "PYTHONDONTWRITEBYTECODE" and not k.startswith("TELEMETRY_INJECT_")}
+    env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="ti-bench-pycache-")
+    command = [sys.executable, "-X", "importtime", "-c", "import pytest_telemetry_inject.runtime"]
+    subprocess.run(command, capture_output=True, env=env, cwd=str(ROOT))  # writes the cache
+    best_pkg = best_core = float("inf")
+    try:
+        for _ in range(5):
+            out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(ROOT)).stderr
+            for line in out.splitlines():
+                parts = [p.strip() for p in line.split("|")]
+                if len(parts) == 3 and parts[2] == "pytest_telemetry_inject.runtime":
+                    best_pkg = min(best_pkg, float(parts[1]))
+                if len(parts) == 3 and parts[2] == "pytest_telemetry_inject.runtime._core":
+                    best_core = min(best_core, float(parts[1]))
+    finally:
+        shutil.rmtree(env["PYTHONPYCACHEPREFIX"], ignore_errors=True)
+    return best_pkg, best_core
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (default 9)")
+    parser.add_argument("--max-number", type=int, default=200_000, help="calls per batch, at most (default 200000)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds of at most 20000 calls (a smoke run)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.max_number = 3, 20_000
+
+    from pytest_telemetry_inject import runtime
+
+    work = Path(tempfile.mkdtemp(prefix="ti-bench-"))
+    sys.path.insert(0, str(work))
+    jsonl_path = work / "events.jsonl"
+    trace_path = work / "trace.json"
+
+    bare = write_module(work, "bench_bare", BARE)
+    floor = write_module(work, "bench_floor", FLOOR)
+    styles = {style: write_module(work, f"bench_runtime_{style}", instrumented_source(style))
+              for style in ("try", "with", "decorator")}
+    instrumented = styles["try"]
+
+    def configure(**settings: object) -> Callable[[], None]:
+        base = {"disabled": False, "jsonl": "", "trace": "", "otel": False, "keep_events": False,
+                "min_duration": 0.0, "sample_rate": 1.0}
+        base.update(settings)
+
+        def setup() -> None:
+            runtime.configure(**base)
+            runtime.reset()
+            for stale in (jsonl_path, trace_path):
+                if stale.exists():
+                    stale.unlink()
+        return setup
+
+    variants = [
+        Variant("floor: empty with-block (C __enter__)", floor, configure(), "reference"),
+        Variant("runtime: default aggregator", instrumented, configure(), "try style"),
+        Variant("runtime: disabled", instrumented, configure(disabled=True), "try style"),
+        Variant("runtime, with style: aggregator", styles["with"], configure()),
+        Variant("runtime, with style: disabled", styles["with"], configure(disabled=True)),
+        Variant("runtime, decorator style: aggregator", styles["decorator"], configure()),
+        Variant("runtime, decorator style: disabled", styles["decorator"], configure(disabled=True),
+                "the function itself"),
+        Variant("runtime: JSONL sink", instrumented, configure(jsonl=str(jsonl_path))),
+        Variant("runtime: JSONL, min_duration 1 ms", instrumented, configure(jsonl=str(jsonl_path), min_duration=0.001),
+                "events filtered out"),
+        Variant("runtime: Chrome trace sink", instrumented, configure(trace=str(trace_path))),
+    ]
+
+    otel_note = ""
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+
+        class NoopProcessor(SpanProcessor):
+            """Receives every span and drops it (the SDK's work stays, export does not)."""
+
+        provider = TracerProvider()
+        provider.add_span_processor(NoopProcessor())
+        trace.set_tracer_provider(provider)
+        by_hand = write_module(work, "bench_otel_by_hand", OTEL_BY_HAND)
+        variants.append(Variant("runtime: OpenTelemetry sink", instrumented, configure(otel=True)))
+        variants.append(Variant("OpenTelemetry SDK span by hand", by_hand, configure()))
+    except ImportError:
+        otel_note = "opentelemetry-sdk not installed: OpenTelemetry rows skipped"
+
+    logfire_note = ""
+    try:
+        import logfire
+    except ImportError:
+        logfire = None
+        logfire_note = "logfire: not installed (pip install logfire): Logfire rows skipped"
+    if logfire is not None:
+        import warnings
+
+        import logging
+
+        # Logfire sets its own global TracerProvider; ours is already set (for the rows
+        # above), and OpenTelemetry logs a warning about it: expected, not news.
+        logging.getLogger("opentelemetry.trace").setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logfire.configure(send_to_logfire=False, console=False, inspect_arguments=False)
+            (work / "bench_logfire_all.py").write_text(BARE)
+            (work / "bench_logfire_min.py").write_text(BARE)
+            logfire.install_auto_tracing(modules=["bench_logfire_all"], min_duration=0)
+            logfire.install_auto_tracing(modules=["bench_logfire_min"], min_duration=0.001)
+            all_calls = importlib.import_module("bench_logfire_all").f
+            min_calls = importlib.import_module("bench_logfire_min").f
+        variants.append(Variant("Logfire auto-tracing, min_duration=0", all_calls, configure()))
+        variants.append(Variant("Logfire auto-tracing, min_duration=1 ms", min_calls, configure(),
+                                "cheapest path"))
+
+    # Calibrate: a batch of ~0.15 s per variant, at most --max-number calls.
+    for variant in variants:
+        if variant.setup:
+            variant.setup()
+        for _ in range(2000):
+            variant.func(1)
+        per_call = time_batch(variant.func, 2000)
+        variant.number = int(max(2000, min(args.max_number, 0.15e9 / max(per_call, 1.0))))
+    bare_number = args.max_number
+
+    print(f"Python {platform.python_version()} ({platform.python_implementation()}) on {platform.machine()}, "
+          f"{os.cpu_count()} CPUs; {args.rounds} interleaved rounds")
+    bare_raw: list[float] = []
+    for round_index in range(args.rounds):
+        order = variants[round_index % len(variants):] + variants[:round_index % len(variants)]
+        for variant in order:
+            if variant.setup:
+                variant.setup()
+            for _ in range(200):  # warm the site (its first call makes its span class)
+                variant.func(1)
+            before = time_batch(bare, bare_number // 2)
+            cost = time_batch(variant.func, variant.number)
+            after = time_batch(bare, bare_number // 2)
+            base = min(before, after)
+            bare_raw.append(base)
+            variant.raw.append(cost)
+            variant.samples.append(cost - base)
+    configure()()
+
+    results = {v.label: v for v in variants}
+    bare_ns = min(bare_raw)
+
+    def best(label: str) -> float:
+        return min(results[label].samples)
+
+    rows = []
+    for variant in variants:
+        target, verdict = "", ""
+        low, median = min(variant.samples), statistics.median(variant.samples)
+        if variant.label == "runtime: default aggregator":
+            target, verdict = f"<= {TARGET_AGG_NS:.0f} ns", "PASS" if low <= TARGET_AGG_NS else "FAIL"
+        elif variant.label == "runtime: disabled":
+            target, verdict = f"<= {TARGET_OFF_NS:.0f} ns", "PASS" if low <= TARGET_OFF_NS else "FAIL"
+        elif variant.label == "runtime: OpenTelemetry sink" and "OpenTelemetry SDK span by hand" in results:
+            ratio = low / best("OpenTelemetry SDK span by hand")
+            target = f"<= {TARGET_OTEL_RATIO} x by hand (is {ratio:.2f} x)"
+            verdict = "PASS" if ratio <= TARGET_OTEL_RATIO else "FAIL"
+        rows.append((variant.label, low, median, variant.number, target, verdict, variant.note))
+
+    width = max(len(r[0]) for r in rows)
+    print(f"\nbare call: {bare_ns:.1f} ns per call (loop included)\n")
+    print(f"{'variant':<{width}}  {'ns/call above bare':>18}  {'median':>9}  {'calls/batch':>11}  "
+          f"{'target':<34} result")
+    print("-" * (width + 88))
+    for label, low, median, number, target, verdict, note in rows:
+        print(f"{label:<{width}}  {low:>18.1f}  {median:>9.1f}  {number:>11}  {target:<34} {verdict or note}")
+    for note in (otel_note, logfire_note):
+        if note:
+            print(note)
+
+    runtime.flush()
+    shutil.rmtree(work, ignore_errors=True)
+    pkg_us, core_us = import_time_us()
+    print(f"\nimport pytest_telemetry_inject.runtime: {pkg_us / 1000:.2f} ms cumulative "
+          f"(_core {core_us / 1000:.2f} ms), best of 5 (python -X importtime)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "python": platform.python_version(), "bare_ns": bare_ns, "import_ms": pkg_us / 1000,
+            "rows": [{"variant": r[0], "ns_above_bare_min": r[1], "ns_above_bare_median": r[2], "calls_per_batch": r[3],
+                      "target": r[4], "result": r[5]} for r in rows]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
