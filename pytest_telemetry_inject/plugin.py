@@ -53,7 +53,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   type="linelist", default=[])
     parser.addini("telemetry_min_duration", "calls shorter than this many seconds are counted but not "
                   "emitted as events", default="0")
-    parser.addini("telemetry_style", "with (default) or decorator", default="with")
+    parser.addini("telemetry_style", "try (default: the fastest, no extra frame), with, or decorator", default="")
     parser.addini("telemetry_target", "runtime (default) or otel", default="runtime")
     parser.addini("telemetry_report", "default for --telemetry-report", default="")
     parser.addini("telemetry_html", "default for --telemetry-html", default="")

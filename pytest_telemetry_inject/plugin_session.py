@@ -31,7 +31,9 @@ class TelemetrySession:
         self.config = config
         self.root = Path(str(config.rootpath))
         ini = config.getini
-        self.settings = Settings.load(self.root, defaults={"target": "runtime", "style": "with"},
+        # On the fly the try style: no object per call and no extra frame (the with style
+        # costs twice as much per call; see bench/runtime_overhead.py).
+        self.settings = Settings.load(self.root, defaults={"target": "runtime", "style": "try"},
                                       overrides={"style": ini("telemetry_style") or None,
                                                  "target": ini("telemetry_target") or None})
         if self.settings.target not in ("runtime", "otel"):

@@ -8,7 +8,9 @@ An insertion script is a list of line edits on one function's source (line numbe
   it), except blank lines and the lines listed in ``keep`` (those that start inside a
   multi-line string: re-indenting them would change the string).
 - ``insert(before, text)``: a new line ``text`` before line ``before``.
-- ``insert_after(line, text)``: a new line ``text`` after line ``line``.
+- ``insert_after(line, text, maps_to=0)``: a new line ``text`` after line ``line``; in the
+  line map it stands for line ``maps_to`` (default: ``line``) — code that runs on every
+  call, such as a ``finally`` clause, must not claim a line that may not have run.
 - ``insert_text(line, column, text)``: ``text`` inside line ``line``, before the character
   at ``column`` of the original line (0-based; languages with braces put their telemetry
   on existing lines, so no line moves).
@@ -66,6 +68,7 @@ class Insert(NamedTuple):
 class InsertAfter(NamedTuple):
     line: int
     text: str
+    maps_to: int = 0
 
 
 class InsertText(NamedTuple):
@@ -91,10 +94,10 @@ def insert(before: int, text: str) -> Insert:
     return Insert(before, text)
 
 
-def insert_after(line: int, text: str) -> InsertAfter:
-    if line < 1 or "\n" in text or "\r" in text:
+def insert_after(line: int, text: str, maps_to: int = 0) -> InsertAfter:
+    if line < 1 or maps_to < 0 or "\n" in text or "\r" in text:
         raise ValueError("insert_after takes a line number >= 1 and one line of text")
-    return InsertAfter(line, text)
+    return InsertAfter(line, text, maps_to)
 
 
 def insert_text(line: int, column: int, text: str) -> InsertText:
@@ -164,7 +167,7 @@ def apply_edits(lines: list[str], edits: Sequence[Edit], offset: int = 0,
                 if pre[i]:
                     pre[i] = [indent_line(t, unit, after) for t in pre[i]]
                 if post[i]:
-                    post[i] = [indent_line(t, unit, after) for t in post[i]]
+                    post[i] = [(indent_line(t, unit, after), m) for t, m in post[i]]
                 line = lines[i]
                 if i in keep or not line.strip(_BLANK):
                     continue
@@ -182,7 +185,7 @@ def apply_edits(lines: list[str], edits: Sequence[Edit], offset: int = 0,
             i = edit.line - 1 + offset
             if i >= n or not lines[i].endswith("\n"):
                 raise ScriptMismatch(f"insert after line {edit.line}: no line ending there")
-            post[i].append(edit.text + line_eol(lines, i))
+            post[i].append((edit.text + line_eol(lines, i), edit.maps_to - 1 + offset if edit.maps_to else None))
         elif isinstance(edit, InsertText):
             i = edit.line - 1 + offset
             if i >= n:
@@ -202,14 +205,15 @@ def apply_edits(lines: list[str], edits: Sequence[Edit], offset: int = 0,
             raise TypeError(f"not an edit: {edit!r}")
 
 
-def join(lines: Sequence[str], pre: Sequence[Sequence[str]], post: Sequence[Sequence[str]]) -> str:
+def join(lines: Sequence[str], pre: Sequence[Sequence[str]],
+         post: Sequence[Sequence[tuple[str, int | None]]]) -> str:
     out: list[str] = []
     for i, line in enumerate(lines):
         if pre[i]:
             out.extend(pre[i])
         out.append(line)
         if post[i]:
-            out.extend(post[i])
+            out.extend(text for text, _target in post[i])
     return "".join(out)
 
 
@@ -228,6 +232,6 @@ def apply(source: str, edits: Sequence[Edit], *, source_sha256: str | None = Non
         raise ScriptMismatch("this script was made for another version of the function")
     lines = split_lines(source)
     pre: list[list[str]] = [[] for _ in lines]
-    post: list[list[str]] = [[] for _ in lines]
+    post: list[list[tuple[str, int | None]]] = [[] for _ in lines]
     apply_edits(lines, edits, 0, pre, post)
     return join(lines, pre, post)

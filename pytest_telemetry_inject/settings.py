@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from .errors import ConfigError
 
-STYLES = ("with", "decorator")
+STYLES = ("with", "try", "decorator")
 TARGETS = ("runtime", "vendored", "otel", "logging")
 ENV_PREFIX = "TELEMETRY_INJECT_"
 
@@ -32,7 +32,8 @@ def _setting(default: Any, doc: str, *, output: bool = False, choices: tuple[str
 class Settings:
     style: str = _setting(
         "with",
-        "How the span is added: `with` wraps the body in a `with` block (no extra frame); "
+        "How the span is added: `with` wraps the body in a `with` block (no extra frame); `try` "
+        "wraps it in try/except/finally (no extra frame, the fastest: no object per call); "
         "`decorator` adds one decorator line (the smallest diff).",
         output=True, choices=STYLES)
     target: str = _setting(

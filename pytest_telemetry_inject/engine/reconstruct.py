@@ -65,7 +65,7 @@ def reconstruct(lines: Sequence[str], functions: Sequence[tuple[FunctionRecord, 
     work = list(lines)
     count = len(work)
     pre: list[list[str]] = [[] for _ in range(count)]
-    post: list[list[str]] = [[] for _ in range(count)]
+    post: list[list[tuple[str, int | None]]] = [[] for _ in range(count)]
     shift = [0] * count
     inline: dict[int, list[tuple[int, int]]] = {}
     for record, edits in sorted(functions, key=lambda item: item[0].start_line, reverse=True):
@@ -91,7 +91,7 @@ def reconstruct(lines: Sequence[str], functions: Sequence[tuple[FunctionRecord, 
         new_rows.append(len(original))
         original.append(number)
         moved.append(shift[index])
-        if post[index]:
-            original.extend([number] * len(post[index]))
-            moved.extend([0] * len(post[index]))
+        for _text, target in post[index]:
+            original.append(number if target is None else target + 1)
+            moved.append(0)
     return Reconstruction(join(work, pre, post), LineMap(tuple(original), tuple(moved)), tuple(new_rows))

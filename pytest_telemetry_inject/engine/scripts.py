@@ -31,7 +31,7 @@ ALLOWED_BUILTINS = frozenset({
 # Attribute names a script may use: the public methods of the plain types it works with and
 # the fields of scriptlib's edits. An allowlist, not a denylist: frame and code attributes
 # (``gi_frame.f_back.f_globals``) and ``str.format``'s field access must stay out of reach.
-_EDIT_FIELDS = frozenset({"first", "last", "unit", "after", "keep", "before", "text", "line", "column"})
+_EDIT_FIELDS = frozenset({"first", "last", "unit", "after", "keep", "before", "text", "line", "column", "maps_to"})
 _SAFE_METHODS = frozenset(
     name for kind in (str, list, dict, tuple, set, frozenset, int) for name in dir(kind)
     if not name.startswith("_")
@@ -58,7 +58,7 @@ def edits_to_json(edits: Sequence[Edit]) -> list[list[Any]]:
         elif isinstance(edit, Insert):
             out.append(["insert", edit.before, edit.text])
         elif isinstance(edit, InsertAfter):
-            out.append(["insert_after", edit.line, edit.text])
+            out.append(["insert_after", edit.line, edit.text] + ([edit.maps_to] if edit.maps_to else []))
         elif isinstance(edit, InsertText):
             out.append(["insert_text", edit.line, edit.column, edit.text])
         else:
@@ -76,7 +76,7 @@ def edits_from_json(data: Sequence[Sequence[Any]]) -> list[Edit]:
         elif kind == "insert":
             edits.append(Insert(int(item[1]), str(item[2])))
         elif kind == "insert_after":
-            edits.append(InsertAfter(int(item[1]), str(item[2])))
+            edits.append(InsertAfter(int(item[1]), str(item[2]), int(item[3]) if len(item) > 3 else 0))
         elif kind == "insert_text":
             edits.append(InsertText(int(item[1]), int(item[2]), str(item[3])))
         else:
@@ -93,6 +93,8 @@ def _render_edit(edit: Edit) -> str:
         return f"insert(before={edit.before}, text={edit.text!r})"
     if isinstance(edit, InsertText):
         return f"insert_text(line={edit.line}, column={edit.column}, text={edit.text!r})"
+    if edit.maps_to:
+        return f"insert_after(line={edit.line}, text={edit.text!r}, maps_to={edit.maps_to})"
     return f"insert_after(line={edit.line}, text={edit.text!r})"
 
 

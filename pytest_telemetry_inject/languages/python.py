@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 TEMPLATE_VERSION = 1
-STYLES = ("with", "decorator")
+STYLES = ("with", "try", "decorator")
 
 _QUERY = """
 (function_definition name: (identifier) @function_name) @function
@@ -82,6 +82,31 @@ REASON_TRIVIAL = "trivial body (only a docstring, pass or ...)"
 REASON_OPT_OUT = "opted out (# telemetry: skip)"
 REASON_NO_TELEMETRY = "opted out (@no_telemetry)"
 REASON_INSTRUMENTED = "already instrumented"
+
+
+_TRY_START = re.compile(r"_telemetry_t = _telemetry\.(start|start_generator)\(\)")
+_TRY_END = re.compile(r'_telemetry\.end\(' + _NAME + r", _telemetry_t\)")
+
+
+def _try_epilogue(name: str) -> list[tuple[int, str]]:
+    """(extra indentation levels, text) of the lines after the body, try style."""
+    return [
+        (0, "except BaseException:"),
+        (1, f'_telemetry_t = _telemetry.fail("{name}", _telemetry_t)'),
+        (1, "raise"),
+        (0, "finally:"),
+        (1, f'_telemetry.end("{name}", _telemetry_t)'),
+    ]
+
+
+def _try_form(first_line: str) -> tuple[str, Any, Any] | None:
+    """For a prologue's first line: (kind, its epilogue builder, the regex of the
+    epilogue's last line), or None. The logging target's form and the try style's."""
+    if first_line == LOG_PROLOGUE:
+        return "logging", _log_epilogue, _LOG_NAME
+    if _TRY_START.fullmatch(first_line):
+        return "try", _try_epilogue, _TRY_END
+    return None
 
 
 def _log_epilogue(name: str) -> list[tuple[int, str]]:
@@ -397,6 +422,10 @@ class PythonLanguage(Language):
             match = WITH_MARK.fullmatch(anchor_text)
             if match:
                 span_name = match.group(2)
+            elif _TRY_START.fullmatch(anchor_text):
+                match = _TRY_END.fullmatch(_content(lines[body_end_row]))
+                span_name = match.group(1) if match else None
+                match = True
             instrumented = match is not None or anchor_text == LOG_PROLOGUE
         reason = None
         names = [_decorator_name(d) for d in decorators]
@@ -433,6 +462,10 @@ class PythonLanguage(Language):
     def plan(self, template: Template, record: FunctionRecord, parsed: ParsedFile) -> list[Edit]:
         if template.style == "decorator":
             return self._plan_decorator(template, record)
+        if template.style == "try":
+            if template.target not in ("runtime", "vendored"):
+                raise TemplateNotApplicable(f"the {template.target} target has no try form")
+            return self._plan_body(record, parsed, _try_prologue(record), _try_epilogue(record.qualname))
         return self._plan_with(template, record, parsed)
 
     def _plan_decorator(self, template: Template, record: FunctionRecord) -> list[Edit]:
@@ -448,6 +481,20 @@ class PythonLanguage(Language):
         return [insert(record.relative(record.def_line), record.indent + text)]
 
     def _plan_with(self, template: Template, record: FunctionRecord, parsed: ParsedFile) -> list[Edit]:
+        name, target = record.qualname, template.target
+        if target == "logging":
+            return self._plan_body(record, parsed, [LOG_PROLOGUE, "try:"], _log_epilogue(name))
+        generator = record.is_generator
+        if target == "otel":
+            call = "start_span" if generator else "start_as_current_span"
+        else:
+            call = "generator_span" if generator else "span"
+        return self._plan_body(record, parsed, [f'with _telemetry.{call}("{name}"):'], [])
+
+    def _plan_body(self, record: FunctionRecord, parsed: ParsedFile, prologue: list[str],
+                   epilogue: list[tuple[int, str]]) -> list[Edit]:
+        """Indent the body (after the docstring) one level under ``prologue``'s lines, and
+        add ``epilogue``'s (indentation levels, text) after it."""
         if record.one_line:
             raise TemplateNotApplicable("the body is on the def line")
         if not record.anchor_line:
@@ -455,25 +502,17 @@ class PythonLanguage(Language):
         unit = record.unit
         if not unit or unit.strip(" \t"):
             raise TemplateNotApplicable("the body's indentation is not deeper than the def line's")
-        name, target, bi = record.qualname, template.target, record.body_indent
-        rel = record.relative
+        bi, rel = record.body_indent, record.relative
         first, last = rel(record.anchor_line), rel(record.body_end_line)
         keep = [rel(k) for k in record.keep if record.anchor_line <= k <= record.body_end_line]
         edits: list[Edit] = [indent(first, last, unit, bi, keep)]
-        if target == "logging":
+        edits.extend(insert(first, bi + text) for text in prologue)
+        if epilogue:
             if not parsed.lines[record.body_end_line - 1].endswith("\n"):
                 raise TemplateNotApplicable("the body ends the file without a line ending")
-            edits.append(insert(first, bi + LOG_PROLOGUE))
-            edits.append(insert(first, bi + "try:"))
-            for level, text in _log_epilogue(name):
-                edits.append(insert_after(last, bi + unit * level + text))
-            return edits
-        generator = record.is_generator
-        if target == "otel":
-            call = "start_span" if generator else "start_as_current_span"
-        else:
-            call = "generator_span" if generator else "span"
-        edits.append(insert(first, f'{bi}with _telemetry.{call}("{name}"):'))
+            # The epilogue runs on every call: in the line map it stands for the first line
+            # of the body (which does too), not for the body's last line (which may not).
+            edits.extend(insert_after(last, bi + unit * level + text, maps_to=first) for level, text in epilogue)
         return edits
 
     # -- header ---------------------------------------------------------------------------
@@ -542,8 +581,8 @@ class PythonLanguage(Language):
                     delete.add(row)
                     blocks.append((row, anchor.body[0].lineno - 1, anchor.body[-1].end_lineno - 1))
                     spans.append((row + 1, match.group(2)))
-            elif head == LOG_PROLOGUE and len(body) > index + 1:
-                found = _strip_logging(body[index + 1], lines)
+            elif len(body) > index + 1 and _try_form(head) is not None:
+                found = _strip_try_form(head, body[index + 1], lines)
                 if found is not None:
                     rows, block, name = found
                     delete.add(row)
@@ -730,21 +769,31 @@ def _too_deep(statements: list[ast.stmt], depth: int = 0) -> int:
     return 0
 
 
-def _strip_logging(stmt: ast.stmt, lines: list[str]) -> tuple[list[int], tuple[int, int, int], str] | None:
-    """The rows the logging target added around a body, if ``stmt`` is its try statement."""
-    if not isinstance(stmt, ast.Try) or len(stmt.handlers) != 1 or stmt.orelse or not stmt.finalbody:
+def _strip_try_form(head: str, stmt: ast.stmt, lines: list[str]) -> tuple[list[int], tuple[int, int, int], str] | None:
+    """The rows a try-shaped wrapper (the try style, the logging target) added around a body,
+    if ``head`` is its prologue's first line and ``stmt`` its try statement."""
+    form = _try_form(head)
+    if form is None or not isinstance(stmt, ast.Try) or len(stmt.handlers) != 1 or stmt.orelse \
+            or not stmt.finalbody:
         return None
+    _kind, epilogue, end = form
     row = stmt.lineno - 1
     if _content(lines[row]) != "try:":
         return None
     tail = list(range(stmt.handlers[0].lineno - 1, stmt.end_lineno))
-    match = _LOG_NAME.fullmatch(_content(lines[tail[-1]]))
-    if len(tail) != 5 or match is None:
+    match = end.fullmatch(_content(lines[tail[-1]]))
+    if match is None:
         return None
     name = match.group(1)
-    if [_content(lines[r]) for r in tail] != [text for _, text in _log_epilogue(name)]:
+    expected = [text for _, text in epilogue(name)]
+    if len(tail) != len(expected) or [_content(lines[r]) for r in tail] != expected:
         return None
     return [row] + tail, (row, stmt.body[0].lineno - 1, stmt.body[-1].end_lineno - 1), name
+
+
+def _try_prologue(record: FunctionRecord) -> list[str]:
+    call = "start_generator" if record.is_generator else "start"
+    return [f"_telemetry_t = _telemetry.{call}()", "try:"]
 
 
 def _wrap_snippet(snippet: str) -> str:
