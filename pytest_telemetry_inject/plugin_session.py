@@ -48,6 +48,8 @@ class TelemetrySession:
         self.early: list[str] = []
         self.worker_snapshots: list[dict] = []
         self.written: list[str] = []
+        self.keep_events = False
+        self.otel: OtelSession | None = None
         self.prepare_seconds = 0.0
 
     def option(self, name: str) -> Any:
@@ -120,13 +122,21 @@ class TelemetrySession:
     def _configure_runtime(self) -> None:
         from . import runtime
 
-        configure = getattr(runtime, "configure", None)
-        if configure is not None:
-            try:
-                min_duration = float(self.config.getini("telemetry_min_duration") or 0)
-            except ValueError:
-                raise pytest.UsageError("telemetry_min_duration must be a number of seconds") from None
-            configure(min_duration=min_duration)
+        try:
+            min_duration = float(self.config.getini("telemetry_min_duration") or 0)
+        except ValueError:
+            raise pytest.UsageError("telemetry_min_duration must be a number of seconds") from None
+        # Events (one per call) only when something draws them: the HTML flame charts, the trace.
+        self.keep_events = bool(self.report_path("html") or self.report_path("trace"))
+        runtime.configure(min_duration=min_duration, keep_events=self.keep_events)
+        if self.option("telemetry_otel"):
+            self.otel = OtelSession.start(self.config)
+            runtime.configure(otel=True, otel_provider=self.otel.provider)
+
+    def report_path(self, kind: str) -> str:
+        """Where to write the ``json``/``html``/``trace`` report (option, else ini), or ''."""
+        option = {"json": "telemetry_report", "html": "telemetry_html", "trace": "telemetry_trace"}[kind]
+        return self.option(option) or self.config.getini(option) or ""
 
     # -- items --------------------------------------------------------------------------------
 
@@ -146,14 +156,20 @@ class TelemetrySession:
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
         from . import runtime
 
-        setter = getattr(runtime, "set_current_test", None)
-        if setter is not None:
-            setter(item.nodeid)
+        runtime.set_current_test(item.nodeid)
+        test_span = self.otel.start_test(item.nodeid) if self.otel is not None else None
         try:
             return (yield)
         finally:
-            if setter is not None:
-                setter(None)
+            if test_span is not None:
+                self.otel.end_test(test_span)  # type: ignore[union-attr]
+            runtime.set_current_test(None)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        # pytest-xdist, on the controller: each worker's test spans have the session span as parent.
+        if self.otel is not None:
+            node.workerinput["telemetry_traceparent"] = self.otel.traceparent()
 
     # -- xdist ----------------------------------------------------------------------------------
 
@@ -164,13 +180,51 @@ class TelemetrySession:
             self.worker_snapshots.append(json.loads(data))
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        from . import runtime
+
+        runtime.flush()
         if self.is_worker:
-            self.config.workeroutput["telemetry"] = json.dumps(self.snapshot(local=True))  # type: ignore[attr-defined]
+            self.config.workeroutput["telemetry"] = json.dumps(self.local_payload())  # type: ignore[attr-defined]
+            if self.otel is not None:
+                self.otel.finish()
             return
         output = self.option("telemetry_output")
         if output:
             manifest = self.write_output(Path(output))
             self.written.append(f"instrumented sources ({len(manifest['files'])} files) and a manifest in {output}")
+        self.write_reports()
+        if self.otel is not None:
+            self.otel.finish()
+            self.written.append("spans over OTLP (a session span, a span per test, the function spans)")
+
+    def write_reports(self) -> None:
+        from . import runtime
+        from .runtime import report
+
+        paths = {kind: self.report_path(kind) for kind in ("json", "html", "trace")}
+        if not any(paths.values()):
+            return
+        data = self.merged()
+        built = report.build_report(data["functions"], tests=data["tests"], events=data["events"],
+                                    instrumented=self.instrumented_names())
+        if paths["json"]:
+            report.write_json(paths["json"], built)
+            self.written.append(f"the JSON report to {paths['json']}")
+        if paths["html"]:
+            report.write_html(paths["html"], built)
+            self.written.append(f"the HTML report to {paths['html']}")
+        if paths["trace"]:
+            with open(paths["trace"], "w", encoding="utf-8") as handle:
+                json.dump(runtime.chrome_trace(data["events"]), handle)
+            self.written.append(f"the Chrome trace to {paths['trace']}")
+
+    def instrumented_names(self) -> list[str]:
+        """``module:qualname`` of every instrumented function (for "never called")."""
+        names = []
+        for path, result in sorted(self.reports.items()):
+            module = _module_name(Path(path), self.root)
+            names.extend(f"{module}:{f.qualname}" for f in result.functions if f.status == "instrumented")
+        return names
 
     def write_output(self, folder: Path) -> dict:
         """The project's modules instrumented for shipping (target ``vendored``: no dependency
@@ -218,38 +272,37 @@ class TelemetrySession:
         write_atomic(str(folder / "telemetry-manifest.json"), json.dumps(manifest, indent=2).encode())
         return manifest
 
-    def snapshot(self, local: bool = False) -> dict:
+    def local_payload(self) -> dict:
+        """This process's telemetry, plain JSON (a pytest-xdist worker sends it home)."""
         from . import runtime
 
-        mine = {"functions": runtime.snapshot(), "problems": self.finder.state.problems if self.finder else {},
-                "instrumented_modules": sorted(self.finder.state.instrumented) if self.finder else []}
-        if local or not self.worker_snapshots:
-            return mine
-        merged: dict[tuple[str, str], dict] = {}
+        finder = self.finder
+        return {"functions": runtime.snapshot(), "tests": runtime.snapshot(per_test=True),
+                "events": runtime.events(clear=True) if self.keep_events else [],
+                "dropped": runtime.dropped_events(),
+                "problems": dict(finder.state.problems) if finder else {},
+                "instrumented_modules": sorted(finder.state.instrumented) if finder else []}
+
+    def merged(self) -> dict:
+        """This process's telemetry and its workers', combined exactly."""
+        from . import runtime
+
+        parts = [self.local_payload(), *self.worker_snapshots]
         problems: dict[str, str] = {}
-        modules: set[str] = set()
-        for snap in [mine, *self.worker_snapshots]:
-            problems.update(snap["problems"])
-            modules.update(snap["instrumented_modules"])
-            for row in snap["functions"]:
-                key = (row["module"], row["name"])
-                if key not in merged:
-                    merged[key] = dict(row)
-                    continue
-                seen = merged[key]
-                if row["count"]:
-                    seen["min_ns"] = min(seen["min_ns"], row["min_ns"]) if seen["count"] else row["min_ns"]
-                    seen["max_ns"] = max(seen["max_ns"], row["max_ns"])
-                for name in ("count", "total_ns", "errors"):
-                    seen[name] += row[name]
-        return {"functions": list(merged.values()), "problems": problems, "instrumented_modules": sorted(modules)}
+        for part in parts:
+            problems.update(part["problems"])
+        return {"functions": runtime.merge_snapshots([p["functions"] for p in parts]),
+                "tests": runtime.merge_snapshots([p["tests"] for p in parts]),
+                "events": [event for p in parts for event in p["events"]],
+                "dropped": sum(p["dropped"] for p in parts), "problems": problems,
+                "instrumented_modules": sorted({m for p in parts for m in p["instrumented_modules"]})}
 
     # -- summary --------------------------------------------------------------------------------
 
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
         if self.is_worker:
             return
-        data = self.snapshot()
+        data = self.merged()
         write = terminalreporter.write_line
         terminalreporter.section("telemetry")
         rows = sorted((r for r in data["functions"] if r["count"]), key=lambda r: r["total_ns"], reverse=True)
@@ -337,6 +390,98 @@ class TelemetryItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, f"{self.name}: generated tests of the insertion scripts"
+
+
+class OtelSession:
+    """``--telemetry-otel``: a session span, and one span per test made current while the test
+    runs, so the runtime's function spans nest under them. Exported over OTLP as the standard
+    ``OTEL_*`` variables say, unless the process already has an SDK tracer provider. A
+    pytest-xdist worker's tests go under the controller's session span (its W3C traceparent
+    comes in the worker's input, which exists only once the worker runs: hence lazily)."""
+
+    def __init__(self, config: pytest.Config, provider: Any) -> None:
+        self.config = config
+        self.provider = provider
+        self.tracer = provider.get_tracer("pytest_telemetry_inject.plugin")
+        self.session_span: Any = None
+        self._parent: Any = None
+
+    @classmethod
+    def start(cls, config: pytest.Config) -> "OtelSession":
+        try:
+            from opentelemetry import trace
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        except ImportError:
+            raise pytest.UsageError("--telemetry-otel needs OpenTelemetry: "
+                                    "pip install 'pytest-telemetry-inject[otel]'") from None
+        provider = trace.get_tracer_provider()
+        if not isinstance(provider, TracerProvider):  # none configured: OTLP from the OTEL_* variables
+            try:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            except ImportError:
+                raise pytest.UsageError("--telemetry-otel needs the OTLP exporter: "
+                                        "pip install 'pytest-telemetry-inject[otel]'") from None
+            provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get(
+                "OTEL_SERVICE_NAME", "pytest")}))
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        return cls(config, provider)
+
+    def parent(self) -> Any:
+        """The context test spans go under: the controller's session span (from a worker's
+        input), else this process's own session span, started now."""
+        if self._parent is None:
+            from opentelemetry import context, propagate, trace
+
+            workerinput = getattr(self.config, "workerinput", None) or {}
+            if workerinput.get("telemetry_traceparent"):
+                self._parent = propagate.extract({"traceparent": workerinput["telemetry_traceparent"]})
+            else:
+                self.session_span = self.tracer.start_span(
+                    "pytest session", attributes={"pytest.rootdir": str(self.config.rootpath)})
+                self._parent = trace.set_span_in_context(self.session_span, context.get_current())
+        return self._parent
+
+    def traceparent(self) -> str:
+        from opentelemetry import propagate
+
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=self.parent())
+        return carrier.get("traceparent", "")
+
+    def start_test(self, nodeid: str) -> tuple[Any, Any]:
+        from opentelemetry import context, trace
+
+        span = self.tracer.start_span(f"test {nodeid}", context=self.parent(), attributes={"pytest.nodeid": nodeid})
+        return span, context.attach(trace.set_span_in_context(span))
+
+    def end_test(self, handle: tuple[Any, Any]) -> None:
+        from opentelemetry import context
+
+        span, token = handle
+        context.detach(token)
+        span.end()
+
+    def finish(self) -> None:
+        if self.session_span is not None:
+            self.session_span.end()
+        try:
+            self.provider.force_flush()
+        except Exception:  # an exporter that cannot reach its collector: the run goes on
+            pass
+
+
+def _module_name(path: Path, root: Path) -> str:
+    """The dotted module name of a file: its package chain, else its stem."""
+    parts = [path.stem] if path.name != "__init__.py" else []
+    folder = path.parent
+    while (folder / "__init__.py").is_file():
+        parts.insert(0, folder.name)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    return ".".join(parts) or path.stem
 
 
 def _module_location(name: str) -> Path | None:
