@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from . import __version__
 from .errors import TelemetryInjectError
+from .llm.options import add_llm_arguments, configure_trace
 from .settings import STYLES, TARGETS, Settings, find_project_root
 
 EXIT_OK, EXIT_CHECK, EXIT_USAGE, EXIT_ERRORS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -29,7 +31,8 @@ def _parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Put function-level telemetry (a span per call) into source files, "
                     "deterministically, verified and cached.",
-        epilog="Also: 'telemetry-inject cache stats|clear|prune'. Exit codes: 0 done, 1 --check found "
+        epilog="Also: 'telemetry-inject cache stats|clear|prune', 'telemetry-inject models' (LLM models that can "
+               "be reached; --list-models where a path is named models). Exit codes: 0 done, 1 --check found "
                "functions without telemetry, 2 usage error, 3 some file could not be processed.")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to process")
     where = parser.add_mutually_exclusive_group()
@@ -60,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--use-scripts", action="store_true",
                         help="script mode (the default; accepted for compatibility)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_llm_arguments(parser)
     return parser
 
 
@@ -79,6 +83,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args and args[0] == "cache":
             return _cache_main(args[1:])
+        # The LLM layer's own front doors (imported only when asked for).
+        if (args and args[0] == "models" and not os.path.exists("models")) or "--list-models" in args:
+            from .llm.cli import models_main
+
+            return models_main([a for a in args if a not in ("models", "--list-models")])
+        if "--configure" in args or "--check-api" in args:
+            from .llm.cli import setup_main
+
+            return setup_main(args)
+        if "--traditional" in args:
+            from .llm.cli import traditional_main
+
+            return traditional_main(args)
         return _main(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -131,17 +148,26 @@ def _main(argv: list[str]) -> int:
     mode = "strip" if args.strip else "check" if args.check else "instrument"
     options = RunOptions(mode=mode, output_dir=args.output.resolve() if args.output else None,
                          in_place=args.in_place, dry_run=args.dry_run, diff=args.diff)
+    configure_trace(args)
+    llm = None
+    if mode == "instrument":
+        from .llm.options import start_script_mode
+
+        llm = start_script_mode(args, root)  # None unless a model is configured
     progress = _Progress(enabled=not args.quiet and not args.json)
     try:
         summary = run(args.paths, settings, options, project_root=root,
                       progress=progress.update, on_total=progress.start)
     finally:
         progress.close()
+        if llm is not None:
+            llm.finish(quiet=args.quiet)
     return _report(summary, args, options)
 
 
 class _Progress:
-    """A progress bar on a terminal, shown only for runs that last over a second."""
+    """A progress bar on a terminal, shown only for runs that last over a second
+    (``TELEMETRY_INJECT_PROGRESS_DELAY`` seconds)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()
@@ -152,7 +178,8 @@ class _Progress:
             from tqdm import tqdm
 
             tqdm.monitor_interval = 0  # no monitor thread: workers are forked
-            self.bar = tqdm(total=total, unit="file", delay=1.0, file=sys.stderr, leave=False)
+            delay = float(os.environ.get("TELEMETRY_INJECT_PROGRESS_DELAY") or 1.0)
+            self.bar = tqdm(total=total, unit="file", delay=delay, file=sys.stderr, leave=False)
 
     def update(self, count: int) -> None:
         if self.bar is not None:

@@ -356,13 +356,62 @@ class TelemetryItem(pytest.Item):
         cases = 0
         for sha, name, origin, original in self._cases(module_file):
             cases += 1
-            check = ScriptCheck.for_test_file(str(module_file), sha, language=report.language or "python",
-                                              span_name=name, original=original, origin=origin)
+            try:
+                check = ScriptCheck.for_test_file(str(module_file), sha, language=report.language or "python",
+                                                  span_name=name, original=original, origin=origin)
+            except (AssertionError, OSError) as exc:  # a script changed or gone since it was written
+                failures.append((name, str(exc)))
+                continue
             for reason in check.run_all():
                 failures.append((name, reason))
         self.user_properties.append(("insertion_scripts", cases))
         if failures:
+            failures = self._repair(session, report, module_file, failures)
+            # The memo holds this file built with the failing scripts: the next run rebuilds it,
+            # checking every script again (a repaired one comes from the cache then).
+            self._forget_memo(session, report)
+        if failures:
             raise ScriptTestFailure(failures)
+
+    @staticmethod
+    def _forget_memo(session: TelemetrySession, report: FileReport) -> None:
+        from .languages import language_for
+
+        data = Path(report.path).read_bytes()
+        language = language_for(report.path, data[:256])
+        if session.cache is not None and language is not None:
+            session.cache.drop_memo(session.engine.memo_key(data, language, "", ""))
+
+    def _repair(self, session: TelemetrySession, report: FileReport, module_file: Path,
+                failures: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Ask the LLM refactorer (when one is configured and the budget allows) to fix each
+        failing script; a fix is cached and used when the file is next instrumented. The
+        failures left, with what the repair said."""
+        if session.cache is None:
+            return failures
+        from .llm.config import LLMConfig
+
+        config = LLMConfig.load(session.root)
+        if not config.enabled:
+            return [(name, f"{reason} (no LLM refactorer is configured: no repair tried)")
+                    for name, reason in failures]
+        from .llm.refactorer import record_fix, repair
+
+        cases = {name: (sha, original) for sha, name, _origin, original in self._cases(module_file)}
+        language = report.language or "python"
+        left = []
+        for name, reason in failures:
+            sha, original = cases[name]
+            script = Path(session.cache.script_path(language, sha)).read_text(encoding="utf-8")
+            result = repair(original, name, script, [reason], language=language, style=session.settings.style,
+                            target=session.settings.target, root=session.root)
+            record_fix(session.cache, settings=session.settings, language=language, span_name=name,
+                       source=original, failing_script=script, reason=reason, result=result)
+            if result.ok:
+                self.user_properties.append(("repaired", name))
+            else:
+                left.append((name, f"{reason}; repair: {result.reason}"))
+        return left
 
     def _test_module(self, session: TelemetrySession, report: FileReport) -> Path:
         if session.cache is None:
@@ -382,8 +431,8 @@ class TelemetryItem(pytest.Item):
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, ScriptTestFailure):
-            lines = ["insertion scripts failed their generated tests (these functions run without telemetry "
-                     "only if a rebuild also fails; no LLM refactorer is configured, so no repair was tried):"]
+            lines = ["insertion scripts failed their generated tests (a function whose script fails is "
+                     "never instrumented with it: the file is rebuilt on its next import):"]
             lines += [f"  {name}: {reason}" for name, reason in excinfo.value.args[0]]
             return "\n".join(lines)
         return super().repr_failure(excinfo)

@@ -157,7 +157,9 @@ def _env_fields(env: Mapping[str, str]) -> dict[str, str]:
     return found
 
 
-def _read_pyproject(path: Path) -> dict[str, Any]:
+def read_tool_table(path: Path, *sub: str) -> dict[str, Any]:
+    """``[tool.telemetry-inject]`` (or a sub-table of it, such as ``llm``) of a pyproject.toml;
+    {} when the file or the table is absent; a ConfigError when it cannot be read."""
     if not path.is_file():
         return {}
     try:
@@ -169,11 +171,19 @@ def _read_pyproject(path: Path) -> dict[str, Any]:
             data = tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
-    section = data.get("tool", {}).get("telemetry-inject", {})
+    section, name = data.get("tool", {}).get("telemetry-inject", {}), "tool.telemetry-inject"
+    for part in sub:
+        if not isinstance(section, dict):
+            break
+        section, name = section.get(part, {}), f"{name}.{part}"
     if not isinstance(section, dict):
-        raise ConfigError(f"[tool.telemetry-inject] in {path} must be a table")
+        raise ConfigError(f"[{name}] in {path} must be a table")
+    return section
+
+
+def _read_pyproject(path: Path) -> dict[str, Any]:
     # Sub-tables belong to other parts (the pytest plugin, the LLM layer); keep plain values.
-    return {k: v for k, v in section.items() if not isinstance(v, dict)}
+    return {k: v for k, v in read_tool_table(path).items() if not isinstance(v, dict)}
 
 
 def _read_dotenv(path: Path) -> dict[str, str]:

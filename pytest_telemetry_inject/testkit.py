@@ -67,25 +67,28 @@ class ScriptCheck:
 
     def output_parses(self) -> None:
         problem = self.language.snippet_parses(self.output)
-        assert problem is None, f"the output does not parse: {problem}"
+        if problem is not None:
+            raise AssertionError(f"the output does not parse: {problem}")
 
     def strip_gives_back_the_original(self) -> None:
         stripped = self.language.strip(self.output).text
-        if stripped != self.original:
-            assert self.language.equivalent(self.original, stripped), (
-                "stripping the telemetry does not give back the original function")
+        if stripped != self.original and not self.language.equivalent(self.original, stripped):
+            raise AssertionError("stripping the telemetry does not give back the original function")
 
     def span_name_is_the_qualname(self) -> None:
         names = [name for _line, name in self.language.strip(self.output).spans]
-        assert names, "the output has no span"
-        assert names[0] == self.span_name, f"the span is named {names[0]!r}, not {self.span_name!r}"
+        if not names:
+            raise AssertionError("the output has no span")
+        if names[0] != self.span_name:
+            raise AssertionError(f"the span is named {names[0]!r}, not {self.span_name!r}")
 
     def applying_twice_changes_nothing(self) -> None:
         try:
             again = self.run(self.output)
         except Exception as exc:
             raise AssertionError(f"applying the script to its output failed: {exc}") from None
-        assert again == self.output, "applying the script to its own output changed it"
+        if again != self.output:
+            raise AssertionError("applying the script to its own output changed it")
 
     def run_all(self) -> list[str]:
         """Every check; the reasons of those that failed (empty: the script passed)."""
@@ -104,4 +107,5 @@ class ScriptCheck:
 
     def assert_all(self) -> None:
         failures = self.run_all()
-        assert not failures, "; ".join(failures)
+        if failures:  # (raise, not assert: pytest rewrites asserts into many lines)
+            raise AssertionError("; ".join(failures))

@@ -164,7 +164,7 @@ def test_bad_config_is_one_line(project: Path) -> None:
     done = cli("pkg", cwd=project)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0
-    assert "style must be one of with, decorator, not 'sideways'" in done.stderr
+    assert "style must be one of with, try, decorator, not 'sideways'" in done.stderr
 
 
 def test_unwritable_output_is_an_error_and_loses_nothing(project: Path, tmp_path: Path) -> None:
@@ -214,6 +214,7 @@ def test_progress_bar_on_a_terminal_for_long_runs(tmp_path: Path) -> None:
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "pytest_telemetry_inject.cli", str(root), "--dry-run",
                              "--no-cache", "--no-parallel"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            env={**os.environ, "TELEMETRY_INJECT_PROGRESS_DELAY": "0"},
                             stderr=secondary, text=True)
     os.close(secondary)
     seen = b""
@@ -231,7 +232,7 @@ def test_progress_bar_on_a_terminal_for_long_runs(tmp_path: Path) -> None:
     proc.wait(timeout=120)
     os.close(primary)
     assert proc.returncode == 0
-    # tqdm draws "<n>/150" and a rate once the run has lasted a second.
+    # tqdm draws "<n>/150" and a rate (at once here: the delay is 0, not a second).
     assert b"/150 " in seen and b"file/s" in seen, seen[-500:]
 
 

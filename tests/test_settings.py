@@ -33,7 +33,7 @@ def test_precedence_defaults_pyproject_dotenv_env_flags(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("toml, message", [
-    ("style = 'sideways'", "setting style must be one of with, decorator, not 'sideways'"),
+    ("style = 'sideways'", "setting style must be one of with, try, decorator, not 'sideways'"),
     ("max_parallel = 'many'", "setting max_parallel"),
     ("max_parallel = -1", "must be >= 0"),
     ("validate = 'perhaps'", "expected true or false"),

@@ -325,6 +325,13 @@ class ScriptCache:
             self.counters.memo_hits += 1
         return memo
 
+    def drop_memo(self, key: str) -> None:
+        """Forget a file's memo, so its next run rebuilds (and revalidates) it."""
+        try:
+            os.unlink(self._memo_path(key))
+        except OSError:
+            pass
+
     def put_memo(self, key: str, header: dict[str, Any], sections: list[bytes], payload: bytes) -> None:
         """Layout: one line ``TI-MEMO <format> <crc32> <header length> <section lengths>``,
         then the header JSON, the sections and the payload. The crc32 covers the lengths and

@@ -7,6 +7,10 @@ stripping it gives back the original byte for byte, every span has its function'
 before anything is cached or written. When that fails, each new script is checked alone
 (the checks of its generated test) and the failing ones fall back to the next template;
 a function nothing can instrument is left exactly as it was, with the reason recorded.
+
+The LLM refactorer (optional, ``llm.refactorer``) is asked only when every template failed
+for a function: its fix comes back as edits (``engine.derive``) and is composed, validated
+and cached like a template's, with origin ``llm`` (the refactorer hook: ``_plan_llm``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from ..languages.base import FunctionRecord, ParsedFile, Template
 from ..scriptlib import Edit, apply, sha256 as text_sha256
 from ..settings import Settings
 from ..sourcefile import decode_source
+from ..trace import DEBUG, TRACE
 from .cache import CACHE_FORMAT, CacheCounters, IndexEntry, ScriptCache
 from .reconstruct import LineMap, Reconstruction, reconstruct
 from .scripts import edits_from_json, edits_to_json, render_script, sha256_text
@@ -130,6 +135,27 @@ class _Plan:
     entry: IndexEntry | None = None
     failures: list[str] = field(default_factory=list)
     tried: int = 0
+    origin: str = "template"
+    script: str = ""
+    """The script of an LLM fix (templates' scripts are rendered from their edits)."""
+    note: str = ""
+    """What the outcome says of an instrumented function (which model fixed it)."""
+
+
+# The refactorer of every Engine built without one: the CLI sets it when a model is
+# configured, so that the runner's engines (forked workers included) use it.
+_default_refactorer: Callable[..., Any] | None = None
+
+
+def set_default_refactorer(refactorer: Callable[..., Any] | None) -> None:
+    global _default_refactorer
+    _default_refactorer = refactorer
+
+
+def llm_template(language: Language, settings: Settings) -> Template:
+    """The pseudo-template of LLM fixes: its function keys are those of the cache entries of
+    fixes for this style and target (whichever model made them)."""
+    return Template(f"{language.name}.llm.{settings.style}.{settings.target}", 1, settings.style, settings.target)
 
 
 class Engine:
@@ -140,8 +166,14 @@ class Engine:
                  refactorer: Callable[..., Any] | None = None) -> None:
         self.settings = settings
         self.cache = cache if settings.use_cache else None
-        self.refactorer = refactorer
-        self._fingerprint = settings.output_fingerprint()
+        self.refactorer = refactorer if refactorer is not None else _default_refactorer
+        self._base_fingerprint = settings.output_fingerprint()
+        self._fingerprint = self._base_fingerprint
+        if self.refactorer is not None:
+            # A run that may ask a model must not reuse the memo of a run that could not.
+            self._fingerprint += "\0llm:" + str(getattr(self.refactorer, "fingerprint", "llm"))
+        self._new_llm_fixes = 0
+        self._llm_transient = 0
 
     # -- keys -------------------------------------------------------------------------------
 
@@ -150,9 +182,11 @@ class Engine:
                  str(template.version), record.qualname, record.sha256)
         return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
-    def memo_key(self, data: bytes, language: Language, import_name: str, selection: str) -> str:
+    def memo_key(self, data: bytes, language: Language, import_name: str, selection: str,
+                 fingerprint: str | None = None) -> str:
         parts = ("file", __version__, str(ENGINE_FORMAT), str(CACHE_FORMAT), language.name,
-                 self._fingerprint, str(self.settings.validate), import_name, selection,
+                 self._fingerprint if fingerprint is None else fingerprint, str(self.settings.validate),
+                 import_name, selection,
                  hashlib.sha256(data).hexdigest())
         return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -169,12 +203,21 @@ class Engine:
         key = self.memo_key(data, language, import_name, selection) if self.cache is not None else ""
         result = self.lookup_memo(data, path, key=key)
         if result is None:
+            fixes_before, transient_before = self._new_llm_fixes, self._llm_transient
             result = self._instrument(data, path, language, import_name, select, key)
             if self.cache is not None:
-                if result.status != "error":
+                # A model that could not be reached (budget, network) is asked again next run.
+                if result.status != "error" and self._llm_transient == transient_before:
                     header, sections = _memo_parts(result)
                     self.cache.put_memo(key, header, sections, result.output or b"")
+                    if self._new_llm_fixes != fixes_before and self._fingerprint != self._base_fingerprint:
+                        # A run without a model finds these fixes in the cache: same result.
+                        base = self.memo_key(data, language, import_name, selection, self._base_fingerprint)
+                        self.cache.put_memo(base, header, sections, result.output or b"")
                 result.counters, self.cache.counters = self.cache.counters, CacheCounters()
+            if TRACE.on:
+                TRACE.event(DEBUG, "cache", "file instrumented", path=path, status=result.status,
+                            script_hits=result.counters.script_hits, new_scripts=result.counters.script_misses)
         result.elapsed = time.perf_counter() - started
         return result
 
@@ -193,6 +236,8 @@ class Engine:
             memo = self.cache.get_memo(key)
         else:
             memo, _damaged = self.cache.read_memo(key)
+        if TRACE.on:
+            TRACE.event(DEBUG, "cache", "file memo hit" if memo is not None else "file memo lookup: miss", path=path)
         if memo is None:
             return None
         result = _result_from_memo(path, memo.header, memo.sections, memo.payload)
@@ -241,7 +286,7 @@ class Engine:
             else:
                 template = f"{plan.template.id}/{plan.template.version}" if plan.template else ""
                 script = plan.entry.script if plan.entry else ""
-                result.functions.append(FunctionOutcome(record.qualname, record.def_line, "instrumented", "",
+                result.functions.append(FunctionOutcome(record.qualname, record.def_line, "instrumented", plan.note,
                                                         template, script, plan.tried == 0))
         result.functions.sort(key=lambda o: o.line)
         if result.status == "error":
@@ -254,8 +299,9 @@ class Engine:
         return result
 
     def _plan(self, language: Language, parsed: ParsedFile, record: FunctionRecord,
-              start: int = 0) -> _Plan:
+              start: int = 0, failures: Sequence[str] = (), failing_script: str = "") -> _Plan:
         plan = _Plan(record)
+        plan.failures.extend(failures)
         for template in language.templates(record, self.settings)[start:]:
             key = self.function_key(record, template)
             entry = self.cache.lookup(key) if self.cache is not None else None
@@ -276,6 +322,45 @@ class Engine:
                 self.cache.counters.script_misses += 1
             plan.template, plan.key, plan.edits, plan.tried = template, key, edits, 1
             return plan
+        return self._plan_llm(language, parsed, plan, failing_script)
+
+    def _plan_llm(self, language: Language, parsed: ParsedFile, plan: _Plan, failing_script: str) -> _Plan:
+        """Every template failed: a cached LLM fix, else (with a refactorer) a new one."""
+        record, template = plan.record, llm_template(language, self.settings)
+        key = self.function_key(record, template)
+        entry = self.cache.lookup(key) if self.cache is not None else None
+        fingerprint = f"llm/{getattr(self.refactorer, 'fingerprint', '')}"
+        if entry is not None:
+            if entry.status == "ok" and entry.edits is not None:
+                self.cache.counters.script_hits += 1
+                plan.template, plan.key, plan.entry, plan.origin = template, key, entry, "llm"
+                plan.edits = edits_from_json(entry.edits)
+                plan.note = "fixed by an LLM (cached)"
+                return plan
+            if self.refactorer is None or entry.template == fingerprint:
+                plan.failures.append(f"llm: {entry.reason}")  # these models failed before
+                return plan
+        if self.refactorer is None:
+            return plan
+        result = self.refactorer(language=language.name, span_name=record.qualname,
+                                 source=record.source(parsed.lines), failing_script=failing_script,
+                                 failures=list(plan.failures),
+                                 keep=tuple(record.relative(k) for k in record.keep), style=self.settings.style,
+                                 target=self.settings.target, is_generator=record.is_generator, path=parsed.path)
+        if result.edits is None:
+            reason = result.reason
+            plan.failures.append(f"llm: {reason}")
+            if result.cacheable_failure:
+                self._store([IndexEntry(key, "failed", template=fingerprint, language=language.name,
+                                        qualname=record.qualname, origin="llm", reason=reason)])
+            else:
+                self._llm_transient += 1
+            return plan
+        if self.cache is not None:
+            self.cache.counters.script_misses += 1
+        plan.template, plan.key, plan.edits, plan.tried = template, key, list(result.edits), 1
+        plan.origin, plan.script, plan.note = "llm", result.script or "", result.reason
+        self._new_llm_fixes += 1
         return plan
 
     def _compose_validated(self, language: Language, parsed: ParsedFile, plans: list[_Plan],
@@ -283,7 +368,7 @@ class Engine:
         """The instrumented text, validated; None when nothing changes. New scripts that
         fail are replaced by the next template, or dropped."""
         failed: list[IndexEntry] = []
-        for _round in range(3):
+        for _round in range(5):  # template, next template, LLM fix, dropping it
             chosen = [p for p in plans if p.edits is not None]
             if not chosen:
                 self._store(failed)
@@ -312,6 +397,9 @@ class Engine:
                 self._store(failed + [p.entry for p in new], scripts, test_module)
                 result.line_map = rebuilt.line_map
                 return rebuilt.text
+            if TRACE.on:
+                TRACE.event(DEBUG, "validation", "file failed validation", path=parsed.path, problem=problem,
+                            new_scripts=len(new))
             if problem.startswith("does not compile with this Python"):
                 _skipped(result, problem)
                 return None
@@ -323,15 +411,25 @@ class Engine:
                     culprits = True
                     failed_template = plan.template
                     reason = f"{failed_template.id}: {failures[0]}"
+                    if plan.origin == "llm":  # checked before it was accepted; nothing comes after it
+                        plans[plans.index(plan)] = _Plan(plan.record, failures=plan.failures + [reason])
+                        continue
                     failed.append(IndexEntry(plan.key, "failed", template=f"{failed_template.id}/{failed_template.version}",
                                              language=language.name, qualname=plan.record.qualname,
                                              reason=failures[0]))
                     templates = language.templates(plan.record, self.settings)
-                    replacement = self._plan(language, parsed, plan.record, templates.index(failed_template) + 1)
-                    replacement.failures[:0] = plan.failures + [reason]
+                    _entry, script = self._make_entry(language, parsed, plan)
+                    replacement = self._plan(language, parsed, plan.record, templates.index(failed_template) + 1,
+                                             failures=plan.failures + [reason], failing_script=script)
                     plans[plans.index(plan)] = replacement
             if not culprits:
-                break
+                # Each new script passes alone but the file does not: drop new LLM fixes first.
+                fixes = [p for p in new if p.origin == "llm"]
+                for plan in fixes:
+                    plans[plans.index(plan)] = _Plan(plan.record, failures=plan.failures + [
+                        f"llm: the file fails validation with this fix ({problem})"])
+                if not fixes:
+                    break
         result.status = "error"
         result.reason = f"the instrumented file failed validation ({problem}); it is left unchanged"
         self._store(failed)
@@ -352,12 +450,16 @@ class Engine:
         """The index entry and the text of a new plan's insertion script."""
         record, template = plan.record, plan.template
         assert template is not None and plan.edits is not None
-        output = apply(record.source(parsed.lines), plan.edits)
         template_name = f"{template.id}/{template.version}"
-        script = render_script(language=language.name, span_name=record.qualname, template=template_name,
-                               source_sha256=record.sha256, output_sha256=text_sha256(output), edits=plan.edits)
+        if plan.script:
+            script = plan.script  # an LLM fix: the canonical script rendered from its edits
+        else:
+            output = apply(record.source(parsed.lines), plan.edits)
+            script = render_script(language=language.name, span_name=record.qualname, template=template_name,
+                                   source_sha256=record.sha256, output_sha256=text_sha256(output), edits=plan.edits)
         entry = IndexEntry(plan.key, "ok", template=template_name, script=sha256_text(script),
-                           language=language.name, qualname=record.qualname, edits=edits_to_json(plan.edits))
+                           language=language.name, qualname=record.qualname, origin=plan.origin,
+                           edits=edits_to_json(plan.edits))
         return entry, script
 
     def _check_alone(self, language: Language, parsed: ParsedFile, plan: _Plan) -> list[str]:
@@ -366,7 +468,7 @@ class Engine:
 
         _entry, script = self._make_entry(language, parsed, plan)
         check = ScriptCheck(script, language=language.name, span_name=plan.record.qualname,
-                            original=plan.record.source(parsed.lines))
+                            original=plan.record.source(parsed.lines), origin=plan.origin)
         return check.run_all()
 
     # -- strip and check --------------------------------------------------------------------

@@ -1,0 +1,351 @@
+"""The refactorer: an insertion script failed its test (or no template applies), ask a model
+for a fixed one. Script mode's only LLM call, made only then.
+
+Each answer goes through, in order: the security allowlist, the sandbox (the script's
+output for the function), ``engine.derive.derive_edits`` (the output may only ADD to the
+function), and the checks of the generated test on the script rendered from those edits
+(``testkit.ScriptCheck``, run in the sandbox). A rejected answer is sent back with its
+reason, up to ``max_retries`` attempts. The fix the engine keeps is the derived edits and
+the canonical script rendered from them (pinned to the function's sha256, so applying it
+twice changes nothing), cached with origin ``llm``.
+
+``repair(...)`` is the same for the pytest plugin: a ``path::telemetry`` item whose
+generated test failed hands over the function's source, the failing script and the
+failures, and gets a ``RepairResult``.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from ..engine.derive import derive_edits
+from ..engine.scripts import check_security, render_script, sha256_text
+from ..errors import SecurityViolation, TelemetryInjectError, ValidationError
+from ..scriptlib import Edit, Indent, apply
+from ..scriptlib import sha256 as text_sha256
+from ..trace import DEBUG, ERROR, INFO, TRACE, WARNING, traced
+from .config import LLMConfig
+from .prompts import extract_code, feedback_message, refactor_messages
+from .redact import one_line
+
+LLM_TEMPLATE_NAME = "llm/1"
+NEVER_CHANGE = "an LLM may add telemetry, never change the code"
+# Failures after which another attempt cannot help in this run (nothing is cached for them).
+TRANSIENT_KINDS = frozenset({"budget", "timeout", "server", "rate_limit", "unavailable", "auth", "not_found",
+                             "too_large", "bad_request", "error"})
+
+
+@dataclass
+class RepairResult:
+    script: str | None
+    """The canonical script of the fix (None: no fix)."""
+    edits: list[Edit] | None
+    attempts: int = 0
+    reasons: list[str] = field(default_factory=list)
+    """Why each rejected answer or failed request failed, in order."""
+    model: str = ""
+    cost: float = 0.0
+    cacheable_failure: bool = False
+    """Models answered and every answer was rejected (worth remembering); False when the
+    failure was the budget, the network or the provider (worth trying again later)."""
+
+    @property
+    def ok(self) -> bool:
+        return self.edits is not None
+
+    @property
+    def reason(self) -> str:
+        if self.ok:
+            return f"fixed by {self.model} (attempt {self.attempts})"
+        last = self.reasons[-1] if self.reasons else "no answer"
+        return f"LLM refactoring failed after {self.attempts} attempt(s): {last}"
+
+
+@dataclass
+class _Candidate:
+    script: str
+    edits: list[Edit]
+    output: str
+
+
+def _is_generator(source: str) -> bool:
+    text = "if 1:\n" + source if source[:1] in " \t" else source
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return "yield" in source
+    functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    if not functions:
+        return False
+    outer = functions[0]
+    stack: list[ast.AST] = list(outer.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Yield, ast.YieldFrom)):
+            return True
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+    return False
+
+
+class ScriptRefactorer:
+    """Callable by the engine: ``refactorer(language=..., span_name=..., source=..., ...)``."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.config: LLMConfig = session.config
+
+    @property
+    def fingerprint(self) -> str:
+        return self.config.fingerprint
+
+    @traced("refactor")
+    def __call__(self, *, language: str, span_name: str, source: str, failing_script: str = "",
+                 failures: Sequence[str] = (), keep: Sequence[int] | None = None, style: str = "with",
+                 target: str = "vendored", is_generator: bool | None = None, path: str = "") -> RepairResult:
+        try:
+            return self._repair(language=language, span_name=span_name, source=source,
+                                failing_script=failing_script, failures=failures, keep=keep, style=style,
+                                target=target, is_generator=is_generator, path=path)
+        except Exception as exc:  # a fault here must cost one function its telemetry, never a file
+            if TRACE.on:
+                TRACE.event(ERROR, "refactor", "internal error", span=span_name, error=f"{type(exc).__name__}: {exc}")
+            detail = one_line(f"{type(exc).__name__}: {exc}")
+            return RepairResult(None, None, 0, [f"internal error in the LLM layer: {detail}"])
+
+    def _repair(self, *, language: str, span_name: str, source: str, failing_script: str,
+                failures: Sequence[str], keep: Sequence[int] | None, style: str, target: str,
+                is_generator: bool | None, path: str) -> RepairResult:
+        del is_generator  # the kind of function is read from its source (the prompt's examples)
+        source_sha = text_sha256(source)
+        messages = refactor_messages(self.config, language=language, span_name=span_name, source=source,
+                                     source_sha256=source_sha, failing_script=failing_script,
+                                     failures=list(failures), style=style, target=target)
+        if TRACE.on:
+            TRACE.event(INFO, "refactor", "start", span=span_name, path=path, language=language,
+                        failing_script=bool(failing_script), failures=list(failures)[:5])
+
+        def validate(text: str) -> tuple[_Candidate | None, str]:
+            return self._validate(text, language=language, span_name=span_name, source=source,
+                                  source_sha=source_sha, keep=keep, target=target)
+
+        result = RepairResult(None, None)
+        answered = transient = False
+        for attempt in range(1, self.config.max_retries + 1):
+            result.attempts = attempt
+            outcome = self.session.asker.ask(messages, validate, purpose=f"refactor {span_name}",
+                                             vote_key=lambda c: json_edits(c.edits))
+            result.cost += sum(a.cost for a in outcome.answers)
+            if outcome.best is not None:
+                candidate: _Candidate = outcome.best.value
+                result.script, result.edits, result.model = candidate.script, candidate.edits, outcome.best.model
+                if TRACE.on:
+                    TRACE.event(INFO, "refactor", "fixed", span=span_name, model=result.model, attempt=attempt)
+                return result
+            for answer in outcome.answers:
+                prefix = "" if answer.reason.startswith(answer.model) else f"{answer.model}: "
+                result.reasons.append(prefix + answer.reason)
+                if answer.error_kind:
+                    transient = transient or answer.error_kind in TRANSIENT_KINDS
+                else:
+                    answered = True
+            if TRACE.on:
+                TRACE.event(WARNING, "refactor", "attempt rejected", span=span_name, attempt=attempt,
+                            reasons=[a.reason for a in outcome.answers])
+            if all(a.error_kind for a in outcome.answers):
+                break  # no model answered: another attempt now would fail the same way
+            rejected = next(a for a in outcome.answers if not a.error_kind)
+            messages = messages + [{"role": "assistant", "content": rejected.text}, feedback_message(rejected.reason)]
+        result.cacheable_failure = answered and not transient
+        return result
+
+    def _validate(self, text: str, *, language: str, span_name: str, source: str, source_sha: str,
+                  keep: Sequence[int] | None, target: str) -> tuple[_Candidate | None, str]:
+        from ..engine.sandbox import run_script
+        from ..testkit import ScriptCheck
+
+        script = extract_code(text)
+        if not script:
+            return None, "the answer holds no script (expected one ```python code block)"
+        try:
+            check_security(script)
+        except SecurityViolation as exc:
+            return None, f"refused by the security allowlist: {exc}"
+        except ValidationError as exc:
+            return None, str(exc)
+        try:
+            output = run_script(script, source, check=False)
+        except TelemetryInjectError as exc:
+            return None, f"the script failed in the sandbox: {exc}"
+        edits = derive_edits(source, output, keep=keep, language=language)
+        if edits is None:
+            return None, NEVER_CHANGE + " (its output changes or removes original text)"
+        if not edits:
+            return None, "the script adds nothing"
+        problem = target_problem(language, target, span_name, source, edits)
+        if problem:
+            return None, problem
+        canonical = render_script(language=language, span_name=span_name, template=LLM_TEMPLATE_NAME,
+                                  source_sha256=source_sha, output_sha256=text_sha256(apply(source, edits)),
+                                  edits=edits)
+        failures = ScriptCheck(canonical, language=language, span_name=span_name, original=source,
+                               origin="llm").run_all()
+        if failures:
+            return None, one_line("; ".join(failures), 400)
+        if TRACE.on:
+            TRACE.event(DEBUG, "validation", "LLM script accepted", span=span_name, edits=len(edits),
+                        script=sha256_text(canonical)[:16])
+        return _Candidate(canonical, edits, output), ""
+
+
+def _function_kind(source: str) -> tuple[bool, bool]:
+    """(is a generator, is async) of a Python function's source."""
+    text = "if 1:\n" + source if source[:1] in " \t" else source
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return "yield" in source, "async def" in source
+    functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    if not functions:
+        return False, False
+    return _is_generator(source), isinstance(functions[0], ast.AsyncFunctionDef)
+
+
+PROBE_NAME = "telemetry_inject_probe"
+
+
+def _probe(target: str, generator: bool, is_async: bool) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """What each Python template writes for this target on a small function of the same kind:
+    (style, the instrumented example, its inserted lines), span name PROBE_NAME. Taken from
+    the templates themselves, so the forms accepted from a model never drift from them (not
+    cached: a millisecond, next to the sandbox runs of every answer)."""
+    from ..languages import get_language
+    from ..scriptlib import Insert, InsertAfter
+    from ..settings import STYLES, Settings
+
+    python = get_language("python")
+    keyword = "async def" if is_async else "def"
+    last = "yield x" if generator else "return x"
+    source = f"{keyword} {PROBE_NAME}(a):\n    x = a\n    {last}\n"
+    found = []
+    for style in STYLES:
+        settings = Settings(style=style, target=target)
+        try:
+            parsed = python.parse(source, "probe.py", settings)
+            record = parsed.functions[0]
+            template = python.templates(record, settings)[0]
+            edits = python.plan(template, record, parsed)
+        except Exception:  # this style has no form for this kind of function
+            continue
+        lines = tuple(e.text.strip(" \t") for e in edits if isinstance(e, (Insert, InsertAfter)))
+        found.append((style, apply(source, edits), lines))
+    return tuple(found)
+
+
+def telemetry_examples(target: str, span_name: str, source: str) -> list[tuple[str, str]]:
+    """(style, example) of every form the templates write for this target and kind of function."""
+    generator, is_async = _function_kind(source)
+    return [(style, example.replace(f'"{PROBE_NAME}"', f'"{span_name}"'))
+            for style, example, _lines in _probe(target, generator, is_async)]
+
+
+def target_problem(language: str, target: str, span_name: str, source: str, edits: Sequence[Edit]) -> str:
+    """Why the telemetry an answer inserts is not what the configured target calls ('' when
+    it is). Strip recognises every target's forms, so this is checked here: a runtime form in
+    an OpenTelemetry file would fail only when the code runs, and a line that is no telemetry
+    at all must not get in beside it."""
+    if language != "python":
+        from ..languages import get_language
+
+        try:
+            check = getattr(get_language(language), "target_problem", None)
+        except KeyError:
+            check = None
+        return str(check(target, span_name, source, edits) or "") if check is not None else ""
+    from ..scriptlib import Insert, InsertAfter
+
+    generator, is_async = _function_kind(source)
+    allowed = {line.replace(f'"{PROBE_NAME}"', f'"{span_name}"')
+               for _style, _example, lines in _probe(target, generator, is_async) for line in lines}
+    for edit in edits:
+        if isinstance(edit, (Insert, InsertAfter)):
+            line = edit.text.strip(" \t")
+            if line not in allowed:
+                return (f"the inserted line {line[:80]!r} is not telemetry of the target {target!r} for this "
+                        f"function; use one of: {'; '.join(sorted(allowed))}")
+        elif not isinstance(edit, Indent):
+            return "Python telemetry goes on lines of its own: do not insert text inside a line"
+    return ""
+
+
+def json_edits(edits: Sequence[Edit]) -> str:
+    import json
+
+    from ..engine.scripts import edits_to_json
+
+    return json.dumps(edits_to_json(edits))
+
+
+def repair(record_source: str, span_name: str, failing_script: str, failures: Sequence[str], *,
+           language: str = "python", style: str = "with", target: str = "runtime",
+           keep: Sequence[int] | None = None, root: Any = None, config: LLMConfig | None = None,
+           session: Any = None) -> RepairResult:
+    """Ask the configured model(s) to fix ``failing_script`` for the function ``record_source``
+    (the ``path::telemetry`` item's failing case). Without a configured model, a result
+    with no fix and the reason."""
+    if session is None:
+        config = config or LLMConfig.load(root)
+        if not config.enabled:
+            return RepairResult(None, None, 0, ["no LLM is configured (set LLM_MODEL, or run telemetry-inject "
+                                                "--configure)"])
+        from .session import LLMSession
+
+        session = LLMSession(config)
+    return ScriptRefactorer(session)(language=language, span_name=span_name, source=record_source,
+                                     failing_script=failing_script, failures=list(failures), keep=keep,
+                                     style=style, target=target)
+
+
+_TEMPLATE_LINE = re.compile(r"^TEMPLATE = '([^'/]+)/(\d+)'$", re.M)
+
+
+def record_fix(cache: Any, *, settings: Any, language: str, span_name: str, source: str, failing_script: str,
+               reason: str, result: RepairResult | None) -> None:
+    """Store a repair the way the engine stores its own (for the pytest plugin): the failing
+    script's template entry becomes ``failed`` with ``reason`` (so the engine stops reusing
+    it), and a fix becomes the function's LLM entry (origin ``llm``). The engine then uses the
+    fix only if every template fails, as it would have asked for it. The file's memo still
+    holds the old result: instrument the file again without it (a rebuild)."""
+    from types import SimpleNamespace
+
+    from ..engine.cache import IndexEntry
+    from ..engine.pipeline import Engine
+    from ..engine.scripts import edits_to_json
+    from ..languages import get_language
+    from ..languages.base import Template
+
+    engine = Engine(settings, None)
+    record = SimpleNamespace(language=language, qualname=span_name, sha256=text_sha256(source))
+    entries = []
+    match = _TEMPLATE_LINE.search(failing_script or "")
+    if match:
+        failed = Template(match.group(1), int(match.group(2)), settings.style, settings.target)
+        entries.append(IndexEntry(engine.function_key(record, failed), "failed",
+                                  template=f"{failed.id}/{failed.version}", language=language, qualname=span_name,
+                                  reason=one_line(reason)))
+    scripts = {}
+    if result is not None and result.ok and result.script:
+        from ..engine.pipeline import llm_template
+
+        template = llm_template(get_language(language), settings)
+        sha = sha256_text(result.script)
+        scripts[sha] = result.script
+        entries.append(IndexEntry(engine.function_key(record, template), "ok",
+                                  template=f"{template.id}/{template.version}", script=sha, language=language,
+                                  qualname=span_name, origin="llm", edits=edits_to_json(result.edits or [])))
+    if entries:
+        cache.store(entries, scripts)

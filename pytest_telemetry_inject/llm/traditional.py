@@ -1,0 +1,532 @@
+"""The traditional pipeline (``telemetry-inject --traditional PATHS``): a model inserts the
+telemetry, for languages that have no templates.
+
+Per file:
+
+1. ``HybridAnalyzer`` finds the functions: tree-sitter where a grammar wheel is installed
+   (``tree-sitter-python``, ``tree-sitter-go``, ...), else ``LLMAnalyzer`` asks the model.
+2. ``CodeInjector`` asks for the insertions (JSON: which original line, which new line);
+   a file whose prompt does not fit the model's input limit is sent function by function.
+3. ``RetryInjector`` validates every answer and retries with the reason, up to
+   ``--max-retries`` attempts; ``ReflectionEngine`` steps in after
+   ``--reflection-threshold`` failures, asks the model why they failed, and its guidance
+   goes with the next attempt.
+
+An answer is accepted only if removing the inserted lines (every line holding the marker
+``telemetry-inject``) gives back the original file EXACTLY, byte for byte; when a syntax
+check is at hand (Python, or a tree-sitter grammar) the result must also parse.
+``--strip --traditional`` removes the marked lines again.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from ..errors import TelemetryInjectError
+from ..scriptlib import split_lines
+from ..trace import INFO, TRACE, WARNING, traced
+from .client import LLMError
+from .extensions import LanguageInfo, language_of
+from .parallel import Asker, Outcome
+from .prompts import number_lines
+from .tokens import PromptTooLarge, estimate_tokens
+
+MARKER = "telemetry-inject"
+CHUNK_OVERHEAD_TOKENS = 1200
+"""Room left in the input limit for the instructions around a chunk of code."""
+
+
+def strip_marked(text: str) -> str:
+    """``text`` without the lines the traditional pipeline inserted."""
+    return "".join(line for line in split_lines(text) if MARKER not in line)
+
+
+# -- finding functions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FunctionSpan:
+    name: str
+    start_line: int
+    end_line: int
+
+
+_FUNCTION_NODES = frozenset({
+    "function_definition", "function_declaration", "method_definition", "method_declaration",
+    "function_item", "method", "singleton_method", "constructor_declaration", "func_literal",
+    "function_signature_item", "local_function", "function",
+})
+
+
+class TreeSitterAnalyzer:
+    def available(self, language: LanguageInfo) -> bool:
+        return bool(language.grammar) and importlib.util.find_spec(language.grammar) is not None
+
+    def _parser(self, language: LanguageInfo) -> Any:
+        import tree_sitter
+
+        module = importlib.import_module(language.grammar)
+        return tree_sitter.Parser(tree_sitter.Language(getattr(module, language.grammar_function)()))
+
+    def functions(self, text: str, language: LanguageInfo) -> list[FunctionSpan]:
+        tree = self._parser(language).parse(text.encode("utf-8", "surrogatepass"))
+        found = []
+        stack = [tree.root_node]
+        while stack:
+            node = stack.pop()
+            if node.type in _FUNCTION_NODES:
+                name_node = node.child_by_field_name("name")
+                name = name_node.text.decode("utf-8", "replace") if name_node is not None else "<anonymous>"
+                found.append(FunctionSpan(name, node.start_point.row + 1, node.end_point.row + 1))
+            stack.extend(reversed(node.children))
+        return sorted(found, key=lambda f: (f.start_line, f.end_line))
+
+    def syntax_error(self, text: str, language: LanguageInfo) -> str | None:
+        root = self._parser(language).parse(text.encode("utf-8", "surrogatepass")).root_node
+        return "the output does not parse (tree-sitter found an error)" if root.has_error else None
+
+
+class LLMAnalyzer:
+    """Asks the model for the functions of a file (JSON)."""
+
+    def __init__(self, asker: Asker) -> None:
+        self.asker = asker
+
+    def functions(self, text: str, language: LanguageInfo, path: str) -> list[FunctionSpan]:
+        count = len(split_lines(text))
+        messages = [
+            {"role": "system", "content": "You list the functions of source files. Answer with JSON only."},
+            {"role": "user", "content": f"File {os.path.basename(path)} ({language.name}), lines numbered:\n\n"
+                                        f"{number_lines(text)}\n\nList every function and method as a JSON array "
+                                        '[{"name": "...", "start_line": N, "end_line": M}] (1-based, inclusive).'},
+        ]
+
+        def validate(answer: str) -> tuple[list[FunctionSpan] | None, str]:
+            data = _json_in(answer)
+            if not isinstance(data, list):
+                return None, "the answer is not a JSON array of functions"
+            spans = []
+            for item in data:
+                try:
+                    span = FunctionSpan(str(item["name"]), int(item["start_line"]), int(item["end_line"]))
+                except (KeyError, TypeError, ValueError):
+                    return None, "each function needs name, start_line and end_line"
+                if not 1 <= span.start_line <= span.end_line <= count:
+                    return None, f"function {span.name} has lines outside the file (1..{count})"
+                spans.append(span)
+            return spans, ""
+
+        outcome = self.asker.ask(messages, validate, purpose=f"analyse {os.path.basename(path)}")
+        if outcome.best is None:
+            raise TraditionalError(_why(outcome, "the model could not list the functions"))
+        return outcome.best.value
+
+
+class HybridAnalyzer:
+    def __init__(self, asker: Asker | None) -> None:
+        self.tree_sitter = TreeSitterAnalyzer()
+        self.llm = LLMAnalyzer(asker) if asker is not None else None
+
+    def functions(self, text: str, language: LanguageInfo, path: str) -> tuple[list[FunctionSpan], str]:
+        """(functions, "tree-sitter" or "llm")."""
+        if self.tree_sitter.available(language):
+            return self.tree_sitter.functions(text, language), "tree-sitter"
+        if self.llm is None:
+            raise TraditionalError(f"no tree-sitter grammar for {language.name} and no model to ask")
+        return self.llm.functions(text, language, path), "llm"
+
+
+# -- inserting -----------------------------------------------------------------------------------------
+
+
+class TraditionalError(TelemetryInjectError):
+    """The traditional pipeline could not instrument a file (it is left as it was)."""
+
+
+@dataclass
+class Injection:
+    text: str
+    inserted: int
+    covered: list[str]
+
+
+def _json_in(answer: str) -> Any:
+    match = re.search(r"```(?:json)?\s*\n(.*?)```", answer or "", re.S)
+    body = match.group(1) if match else (answer or "").strip()
+    try:
+        return json.loads(body)
+    except ValueError:
+        start = body.find("[")
+        end = body.rfind("]")
+        if 0 <= start < end:
+            try:
+                return json.loads(body[start:end + 1])
+            except ValueError:
+                return None
+    return None
+
+
+def apply_insertions(original: str, insertions: Sequence[dict]) -> str:
+    """The file with each {"after_line"|"before_line": N, "text": "..."} inserted (line
+    numbers of the original; the line ending is the file's)."""
+    lines = split_lines(original)
+    before: dict[int, list[str]] = {}
+    for item in insertions:
+        if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+            raise ValueError("each insertion needs a text")
+        text = item["text"]
+        if "\n" in text or "\r" in text:
+            raise ValueError("an inserted text must be one line")
+        if "after_line" in item:
+            index = int(item["after_line"])
+        elif "before_line" in item:
+            index = int(item["before_line"]) - 1
+        else:
+            raise ValueError("each insertion needs after_line or before_line")
+        if not 0 <= index <= len(lines):
+            raise ValueError(f"line {index} is outside the file (0..{len(lines)})")
+        before.setdefault(index, []).append(text)
+    out = []
+    for index in range(len(lines) + 1):
+        # A new line takes the ending of the line above it (else of the line below it).
+        eol = _eol(lines, index - 1) or _eol(lines, index) or "\n"
+        for text in before.get(index, ()):
+            if out and not out[-1].endswith("\n"):
+                out[-1] += eol  # inserting after a last line without an ending
+            out.append(text + eol)
+        if index < len(lines):
+            out.append(lines[index])
+    return "".join(out)
+
+
+def _eol(lines: Sequence[str], index: int) -> str:
+    if 0 <= index < len(lines):
+        line = lines[index]
+        if line.endswith("\r\n"):
+            return "\r\n"
+        if line.endswith("\n"):
+            return "\n"
+    return ""
+
+
+class CodeInjector:
+    """Builds the prompt and turns an answer into the instrumented file (or a reason)."""
+
+    def __init__(self, language: LanguageInfo, path: str, original: str, functions: Sequence[FunctionSpan]) -> None:
+        self.language = language
+        self.path = path
+        self.original = original
+        self.functions = list(functions)
+
+    def messages(self, functions: Sequence[FunctionSpan], guidance: str = "", whole_file: bool = True) -> list[dict]:
+        lines = split_lines(self.original)
+        if whole_file:
+            code = number_lines(self.original)
+        else:
+            first, last = functions[0].start_line, functions[-1].end_line
+            width = len(str(len(lines)))
+            code = "\n".join(f"{i:>{width}} | {lines[i - 1].rstrip(chr(13) + chr(10))}"
+                             for i in range(first, last + 1))
+        listing = "\n".join(f"- {f.name}: lines {f.start_line}-{f.end_line}" for f in functions)
+        system = (
+            "You add function-level telemetry to source files by INSERTING whole lines, never changing one. "
+            f"Every line you insert must end with the comment `{self.language.comment} {MARKER}` "
+            f"(the marker {MARKER!r} is how the tool recognises and removes them). Use only the language's "
+            "standard library (or the telemetry library the file already imports): record the start time "
+            "when a function is entered and log its name and duration when it returns. Keep the original "
+            "indentation style. Answer with a JSON array of insertions only: "
+            '[{"after_line": N, "text": "the whole new line, with its indentation"}] (use "before_line" for '
+            "a line above line N); line numbers are those of the original file.")
+        user = (f"File {os.path.basename(self.path)} ({self.language.name}), lines numbered:\n\n{code}\n\n"
+                f"Functions to instrument:\n{listing}\n")
+        if guidance:
+            user += f"\nGuidance from the earlier failed attempts:\n{guidance}\n"
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+    def validate(self, answer: str) -> tuple[Injection | None, str]:
+        data = _json_in(answer)
+        if isinstance(data, dict) and isinstance(data.get("insertions"), list):
+            data = data["insertions"]
+        if isinstance(data, list):
+            try:
+                text = apply_insertions(self.original, data)
+            except (ValueError, TypeError) as exc:
+                return None, f"the insertions cannot be applied: {exc}"
+        else:
+            match = re.search(r"```[\w+-]*\s*\n(.*?)```", answer or "", re.S)
+            if not match:
+                return None, "the answer is neither a JSON array of insertions nor a code block"
+            text = match.group(1)
+        return self.check(text)
+
+    def check(self, text: str) -> tuple[Injection | None, str]:
+        if strip_marked(text) != self.original:
+            return None, ("removing the inserted lines does not give back the original file exactly: insert whole "
+                          f"lines only, each ending with the comment `{self.language.comment} {MARKER}`")
+        inserted = len(split_lines(text)) - len(split_lines(self.original))
+        if inserted <= 0:
+            return None, "no telemetry was inserted"
+        problem = syntax_problem(text, self.language, self.path)
+        if problem:
+            return None, problem
+        return Injection(text, inserted, covered_functions(text, self.functions)), ""
+
+
+def covered_functions(text: str, functions: Sequence[FunctionSpan]) -> list[str]:
+    """The functions that got at least one inserted line inside them."""
+    rows, original_row = [], 0
+    for line in split_lines(text):
+        if MARKER in line:
+            rows.append(original_row + 1)  # inserted before the next original line
+        else:
+            original_row += 1
+    return [f.name for f in functions if any(f.start_line <= row <= f.end_line for row in rows)]
+
+
+def syntax_problem(text: str, language: LanguageInfo, path: str) -> str | None:
+    if language.name == "python":
+        try:
+            compile(text, path, "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            return f"the output does not parse: line {exc.lineno}: {exc.msg}"
+        except ValueError as exc:
+            return f"the output does not parse: {exc}"
+        return None
+    analyzer = TreeSitterAnalyzer()
+    if analyzer.available(language):
+        try:
+            return analyzer.syntax_error(text, language)
+        except Exception:
+            return None
+    return None
+
+
+class ReflectionEngine:
+    """After ``threshold`` failures, asks the model why they failed; its answer guides the
+    next attempt."""
+
+    def __init__(self, asker: Asker, threshold: int) -> None:
+        self.asker = asker
+        self.threshold = max(1, threshold)
+
+    def reflect(self, path: str, failures: Sequence[str]) -> str:
+        if len(failures) < self.threshold:
+            return ""
+        messages = [
+            {"role": "system", "content": "You review failed attempts at inserting telemetry lines into a source "
+                                          "file and say, in at most five short imperative lines, what to do "
+                                          "differently."},
+            {"role": "user", "content": f"File {os.path.basename(path)}. The attempts failed because:\n"
+                                        + "\n".join(f"- {f}" for f in failures)},
+        ]
+        outcome = self.asker.ask(messages, lambda text: (text.strip() or None, "" if text.strip() else "empty"),
+                                 purpose=f"reflect {os.path.basename(path)}")
+        guidance = outcome.best.value if outcome.best is not None else ""
+        if TRACE.on:
+            TRACE.event(INFO, "traditional", "reflection", path=path, failures=len(failures), guidance=guidance[:500])
+        return guidance
+
+
+class RetryInjector:
+    def __init__(self, asker: Asker, *, max_retries: int, reflection: ReflectionEngine) -> None:
+        self.asker = asker
+        self.max_retries = max(1, max_retries)
+        self.reflection = reflection
+
+    def inject(self, injector: CodeInjector, functions: Sequence[FunctionSpan], *, whole_file: bool = True,
+               validate: Callable[[str], tuple[Any, str]] | None = None) -> tuple[Any, list[str], int]:
+        """(the accepted value or None, the reasons of the failures, attempts)."""
+        failures: list[str] = []
+        guidance = ""
+        check = validate or injector.validate
+        for attempt in range(1, self.max_retries + 1):
+            if failures and len(failures) >= self.reflection.threshold and not guidance:
+                guidance = self.reflection.reflect(injector.path, failures)
+            messages = injector.messages(functions, guidance, whole_file)
+            if failures:
+                messages[-1]["content"] += "\nEarlier attempts were rejected:\n" + "\n".join(
+                    f"- {f}" for f in failures[-3:])
+            outcome = self.asker.ask(messages, check, purpose=f"inject {os.path.basename(injector.path)}")
+            if outcome.best is not None:
+                return outcome.best.value, failures, attempt
+            failures.extend(a.reason for a in outcome.answers if a.reason)
+            if TRACE.on:
+                TRACE.event(WARNING, "traditional", "attempt rejected", path=injector.path, attempt=attempt,
+                            reasons=[a.reason for a in outcome.answers])
+            if all(a.error_kind for a in outcome.answers):
+                break
+        return None, failures, attempt
+
+
+# -- one file, many files ---------------------------------------------------------------------------
+
+
+@dataclass
+class TraditionalResult:
+    path: str
+    language: str
+    status: str
+    """``instrumented``, ``unchanged``, ``skipped`` or ``failed`` (the file is left as it was)."""
+    reason: str = ""
+    output: str | None = None
+    functions: int = 0
+    covered: list[str] = field(default_factory=list)
+    analyzer: str = ""
+    attempts: int = 0
+    inserted: int = 0
+
+
+class TraditionalPipeline:
+    def __init__(self, session: Any, *, max_retries: int | None = None,
+                 reflection_threshold: int | None = None) -> None:
+        self.session = session
+        self.asker: Asker = session.asker
+        config = session.config
+        self.analyzer = HybridAnalyzer(self.asker)
+        self.reflection = ReflectionEngine(self.asker, reflection_threshold or config.reflection_threshold)
+        self.retry = RetryInjector(self.asker, max_retries=max_retries or config.max_retries,
+                                   reflection=self.reflection)
+
+    @traced("traditional")
+    def instrument(self, path: str, data: bytes) -> TraditionalResult:
+        language = language_of(path)
+        if language is None:
+            return TraditionalResult(path, "", "skipped", "not a source file (unknown extension)")
+        result = TraditionalResult(path, language.name, "failed")
+        try:
+            original = data.decode("utf-8")
+        except UnicodeDecodeError:
+            result.status, result.reason = "skipped", "not UTF-8 text"
+            return result
+        if "\0" in original:
+            result.status, result.reason = "skipped", "a binary file"
+            return result
+        if MARKER in original:
+            result.status, result.reason = "skipped", f"it already holds {MARKER!r} lines (strip them first)"
+            return result
+        try:
+            functions, result.analyzer = self.analyzer.functions(original, language, path)
+        except (TraditionalError, LLMError) as exc:
+            result.reason = str(exc)
+            return result
+        result.functions = len(functions)
+        if not functions:
+            result.status, result.reason = "unchanged", "no function found"
+            return result
+        if TRACE.on:
+            TRACE.event(INFO, "traditional", "functions", path=path, language=language.name, count=len(functions),
+                        analyzer=result.analyzer)
+        injector = CodeInjector(language, path, original, functions)
+        try:
+            chunks = self._chunks(injector, functions)
+        except PromptTooLarge as exc:
+            result.reason = str(exc)
+            return result
+        if len(chunks) == 1:
+            value, failures, attempts = self.retry.inject(injector, functions, whole_file=True)
+            result.attempts = attempts
+            if value is None:
+                result.reason = _last(failures, "no valid answer")
+                return result
+        else:
+            value, failures, attempts = self._by_chunks(injector, chunks)
+            result.attempts = attempts
+            if value is None:
+                result.reason = _last(failures, "no valid answer")
+                return result
+        result.status, result.output = "instrumented", value.text
+        result.inserted, result.covered = value.inserted, value.covered
+        if TRACE.on:
+            TRACE.event(INFO, "traditional", "instrumented", path=path, inserted=value.inserted,
+                        covered=len(value.covered), functions=len(functions), attempts=result.attempts)
+        return result
+
+    def _chunks(self, injector: CodeInjector, functions: list[FunctionSpan]) -> list[list[FunctionSpan]]:
+        """One chunk (the whole file) when it fits every model; else groups of functions that
+        fit. A function that alone does not fit is refused (PromptTooLarge)."""
+        models = self.asker.usable() or self.asker.models
+        limit = min(self.session.tokens.limits(m).input - self.session.client.output_tokens(m) for m in models)
+        budget = limit - CHUNK_OVERHEAD_TOKENS
+        if estimate_tokens(injector.original) <= budget:
+            return [functions]
+        lines = split_lines(injector.original)
+        def inside(inner: FunctionSpan, outer: FunctionSpan) -> bool:
+            return (outer.start_line <= inner.start_line and inner.end_line <= outer.end_line
+                    and (outer.start_line, outer.end_line) != (inner.start_line, inner.end_line))
+
+        outer = [f for f in functions if not any(inside(f, o) for o in functions)]
+        chunks: list[list[FunctionSpan]] = []
+        current: list[FunctionSpan] = []
+        size = 0
+        for function in outer:
+            cost = estimate_tokens("".join(lines[function.start_line - 1:function.end_line]))
+            if cost > budget:
+                raise PromptTooLarge(f"function {function.name} (lines {function.start_line}-{function.end_line}, "
+                                     f"~{cost} tokens) does not fit the model's input limit ({limit} tokens); "
+                                     "use a model with a larger context")
+            if current and size + cost > budget:
+                chunks.append(current)
+                current, size = [], 0
+            current.append(function)
+            size += cost
+        if current:
+            chunks.append(current)
+        inner = [f for f in functions if f not in outer]
+        for chunk in chunks:  # nested functions go with the chunk that holds them
+            first, last = chunk[0].start_line, chunk[-1].end_line
+            chunk.extend(f for f in inner if first <= f.start_line and f.end_line <= last)
+            chunk.sort(key=lambda f: f.start_line)
+        if TRACE.on:
+            TRACE.event(INFO, "tokens", "prompt split by function", path=injector.path, chunks=len(chunks),
+                        limit=limit)
+        return chunks
+
+    def _by_chunks(self, injector: CodeInjector, chunks: list[list[FunctionSpan]]) -> tuple[Any, list[str], int]:
+        insertions: list[dict] = []
+        failures: list[str] = []
+        attempts = 0
+        total = len(split_lines(injector.original))
+        for chunk in chunks:
+            first, last = chunk[0].start_line, chunk[-1].end_line
+
+            def validate(answer: str, first: int = first, last: int = last) -> tuple[Any, str]:
+                data = _json_in(answer)
+                if not isinstance(data, list):
+                    return None, "the answer is not a JSON array of insertions"
+                for item in data:
+                    line = item.get("after_line", (item.get("before_line") or 1) - 1) if isinstance(item, dict) else -1
+                    if not isinstance(line, int) or not first - 1 <= line <= min(last, total):
+                        return None, f"an insertion at line {line} is outside lines {first}-{last}"
+                try:
+                    text = apply_insertions(injector.original, data)
+                except (ValueError, TypeError) as exc:
+                    return None, f"the insertions cannot be applied: {exc}"
+                injection, reason = injector.check(text)
+                return (data if injection is not None else None), reason
+
+            value, chunk_failures, chunk_attempts = self.retry.inject(injector, chunk, whole_file=False,
+                                                                      validate=validate)
+            attempts += chunk_attempts
+            failures.extend(chunk_failures)
+            if value is None:
+                return None, failures, attempts
+            insertions.extend(value)
+        injection, reason = injector.check(apply_insertions(injector.original, insertions))
+        if injection is None:
+            failures.append(reason)
+        return injection, failures, attempts
+
+
+def _why(outcome: Outcome, default: str) -> str:
+    reasons = outcome.reasons
+    return reasons[-1] if reasons else default
+
+
+def _last(failures: Sequence[str], default: str) -> str:
+    return f"{failures[-1]} ({len(failures)} rejected answers)" if failures else default

@@ -1,0 +1,29 @@
+"""A path::telemetry item whose generated tests fail asks the configured model for a repair
+(the local fake server here, through litellm's real HTTP path) and reports what it said."""
+
+from __future__ import annotations
+
+import pytest
+
+from .fakellm import KEY, Reply
+
+
+def test_a_failing_item_asks_the_model_and_reports_the_answer(pytester: pytest.Pytester, fake_llm,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester.makepyfile(calc="def add(a, b):\n    return a + b\n",
+                        test_calc="from calc import add\n\ndef test_add():\n    assert add(1, 2) == 3\n")
+    first = pytester.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider")
+    first.assert_outcomes(passed=2)
+    (script,) = (pytester.path / ".telemetry_cache" / "scripts" / "python").rglob("*.py")
+    script.write_text(script.read_text().replace("EDITS = [", "EDITS = [  # edited\n"))
+    server = fake_llm([Reply("I cannot help with that.")])
+    monkeypatch.setenv("LLM_MODEL", "openai/gpt-4o-mini")
+    monkeypatch.setenv("LLM_BASE_URL", server.url)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("LLM_MAX_RETRIES", "1")
+    result = pytester.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-k", "telemetry")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*add: *was changed after it was written*; repair: *"])
+    assert server.chat_requests, "the model was not asked"
+    assert "def add(a, b):" in server.chat_requests[0].prompt
+    assert KEY not in result.stdout.str() + result.stderr.str()
