@@ -219,6 +219,28 @@ def parse_diff(output: bytes) -> dict[str, FileChanges]:
     return found
 
 
+def line_changes(old: str, new: str) -> FileChanges:
+    """The changes from ``old`` to ``new`` as ``parse_diff`` would read them from git (for
+    texts that are in no blob: a file with its telemetry taken out)."""
+    import difflib
+
+    def indent(line: str) -> str:
+        return line[:len(line) - len(line.lstrip(" \t\x0c"))]
+
+    changes = FileChanges()
+    before, after = old.splitlines(), new.splitlines()
+    matcher = difflib.SequenceMatcher(None, before, after, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag in ("replace", "insert"):
+            changes.ranges.append((j1 + 1, j2))
+        elif tag == "delete":
+            nonblank = [line for line in before[i1:i2] if line.strip()]
+            first = indent(nonblank[0]) if nonblank else None
+            decorator = indent(nonblank[-1]) if nonblank and nonblank[-1].lstrip().startswith("@") else None
+            changes.gaps.append(Gap(j1, first, decorator))
+    return changes
+
+
 class Repository:
     """A git work tree, asked through subprocesses (paths relative to its top)."""
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from .errors import TelemetryInjectError, UnsupportedSource
-from .gitdiff import FileChanges, GitError, Repository, read_blobs, staged_files
+from .gitdiff import FileChanges, GitError, Repository, line_changes, read_blobs, staged_files
 from .settings import Settings, find_project_root
 from .sourcefile import decode_source, read_bytes, write_atomic
 
@@ -112,21 +112,25 @@ class _Project:
         return any(fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(relative, p.rstrip("/") + "/*")
                    for p in self.settings.exclude)
 
-    def vendored(self, path: Path) -> tuple[str, str | None]:
-        """(import name, absolute path of the vendored module) for a file of this project;
-        the same places the ``telemetry-inject`` command uses."""
-        from .engine.runner import vendored_import
+    def vendored(self, path: Path) -> tuple[str, dict[str, bytes]]:
+        """(import name, {absolute path: content} of the vendored runtime) for a file of this
+        project: the same files in the same places as the ``telemetry-inject`` command (one
+        Python module; for JavaScript, TypeScript and Go the language's runtime files)."""
+        from .engine.runner import RunOptions, vendored_targets_of
+        from .languages import language_for
+        from .runtime.vendor import vendored_source
         from .scan import ScanItem
 
         try:
             relative = path.resolve().relative_to(self.root)
         except ValueError:
             relative = Path(path.name)
-        name, location = vendored_import(ScanItem(path.resolve(), self.root, relative, "python"), self.settings)
-        if location is None:  # an explicit module: its path is set, or derived from its name
-            where = self.settings.vendored_path or self.settings.vendored_module.replace(".", "/") + ".py"
-            return name, str((self.root / where).resolve())
-        return name, str(self.root / location)
+        language = language_for(str(path))
+        item = ScanItem(path.resolve(), self.root, relative, language.name if language else "python")
+        name, targets = vendored_targets_of(item, self.settings, RunOptions(in_place=True), self.root)
+        python = vendored_source().encode("utf-8")
+        return name, {str(Path(where).resolve()): python if content is None else content
+                      for where, content in targets.items()}
 
 
 # -- which functions: the changed ones -----------------------------------------------------------
@@ -268,13 +272,19 @@ class _Hook:
             return self.status
         changes: dict[str, FileChanges] = {}
         relative: dict[str, str] = {}
+        repo, base = None, None
         if not self.args.all:
             repo = Repository.find(".")
             relative = {name: repo.relative(name) for name, _path, _data in candidates}
-            changes = repo.changes(list(relative.values()), base=self.base(repo), cached=False)
+            base = self.base(repo)
+            changes = repo.changes(list(relative.values()), base=base, cached=False)
         done: list[_Done] = []
         for name, path, data in candidates:
-            file_changes = None if self.args.all else changes.get(relative[name], FileChanges(whole=True))
+            file_changes = None
+            if not self.args.all:
+                assert repo is not None
+                file_changes = self._beyond_telemetry(repo, base, relative[name], data,
+                                                      changes.get(relative[name], FileChanges(whole=True)))
             result = self.process(name, path, data, file_changes)
             done.append(result)
             if result.error or not result.changed:
@@ -302,11 +312,37 @@ class _Hook:
         from .languages import language_for
         from .runtime.vendor import MARKER
 
-        if language_for(name, data[:256]) is None:
+        language = language_for(name, data[:256])
+        if language is None:
             return False  # pre-commit's types_or already keeps to supported languages
-        if data.startswith(MARKER.encode()):
-            return False  # the vendored module itself
+        if data.startswith(getattr(language, "runtime_marker", MARKER).encode()):
+            return False  # the vendored runtime itself
         return not self.project(path).excluded(path)
+
+    @staticmethod
+    def _beyond_telemetry(repo: Repository, base: str | None, name: str, data: bytes,
+                          changes: FileChanges) -> FileChanges:
+        """The changes, less those the telemetry made. In Python the telemetry has lines of
+        its own, which touch no function; in JavaScript, TypeScript and Go it shares lines
+        with the code (the import sits on the first line, maybe a function's), so there the
+        file and its base are compared with their telemetry taken out (which moves no line)."""
+        from .languages import language_for
+
+        language = language_for(name, data[:256])
+        if changes.whole or changes.empty or base is None or language is None or language.name == "python":
+            return changes
+        try:
+            text = decode_source(data).text
+            stripped = language.strip(text).text
+        except UnsupportedSource:
+            return changes
+        if stripped == text or stripped.count("\n") != text.count("\n"):
+            return changes
+        try:
+            old = decode_source(repo.git("show", f"{base}:{name}")).text
+        except (GitError, UnsupportedSource):
+            return changes  # renamed, or unreadable: git's own view
+        return line_changes(language.strip(old).text, stripped)
 
     def process(self, display: str, path: Path, data: bytes, changes: FileChanges | None) -> _Done:
         """Run the engine on one file's bytes; report skips, failures and errors. ``changes``
@@ -372,21 +408,21 @@ class _Hook:
         at the same time), and make sure it goes into the commit: pre-commit users are told
         to ``git add`` it; ``--staged`` adds it."""
         needed: dict[str, list[str]] = {}
+        contents: dict[str, bytes] = {}
         for item in done:
             if item.error or item.project.settings.target != "vendored":
                 continue
-            name, destination = item.project.vendored(item.path)
-            if destination and _imports_vendored(item.content, name):
-                needed.setdefault(destination, []).append(item.display)
+            name, files = item.project.vendored(item.path)
+            if files and _imports_vendored(item.content, name, item.path):
+                for destination, content in files.items():
+                    needed.setdefault(destination, []).append(item.display)
+                    contents[destination] = content
         if not needed:
             return
-        from .runtime.vendor import vendored_source
-
-        text = vendored_source().encode("utf-8")
         for destination, users in sorted(needed.items()):
             shown = _shown(destination)
             try:
-                state = _ensure_vendored(destination, text, write=not self.args.check)
+                state = _ensure_vendored(destination, contents[destination], write=not self.args.check)
             except OSError as exc:
                 self.error(f"cannot write the vendored module {shown}: {exc.strerror or exc}")
                 self.fail(EXIT_ERRORS)
@@ -438,7 +474,9 @@ class _Hook:
         unstaged = repo.unstaged([w[2] for w in work])
         plans: list[tuple[str, str, _Done, bytes | None]] = []
         for mode, _blob, name, path, data in work:
-            file_changes = None if self.args.all else changes.get(name, FileChanges(whole=True))
+            file_changes = None
+            if not self.args.all:
+                file_changes = self._beyond_telemetry(repo, base, name, data, changes.get(name, FileChanges(whole=True)))
             result = self.process(name, path, data, file_changes)
             if result.error or not result.changed:
                 continue
@@ -549,9 +587,15 @@ def _shown(path: str) -> str:
     return path if relative.startswith("..") else relative
 
 
-def _imports_vendored(content: bytes, import_name: str) -> bool:
-    """Whether the text imports the vendored module under this tool's name (Python's
-    header: ``from pkg import telemetry_utils as _telemetry_runtime``)."""
+def _imports_vendored(content: bytes, import_name: str, path: Path) -> bool:
+    """Whether the text imports the vendored runtime under this tool's name (Python's
+    header: ``from pkg import telemetry_utils as _telemetry_runtime``; other languages name
+    the runtime's specifier or package path in their import)."""
+    from .languages import language_for
+
+    language = language_for(str(path))
+    if language is not None and language.name != "python":
+        return import_name.rpartition(":")[2].encode() in content
     package, _, module = import_name.rpartition(".")
     line = (f"from {package} import {module}" if package else f"import {module}") + " as _telemetry_runtime"
     return line.encode() in content

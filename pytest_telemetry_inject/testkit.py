@@ -8,9 +8,30 @@ raises ``AssertionError`` with a one-line reason when it does not.
 from __future__ import annotations
 
 import os
+import types
 from typing import Callable
 
 from .errors import TelemetryInjectError
+
+
+def import_path(path: "str | os.PathLike[str]", name: str) -> types.ModuleType:
+    """The Python file at ``path`` as module ``name``, imported once per process (test
+    helpers and benchmarks are files of no package; they load each other with this)."""
+    import importlib.util
+    import sys
+
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None, path
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return module
 
 
 class ScriptCheck:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ..languages import get_language
 from ..runtime.vendor import DEFAULT_MODULE, write_vendored
 from ..scan import VENDORED_REASON, ScanItem, scan
 from ..settings import Settings
@@ -247,6 +248,39 @@ def vendored_import(item: ScanItem, settings: Settings) -> tuple[str, Path | Non
     return ".".join(names + [DEFAULT_MODULE]), location
 
 
+def vendored_runtime(item: ScanItem, settings: Settings) -> tuple[str, list[tuple[Path | None, bytes | None]]]:
+    """(import name, [(file relative to the item's root, its content)]) of the vendored
+    runtime a file needs. A language with a ``vendored_runtime(path, root, settings)``
+    method decides (JavaScript, TypeScript, Go: which files, where, and the name the file
+    imports them by); for Python it is ``vendored_import``'s one module, whose content
+    (None here) ``write_vendored`` writes, and whose location is None for an explicit
+    ``vendored_module``."""
+    language = get_language(item.language) if item.language else None
+    hook = getattr(language, "vendored_runtime", None)
+    if hook is None:
+        import_name, location = vendored_import(item, settings)
+        return import_name, [(location, None)]
+    plan = hook(item.path, item.root, settings)
+    return plan.import_name, [(relative, content) for relative, content in plan.files]
+
+
+def vendored_targets_of(item: ScanItem, settings: Settings, options: RunOptions,
+                        project_root: Path) -> tuple[str, dict[str, bytes | None]]:
+    """(import name, {destination: content or None for Python's module}) for one file."""
+    import_name, files = vendored_runtime(item, settings)
+    targets: dict[str, bytes | None] = {}
+    for location, content in files:
+        if content is None:
+            where = _vendored_destination(item, location, options, settings, project_root)
+        elif options.output_dir is not None:
+            where = str(options.output_dir / location)
+        else:
+            where = str(item.root / location)
+        if where:
+            targets[where] = content
+    return import_name, targets
+
+
 def run(paths: Iterable[str], settings: Settings, options: RunOptions, *, project_root: Path,
         cache: ScriptCache | None = None,
         progress: Callable[[int], Any] | None = None,
@@ -260,7 +294,7 @@ def run(paths: Iterable[str], settings: Settings, options: RunOptions, *, projec
     summary.cache_path = str(cache.root) if cache else ""
 
     tasks: list[tuple[str, str, str, str]] = []
-    vendored_targets: dict[str, str] = {}
+    vendored_targets: dict[str, dict[str, bytes | None]] = {}
     output_dir = str(options.output_dir) if options.output_dir is not None else None
     for item in items:
         display = str(item.path)
@@ -270,10 +304,9 @@ def run(paths: Iterable[str], settings: Settings, options: RunOptions, *, projec
             continue
         import_name = ""
         if settings.target == "vendored" and options.mode == "instrument":
-            import_name, location = vendored_import(item, settings)
-            where = _vendored_destination(item, location, options, settings, project_root)
-            if where:
-                vendored_targets.setdefault(display, where)
+            import_name, targets = vendored_targets_of(item, settings, options, project_root)
+            if targets:
+                vendored_targets.setdefault(display, targets)
         tasks.append((str(item.path), destination, display, import_name))
     if on_total:
         on_total(len(tasks))
@@ -334,9 +367,14 @@ def run(paths: Iterable[str], settings: Settings, options: RunOptions, *, projec
                 break
 
     if vendored_targets and options.writes:
-        for destination in sorted({vendored_targets[path] for path in changed if path in vendored_targets}):
+        wanted: dict[str, bytes | None] = {}
+        for path in changed:
+            wanted.update(vendored_targets.get(path, {}))
+        for destination in sorted(wanted):
+            content = wanted[destination]
             try:
-                if write_vendored(destination):
+                written = write_vendored(destination, content)
+                if written:
                     summary.vendored.append(destination)
             except OSError as exc:
                 summary.errors.append(f"cannot write the vendored module {destination}: {exc.strerror or exc}")

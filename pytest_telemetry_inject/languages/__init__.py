@@ -38,9 +38,12 @@ class LanguageSpec:
 class _Builtins:
     @hookimpl
     def telemetry_inject_languages(self) -> list[Language]:
+        from .go import GoLanguage
+        from .javascript import JavaScriptLanguage
         from .python import PythonLanguage
+        from .typescript import TypeScriptLanguage
 
-        return [PythonLanguage()]
+        return [PythonLanguage(), JavaScriptLanguage(), TypeScriptLanguage(), GoLanguage()]
 
 
 def _collect(manager: pluggy.PluginManager) -> dict[str, Language]:

@@ -181,3 +181,21 @@ class Language(abc.ABC):
 
     def split(self, text: str) -> list[str]:
         return split_lines(text)
+
+
+def tree_error(root: Any) -> str:
+    """Where the first ERROR or MISSING node is (only subtrees holding errors are visited)."""
+    cursor = root.walk()
+    while True:
+        node = cursor.node
+        if node.type == "ERROR" or node.is_missing:
+            what = f"missing {node.type!r}" if node.is_missing else "syntax error"
+            return f"{what} at line {node.start_point.row + 1}"
+        if node.has_error and cursor.goto_first_child():
+            continue
+        while not cursor.goto_next_sibling():
+            if not cursor.goto_parent():
+                return "syntax error"
+        while not cursor.node.has_error:
+            if not cursor.goto_next_sibling():
+                break

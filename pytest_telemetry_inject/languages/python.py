@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from ..errors import SourceSyntaxError, TemplateNotApplicable
 from ..scriptlib import Edit, indent, insert, insert_after, is_blank, split_lines
-from .base import FunctionRecord, Language, ParsedFile, StripResult, Template
+from .base import FunctionRecord, Language, ParsedFile, StripResult, Template, tree_error
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -275,7 +275,7 @@ class PythonLanguage(Language):
         tree = ts.parser.parse(data)
         root = tree.root_node
         if root.has_error:
-            raise SourceSyntaxError(self._tree_error(root))
+            raise SourceSyntaxError(tree_error(root))
         lines = split_lines(text)
         captures = ts.QueryCursor(ts.query).captures(root)
         string_rows = _string_rows(root, data)
@@ -334,23 +334,6 @@ class PythonLanguage(Language):
         parsed.file_skip_reason = self._file_skip_reason(parsed)
         parsed.extra["string_rows"] = string_rows
         return parsed
-
-    def _tree_error(self, root: Any) -> str:
-        """Where the first ERROR or MISSING node is (only subtrees holding errors are visited)."""
-        cursor = root.walk()
-        while True:
-            node = cursor.node
-            if node.type == "ERROR" or node.is_missing:
-                what = f"missing {node.type!r}" if node.is_missing else "syntax error"
-                return f"{what} at line {node.start_point.row + 1}"
-            if node.has_error and cursor.goto_first_child():
-                continue
-            while not cursor.goto_next_sibling():
-                if not cursor.goto_parent():
-                    return "syntax error"
-            while not cursor.node.has_error:
-                if not cursor.goto_next_sibling():
-                    break
 
     def _file_skip_reason(self, parsed: ParsedFile) -> str | None:
         for line in parsed.lines[:30]:

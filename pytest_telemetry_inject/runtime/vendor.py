@@ -28,10 +28,10 @@ def is_vendored(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def write_vendored(path: str | os.PathLike[str]) -> bool:
-    """Write the vendored module at ``path`` unless it is already there, current; True
-    when it was written."""
-    text = vendored_source().encode("utf-8")
+def write_vendored(path: str | os.PathLike[str], content: bytes | None = None) -> bool:
+    """Write the vendored module at ``path`` (or another runtime file: ``content``) unless
+    it is already there, current; True when it was written."""
+    text = vendored_source().encode("utf-8") if content is None else content
     try:
         if Path(path).read_bytes() == text:
             return False

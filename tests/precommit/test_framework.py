@@ -330,4 +330,74 @@ def test_the_hook_manifest_is_valid_for_pre_commit(pc_repo) -> None:
     hooks = {h["id"]: h for h in yaml.safe_load((project / ".pre-commit-hooks.yaml").read_text())}
     assert set(hooks) == {"telemetry-inject", "telemetry-inject-check"}
     assert hooks["telemetry-inject-check"]["entry"] == "telemetry-inject-hook --check"
-    assert all(h["language"] == "python" and h["types_or"] == ["python"] for h in hooks.values())
+    assert all(h["language"] == "python" for h in hooks.values())
+    # types_or covers every extension of every supported language that pre-commit can tag
+    # (it has no tag for .mts and .cts), and nothing else.
+    from identify import identify
+
+    from pytest_telemetry_inject.languages import all_languages
+
+    tags = set()
+    for language in all_languages().values():
+        for extension in language.extensions:
+            tags |= identify.tags_from_filename("x" + extension) - {"text"}
+    assert tags >= {"python", "javascript", "jsx", "ts", "tsx", "go"}
+    assert all(set(h["types_or"]) == tags for h in hooks.values()), tags
+
+
+def test_javascript_typescript_and_go_commits_keep_every_line_and_strip_back(pc_repo) -> None:
+    """The hook treats the brace languages as it treats Python: only what the commit changed,
+    the runtime written beside the code (and to be added), idempotent, strip exact; and no
+    line of these files moves."""
+    repo = pc_repo
+    js = "export function area(r) {\n  return Math.PI * r * r;\n}\n\nexport function keep(x) {\n  return x;\n}\n"
+    ts = "export function twice(x: number): number {\n  const y = x * 2;\n  return y;\n}\n"
+    go = ("package geo\n\nimport \"fmt\"\n\nfunc Describe(xs []int) string {\n\ttotal := 0\n"
+          "\tfor _, x := range xs {\n\t\ttotal += x\n\t}\n\treturn fmt.Sprint(total)\n}\n")
+    repo.write("go.mod", "module example.com/geo\n\ngo 1.19\n")
+    repo.write("web/package.json", '{"type": "module"}\n')
+    repo.write("web/geo.js", js)
+    repo.git("add", "-A")
+    assert repo.commit("plain code", "--no-verify").returncode == 0
+    # The commit changes one JavaScript function, adds a TypeScript and a Go file.
+    changed = js.replace("return x;", "return x + 1;")
+    repo.write("web/geo.js", changed)
+    repo.write("web/twice.ts", ts)
+    repo.write("geo.go", go)
+    repo.git("add", "-A")
+    done = repo.commit("second")
+    out = repo.text(done)
+    assert done.returncode != 0, out
+    for name in ("web/geo.js", "web/twice.ts", "geo.go"):
+        assert f"Instrumented {name}: 1 function" in out, out
+    for runtime in ("web/telemetry_utils.mjs", "web/telemetry_utils.cjs", "internal/telemetryinject/telemetryinject.go"):
+        assert f"git add {runtime}" in out, out
+    after = {name: repo.read(name) for name in ("web/geo.js", "web/twice.ts", "geo.go")}
+    for name, before in (("web/geo.js", changed), ("web/twice.ts", ts), ("geo.go", go)):
+        assert after[name].count(b"\n") == before.count("\n"), f"{name}: a line moved"
+    assert b'span("keep")' in after["web/geo.js"] and b'span("area")' not in after["web/geo.js"], \
+        "the function the commit did not touch is left alone"
+    assert after["web/geo.js"].splitlines()[1:3] == changed.encode().splitlines()[1:3]
+    assert b'"example.com/geo/internal/telemetryinject"' in after["geo.go"]
+    assert b'Start("geo.Describe")' in after["geo.go"]
+
+    repo.git("add", "-A")
+    done = repo.commit("second")
+    assert done.returncode == 0, repo.text(done)
+    again = repo.pre_commit("run", "--all-files")
+    assert again.returncode == 0, repo.text(again)
+    assert repo.status() == ""
+
+    if shutil.which("node"):
+        ran = repo.run("node", "--input-type=module", "-e",
+                       "import {keep} from './web/geo.js'; import {snapshot} from './web/telemetry_utils.mjs';"
+                       "keep(1); console.log(JSON.stringify(snapshot().filter(s => s.count).map(s => s.name)))")
+        assert json.loads(ran.stdout) == ["keep"]
+    if shutil.which("go"):
+        repo.run("go", "vet", "./...", env={"GOFLAGS": "-mod=mod", "GOCACHE": str(repo.root / ".gocache")})
+
+    stripped = repo.cli("--strip", "--in-place", "web", "geo.go")
+    assert stripped.returncode == 0, repo.text(stripped)
+    assert repo.read("web/geo.js") == changed.encode()
+    assert repo.read("web/twice.ts") == ts.encode()
+    assert repo.read("geo.go") == go.encode()

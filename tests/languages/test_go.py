@@ -1,0 +1,387 @@
+"""Go: span names, the inserted defer and import, strip, and the real Go toolchain.
+
+Instrumented packages pass ``go vet`` and ``go build``, their tests still pass, programs
+print what they printed before, panics come out unchanged (same value, same stack lines),
+recover() in user code still works, and no call allocates.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pytest_telemetry_inject.engine.pipeline import Engine
+from pytest_telemetry_inject.engine.runner import RunOptions, run
+from pytest_telemetry_inject.languages import get_language
+from pytest_telemetry_inject.languages.go import RUNTIME_FILE, gopath_import_path
+from pytest_telemetry_inject.settings import Settings
+from pytest_telemetry_inject.testkit import import_path
+
+
+toolchains = import_path(Path(__file__).resolve().parents[1] / "realcode" / "toolchains.py",
+                         "telemetry_inject_realcode_toolchains")
+GO = get_language("go")
+IMPORT = "example.com/shapes/internal/telemetryinject"
+
+
+def src(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n")
+
+
+def settings(**overrides) -> Settings:
+    return Settings.load(None, env={}, overrides={"parallel": False, "use_cache": False, **overrides})
+
+
+def records(text: str) -> dict[str, object]:
+    return {r.qualname: r for r in GO.parse(text, "x.go", settings()).functions}
+
+
+def instrument(text: str, import_name: str = IMPORT) -> str:
+    result = Engine(settings()).instrument(text.encode(), "x.go", import_name=import_name)
+    assert result.output is not None, (result.status, result.reason, list(result.functions))
+    return result.output.decode()
+
+
+SHAPES = src('''
+    // Package shapes is a sample.
+    package shapes
+
+    import (
+    	"errors"
+    	"fmt"
+    )
+
+    // Square is a square.
+    type Square struct{ side float64 }
+
+    // List is a generic list.
+    type List[T any] struct{ items []T }
+
+    // Push appends.
+    func (l *List[T]) Push(v T) {
+    	l.items = append(l.items, v)
+    	_ = len(l.items)
+    }
+
+    // Area of the square.
+    func (s *Square) Area() float64 {
+    	area := s.side * s.side
+    	if area < 0 {
+    		return 0
+    	}
+    	return area
+    }
+
+    // Perimeter of the square.
+    func (s Square) Perimeter() float64 { total := 4 * s.side; if total < 0 { return 0 }; return total + 0 }
+
+    // Side is tiny (inlined by the compiler).
+    func (s Square) Side() float64 { return s.side }
+
+    // Map maps.
+    func Map[T any](xs []T, f func(T) T) []T {
+    	out := make([]T, 0, len(xs))
+    	for _, x := range xs {
+    		out = append(out, f(x))
+    	}
+    	return out
+    }
+
+    var double = func(x int) int { y := x * 2; return y }
+
+    // Risky recovers its own panic.
+    func Risky(n int) (result int, err error) {
+    	defer func() {
+    		if r := recover(); r != nil {
+    			err = fmt.Errorf("recovered: %v", r)
+    		}
+    	}()
+    	if n < 0 {
+    		panic("negative")
+    	}
+    	return n, nil
+    }
+
+    // Boom panics.
+    func Boom() {
+    	message := fmt.Sprintf("%s", "boom")
+    	if message == "" {
+    		return
+    	}
+    	panic(errors.New(message))
+    }
+
+    func init() {
+    	_ = double(1)
+    	func() { _ = 1 }()
+    }
+
+    //go:nosplit
+    func fast() int { a := 1; b := 2; return a + b + 3 + 4 + 5 }
+
+    func empty() {}
+
+    // Sum is implemented in assembly.
+    func Sum(b []byte) uint64
+
+    func Skipped() int { // telemetry: skip
+    	return 1
+    }
+
+    // Nested closures.
+    func Nested() int {
+    	f := func() int {
+    		g := func() int { v := 1; return v }
+    		return g()
+    	}
+    	return f()
+    }
+''')
+
+
+def test_span_names_follow_go_function_names() -> None:
+    found = records(SHAPES)
+    assert set(found) == {
+        "shapes.(*List[...]).Push", "shapes.(*Square).Area", "shapes.Square.Perimeter", "shapes.Square.Side",
+        "shapes.Map[...]", "shapes.Map[...].func1", "shapes.glob..func1", "shapes.Risky", "shapes.Risky.func1",
+        "shapes.Boom", "shapes.init", "shapes.init.func1", "shapes.fast", "shapes.empty", "shapes.Sum",
+        "shapes.Skipped", "shapes.Nested", "shapes.Nested.func1", "shapes.Nested.func1.1",
+    } - {"shapes.Map[...].func1"}  # a func type in a signature is no function
+    reasons = {q: r.skip_reason for q, r in found.items() if r.skip_reason}
+    assert reasons == {
+        "shapes.Square.Side": "tiny body (the compiler likely inlines it; a deferred call would stop that)",
+        "shapes.fast": "a compiler directive that a deferred call could break (//go:nosplit)",
+        "shapes.empty": "trivial body (empty)",
+        "shapes.Sum": "no body (implemented elsewhere)",
+        "shapes.Skipped": "opted out (// telemetry: skip)",
+    }
+    assert found["shapes.(*Square).Area"].is_method and not found["shapes.Map[...]"].is_method
+    assert found["shapes.Nested.func1.1"].nested_in == "shapes.Nested.func1"
+
+
+def test_files_left_alone() -> None:
+    generated = GO.parse("// Code generated by stringer. DO NOT EDIT.\n\npackage p\n\nfunc F() int { x := 1; return x }\n",
+                         "x.go", settings())
+    assert generated.file_skip_reason == "generated code (// Code generated ... DO NOT EDIT.)"
+    from pytest_telemetry_inject.languages.go import runtime_source
+
+    runtime = GO.parse(runtime_source().decode(), "telemetryinject.go", settings())
+    assert runtime.file_skip_reason == "the vendored telemetry runtime"
+    assert "supports only the vendored target" in GO.parse("package p\n", "x.go", settings(target="otel")).file_skip_reason
+
+
+@pytest.mark.parametrize(("head", "expected"), [
+    ('package p\n\nimport (\n\t"fmt"\n)\n', 'package p\n\nimport (\n\t"fmt"\n); import _telemetry "m/t"\n'),
+    ('package p\n\nimport "fmt"\nimport "os" // why\n', 'package p\n\nimport "fmt"\nimport "os"; import _telemetry "m/t" // why\n'),
+    ('package p // import "x"\n', 'package p; import _telemetry "m/t" // import "x"\n'),
+])
+def test_the_import_goes_on_an_existing_line(head: str, expected: str) -> None:
+    uses = "\nvar _ = fmt.Sprint\nvar _ = os.Args\n" if "fmt" in head else "\n"
+    if "os" not in head:
+        uses = uses.replace("var _ = os.Args\n", "")
+    body = uses + "\nfunc F() int {\n\tx := 1\n\tfor i := 0; i < 3; i++ {\n\t\tx += i\n\t}\n\treturn x\n}\n"
+    out = instrument(head + body, import_name="m/t")
+    assert out == expected + body.replace("func F() int {", 'func F() int { defer _telemetry.End(_telemetry.Start("p.F"));')
+    assert GO.strip(out).text == head + body
+
+
+def test_round_trip_is_exact_and_idempotent() -> None:
+    out = instrument(SHAPES)
+    assert out.count("\n") == SHAPES.count("\n")
+    stripped = GO.strip(out)
+    assert stripped.text == SHAPES and stripped.header_removed
+    assert len(stripped.spans) == 13
+    again = Engine(settings()).instrument(out.encode(), "x.go", import_name=IMPORT)
+    assert again.output is None
+    assert 'func (s *Square) Area() float64 { defer _telemetry.End(_telemetry.Start("shapes.(*Square).Area"));\n' in out
+
+
+def test_runtime_files_and_import_path(tmp_path: Path) -> None:
+    module = tmp_path / "mod"
+    (module / "pkg" / "inner").mkdir(parents=True)
+    (module / "go.mod").write_text("module example.com/mod\n\ngo 1.18\n")
+    (module / "pkg" / "inner" / "a.go").write_text("package inner\n")
+    plan = GO.vendored_runtime(module / "pkg" / "inner" / "a.go", module, settings())
+    assert plan.import_name == "example.com/mod/internal/telemetryinject"
+    assert [f[0] for f in plan.files] == [RUNTIME_FILE]
+    # A scan root inside the module: the runtime goes under that root, the path follows.
+    plan = GO.vendored_runtime(module / "pkg" / "inner" / "a.go", module / "pkg", settings())
+    assert plan.import_name == "example.com/mod/pkg/internal/telemetryinject"
+    assert [f[0] for f in plan.files] == [RUNTIME_FILE]
+    gopath = tmp_path / "gopath" / "src" / "github.com" / "x" / "y"
+    gopath.mkdir(parents=True)
+    assert gopath_import_path(gopath) == "github.com/x/y"
+    plan = GO.vendored_runtime(gopath / "a.go", gopath, settings())
+    assert plan.import_name == "github.com/x/y/internal/telemetryinject"
+
+
+def test_no_module_path_is_an_error_not_a_broken_file(tmp_path: Path) -> None:
+    (tmp_path / "a.go").write_text("package a\n\nfunc F() int {\n\tx := 1\n\tfor i := 0; i < 3; i++ {\n\t\tx += i\n\t}\n\treturn x\n}\n")
+    summary = run([str(tmp_path)], settings(), RunOptions(output_dir=tmp_path / "out"), project_root=tmp_path)
+    report = next(r for r in summary.files if r.path.endswith("a.go"))
+    assert report.status == "error" and "cannot name the runtime package" in report.reason
+
+
+# -- the real toolchain ----------------------------------------------------------------------------
+
+MAIN = src('''
+    package main
+
+    import (
+    	"errors"
+    	"fmt"
+    	"os"
+    	"strings"
+
+    	"example.com/shapes/shapes"
+    )
+
+    func describe(words []string) string {
+    	joined := strings.Join(words, " ")
+    	return strings.ToUpper(joined)
+    }
+
+    func mayFail(n int) (int, error) {
+    	if n > 2 {
+    		return 0, errors.New("too big")
+    	}
+    	return n * 10, nil
+    }
+
+    func main() {
+    	s := &shapes.Square{}
+    	l := &shapes.List[int]{}
+    	l.Push(1)
+    	fmt.Println(s.Area(), s.Perimeter(), shapes.Map([]int{1, 2}, func(x int) int { y := x + 1; return y }))
+    	fmt.Println(shapes.Risky(1))
+    	fmt.Println(shapes.Risky(-1))
+    	fmt.Println(describe([]string{"a", "b"}), shapes.Nested())
+    	for i := 0; i < 4; i++ {
+    		v, err := mayFail(i)
+    		fmt.Println(v, err)
+    	}
+    	if len(os.Args) > 1 && os.Args[1] == "boom" {
+    		shapes.Boom()
+    	}
+    }
+''')
+
+SHAPES_TEST = src('''
+    package shapes
+
+    import "testing"
+
+    func TestArea(t *testing.T) {
+    	s := &Square{side: 3}
+    	if got := s.Area(); got != 9 {
+    		t.Fatalf("area %v", got)
+    	}
+    }
+
+    func TestNoAllocation(t *testing.T) {
+    	s := &Square{side: 2}
+    	allocs := testing.AllocsPerRun(100, func() { _ = s.Area(); _ = s.Perimeter() })
+    	if allocs != 0 {
+    		t.Fatalf("%v allocations per call", allocs)
+    	}
+    }
+
+    func TestParallelSubtests(t *testing.T) {
+    	for _, n := range []int{1, 2, 3} {
+    		n := n
+    		t.Run("n", func(t *testing.T) {
+    			t.Parallel()
+    			if v, err := Risky(n); err != nil || v != n {
+    				t.Fatal(v, err)
+    			}
+    		})
+    	}
+    }
+''')
+
+
+@pytest.fixture(scope="module")
+def module(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    toolchains.require("go")
+    root = tmp_path_factory.mktemp("go")
+    project = root / "project"
+    (project / "shapes").mkdir(parents=True)
+    (project / "go.mod").write_text("module example.com/shapes\n\ngo 1.18\n")
+    (project / "shapes" / "shapes.go").write_text(SHAPES.replace("\n// Sum is implemented in assembly.\nfunc Sum(b []byte) uint64\n", "\n"))
+    (project / "shapes" / "shapes_test.go").write_text(SHAPES_TEST)
+    (project / "main.go").write_text(MAIN)
+    out = root / "out"
+    summary = run([str(project)], settings(), RunOptions(output_dir=out), project_root=project)
+    assert [Path(p).relative_to(out) for p in summary.vendored] == [RUNTIME_FILE]
+    return project, out
+
+
+def go(args: list[str], cwd: Path, **env: str):
+    return toolchains.run([toolchains.go(), *args], cwd, env=toolchains.go_env(**env), timeout=300)
+
+
+def test_vet_build_and_tests_pass(module: tuple[Path, Path]) -> None:
+    _project, out = module
+    vet = go(["vet", "./..."], out)
+    assert vet.returncode == 0, vet.stderr
+    tests = go(["test", "-count=1", "./..."], out)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert "ok  \texample.com/shapes/shapes" in tests.stdout
+
+
+def test_program_output_panics_and_telemetry(module: tuple[Path, Path], tmp_path: Path) -> None:
+    project, out = module
+    binaries = {}
+    for name, folder in (("original", project), ("instrumented", out)):
+        binary = tmp_path / name
+        built = go(["build", "-o", str(binary), "."], folder)
+        assert built.returncode == 0, built.stderr
+        binaries[name] = binary
+    plain = toolchains.run([binaries["original"]], tmp_path)
+    events, trace, report = tmp_path / "events.jsonl", tmp_path / "trace.json", tmp_path / "report.json"
+    env = dict(toolchains.go_env(), TELEMETRY_INJECT_JSONL=str(events), TELEMETRY_INJECT_TRACE=str(trace),
+               TELEMETRY_INJECT_REPORT=str(report))
+    traced = toolchains.run([binaries["instrumented"]], tmp_path, env=env)
+    assert plain.returncode == traced.returncode == 0, traced.stderr
+    assert traced.stdout == plain.stdout
+    rows = {row["name"]: row for row in json.loads(report.read_text())["functions"]}
+    assert rows["main.mayFail"]["count"] == 4
+    assert rows["shapes.Risky"]["count"] == 2 and rows["shapes.Risky.func1"]["count"] == 2
+    assert rows["main.main"]["count"] == 1 and rows["main.main.func1"]["count"] == 2
+    assert rows["shapes.Nested.func1.1"]["count"] == 1
+    assert "shapes.Square.Side" not in rows
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    assert sum(1 for e in lines if e["name"] == "main.mayFail") == 4
+    assert {e["name"] for e in lines} == set(rows)
+    assert len([e for e in json.loads(trace.read_text())["traceEvents"] if e["ph"] == "X"]) == len(lines)
+
+    # A panic goes through unchanged: same value, same exit status, same stack lines.
+    crashed = {name: toolchains.run([binary, "boom"], tmp_path) for name, binary in binaries.items()}
+    assert crashed["original"].returncode == crashed["instrumented"].returncode == 2
+    def frames(text: str) -> list[str]:
+        return [re.sub(r" \+0x[0-9a-f]+$", "", line.strip()) for line in text.splitlines()
+                if ".go:" in line and "telemetryinject" not in line]
+    assert crashed["instrumented"].stderr.splitlines()[0] == crashed["original"].stderr.splitlines()[0] == \
+        "panic: boom"
+    assert [f.rsplit("/", 1)[-1] for f in frames(crashed["instrumented"].stderr)] == \
+        [f.rsplit("/", 1)[-1] for f in frames(crashed["original"].stderr)]
+    counted = toolchains.run([binaries["instrumented"], "boom"], tmp_path, env=dict(
+        toolchains.go_env(), TELEMETRY_INJECT_PANICS="1", TELEMETRY_INJECT_JSONL=str(tmp_path / "p.jsonl")))
+    assert counted.returncode == 2
+    panics = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines() if "exception" in line]
+    # Risky's own recovered panic is a panic of its deferred func's caller... Risky returns
+    # normally; Boom (and main, which it panics through) end in a panic.
+    assert {e["name"] for e in panics} >= {"shapes.Boom"}
+    assert "shapes.Risky" not in {e["name"] for e in panics}
+
+
+def test_strip_gives_back_the_sources(module: tuple[Path, Path], tmp_path: Path) -> None:
+    project, out = module
+    back = tmp_path / "back"
+    run([str(out)], settings(), RunOptions(mode="strip", output_dir=back), project_root=out)
+    for name in ("main.go", "shapes/shapes.go", "shapes/shapes_test.go"):
+        assert (back / name).read_bytes() == (project / name).read_bytes()
