@@ -152,6 +152,10 @@ def set_default_refactorer(refactorer: Callable[..., Any] | None) -> None:
     _default_refactorer = refactorer
 
 
+def default_refactorer() -> Callable[..., Any] | None:
+    return _default_refactorer
+
+
 def llm_template(language: Language, settings: Settings) -> Template:
     """The pseudo-template of LLM fixes: its function keys are those of the cache entries of
     fixes for this style and target (whichever model made them)."""

@@ -20,6 +20,7 @@ from ..runtime.vendor import DEFAULT_MODULE, write_vendored
 from ..scan import VENDORED_REASON, ScanItem, scan
 from ..settings import Settings
 from ..sourcefile import read_bytes, write_atomic
+from . import pipeline
 from .cache import CacheCounters, ScriptCache
 from .pipeline import Engine, FileResult, FunctionOutcome
 
@@ -133,9 +134,12 @@ _ENGINE: Engine | None = None
 _OPTIONS: RunOptions | None = None
 
 
-def _init_worker(settings: Settings, cache_root: str | None, options: RunOptions) -> None:
+def _init_worker(settings: Settings, cache_root: str | None, options: RunOptions,
+                 refactorer: Callable[..., Any] | None = None) -> None:
     global _ENGINE, _OPTIONS
     cache = ScriptCache(cache_root) if cache_root else None
+    if refactorer is not None:  # a spawned worker does not inherit the module's default
+        pipeline.set_default_refactorer(refactorer)
     _ENGINE = Engine(settings, cache)
     _OPTIONS = options
 
@@ -342,7 +346,8 @@ def run(paths: Iterable[str], settings: Settings, options: RunOptions, *, projec
         context = multiprocessing.get_context(options.start_method or ("fork" if sys.platform == "linux" else "spawn"))
         misses.sort(key=lambda t: _size(t[0]), reverse=True)
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                 initargs=(settings, str(cache.root) if cache else None, options)) as pool:
+                                 initargs=(settings, str(cache.root) if cache else None, options,
+                                           pipeline.default_refactorer())) as pool:
             for task, (report, did_change) in zip(misses, pool.map(_process, misses, chunksize=4)):
                 reports[task[2]] = report
                 if did_change:

@@ -74,6 +74,11 @@ class LazyRefactorer:
             self._refactorer, self._pid = self.session.refactorer(), os.getpid()
         return self._refactorer(**request)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A spawned worker gets the configuration and the shared ledger, never this
+        # process's session (its HTTP clients and threads): it builds its own.
+        return {**self.__dict__, "_refactorer": None, "_pid": 0, "session": None}
+
 
 class ScriptModeLLM:
     """The LLM side of one script-mode run: installs the refactorer, reports at the end."""

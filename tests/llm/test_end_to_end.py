@@ -108,3 +108,33 @@ def test_a_run_that_asks_a_model_keeps_the_key_out_of_every_output(tmp_path: Pat
     text = (tmp_path / "mod.py").read_text()
     assert "def quick(x): return x + 1\n" in text  # left exactly as it was
     assert "_telemetry_t0 = _telemetry_clock()" in text  # the other function got its telemetry
+
+
+def test_spawned_workers_ask_the_model_too(tmp_path: Path, fake_llm, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Worker processes started with "spawn" (as inside threaded hosts) do not inherit the
+    module-level refactorer: the runner hands it to them, and they reach the model."""
+    from pytest_telemetry_inject.engine import pipeline
+    from pytest_telemetry_inject.engine.runner import RunOptions, run
+    from pytest_telemetry_inject.llm.config import LLMConfig
+    from pytest_telemetry_inject.llm.options import LazyRefactorer
+    from pytest_telemetry_inject.settings import Settings
+
+    fake = fake_llm([Reply("no fix today", status=500)] * 40)
+    env = openai_env(fake, LLM_MAX_RETRIES="1")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for i in range(4):
+        (tmp_path / f"m{i}.py").write_text(f"def quick{i}(x): return x + {i}\n")
+    refactorer = LazyRefactorer(LLMConfig.load(tmp_path, env=env), str(tmp_path / "ledger.json"))
+    settings = Settings.load(tmp_path, env={}, overrides={"target": "logging", "max_parallel": 2, "use_cache": False})
+    pipeline.set_default_refactorer(refactorer)
+    try:
+        summary = run([str(tmp_path)], settings, RunOptions(dry_run=True, start_method="spawn"),
+                      project_root=tmp_path)
+    finally:
+        pipeline.set_default_refactorer(None)
+    assert summary.workers == 2
+    assert summary.function_counts().get("failed") == 4
+    assert len(fake.chat_requests) >= 4, "every worker's failing function went to the model"
+    assert all(f.read_text() == f"def quick{i}(x): return x + {i}\n"
+               for i, f in enumerate(sorted(tmp_path.glob("m*.py"))))
