@@ -285,8 +285,8 @@ def test_try_repo_installs_the_hook_from_a_copy_of_this_project(pc_repo, tmp_pat
     """`pre-commit try-repo` clones a repository and pip-installs it (with its dependencies:
     tree-sitter and friends) into a fresh virtualenv, as users get it. Offline that needs
     a wheelhouse: set TELEMETRY_INJECT_WHEELHOUSE to a folder holding wheels of the
-    dependencies and of setuptools>=69 (`pip download -d DIR setuptools tree-sitter
-    tree-sitter-python filelock pluggy python-dotenv tqdm`)."""
+    dependencies and of the build backend (`.ci/run` fills one with `pip download` from the
+    lists in pyproject.toml)."""
     wheelhouse = os.environ.get("TELEMETRY_INJECT_WHEELHOUSE", "")
     if not wheelhouse or not any(p.startswith("tree_sitter") for p in os.listdir(wheelhouse)):
         pytest.skip("pre-commit try-repo pip-installs the package and its dependencies into a new virtualenv: "
