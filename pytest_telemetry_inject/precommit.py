@@ -112,13 +112,13 @@ class _Project:
         return any(fnmatch.fnmatch(relative, p) or fnmatch.fnmatch(relative, p.rstrip("/") + "/*")
                    for p in self.settings.exclude)
 
-    def vendored(self, path: Path) -> tuple[str, dict[str, bytes]]:
+    def vendored(self, path: Path) -> tuple[str, dict[str, bytes | None]]:
         """(import name, {absolute path: content} of the vendored runtime) for a file of this
         project: the same files in the same places as the ``telemetry-inject`` command (one
-        Python module; for JavaScript, TypeScript and Go the language's runtime files)."""
+        Python module, whose content is None here; for JavaScript, TypeScript and Go the
+        language's runtime files)."""
         from .engine.runner import RunOptions, vendored_targets_of
         from .languages import language_for
-        from .runtime.vendor import vendored_source
         from .scan import ScanItem
 
         try:
@@ -128,9 +128,7 @@ class _Project:
         language = language_for(str(path))
         item = ScanItem(path.resolve(), self.root, relative, language.name if language else "python")
         name, targets = vendored_targets_of(item, self.settings, RunOptions(in_place=True), self.root)
-        python = vendored_source().encode("utf-8")
-        return name, {str(Path(where).resolve()): python if content is None else content
-                      for where, content in targets.items()}
+        return name, {str(Path(where).resolve()): content for where, content in targets.items()}
 
 
 # -- which functions: the changed ones -----------------------------------------------------------
@@ -334,15 +332,15 @@ class _Hook:
         try:
             text = decode_source(data).text
             stripped = language.strip(text).text
-        except UnsupportedSource:
+        except TelemetryInjectError:  # undecodable, or not parsable: the engine says so later
             return changes
         if stripped == text or stripped.count("\n") != text.count("\n"):
             return changes
         try:
-            old = decode_source(repo.git("show", f"{base}:{name}")).text
-        except (GitError, UnsupportedSource):
+            old = language.strip(decode_source(repo.git("show", f"{base}:{name}")).text).text
+        except (GitError, TelemetryInjectError):
             return changes  # renamed, or unreadable: git's own view
-        return line_changes(language.strip(old).text, stripped)
+        return line_changes(old, stripped)
 
     def process(self, display: str, path: Path, data: bytes, changes: FileChanges | None) -> _Done:
         """Run the engine on one file's bytes; report skips, failures and errors. ``changes``
@@ -408,7 +406,7 @@ class _Hook:
         at the same time), and make sure it goes into the commit: pre-commit users are told
         to ``git add`` it; ``--staged`` adds it."""
         needed: dict[str, list[str]] = {}
-        contents: dict[str, bytes] = {}
+        contents: dict[str, bytes | None] = {}
         for item in done:
             if item.error or item.project.settings.target != "vendored":
                 continue
@@ -419,10 +417,13 @@ class _Hook:
                     contents[destination] = content
         if not needed:
             return
+        from .runtime.vendor import vendored_source
+
+        python = vendored_source().encode("utf-8")
         for destination, users in sorted(needed.items()):
             shown = _shown(destination)
             try:
-                state = _ensure_vendored(destination, contents[destination], write=not self.args.check)
+                state = _ensure_vendored(destination, contents[destination] or python, write=not self.args.check)
             except OSError as exc:
                 self.error(f"cannot write the vendored module {shown}: {exc.strerror or exc}")
                 self.fail(EXIT_ERRORS)

@@ -201,3 +201,29 @@ def test_a_users_git_configuration_does_not_change_what_is_read(repo) -> None:
     done = repo.hook("mod.py")
     assert done.returncode == 1, repo.text(done)
     assert spans(repo.read("mod.py")) == ["first", "third"], "second lies between them, untouched"
+
+
+def test_line_changes_reads_two_texts_as_git_diff_does(repo) -> None:
+    """``line_changes`` (for texts in no blob: a file with its telemetry taken out) gives
+    the functions the same changed lines and deletion gaps as git's own diff."""
+    from pytest_telemetry_inject.gitdiff import line_changes
+
+    edits = [
+        BASE.replace("return x * 2", "return x * 3"),  # a changed line
+        BASE.replace("        y = x - 1\n", ""),  # a deleted line inside a body
+        BASE.replace("@functools.lru_cache\n", ""),  # a deleted decorator
+        BASE.replace("def fourth(x):\n    return x\n", "def fourth(x):\n    return x\n\n\ndef fifth():\n    return 5\n"),
+        BASE.replace("    y = x + 1\n    return y\n", ""),  # the end of a body cut
+    ]
+    committed(repo, "mod.py", BASE)
+    for edited in edits:
+        repo.write("mod.py", edited)
+        changes = repo_changes(repo)
+        mine = line_changes(BASE, edited)
+        assert (mine.ranges, mine.gaps) == (changes.ranges, changes.gaps), edited
+
+
+def repo_changes(repo):
+    from pytest_telemetry_inject.gitdiff import Repository
+
+    return Repository(str(repo.root)).changes(["mod.py"], base="HEAD", cached=False)["mod.py"]
