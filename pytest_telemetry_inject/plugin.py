@@ -45,6 +45,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--telemetry-otel", action="store_true", dest="telemetry_otel", default=False,
                     help="send spans over OTLP (configured by the standard OTEL_* variables), a session "
                          "span and a span per test as parents of the function spans")
+    group.addoption("--telemetry-recheck", action="store_true", dest="telemetry_recheck", default=False,
+                    help="run every generated test of the insertion scripts, also those that passed "
+                         "before with the same script, function and versions")
     group.addoption("--telemetry-output", dest="telemetry_output", metavar="DIR",
                     help="write the instrumented sources, the vendored runtime and a manifest to DIR")
     parser.addini("telemetry_modules", "module prefixes to instrument (default: the project's own modules)",

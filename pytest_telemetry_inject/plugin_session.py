@@ -354,6 +354,13 @@ class TelemetryItem(pytest.Item):
         module_file = self._test_module(session, report)
         failures: list[tuple[str, str]] = []
         cases = 0
+        # A case that passed before with the same inputs (script, function, tool and Python
+        # versions) passes again: only its script's integrity is checked again, unless
+        # --telemetry-recheck. The record is in the cache, beside the generated tests.
+        assert session.cache is not None
+        passed_before = set() if self.config.getoption("telemetry_recheck", False) \
+            else session.cache.checked(module_file.name)
+        passed: set[str] = set()
         for sha, name, origin, original in self._cases(module_file):
             cases += 1
             try:
@@ -362,9 +369,17 @@ class TelemetryItem(pytest.Item):
             except (AssertionError, OSError) as exc:  # a script changed or gone since it was written
                 failures.append((name, str(exc)))
                 continue
-            for reason in check.run_all():
-                failures.append((name, reason))
+            key = check.key(sha)
+            if key in passed_before:
+                continue
+            reasons = check.run_all()
+            failures += [(name, reason) for reason in reasons]
+            if not reasons:
+                passed.add(key)
+        if passed:
+            session.cache.add_checked(module_file.name, passed)
         self.user_properties.append(("insertion_scripts", cases))
+        self.user_properties.append(("checked_now", len(passed) + len({n for n, _r in failures})))
         if failures:
             failures = self._repair(session, report, module_file, failures)
             # The memo holds this file built with the failing scripts: the next run rebuilds it,

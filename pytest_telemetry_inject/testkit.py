@@ -111,6 +111,17 @@ class ScriptCheck:
         if again != self.output:
             raise AssertionError("applying the script to its own output changed it")
 
+    def key(self, sha256: str) -> str:
+        """What the outcome of ``run_all`` depends on (its inputs, this tool's version and the
+        interpreter's): the same key, the same outcome."""
+        import hashlib
+        import sys
+
+        from . import __version__
+
+        parts = (__version__, sys.version, self.language.name, self.origin, sha256, self.span_name, self.original)
+        return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
     def run_all(self) -> list[str]:
         """Every check; the reasons of those that failed (empty: the script passed)."""
         failures = []

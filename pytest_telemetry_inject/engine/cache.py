@@ -135,6 +135,29 @@ class ScriptCache:
     def test_module_path(self, language: str, name: str) -> str:
         return os.path.join(self.root, "tests", language, name)
 
+    # -- generated tests that passed -------------------------------------------------------
+
+    def _checked_path(self, test_module: str) -> str:
+        return os.path.join(self.root, "metadata", "checked", test_module + ".keys")
+
+    def checked(self, test_module: str) -> set[str]:
+        """The keys of the cases of a generated test module that passed (``check_key``)."""
+        try:
+            data = read_bytes(self._checked_path(test_module))
+        except OSError:
+            return set()
+        return {line for line in data.decode("ascii", "replace").split("\n") if len(line) == 64}
+
+    def add_checked(self, test_module: str, keys: Iterable[str]) -> None:
+        """Remember that these cases passed; a damaged record only means they run again."""
+        path = self._checked_path(test_module)
+        known = self.checked(test_module) | set(keys)
+        try:
+            self._ensure_dir(os.path.dirname(path))
+            write_atomic(path, "\n".join(sorted(known)).encode("ascii") + b"\n", mode=0o644)
+        except OSError as exc:
+            self._write_failed(exc)
+
     def _shard_path(self, key: str) -> str:
         return os.path.join(self.root, "metadata", "index", key[:2] + ".jsonl")
 
@@ -453,6 +476,9 @@ class ScriptCache:
                 if not stale_temp(path) and path.name not in used_tests:
                     _remove(path)
                     summary["tests_removed"] += 1
+            for path in _files(self.root / "metadata" / "checked"):
+                if not stale_temp(path) and path.name[:-len(".keys")] not in used_tests:
+                    _remove(path)
         self._shards.clear()
         self._verified.clear()
         return summary

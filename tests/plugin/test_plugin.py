@@ -190,6 +190,28 @@ def test_a_tampered_script_fails_its_item(project: pytest.Pytester) -> None:
     again.assert_outcomes(passed=1)
 
 
+def test_scripts_that_passed_are_not_checked_again_unless_asked(project: pytest.Pytester) -> None:
+    import xml.etree.ElementTree as ET
+
+    def properties(*args: str) -> dict[str, int]:
+        xml = project.path / "junit.xml"
+        result = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-k", "telemetry",
+                                              f"--junitxml={xml}", *args)
+        result.assert_outcomes(passed=1)
+        found = {p.get("name"): int(p.get("value")) for p in ET.parse(xml).iter("property")}
+        return found
+
+    first = properties()
+    assert first["insertion_scripts"] >= 3 and first["checked_now"] == first["insertion_scripts"]
+    again = properties()
+    assert again == {"insertion_scripts": first["insertion_scripts"], "checked_now": 0}
+    assert properties("--telemetry-recheck")["checked_now"] == first["insertion_scripts"]
+    # A damaged record only means the checks run again.
+    for record in (project.path / ".telemetry_cache" / "metadata" / "checked").iterdir():
+        record.write_bytes(b"\x00garbage")
+    assert properties()["checked_now"] == first["insertion_scripts"]
+
+
 def test_compiled_code_is_cached(project: pytest.Pytester) -> None:
     project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider")
     code = project.path / ".telemetry_cache" / "metadata" / "code"
