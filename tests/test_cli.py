@@ -242,3 +242,17 @@ def test_no_progress_bar_when_not_a_terminal(tmp_path: Path) -> None:
     _tree(root, 150)
     done = cli(str(root), "--dry-run", "--no-cache", "--no-parallel", cwd=tmp_path)
     assert done.returncode == 0 and "file/s" not in done.stderr
+
+
+def test_the_readme_example_runs_under_the_pytest_command(tmp_path: Path) -> None:
+    """README's first command: the ``pytest`` console script (not ``python -m pytest``, which
+    puts the folder on sys.path) in the example's folder, with --inject-telemetry."""
+    shop = tmp_path / "shop"
+    shutil.copytree(EXAMPLE, shop, ignore=shutil.ignore_patterns(".telemetry_cache", "__pycache__"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "TELEMETRY_INJECT_", "PYTHONPATH"))}
+    done = subprocess.run([str(Path(sys.executable).parent / "pytest"), "--inject-telemetry", "-p", "no:xdist"],
+                          cwd=shop, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "8 passed" in done.stdout
+    assert "13 functions instrumented in 5 files" in done.stdout
+    assert "shop.cart:Cart.add" in done.stdout
