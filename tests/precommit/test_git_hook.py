@@ -181,3 +181,36 @@ def test_the_hook_finds_its_command_or_stops_the_commit(git_hook_repo) -> None:
                                                                          "telemetry-inject-hook")})
     assert done.returncode == 0, repo.text(done)
     assert spans(repo.head("mod.py")) == ["f"]
+
+
+def test_javascript_commits_touch_only_the_changed_functions(git_hook_repo) -> None:
+    """The staged blobs of a brace language: the import shares the first function's line,
+    and that does not make the first function "changed" in the next commits."""
+    repo = git_hook_repo
+    js = "export function area(r) {\n  return r * r;\n}\n\nexport function keep(x) {\n  return x;\n}\n"
+    repo.write("geo.mjs", js)
+    repo.git("add", "-A")
+    repo.commit("plain", "--no-verify")
+    repo.write("geo.mjs", js.replace("return x;", "return x + 1;"))
+    repo.git("add", "geo.mjs")
+    done = repo.commit("change keep")
+    assert done.returncode == 0, repo.text(done)
+    assert "Staged the vendored telemetry module telemetry_utils.mjs" in repo.text(done)
+    committed = repo.head("geo.mjs")
+    assert committed.count(b"\n") == js.count("\n")
+    assert committed.startswith(b'import * as _telemetry from "./telemetry_utils.mjs"; export function area')
+    assert b'span("keep")' in committed and b'span("area")' not in committed
+    # Changing keep again (its telemetry is there): area stays as it is.
+    repo.write("geo.mjs", committed.replace(b"return x + 1;", b"return x + 2;"))
+    repo.git("add", "geo.mjs")
+    done = repo.commit("change keep again")
+    assert done.returncode == 0, repo.text(done)
+    assert b'span("area")' not in repo.head("geo.mjs")
+    assert repo.status() == ""
+    # Changing area now instruments it.
+    repo.write("geo.mjs", repo.read("geo.mjs").replace(b"return r * r;", b"return r * r * 1;"))
+    repo.git("add", "geo.mjs")
+    done = repo.commit("change area")
+    assert done.returncode == 0, repo.text(done)
+    assert "Instrumented geo.mjs: 1 function" in repo.text(done)
+    assert repo.head("geo.mjs").count(b"span(") == 2
