@@ -515,13 +515,16 @@ class Tracer:
     forward to the collector's (``_FollowTracer``)."""
 
     __slots__ = ("module", "span", "generator_span", "start", "start_generator", "end", "fail",
-                 "_by_name", "_where", "_lead", "_followers",
+                 "_by_name", "_by_code", "_where", "_lead", "_followers",
                  "__weakref__")
     _kinds: tuple = (_AggSpan, _AggSpan)  # the span classes of span() and generator_span()
 
     def __init__(self, module: str) -> None:
         self.module = module
         self._by_name: dict = {}  # name -> _Site (this module's sites seen so far)
+        # code object -> _Site, learnt by the try form's end() in the span modes, so that its
+        # start() begins the span under its real name (no rename, no attributes set late).
+        self._by_code: dict = {}
         self._where: dict = {}  # name -> (file, line) known before the first call
         self._lead: Tracer | None = None  # (vendored copies) the tracer spans go to
         self._followers: list = []  # (collector) vendored copies' tracers of this module
@@ -609,15 +612,26 @@ class Tracer:
             site = self._by_name[None] = _Site(self.module, self.module, None, None)
         return site
 
+    def _caller_site(self) -> _Site:
+        """The site of the function that called start() (frames: this, start, the function),
+        once end() has named it; the placeholder before."""
+        if self._by_code:
+            getframe = getattr(sys, "_getframe", None)
+            if getframe is not None:
+                site = self._by_code.get(getframe(2).f_code)
+                if site is not None:
+                    return site
+        return self._placeholder()
+
     def _start_span(self) -> object:
         try:
-            return self._kinds[0]()._begin(self._placeholder())
+            return self._kinds[0]()._begin(self._caller_site())
         except Exception:
             return None
 
     def _start_generator_span(self) -> object:
         try:
-            return self._kinds[1]()._begin(self._placeholder())
+            return self._kinds[1]()._begin(self._caller_site())
         except Exception:
             return None
 
@@ -629,14 +643,18 @@ class Tracer:
             site = self._by_name.get(name)
             if site is None:  # frames: _site, this, the user's function
                 site = self._by_name[name] = self._site(name, 2)
-            state._site = site
-            otel_span = getattr(state, "_o", None)
-            if otel_span is not None:
-                try:
-                    otel_span.update_name(site.name)
-                    otel_span.set_attributes(site.otel_attributes())
-                except Exception:
-                    pass
+            if state._site is not site:  # begun on the placeholder: rename it
+                state._site = site
+                otel_span = getattr(state, "_o", None)
+                if otel_span is not None:
+                    try:
+                        otel_span.update_name(site.name)
+                        otel_span.set_attributes(site.otel_attributes())
+                    except Exception:
+                        pass
+                getframe = getattr(sys, "_getframe", None)
+                if getframe is not None:  # the user's function: its next start() knows the site
+                    self._by_code[getframe(1).f_code] = site
             error = getattr(state, "_err", None)
             if error is None:
                 state.__exit__(None, None, None)

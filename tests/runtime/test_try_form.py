@@ -179,6 +179,42 @@ def test_opentelemetry_spans_are_named_nested_and_carry_the_code_attributes(tmp_
     assert rows(m)["fails"]["errors"] == 1
 
 
+def test_opentelemetry_spans_of_later_calls_start_under_their_own_names(tmp_path) -> None:
+    """The try form's start() has no name: the first call of a function begins its span on a
+    placeholder and end() renames it; later calls begin under the real name, with the code
+    attributes given at start. Either way the spans, their parents and counts are the same."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    started: list[str] = []
+
+    class Recording(SimpleSpanProcessor):
+        def on_start(self, span, parent_context=None):  # type: ignore[no-untyped-def]
+            started.append(span.name)
+            super().on_start(span, parent_context)
+
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(Recording(exporter))
+    runtime.configure(otel=True, otel_provider=provider)
+    m = load(tmp_path)
+    for _ in range(3):
+        exercise(m)
+    spans = exporter.get_finished_spans()
+    names = [s.name for s in spans]
+    assert names.count("outer") == 3 and names.count("leaf") == 27 and names.count("gen") == 6
+    assert set(names) == {"outer", "leaf", "fails", "gen", "coro", "agen", "early"}
+    by_id = {s.context.span_id: s for s in spans}
+    parents = [by_id[s.parent.span_id].name if s.parent else None for s in spans if s.name == "leaf"]
+    assert parents.count("outer") == 12 and parents.count("coro") == 3  # outer(4) and coro(3), 3 times
+    assert all(s.attributes["code.function"] == s.name for s in spans)
+    # After the first round every span began under its own name.
+    first_round = len(spans) // 3
+    assert set(started[first_round:]) <= set(names), set(started[first_round:]) - set(names)
+    assert rows(m)["leaf"]["count"] == 27
+
+
 def test_a_call_that_spans_a_change_of_mode_is_counted(tmp_path) -> None:
     m = load(tmp_path, '''
         import pytest_telemetry_inject.runtime as rt
