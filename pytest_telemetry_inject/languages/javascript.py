@@ -25,6 +25,7 @@ Qualnames: see docs/languages.md.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -544,25 +545,8 @@ class JavaScriptLanguage(BraceLanguage):
         """Where the runtime goes for ``path`` (a file under the scan root ``root``): beside
         the nearest package.json at or below the root, else in the root; the file imports it
         by a relative specifier; the module kind of the package (its ``type``) goes along."""
-        folder = path.parent
-        home = root
-        probe = folder
-        root_resolved = root.resolve()
-        while True:
-            if (probe / "package.json").is_file():
-                home = probe
-                break
-            if probe.resolve() == root_resolved or probe.parent == probe:
-                break
-            probe = probe.parent
-        relative = os.path.relpath(home, folder).replace(os.sep, "/")
-        specifier = "./" + RUNTIME_STEM if relative == "." else f"{relative}/{RUNTIME_STEM}"
-        kind = package_type(folder)
-        try:
-            where = home.resolve().relative_to(root_resolved)
-        except ValueError:
-            where = Path(".")
-        files = tuple((where / name, runtime_source(name)) for name in RUNTIME_FILES)
+        specifier, where, kind = _runtime_place(str(path.parent), str(root))
+        files = tuple((Path(where) / name, runtime_source(name)) for name in RUNTIME_FILES)
         return RuntimeFiles(f"{kind}:{specifier}" if kind else specifier, files)
 
     def is_runtime_file(self, path: str | os.PathLike[str]) -> bool:
@@ -582,6 +566,31 @@ def split_import_name(import_name: str) -> tuple[str, str]:
     if not import_name or import_name in ("telemetry_utils",) or not import_name.startswith("."):
         import_name = "./" + (import_name.replace(".", "/") if import_name else RUNTIME_STEM)
     return hint, import_name
+
+
+@functools.lru_cache(maxsize=4096)
+def _runtime_place(folder_name: str, root_name: str) -> tuple[str, str, str]:
+    """(specifier, runtime folder relative to the root, module kind) for the files of one
+    folder: the same for all of them, so worked out once per folder and process (a run
+    takes package.json files as they are when it starts)."""
+    folder, root = Path(folder_name), Path(root_name)
+    home = root
+    probe = folder
+    root_resolved = root.resolve()
+    while True:
+        if (probe / "package.json").is_file():
+            home = probe
+            break
+        if probe.resolve() == root_resolved or probe.parent == probe:
+            break
+        probe = probe.parent
+    relative = os.path.relpath(home, folder).replace(os.sep, "/")
+    specifier = "./" + RUNTIME_STEM if relative == "." else f"{relative}/{RUNTIME_STEM}"
+    try:
+        where = str(home.resolve().relative_to(root_resolved))
+    except ValueError:
+        where = "."
+    return specifier, where, package_type(folder)
 
 
 def package_type(folder: Path) -> str:
