@@ -141,7 +141,7 @@ class ScriptCache:
         return os.path.join(self.root, "metadata", "checked", test_module + ".keys")
 
     def checked(self, test_module: str) -> set[str]:
-        """The keys of the cases of a generated test module that passed (``check_key``)."""
+        """The keys (``ScriptCheck.key``) of the cases of a generated test module that passed."""
         try:
             data = read_bytes(self._checked_path(test_module))
         except OSError:
