@@ -601,7 +601,14 @@ class Tracer:
         try:
             kind = sys.exc_info()[0]
             if kind is not None and not issubclass(kind, _NOT_ERRORS):
-                return (state, kind)
+                if state.__class__ is int:
+                    site = self._by_name.get(name)
+                    if site is not None:
+                        # Counted here, so that end() stays on its fast path (a state of
+                        # another type would cost it a caught TypeError per error).
+                        site.errs.append(kind)
+                        return state
+                return (state, kind)  # the site's first call: end() makes the site
         except Exception:
             pass
         return state
