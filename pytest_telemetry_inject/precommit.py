@@ -320,21 +320,22 @@ class _Hook:
     @staticmethod
     def _beyond_telemetry(repo: Repository, base: str | None, name: str, data: bytes,
                           changes: FileChanges) -> FileChanges:
-        """The changes, less those the telemetry made. In Python the telemetry has lines of
-        its own, which touch no function; in JavaScript, TypeScript and Go it shares lines
-        with the code (the import sits on the first line, maybe a function's), so there the
-        file and its base are compared with their telemetry taken out (which moves no line)."""
+        """The changes, less those the telemetry made. Where the telemetry has lines of its
+        own (Python) they touch no function; where it shares lines with the code (JavaScript,
+        TypeScript, Go: the import sits on the first line, maybe a function's), the file and
+        its base are compared with their telemetry taken out (which moves no line)."""
         from .languages import language_for
 
         language = language_for(name, data[:256])
-        if changes.whole or changes.empty or base is None or language is None or language.name == "python":
+        if changes.whole or changes.empty or base is None or language is None \
+                or not language.telemetry_shares_lines:
             return changes
         try:
             text = decode_source(data).text
             stripped = language.strip(text).text
         except TelemetryInjectError:  # undecodable, or not parsable: the engine says so later
             return changes
-        if stripped == text or stripped.count("\n") != text.count("\n"):
+        if stripped == text:
             return changes
         try:
             old = language.strip(decode_source(repo.git("show", f"{base}:{name}")).text).text

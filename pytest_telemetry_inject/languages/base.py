@@ -128,6 +128,9 @@ class Language(abc.ABC):
     name: str = ""
     extensions: tuple[str, ...] = ()
     interpreters: tuple[str, ...] = ()
+    telemetry_shares_lines: bool = False
+    """Whether inserted code goes on the lines of the code (so that no line moves), rather
+    than on lines of its own."""
     """Interpreter names that identify the language in a shebang line."""
 
     @abc.abstractmethod

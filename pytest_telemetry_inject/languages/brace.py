@@ -212,6 +212,7 @@ class Snippet:
 class BraceLanguage(Language):
     """Shared strip, checks and helpers; subclasses parse and plan."""
 
+    telemetry_shares_lines = True
     markers: tuple[Marker, ...] = ()
     wrappers: tuple[tuple[str, str], ...] = (("", ""),)
     """(prefix, suffix) around a function's source taken alone, tried in order."""

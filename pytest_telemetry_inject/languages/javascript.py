@@ -154,6 +154,11 @@ def _declared_names(data: bytes, node: Any) -> set[str]:
     return names
 
 
+# Query captures that open a naming scope, and their tags in the scope walk: functions,
+# classes, object literals, namespaces.
+_SCOPE_TAGS = (("fn", "f"), ("class", "c"), ("object", "o"), ("namespace", "n"))
+
+
 class JavaScriptLanguage(BraceLanguage):
     name = "javascript"
     runtime_marker = RUNTIME_MARKER
@@ -206,20 +211,12 @@ class JavaScriptLanguage(BraceLanguage):
         events: list[tuple[int, int, str, Any]] = []
         declared_vars: list[Any] = []
         for _pattern, captures in matches:
+            scope = next(((captures[key][0], tag) for key, tag in _SCOPE_TAGS if key in captures), None)
             if "var" in captures:
                 declared_vars.append(captures["var"][0])
-            elif "fn" in captures:
-                node = captures["fn"][0]
-                events.append((node.start_byte, node.end_byte, "f", node))
-            elif "class" in captures:
-                node = captures["class"][0]
-                events.append((node.start_byte, node.end_byte, "c", node))
-            elif "object" in captures:
-                node = captures["object"][0]
-                events.append((node.start_byte, node.end_byte, "o", node))
-            elif "namespace" in captures:
-                node = captures["namespace"][0]
-                events.append((node.start_byte, node.end_byte, "n", node))
+            elif scope is not None:
+                node, tag = scope
+                events.append((node.start_byte, node.end_byte, tag, node))
             elif "default" in captures:
                 value = captures["default"][0]
                 context.setdefault((value.start_byte, value.end_byte), "default")

@@ -5,38 +5,7 @@ Everything lives in ``_core`` (standard library only), which is also the vendore
 only when asked for. See docs/runtime.md and docs/reports.md.
 """
 
-from ._core import (
-    RUNTIME_VERSION,
-    Tracer,
-    chrome_trace,
-    configure,
-    current_test,
-    dropped_events,
-    events,
-    flush,
-    format_report,
-    merge_snapshots,
-    no_telemetry,
-    reset,
-    set_current_test,
-    snapshot,
-    tracer,
-)
+from . import _core
+from ._core import *  # noqa: F403 (exactly the names of _core.__all__)
 
-__all__ = [
-    "RUNTIME_VERSION",
-    "Tracer",
-    "chrome_trace",
-    "configure",
-    "current_test",
-    "dropped_events",
-    "events",
-    "flush",
-    "format_report",
-    "merge_snapshots",
-    "no_telemetry",
-    "reset",
-    "set_current_test",
-    "snapshot",
-    "tracer",
-]
+__all__ = list(_core.__all__)

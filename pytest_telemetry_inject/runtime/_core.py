@@ -542,27 +542,16 @@ class Tracer:
         except Exception:  # KeyError: the first call of this site (or an internal fault)
             return self._first(name, False)
 
-    def _span_ev(self, name: str) -> _AggSpan | _Off:
+    def _span_of_kind(self, name: str) -> _AggSpan | _Off:
+        """span() of the modes with span objects (events, OpenTelemetry): ``_kinds[0]``."""
         try:
-            return _EvSpan()._begin(self._by_name[name])
+            return self._kinds[0]()._begin(self._by_name[name])
         except Exception:
             return self._first(name, False)
 
-    def _gspan_ev(self, name: str) -> _AggSpan | _Off:
+    def _gspan_of_kind(self, name: str) -> _AggSpan | _Off:
         try:
-            return _EvGenSpan()._begin(self._by_name[name])
-        except Exception:
-            return self._first(name, True)
-
-    def _span_otel(self, name: str) -> _AggSpan | _Off:
-        try:
-            return _OtSpan()._begin(self._by_name[name])
-        except Exception:
-            return self._first(name, False)
-
-    def _gspan_otel(self, name: str) -> _AggSpan | _Off:
-        try:
-            return _OtGenSpan()._begin(self._by_name[name])
+            return self._kinds[1]()._begin(self._by_name[name])
         except Exception:
             return self._first(name, True)
 
@@ -782,26 +771,26 @@ class _AggTracer(Tracer):
     fail = Tracer._fail_agg
 
 
-class _EvTracer(Tracer):
+class _SpanTracer(Tracer):
+    """The modes where a call is a span object of the classes ``_kinds``."""
+
+    __slots__ = ()
+    span = Tracer._span_of_kind
+    generator_span = Tracer._gspan_of_kind
+    start = Tracer._start_span
+    start_generator = Tracer._start_generator_span
+    end = Tracer._end_span
+    fail = Tracer._fail_span
+
+
+class _EvTracer(_SpanTracer):
     __slots__ = ()
     _kinds = (_EvSpan, _EvGenSpan)
-    span = Tracer._span_ev
-    generator_span = Tracer._gspan_ev
-    start = Tracer._start_span
-    start_generator = Tracer._start_generator_span
-    end = Tracer._end_span
-    fail = Tracer._fail_span
 
 
-class _OtTracer(Tracer):
+class _OtTracer(_SpanTracer):
     __slots__ = ()
     _kinds = (_OtSpan, _OtGenSpan)
-    span = Tracer._span_otel
-    generator_span = Tracer._gspan_otel
-    start = Tracer._start_span
-    start_generator = Tracer._start_generator_span
-    end = Tracer._end_span
-    fail = Tracer._fail_span
 
 
 class _OffTracer(Tracer):

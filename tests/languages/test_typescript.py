@@ -17,6 +17,7 @@ import pytest
 from pytest_telemetry_inject.engine.pipeline import Engine
 from pytest_telemetry_inject.engine.runner import RunOptions, run
 from pytest_telemetry_inject.languages import get_language, language_for
+from pytest_telemetry_inject.languages.javascript import RUNTIME_FILES, runtime_source
 from pytest_telemetry_inject.settings import Settings
 from pytest_telemetry_inject.testkit import import_path
 
@@ -251,3 +252,27 @@ def test_compiled_program_runs_like_the_original(compiled: Path, tmp_path: Path)
     assert rows["range"]["count"] == 1 and rows["later"]["count"] == 1
     assert rows["Square.area"]["count"] == 2 and rows["Geometry.total"]["count"] == 1
     assert "Square.constructor" not in rows  # left alone (parameter property)
+
+
+@pytest.mark.parametrize("config", ["node16", "nodenext", "bundler"])
+def test_the_es_module_entry_is_typed(tmp_path: Path, config: str) -> None:
+    """``telemetry_utils.d.mts`` re-exports the declarations of the CommonJS entry: an ES
+    module that imports ``telemetry_utils.mjs`` gets the same types (and their errors)."""
+    toolchains.require("tsc")
+    for name in RUNTIME_FILES:
+        (tmp_path / name).write_bytes(runtime_source(name))
+    (tmp_path / "good.mts").write_text(
+        'import runtime, { span, type Span } from "./telemetry_utils.mjs";\n'
+        'const s: Span = span("x");\ns.end();\nexport const version: number = runtime.RUNTIME_VERSION;\n'
+        'export const rows = runtime.snapshot();\n')
+    (tmp_path / "bad.mts").write_text(
+        'import runtime, { span } from "./telemetry_utils.mjs";\nruntime.nosuch();\n'
+        'export const s: string = span("x");\n')
+    options = ["--noEmit", "--strict", "--lib", "es2022", "--target", "es2022"]
+    options += ["--module", TSCONFIGS[config]["module"]]
+    if "moduleResolution" in TSCONFIGS[config]:
+        options += ["--moduleResolution", TSCONFIGS[config]["moduleResolution"]]
+    good = toolchains.run([toolchains.tsc(), *options, "good.mts"], tmp_path, timeout=300)
+    assert good.returncode == 0, good.stdout + good.stderr
+    bad = toolchains.run([toolchains.tsc(), *options, "bad.mts"], tmp_path, timeout=300)
+    assert "'nosuch' does not exist" in bad.stdout and "not assignable to type 'string'" in bad.stdout, bad.stdout
