@@ -47,6 +47,7 @@ import itertools
 import os
 import sys
 import threading
+from time import perf_counter as _seconds
 from time import perf_counter_ns as _clock
 from time import time_ns as _time_ns
 
@@ -80,7 +81,8 @@ _FALSE = ("0", "false", "no", "off")
 # ``__next__`` / ``__anext__`` saying it is exhausted.
 _NOT_ERRORS = (GeneratorExit, StopIteration, StopAsyncIteration)
 _NOTHING: dict = {}  # its .get is the disabled try form's start/end/fail
-_DRAIN_AT = 512  # durations kept per site before they are folded into the aggregate
+_DRAIN_AT = 512  # errors kept per site before they are folded into the aggregate
+_INF = float("inf")
 _SPILL_AT = 4096  # events kept before they are handed to the sinks
 _EPOCH_NS = _time_ns() - _clock()  # perf_counter_ns() + this = Unix time in ns
 
@@ -91,6 +93,12 @@ _ENTER = {}.clear
 _EXIT_NOOP = type.__prepare__
 
 _lock = threading.Lock()  # folds buffers, spills events, snapshots; replaced after fork
+# The aggregate's hot paths count a call with a few attribute updates and no lock: with a
+# GIL, no other thread runs between them (the interpreter switches threads only at calls
+# and backward jumps). A free-threaded build has no such guarantee: there every count goes
+# through _account, under _acc_lock, which folds take too.
+_FREE_THREADED = not getattr(sys, "_is_gil_enabled", lambda: True)()
+_acc_lock = threading.Lock()
 _sites: dict = {}  # (module, name) -> _Site
 _tracers: dict = {}  # module -> Tracer
 _events: list = []  # event tuples not yet handed to the sinks
@@ -152,14 +160,18 @@ class _Site:
     """One instrumented function (module + qualname): its pending durations and errors, and
     its aggregate per test (``None``: outside any test)."""
 
-    __slots__ = ("module", "name", "file", "line", "buf", "errs", "stats", "ot", "_attrs")
+    __slots__ = ("module", "name", "file", "line", "n", "total", "low", "high", "errs", "stats", "ot", "_attrs")
 
     def __init__(self, module: str, name: str, file: str | None, line: int | None) -> None:
         self.module = module
         self.name = name
         self.file = file
         self.line = line
-        self.buf: list[int] = []  # durations (ns) not yet folded
+        # Calls not yet folded: count, total, shortest and longest duration, in seconds
+        # (floats: perf_counter() and float arithmetic are the interpreter's cheapest).
+        self.n = 0
+        self.total = self.high = 0.0
+        self.low = _INF
         self.errs: list[type] = []  # exception types not yet folded
         # test -> [count, total, min, max, errors, {exception name: count} or None]
         self.stats: dict = {}
@@ -185,27 +197,61 @@ def _exception_name(kind: type) -> str:
     return getattr(kind, "__qualname__", None) or getattr(kind, "__name__", None) or repr(kind)
 
 
+def _account(site: _Site, seconds: float) -> None:
+    """Count one call of ``seconds`` (the aggregate's hot paths inline this)."""
+    site.n += 1
+    site.total += seconds
+    if seconds > site.high:
+        site.high = seconds
+    if seconds < site.low:
+        site.low = seconds
+
+
+if _FREE_THREADED:
+    _account_unlocked = _account
+
+    def _account(site: _Site, seconds: float) -> None:  # type: ignore[misc]  # noqa: F811
+        with _acc_lock:
+            _account_unlocked(site, seconds)
+
+
+def _error(site: _Site, kind: type) -> None:
+    """Count one error (after its call was counted, or before, by the try form's fail())."""
+    errs = site.errs
+    errs.append(kind)
+    if len(errs) > _DRAIN_AT:
+        _drain_soon(site)
+
+
+def _ns(seconds: float) -> int:
+    return round(seconds * 1e9)
+
+
 def _drain(site: _Site) -> None:
-    """Fold the site's pending durations and errors into the current test's aggregate.
-    The caller holds ``_lock``. Appends go on meanwhile: only the first ``n`` items,
-    read here, are removed, and only one drain runs at a time."""
-    buf, errs = site.buf, site.errs
-    n, m = len(buf), len(errs)
+    """Fold the site's pending calls and errors into the current test's aggregate.
+    The caller holds ``_lock``. Counting goes on meanwhile: the pending figures are read
+    and reset in one step (see ``_acc_lock``), and of the errors only the first ``m``,
+    read here, are removed."""
+    with _acc_lock:
+        n, total, low, high = site.n, site.total, site.low, site.high
+        site.n = 0
+        site.total = site.high = 0.0
+        site.low = _INF
+    errs = site.errs
+    m = len(errs)
     if not n and not m:
         return
     stats = site.stats.get(_test)
     if stats is None:
         stats = site.stats[_test] = [0, 0, 0, 0, 0, None]
     if n:
-        chunk = buf[:n]
-        del buf[:n]
-        low, high = min(chunk), max(chunk)
-        if not stats[0] or low < stats[2]:
-            stats[2] = low
-        if high > stats[3]:
-            stats[3] = high
+        low_ns, high_ns = _ns(low), _ns(high)
+        if not stats[0] or low_ns < stats[2]:
+            stats[2] = low_ns
+        if high_ns > stats[3]:
+            stats[3] = high_ns
         stats[0] += n
-        stats[1] += sum(chunk)
+        stats[1] += _ns(total)
     if m:
         chunk = errs[:m]
         del errs[:m]
@@ -218,8 +264,8 @@ def _drain(site: _Site) -> None:
 
 
 def _drain_soon(site: _Site) -> None:
-    """From the hot path: fold unless another thread (or this one, re-entered from a
-    finalizer) is already folding; the buffer then waits for the next call."""
+    """From a hot path (too many errors pending): fold unless another thread (or this
+    one, re-entered from a finalizer) is already folding; the errors then wait."""
     lock = _lock
     if lock.acquire(False):
         try:
@@ -231,7 +277,7 @@ def _drain_soon(site: _Site) -> None:
 
 def _drain_all() -> None:
     for site in list(_sites.values()):
-        if site.buf or site.errs:
+        if site.n or site.errs:
             _drain(site)
 
 
@@ -252,28 +298,42 @@ _OFF = _Off()
 class _AggSpan:
     """A call, aggregate only (the default mode)."""
 
-    __slots__ = ("_t", "_site", "_err")  # _err: the exception the try form's fail() saw
+    # _t: the start (seconds here, ns in the subclasses); _err: the exception the try
+    # form's fail() saw
+    __slots__ = ("_t", "_site", "_err")
     __enter__ = _ENTER
 
     def _begin(self, site: _Site) -> _AggSpan:
         self._site = site
-        self._t = _clock()
+        self._t = _seconds()
         return self
 
     def __exit__(self, et: type | None, ev: BaseException | None, tb: object) -> None:
         try:
-            end = _clock()
+            seconds = _seconds() - self._t
             site = self._site
-            buf = site.buf
-            buf.append(end - self._t)
-            # After the duration: a fold between the two appends must never see more
-            # errors than calls.
+            site.n += 1  # _account, inlined
+            site.total += seconds
+            if seconds > site.high:
+                site.high = seconds
+            if seconds < site.low:
+                site.low = seconds
+            # After the call is counted: a fold in between must never see more errors
+            # than calls.
             if et is not None and not issubclass(et, _NOT_ERRORS):
-                site.errs.append(et)
-            if len(buf) > _DRAIN_AT:
-                _drain_soon(site)
+                _error(site, et)
         except Exception:  # the runtime never raises into user code
             pass
+
+    if _FREE_THREADED:
+        def __exit__(self, et: type | None, ev: BaseException | None, tb: object) -> None:  # noqa: F811
+            try:
+                site = self._site
+                _account(site, _seconds() - self._t)
+                if et is not None and not issubclass(et, _NOT_ERRORS):
+                    _error(site, et)
+            except Exception:
+                pass
 
 
 def _describe(kind: type, error: object) -> str:
@@ -331,16 +391,13 @@ class _EvSpan(_AggSpan):
             token = self._tok  # first: whatever fails below, the span stops being current
             duration = _clock() - self._t
             site = self._site
-            buf = site.buf
-            buf.append(duration)
+            _account(site, duration * 1e-9)
             error = None
             if et is not None and not issubclass(et, _NOT_ERRORS):
-                site.errs.append(et)
+                _error(site, et)
                 error = et
             if duration >= _min_ns and (_rate >= 1.0 or _random() < _rate):
                 _emit(site, self._t, duration, self._tid, self._id, self._parent, error, self._test)
-            if len(buf) > _DRAIN_AT:
-                _drain_soon(site)
         except Exception:
             pass
         if token is not None:
@@ -427,12 +484,9 @@ class _OtSpan(_AggSpan):
             if et is not None and not issubclass(et, _NOT_ERRORS):
                 error = et
             site = self._site
-            buf = site.buf
-            buf.append(duration)
+            _account(site, duration * 1e-9)
             if error is not None:
-                site.errs.append(et)
-            if len(buf) > _DRAIN_AT:
-                _drain_soon(site)
+                _error(site, et)
         except Exception:
             pass
         if span is not None:
@@ -537,7 +591,7 @@ class Tracer:
             site = self._by_name[name]
             span = _AggSpan()
             span._site = site
-            span._t = _clock()
+            span._t = _seconds()
             return span
         except Exception:  # KeyError: the first call of this site (or an internal fault)
             return self._first(name, False)
@@ -570,19 +624,22 @@ class Tracer:
     #         _telemetry.end("Q", _telemetry_t)
     #
     # ``start`` takes no name, so that in the aggregate mode it is the C clock itself; the
-    # name comes with ``end``. There the state is the start time (an int), or after
-    # ``fail`` a (start, exception type) pair: ``end`` records the duration before the
-    # error, as ``_AggSpan.__exit__`` does. In the other modes the state is a span object
+    # name comes with ``end``. There the state is the start time (a float, in seconds), or
+    # on a site's first call after ``fail`` a (start, exception type) pair: ``end`` records
+    # the duration before the error, as ``_AggSpan.__exit__`` does. In the other modes the state is a span object
     # begun on the tracer's placeholder site, which ``end`` replaces with the real one
     # (renaming the OpenTelemetry span, as its API allows until the span ends).
 
     def _end_agg(self, name: str, state: object) -> None:
         try:
             site = self._by_name[name]
-            buf = site.buf
-            buf.append(_clock() - state)  # type: ignore[operator]
-            if len(buf) > _DRAIN_AT:
-                _drain_soon(site)
+            seconds = _seconds() - state  # type: ignore[operator]
+            site.n += 1  # _account, inlined
+            site.total += seconds
+            if seconds > site.high:
+                site.high = seconds
+            if seconds < site.low:
+                site.low = seconds
         except Exception:  # the first call of the site, an error, or a state of another mode
             self._end_other(name, state)
 
@@ -590,12 +647,12 @@ class Tracer:
         try:
             kind = sys.exc_info()[0]
             if kind is not None and not issubclass(kind, _NOT_ERRORS):
-                if state.__class__ is int:
+                if state.__class__ is float:
                     site = self._by_name.get(name)
                     if site is not None:
                         # Counted here, so that end() stays on its fast path (a state of
                         # another type would cost it a caught TypeError per error).
-                        site.errs.append(kind)
+                        _error(site, kind)
                         return state
                 return (state, kind)  # the site's first call: end() makes the site
         except Exception:
@@ -680,19 +737,22 @@ class Tracer:
             kind = None
             if isinstance(state, tuple):
                 state, kind = state
-            if not isinstance(state, int):
+            if state.__class__ is not float:
                 return
-            duration = _clock() - state
+            seconds = _seconds() - state
             site = self._by_name.get(name)
             if site is None:  # frames: _site, this, end (either mode's), the user's function
                 site = self._by_name[name] = self._site(name, 3)
-            site.buf.append(duration)
+            _account(site, seconds)
             if kind is not None:
-                site.errs.append(kind)
-            if len(site.buf) > _DRAIN_AT:
-                _drain_soon(site)
+                _error(site, kind)
         except Exception:
             pass
+
+    def _end_counted(self, name: str, state: object) -> None:
+        """``end`` of the aggregate mode on a free-threaded build: every call through
+        ``_account`` (and its lock)."""
+        self._end_other(name, state)
 
     def _first(self, name: str, generator: bool) -> _AggSpan | _Off:
         """The first call of a site through this tracer. Frames: the user's function
@@ -766,8 +826,8 @@ class _AggTracer(Tracer):
     __slots__ = ()
     span = Tracer._span_agg
     generator_span = Tracer._span_agg
-    start = start_generator = _clock  # a C function: the try form's start costs a clock read
-    end = Tracer._end_agg
+    start = start_generator = _seconds  # a C function: the try form's start costs a clock read
+    end = Tracer._end_counted if _FREE_THREADED else Tracer._end_agg
     fail = Tracer._fail_agg
 
 
@@ -1393,7 +1453,10 @@ def reset() -> None:
 
 def _reset_state() -> None:
     for site in list(_sites.values()):
-        del site.buf[:]
+        with _acc_lock:
+            site.n = 0
+            site.total = site.high = 0.0
+            site.low = _INF
         del site.errs[:]
         site.stats.clear()
     del _events[:]
@@ -1568,8 +1631,9 @@ def _read_environment() -> None:
 
 def _after_fork_in_child() -> None:
     """The child starts clean: its own lock, no calls, no events, no current span."""
-    global _lock, _pid
+    global _lock, _acc_lock, _pid
     _lock = threading.Lock()
+    _acc_lock = threading.Lock()
     _pid = os.getpid()
     _reset_state()
     _thread_names.clear()

@@ -121,9 +121,9 @@ def test_corrupted_internals_never_reach_user_code(kit, mode: str) -> None:
     tracer = m._telemetry
     site = tracer._by_name["f"]
 
-    site.buf = None  # appends fail inside __exit__
+    site.total = None  # counting fails inside __exit__ / end()
     _check_unchanged(m)
-    site.buf = []
+    site.total = 0.0
     saved_events = _core._events
     _core._events = None  # the event store is gone
     _check_unchanged(m)
@@ -135,12 +135,12 @@ def test_corrupted_internals_never_reach_user_code(kit, mode: str) -> None:
     tracer._by_name = None  # the site table is gone: spans fall back to the no-op
     _check_unchanged(m)
     tracer._by_name = saved_by_name
-    saved_clock = _core._clock
-    _core._clock = None  # even the clock
+    saved_clocks = _core._clock, _core._seconds
+    _core._clock = _core._seconds = None  # even the clocks
     try:
         _check_unchanged(m)
     finally:
-        _core._clock = saved_clock
+        _core._clock, _core._seconds = saved_clocks
     _check_unchanged(m)
     assert kit.rows_of(m)["f"]["count"] >= 2, "the runtime works again once repaired"
     assert _core._current.get() is None, "a failed span was left current"

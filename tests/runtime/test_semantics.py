@@ -504,3 +504,67 @@ def test_contextvars_are_untouched_in_the_default_mode(kit) -> None:
     inside = m.f()
     assert _core._current not in inside, "the default mode must not set the span contextvar"
     assert contextvars.copy_context().get(_core._current) is None
+
+
+_RACE = '''
+    import json, sys, threading
+    {prelude}
+    from pytest_telemetry_inject import runtime
+    from pytest_telemetry_inject.runtime import _core
+    from pytest_telemetry_inject.engine.pipeline import Engine
+    from pytest_telemetry_inject.settings import Settings
+
+    SOURCE = b"def f(i):\\n    if i % 50 == 0:\\n        raise ValueError(i)\\n    return i\\n"
+    out = Engine(Settings(style="{style}", target="runtime"), cache=None).instrument(SOURCE, "race.py").output
+    namespace = {{"__name__": "race"}}
+    exec(compile(out, "race.py", "exec"), namespace)
+    f = namespace["f"]
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
+    threads_n, calls = 6, 6000
+    caught = [0] * threads_n
+    done = threading.Event()
+
+    def work(index):
+        for i in range(calls):
+            try:
+                f(i)
+            except ValueError:
+                caught[index] += 1
+
+    def fold():  # folds (test switches, snapshots) racing with the counting
+        n = 0
+        while not done.is_set():
+            runtime.set_current_test("t%d" % (n % 3))
+            runtime.snapshot()
+            n += 1
+
+    folder = threading.Thread(target=fold)
+    folder.start()
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads_n)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    done.set()
+    folder.join()
+    rows = [r for r in runtime.snapshot(per_test=True) if r["module"] == "race"]
+    print(json.dumps({{"locked": _core._FREE_THREADED, "count": sum(r["count"] for r in rows),
+                      "errors": sum(r["errors"] for r in rows), "caught": sum(caught),
+                      "tests": len(rows), "min": min(r["min_ns"] for r in rows),
+                      "max": max(r["max_ns"] for r in rows)}}))
+'''
+
+
+@pytest.mark.parametrize("style", ["try", "with"])
+@pytest.mark.parametrize("locked", [False, True], ids=["gil", "free-threaded-paths"])
+def test_counts_stay_exact_while_folds_race_with_calls(kit, style: str, locked: bool) -> None:
+    # The aggregate counts a call with unlocked attribute updates (atomic under the GIL);
+    # a free-threaded build counts under a lock. The second case forces that choice (the
+    # interpreter here has a GIL) so that the locked paths are proved too.
+    prelude = "sys._is_gil_enabled = lambda: False" if locked else ""
+    result = kit.last_json(kit.run_python(_RACE.format(prelude=prelude, style=style), timeout=240))
+    assert result["locked"] is locked
+    assert result["count"] == 6 * 6000
+    assert result["errors"] == result["caught"] == 6 * 6000 // 50
+    assert result["tests"] >= 2, "the folds did switch tests during the run"
+    assert 0 < result["min"] <= result["max"]
