@@ -101,7 +101,7 @@ class TelemetrySession:
             if root.is_file():
                 found.append(root.resolve())
                 continue
-            for item in scan([root], self.settings, project_root=self.root):
+            for item in scan([root], self.settings, project_root=self.root, languages=("python",)):
                 if item.language != "python" or item.skip_reason:
                     continue
                 path = item.path.resolve()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .languages import language_for
+from .languages import get_language, language_for
 from .runtime.vendor import DEFAULT_MODULE, is_vendored
 from .settings import Settings
 
@@ -57,8 +57,11 @@ def _git_files(folder: str) -> tuple[str, set[str]] | None:
 
 
 def scan(paths: Iterable[str | os.PathLike[str]], settings: Settings, *, project_root: Path,
-         exclude_dirs: Iterable[Path] = ()) -> list[ScanItem]:
-    """Every file under ``paths`` with its language (None: not a source file)."""
+         exclude_dirs: Iterable[Path] = (), languages: Iterable[str] | None = None) -> list[ScanItem]:
+    """Every file under ``paths`` with its language (None: not a source file). With
+    ``languages``, only the files found in folders whose extension is one of theirs (the
+    pytest plugin wants Python modules: no other language is loaded, no file is read)."""
+    wanted = None if languages is None else {ext for name in languages for ext in get_language(name).extensions}
     excluded = {os.path.realpath(p) for p in exclude_dirs}
     excluded.add(os.path.realpath(project_root / settings.cache_dir))
     excluded_names = {os.path.basename(p) for p in excluded}
@@ -99,6 +102,8 @@ def scan(paths: Iterable[str | os.PathLike[str]], settings: Settings, *, project
                     if name not in SKIP_DIRS and not name.endswith(".egg-info") and (
                             name not in excluded_names or os.path.realpath(entry.path) not in excluded):
                         subfolders.append((relative + "/", entry.path))
+                    continue
+                if wanted is not None and os.path.splitext(name)[1].lower() not in wanted:
                     continue
                 if git is not None and (git_prefix + relative) not in git[1]:
                     continue

@@ -53,6 +53,15 @@ def test_always_skipped_folders(tree: Path) -> None:
     assert files["notes.md"] == (None, None)
 
 
+def test_only_the_files_of_given_languages(tree: Path) -> None:
+    write(tree, "web/app.js", "function f() { return 1; }\n")
+    items = scan([tree], Settings(), project_root=tree, languages=("python",))
+    assert {item.relative.as_posix(): item.language for item in items} == {
+        "app/main.py": "python", "app/util.py": "python", "app/venv/real_package_named_venv.py": "python"}
+    items = scan([tree], Settings(), project_root=tree, languages=("python", "javascript"))
+    assert {item.relative.as_posix() for item in items} >= {"web/app.js", "app/main.py"}
+
+
 def test_gitignore_through_git(tree: Path) -> None:
     write(tree, ".gitignore", "app/util.py\n*.md\n")
     git("init", "-q", cwd=tree)
