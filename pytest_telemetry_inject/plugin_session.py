@@ -272,27 +272,32 @@ class TelemetrySession:
         write_atomic(str(folder / "telemetry-manifest.json"), json.dumps(manifest, indent=2).encode())
         return manifest
 
-    def local_payload(self) -> dict:
-        """This process's telemetry, plain JSON (a pytest-xdist worker sends it home)."""
+    def local_payload(self, *, full: bool = True) -> dict:
+        """This process's telemetry, plain JSON (a pytest-xdist worker sends it home);
+        ``full=False``: without the per-test rows and the events (the terminal summary's)."""
         from . import runtime
 
         finder = self.finder
-        return {"functions": runtime.snapshot(), "tests": runtime.snapshot(per_test=True),
-                "events": runtime.events(clear=True) if self.keep_events else [],
+        return {"functions": runtime.snapshot(), "tests": runtime.snapshot(per_test=True) if full else [],
+                "events": runtime.events(clear=True) if self.keep_events and full else [],
                 "dropped": runtime.dropped_events(),
                 "problems": dict(finder.state.problems) if finder else {},
                 "instrumented_modules": sorted(finder.state.instrumented) if finder else []}
 
-    def merged(self) -> dict:
-        """This process's telemetry and its workers', combined exactly."""
+    def merged(self, *, full: bool = True) -> dict:
+        """This process's telemetry and its workers', combined exactly (``full``: see
+        ``local_payload``). Without workers the local snapshot is the answer as it is."""
         from . import runtime
 
-        parts = [self.local_payload(), *self.worker_snapshots]
+        local = self.local_payload(full=full)
+        if not self.worker_snapshots:
+            return local
+        parts = [local, *self.worker_snapshots]
         problems: dict[str, str] = {}
         for part in parts:
             problems.update(part["problems"])
         return {"functions": runtime.merge_snapshots([p["functions"] for p in parts]),
-                "tests": runtime.merge_snapshots([p["tests"] for p in parts]),
+                "tests": runtime.merge_snapshots([p["tests"] for p in parts]) if full else [],
                 "events": [event for p in parts for event in p["events"]],
                 "dropped": sum(p["dropped"] for p in parts), "problems": problems,
                 "instrumented_modules": sorted({m for p in parts for m in p["instrumented_modules"]})}
@@ -302,7 +307,7 @@ class TelemetrySession:
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
         if self.is_worker:
             return
-        data = self.merged()
+        data = self.merged(full=False)
         write = terminalreporter.write_line
         terminalreporter.section("telemetry")
         rows = sorted((r for r in data["functions"] if r["count"]), key=lambda r: r["total_ns"], reverse=True)
