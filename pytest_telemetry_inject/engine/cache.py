@@ -119,6 +119,17 @@ class ScriptCache:
         self._verified: set[str] = set()
         self._made: set[str] = set()
         self._layout_ready = False
+        self._filelock: Any = None
+        # Index lines not yet appended (see ``defer_index``): shard prefix -> lines; and the
+        # memos written after them: (path, bytes).
+        self._pending: dict[str, list[bytes]] = {}
+        self._pending_memos: list[tuple[str, bytes]] = []
+        self.defer_index = False
+        """Keep new index lines and memos in memory until ``flush_index()`` (the runner's
+        workers flush after each batch of files: one lock and one append per shard instead
+        of one per file and shard). The memos are written after the index lines, so a memo
+        always has its functions in the index; what a kill before the flush loses (scripts
+        are written at once) is recomputed by the next run."""
         self.writable = True
         self.write_error = ""
         if self.root.exists() and not self.root.is_dir():
@@ -165,9 +176,11 @@ class ScriptCache:
         return os.path.join(self.root, "metadata", "files", key[:2], key)
 
     def _lock(self) -> Any:
-        from filelock import FileLock
+        if self._filelock is None:
+            from filelock import FileLock
 
-        return FileLock(os.path.join(self.root, "metadata", "index.lock"), timeout=LOCK_TIMEOUT)
+            self._filelock = FileLock(os.path.join(self.root, "metadata", "index.lock"), timeout=LOCK_TIMEOUT)
+        return self._filelock
 
     # -- writing helpers -------------------------------------------------------------------
 
@@ -307,10 +320,23 @@ class ScriptCache:
                 return
         if not batch:
             return
-        lines: dict[str, list[bytes]] = {}
+        lines = self._pending
         for entry in batch:
             lines.setdefault(entry.key[:2], []).append(entry.to_line())
             self._shard(entry.key)[entry.key] = entry
+        if not self.defer_index:
+            self.flush_index()
+
+    def flush_index(self) -> None:
+        """Append the pending index lines, then write the pending memos (see ``defer_index``)."""
+        lines, self._pending = self._pending, {}
+        memos, self._pending_memos = self._pending_memos, []
+        if lines and self._ensure_layout():
+            self._append_index(lines)
+        for path, data in memos:
+            self._write_memo(path, data)
+
+    def _append_index(self, lines: dict[str, list[bytes]]) -> None:
         try:
             with self._lock():
                 for prefix, records in lines.items():
@@ -369,10 +395,15 @@ class ScriptCache:
         lengths = (",".join(str(len(part)) for part in sections) or "-").encode()
         shape = b"%d %s" % (len(head), lengths)
         first = b"%s %d %08x %s\n" % (MEMO_MAGIC, CACHE_FORMAT, zlib.crc32(shape + b"\n" + body), shape)
-        path = self._memo_path(key)
+        if self.defer_index:
+            self._pending_memos.append((self._memo_path(key), first + body))
+        else:
+            self._write_memo(self._memo_path(key), first + body)
+
+    def _write_memo(self, path: str, data: bytes) -> None:
         try:
             self._ensure_dir(os.path.dirname(path))
-            write_atomic(path, first + body, mode=0o644)
+            write_atomic(path, data, mode=0o644)
         except OSError as exc:
             self._write_failed(exc)
 

@@ -132,12 +132,15 @@ class RunSummary:
 
 _ENGINE: Engine | None = None
 _OPTIONS: RunOptions | None = None
+_BATCH = 8  # files a worker processes between two appends to the cache index
 
 
 def _init_worker(settings: Settings, cache_root: str | None, options: RunOptions,
                  refactorer: Callable[..., Any] | None = None) -> None:
     global _ENGINE, _OPTIONS
     cache = ScriptCache(cache_root) if cache_root else None
+    if cache is not None:
+        cache.defer_index = True  # flushed after each batch (_process_batch)
     if refactorer is not None:  # a spawned worker does not inherit the module's default
         pipeline.set_default_refactorer(refactorer)
     _ENGINE = Engine(settings, cache)
@@ -158,6 +161,26 @@ def _process(task: tuple[str, str, str, str]) -> tuple[FileReport, bool]:
     if _ENGINE.cache is not None and result.counters.write_errors:
         report.cache_warning = _ENGINE.cache.write_error
     return report, result.changed
+
+
+def _process_batch(tasks: list[tuple[str, str, str, str]]) -> list[tuple[FileReport, bool]]:
+    """``_process`` over a few files, then the cache's index lines they made, appended at
+    once (a failure to do so is reported with the batch's last file)."""
+    assert _ENGINE is not None
+    done = [_process(task) for task in tasks]
+    cache = _ENGINE.cache
+    if cache is not None:
+        before = cache.counters.write_errors
+        cache.flush_index()
+        if cache.counters.write_errors > before and done:
+            report = done[-1][0]
+            report.counters.write_errors += cache.counters.write_errors - before
+            report.cache_warning = cache.write_error
+    return done
+
+
+def _batches(tasks: list, size: int) -> list[list]:
+    return [tasks[i:i + size] for i in range(0, len(tasks), size)]
 
 
 def _run_engine(engine: Engine, mode: str, data: bytes, display: str, import_name: str) -> FileResult:
@@ -321,6 +344,14 @@ def run(paths: Iterable[str], settings: Settings, options: RunOptions, *, projec
     misses: list[tuple[str, str, str, str]] = []
     reports: dict[str, FileReport] = {}
     changed: set[str] = set()
+
+    def record(task: tuple[str, str, str, str], report: FileReport, did_change: bool) -> None:
+        reports[task[2]] = report
+        if did_change:
+            changed.add(task[2])
+        if progress:
+            progress(1)
+
     if options.mode == "instrument" and cache is not None:
         # Warm path: files whose memo is there are finished here, without a worker. (Threads
         # were tried: contention made them slower.)
@@ -328,12 +359,8 @@ def run(paths: Iterable[str], settings: Settings, options: RunOptions, *, projec
             task, report, did_change = _from_memo(engine, task, options)
             if report is None:
                 misses.append(task)
-                continue
-            reports[task[2]] = report
-            if did_change:
-                changed.add(task[2])
-            if progress:
-                progress(1)
+            else:
+                record(task, report, did_change)
     else:
         misses = list(tasks)
 
@@ -348,20 +375,22 @@ def run(paths: Iterable[str], settings: Settings, options: RunOptions, *, projec
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                  initargs=(settings, str(cache.root) if cache else None, options,
                                            pipeline.default_refactorer())) as pool:
-            for task, (report, did_change) in zip(misses, pool.map(_process, misses, chunksize=4)):
-                reports[task[2]] = report
-                if did_change:
-                    changed.add(task[2])
-                if progress:
-                    progress(1)
+            batches = _batches(misses, _BATCH)
+            for batch, results in zip(batches, pool.map(_process_batch, batches)):
+                for task, (report, did_change) in zip(batch, results):
+                    record(task, report, did_change)
     else:
-        for task in misses:
-            report, did_change = _process(task)
-            reports[task[2]] = report
-            if did_change:
-                changed.add(task[2])
-            if progress:
-                progress(1)
+        deferred = cache is not None and not cache.defer_index
+        if deferred:
+            cache.defer_index = True
+        try:
+            for batch in _batches(misses, _BATCH):
+                for task, (report, did_change) in zip(batch, _process_batch(batch)):
+                    record(task, report, did_change)
+        finally:
+            if deferred:
+                cache.flush_index()
+                cache.defer_index = False
     summary.files.extend(reports[t[2]] for t in tasks if t[2] in reports)
     if cache is not None and cache.write_error:
         summary.cache_warning = cache.write_error
