@@ -36,30 +36,29 @@ class LanguageSpec:
         """Return the languages this plugin provides."""
 
 
-# The built-in languages: name -> (module, class, extensions, shebang interpreters). With the
-# extensions and interpreters here, a file's language is found by importing that language's
-# module alone (the pytest plugin's start-up pays for Python only). A test checks the table
-# against the classes.
-_BUILTIN: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...]]] = {
+# The built-in languages: name -> (module, class, extensions, shebang interpreters). The
+# classes take their extensions and interpreters from here, so a file's language is found by
+# importing that language's module alone (the pytest plugin's start-up pays for Python only).
+BUILTIN: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...]]] = {
     "python": ("python", "PythonLanguage", (".py", ".pyw"), ("python", "pypy", "python3")),
     "javascript": ("javascript", "JavaScriptLanguage", (".js", ".mjs", ".cjs", ".jsx"),
                    ("node", "nodejs", "deno", "bun")),
     "typescript": ("typescript", "TypeScriptLanguage", (".ts", ".tsx", ".mts", ".cts"), ("ts-node", "tsx")),
     "go": ("go", "GoLanguage", (".go",), ()),
 }
-_BY_EXTENSION = {ext: name for name, spec in _BUILTIN.items() for ext in spec[2]}
+_BY_EXTENSION = {ext: name for name, spec in BUILTIN.items() for ext in spec[2]}
 
 
 @lru_cache(maxsize=None)
 def _builtin(name: str) -> Language:
-    module, cls = _BUILTIN[name][:2]
+    module, cls = BUILTIN[name][:2]
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
 
 
 class _Builtins:
     @hookimpl
     def telemetry_inject_languages(self) -> list[Language]:
-        return [_builtin(name) for name in _BUILTIN]
+        return [_builtin(name) for name in BUILTIN]
 
 
 def _collect(manager: pluggy.PluginManager) -> dict[str, Language]:
@@ -94,7 +93,7 @@ def all_languages() -> dict[str, Language]:
 
 
 def get_language(name: str) -> Language:
-    if name in _BUILTIN:
+    if name in BUILTIN:
         return _builtin(name)
     try:
         return _registry()[name]

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SourceSyntaxError, TemplateNotApplicable
 from ..scriptlib import Edit, insert_text, split_lines
+from . import BUILTIN
 from .base import FunctionRecord, ParsedFile, Template
 from .brace import (
     NAME_PATTERN,
@@ -102,8 +103,7 @@ class GoLanguage(BraceLanguage):
     name = "go"
     runtime_marker = RUNTIME_MARKER
     """The first line of the runtime files this tool writes (left alone by every front door)."""
-    extensions = (".go",)
-    interpreters = ()
+    extensions, interpreters = BUILTIN["go"][2:]  # the registry's table
     markers = MARKERS
     has_closes = False
     wrappers = (("package p\n", ""), ("package p\nfunc _() {\n", "\n}"), ("package p\nvar _ = []interface{}{\n", "\n}"))

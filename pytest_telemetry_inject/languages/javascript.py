@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import SourceSyntaxError, TemplateNotApplicable
 from ..scriptlib import Edit, insert_text, split_lines
+from . import BUILTIN
 from .base import FunctionRecord, ParsedFile, Template
 from .brace import (
     NAME_PATTERN,
@@ -163,8 +164,7 @@ class JavaScriptLanguage(BraceLanguage):
     name = "javascript"
     runtime_marker = RUNTIME_MARKER
     """The first line of the runtime files this tool writes (left alone by every front door)."""
-    extensions = (".js", ".mjs", ".cjs", ".jsx")
-    interpreters = ("node", "nodejs", "deno", "bun")
+    extensions, interpreters = BUILTIN["javascript"][2:]  # the registry's table
     markers = MARKERS
     wrappers = (("", ""), ("class _ {\n", "\n}"), ("({\n", "\n})"), ("[\n", "\n]"), ("_(\n", "\n)"),
                 ("function _() {\n", "\n}"))

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from ..errors import SourceSyntaxError, TemplateNotApplicable
 from ..scriptlib import Edit, indent, insert, insert_after, is_blank, split_lines
+from . import BUILTIN
 from .base import FunctionRecord, Language, ParsedFile, StripResult, Template, tree_error
 
 if TYPE_CHECKING:
@@ -260,8 +261,7 @@ def _syntax_error_message(exc: SyntaxError) -> str:
 
 class PythonLanguage(Language):
     name = "python"
-    extensions = (".py", ".pyw")
-    interpreters = ("python", "pypy", "python3")
+    extensions, interpreters = BUILTIN["python"][2:]  # the registry's table
 
     def __init__(self) -> None:
         self._templates = {(style, target): Template(f"python.{style}.{target}", TEMPLATE_VERSION, style, target)

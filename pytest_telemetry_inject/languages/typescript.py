@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from . import BUILTIN
 from .base import ParsedFile
 from .brace import LazyGrammars
 from ..scriptlib import split_lines
@@ -52,8 +53,7 @@ _REQUIRE_STYLE = re.compile(r"^\s*(?:export\s+)?import\s+[\w$]+\s*=\s*require\s*
 
 class TypeScriptLanguage(JavaScriptLanguage):
     name = "typescript"
-    extensions = (".ts", ".tsx", ".mts", ".cts")
-    interpreters = ("ts-node", "tsx")
+    extensions, interpreters = BUILTIN["typescript"][2:]  # the registry's table
     lang_label = "TypeScript"
 
     def _make_grammars(self) -> LazyGrammars:

@@ -82,7 +82,7 @@ _FALSE = ("0", "false", "no", "off")
 _NOT_ERRORS = (GeneratorExit, StopIteration, StopAsyncIteration)
 _NOTHING: dict = {}  # its .get is the disabled try form's start/end/fail
 _DRAIN_AT = 512  # errors kept per site before they are folded into the aggregate
-_INF = float("inf")
+_NOTHING_PENDING = (0, 0.0, float("inf"), 0.0)  # a site's pending count, total, low, high
 _SPILL_AT = 4096  # events kept before they are handed to the sinks
 _EPOCH_NS = _time_ns() - _clock()  # perf_counter_ns() + this = Unix time in ns
 
@@ -169,9 +169,7 @@ class _Site:
         self.line = line
         # Calls not yet folded: count, total, shortest and longest duration, in seconds
         # (floats: perf_counter() and float arithmetic are the interpreter's cheapest).
-        self.n = 0
-        self.total = self.high = 0.0
-        self.low = _INF
+        self.n, self.total, self.low, self.high = _NOTHING_PENDING
         self.errs: list[type] = []  # exception types not yet folded
         # test -> [count, total, min, max, errors, {exception name: count} or None]
         self.stats: dict = {}
@@ -227,16 +225,20 @@ def _ns(seconds: float) -> int:
     return round(seconds * 1e9)
 
 
+def _take(site: _Site) -> tuple:
+    """The site's pending count, total, low and high, reset in one step (see ``_acc_lock``)."""
+    with _acc_lock:
+        pending = site.n, site.total, site.low, site.high
+        site.n, site.total, site.low, site.high = _NOTHING_PENDING
+    return pending
+
+
 def _drain(site: _Site) -> None:
     """Fold the site's pending calls and errors into the current test's aggregate.
     The caller holds ``_lock``. Counting goes on meanwhile: the pending figures are read
-    and reset in one step (see ``_acc_lock``), and of the errors only the first ``m``,
-    read here, are removed."""
-    with _acc_lock:
-        n, total, low, high = site.n, site.total, site.low, site.high
-        site.n = 0
-        site.total = site.high = 0.0
-        site.low = _INF
+    and reset in one step (``_take``), and of the errors only the first ``m``, read here,
+    are removed."""
+    n, total, low, high = _take(site)
     errs = site.errs
     m = len(errs)
     if not n and not m:
@@ -1453,10 +1455,7 @@ def reset() -> None:
 
 def _reset_state() -> None:
     for site in list(_sites.values()):
-        with _acc_lock:
-            site.n = 0
-            site.total = site.high = 0.0
-            site.low = _INF
+        _take(site)
         del site.errs[:]
         site.stats.clear()
     del _events[:]

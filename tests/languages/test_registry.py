@@ -1,5 +1,5 @@
 """The language registry: built-in languages are found by extension without importing the
-others, and its table says what the classes say."""
+others."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pytest_telemetry_inject import languages
 from pytest_telemetry_inject.languages import get_language, language_for
 
 
-def test_the_builtin_table_matches_the_classes() -> None:
-    for name, (_module, _cls, extensions, interpreters) in languages._BUILTIN.items():
+def test_each_builtin_extension_finds_its_language() -> None:
+    for name, (_module, _cls, extensions, interpreters) in languages.BUILTIN.items():
         language = get_language(name)
         assert language.name == name
         assert tuple(language.extensions) == extensions
