@@ -1,21 +1,26 @@
 """Real-world conformance: real projects' own test suites, plain and with --inject-telemetry.
 
 For each project of the corpus: download its source distribution from the package index,
-unpack it, install it (editable) with pytest and this package into a virtualenv, and run its
-suite from its folder: once plain, then with ``--inject-telemetry`` on a cold cache (its own
-package instrumented, its tests not), then ``--repeats`` times (default 3) warm and plain,
-interleaved. Outcomes are compared test by test (from JUnit XML); the wall-time ratio
-instrumented/plain uses the fastest warm run and the fastest plain run (the ratio of the
-medians of the same runs is printed beside it).
+unpack it, install it (editable) with pytest into a virtualenv where this package is installed
+from the working tree (built, as users get it), and run its suite from its folder: once plain,
+then with ``--inject-telemetry`` on a cold cache (its own package instrumented, its tests
+not), then warm and plain, interleaved: ``--repeats`` pairs (default 3), more for a short
+suite (as many as fit in ``--budget`` seconds of plain runs, at most 15). Outcomes are
+compared test by test (from JUnit XML); the wall-time ratio instrumented/plain uses the
+fastest warm run and the fastest plain run. Printed beside it, for reading the noise: the
+ratio of the medians of the same runs, and the ratio of the fastest CPU times (user +
+system of pytest and its children).
 
-    python bench/conformance.py [--workdir DIR] [--only NAME ...] [--repeats N]
+    python bench/conformance.py [--workdir DIR] [--only NAME ...] [--repeats N] [--budget S]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -26,6 +31,7 @@ import time
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = [
@@ -76,7 +82,11 @@ def make_venv(workdir: Path) -> Path:
         sh(sys.executable, "-m", "venv", str(venv))
         sh(str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip")
         # pytest-cov: some projects' own configuration passes --cov options.
-        sh(str(python), "-m", "pip", "install", "--quiet", "-e", str(ROOT), "pytest", "pytest-cov")
+        sh(str(python), "-m", "pip", "install", "--quiet", "pytest", "pytest-cov")
+    # This package as users get it: built and installed (pip byte-compiles it), not an
+    # editable checkout whose modules a PYTHONDONTWRITEBYTECODE shell would recompile on
+    # every run; reinstalled each time, so the figures are the working tree's.
+    sh(str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", str(ROOT))
     return python
 
 
@@ -92,14 +102,24 @@ def outcomes(junit: Path) -> dict[str, str]:
     return result
 
 
-def run_suite(python: Path, project: Path, label: str, *extra: str) -> tuple[float, dict[str, str], str]:
+class Run(NamedTuple):
+    wall_s: float
+    cpu_s: float  # user + system time of pytest and its children
+    outcomes: dict[str, str]
+    stdout: str
+
+
+def run_suite(python: Path, project: Path, label: str, *extra: str) -> Run:
     junit = project / f".conformance-{label}.xml"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "TELEMETRY_INJECT_"))}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = sh(str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *extra,
               cwd=project, env=env, check=False)
     elapsed = time.perf_counter() - started
-    return elapsed, outcomes(junit) if junit.exists() else {}, done.stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Run(elapsed, cpu, outcomes(junit) if junit.exists() else {}, done.stdout)
 
 
 def summarise(results: dict[str, str]) -> str:
@@ -109,24 +129,31 @@ def summarise(results: dict[str, str]) -> str:
     return ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
 
 
-def conform(name: str, version: str, workdir: Path, python: Path, repeats: int = 3) -> dict:
+def conform(name: str, version: str, workdir: Path, python: Path, repeats: int = 3,
+            budget_s: float = 40.0, most: int = 15) -> dict:
     project = fetch(name, version, workdir)
     sh(str(python), "-m", "pip", "install", "--quiet", "-e", str(project))
     shutil.rmtree(project / ".telemetry_cache", ignore_errors=True)
-    plain_s, plain, plain_line = run_suite(python, project, "plain")
+    first = run_suite(python, project, "plain")
+    plain, plain_s = first.outcomes, first.wall_s
     report = project / ".conformance-telemetry.json"
-    cold_s, cold, cold_line = run_suite(python, project, "cold", "--inject-telemetry")
+    cold_run = run_suite(python, project, "cold", "--inject-telemetry")
+    cold, cold_s, cold_line = cold_run.outcomes, cold_run.wall_s, cold_run.stdout
     # Warm and plain runs interleaved, the fastest of each compared: on a noisy machine the
-    # minimum is the run least disturbed (timeit's advice).
-    warms, plains = [], [plain_s]
+    # minimum is the run least disturbed (timeit's advice). A short suite gets more pairs
+    # (about budget_s seconds of plain runs, at most `most` pairs): one lucky or unlucky run
+    # of a one-second suite moves its ratio by tenths.
+    pairs = max(repeats, min(most, math.ceil(budget_s / max(plain_s, 0.01))))
+    warms, plains = [], [first]
     same_plain = True
-    for _ in range(repeats):
-        warm_s, warm, warm_line = run_suite(python, project, "warm", "--inject-telemetry")
-        warms.append(warm_s)
-        plain2_s, plain2, _ = run_suite(python, project, "plain2")
-        plains.append(plain2_s)
-        same_plain = same_plain and plain == plain2
-    base, warm_s = min(plains), min(warms)
+    for _ in range(pairs):
+        warm_run = run_suite(python, project, "warm", "--inject-telemetry")
+        warms.append(warm_run)
+        plain_run = run_suite(python, project, "plain2")
+        plains.append(plain_run)
+        same_plain = same_plain and plain == plain_run.outcomes
+    warm, warm_line = warm_run.outcomes, warm_run.stdout
+    base, warm_s = min(r.wall_s for r in plains), min(r.wall_s for r in warms)
     # The generated telemetry items are extra tests: compare the project's own tests only.
     own = {k: v for k, v in warm.items() if not k.endswith("::telemetry")}
     own_cold = {k: v for k, v in cold.items() if not k.endswith("::telemetry")}
@@ -139,9 +166,12 @@ def conform(name: str, version: str, workdir: Path, python: Path, repeats: int =
         "telemetry_items": summarise(items), "ratio_warm": warm_s / base, "ratio_cold": cold_s / base,
         # Beside the verdict's estimator: medians of the same runs (one lucky plain run moves
         # the fastest-of ratio; it moves this one less).
-        "ratio_warm_medians": statistics.median(warms) / statistics.median(plains),
+        "ratio_warm_medians": statistics.median(r.wall_s for r in warms) / statistics.median(r.wall_s for r in plains),
+        # CPU time (user + system), fastest of each: less moved by a busy host than wall time.
+        "ratio_warm_cpu": min(r.cpu_s for r in warms) / min(r.cpu_s for r in plains),
         "plain_s": base, "warm_s": warm_s, "cold_s": cold_s, "summary": summary_line,
-        "plain_runs_s": plains, "warm_runs_s": warms,
+        "pairs": pairs, "plain_runs_s": [r.wall_s for r in plains], "warm_runs_s": [r.wall_s for r in warms],
+        "plain_runs_cpu_s": [r.cpu_s for r in plains], "warm_runs_cpu_s": [r.cpu_s for r in warms],
         "llm_calls": 0 if "litellm" not in (cold_line + warm_line) else None,
         "report": str(report),
     }
@@ -152,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "telemetry-conformance")
     parser.add_argument("--only", nargs="*", help="project names to run")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--repeats", type=int, default=3, help="warm and plain runs each, interleaved")
+    parser.add_argument("--repeats", type=int, default=3, help="warm and plain runs each, interleaved (at least)")
+    parser.add_argument("--budget", type=float, default=40.0,
+                        help="seconds of plain runs a short suite gets (more pairs, at most 15)")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     python = make_venv(args.workdir)
@@ -161,12 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and name not in args.only:
             continue
         try:
-            rows.append(conform(name, version, args.workdir, python, args.repeats))
+            rows.append(conform(name, version, args.workdir, python, args.repeats, args.budget))
         except subprocess.CalledProcessError as exc:
             rows.append({"project": f"{name} {version}", "error": (exc.stderr or exc.stdout or str(exc))[-500:]})
         print(json.dumps(rows[-1]), file=sys.stderr)
     header = (f"{'project':<24} {'plain':<32} {'instrumented':<32} {'same':<5} {'warm x':>7} {'cold x':>7} "
-              f"{'medians x':>9}  functions")
+              f"{'medians x':>9} {'cpu x':>6} {'pairs':>5}  functions")
     print(header)
     for row in rows:
         if "error" in row:
@@ -175,12 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         functions = row["summary"].split(" (")[0]
         print(f"{row['project']:<24} {row['plain']:<32} {row['instrumented']:<32} "
               f"{'yes' if row['identical'] else 'NO':<5} {row['ratio_warm']:>7.2f} {row['ratio_cold']:>7.2f} "
-              f"{row['ratio_warm_medians']:>9.2f}  {functions}")
+              f"{row['ratio_warm_medians']:>9.2f} {row['ratio_warm_cpu']:>6.2f} {row['pairs']:>5}  {functions}")
     good = [r for r in rows if "error" not in r]
     if good:
         median = statistics.median(r["ratio_warm"] for r in good)
         medians = statistics.median(r["ratio_warm_medians"] for r in good)
-        print(f"median warm ratio {median:.2f} (target <= 1.25; of the medians-of-runs ratios: {medians:.2f}); "
+        cpu = statistics.median(r["ratio_warm_cpu"] for r in good)
+        print(f"median warm ratio {median:.2f} (target <= 1.25; of the medians-of-runs ratios: {medians:.2f}; "
+              f"of the CPU-time ratios: {cpu:.2f}); "
               "all identical: "
               f"{all(r['identical'] for r in good)}; LLM calls: {sum(r['llm_calls'] or 0 for r in good)} "
               "(no model is configured: the LLM layer is never imported)")
