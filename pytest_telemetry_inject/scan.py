@@ -41,19 +41,16 @@ class ScanItem:
     """For a link that stays inside the tree: what it points to (``-o`` copies the link)."""
 
 
-def _git_files(folder: str) -> tuple[str, set[str]] | None:
-    """(repository top, the files under ``folder`` that git does not ignore, relative to
-    the top), or None outside a git work tree."""
+def _git_files(folder: str) -> set[str] | None:
+    """The files under ``folder`` that git does not ignore, relative to it (one ``git
+    ls-files``, run in the folder: git lists that folder's files, with paths relative to
+    it), or None outside a git work tree."""
     try:
-        top = subprocess.run(["git", "-C", folder, "rev-parse", "--show-toplevel"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        relative = os.path.relpath(os.path.realpath(folder), os.path.realpath(top))
-        listing = subprocess.run(
-            ["git", "-C", top, "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", relative],
-            capture_output=True, check=True).stdout
+        listing = subprocess.run(["git", "-C", folder, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                                 capture_output=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
-    return os.path.realpath(top), {os.fsdecode(name) for name in listing.split(b"\0") if name}
+    return {os.fsdecode(name) for name in listing.split(b"\0") if name}
 
 
 def scan(paths: Iterable[str | os.PathLike[str]], settings: Settings, *, project_root: Path,
@@ -78,10 +75,6 @@ def scan(paths: Iterable[str | os.PathLike[str]], settings: Settings, *, project
         top = str(arg)
         top_real = os.path.realpath(top)
         git = _git_files(top) if settings.respect_gitignore else None
-        git_prefix = ""
-        if git is not None:
-            rel = os.path.relpath(top_real, git[0])
-            git_prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
         rel_to_project = os.path.relpath(top_real, root_real).replace(os.sep, "/")
         rel_to_project = "" if rel_to_project == "." else rel_to_project + "/"
         pending = [("", top)]
@@ -105,7 +98,7 @@ def scan(paths: Iterable[str | os.PathLike[str]], settings: Settings, *, project
                     continue
                 if wanted is not None and os.path.splitext(name)[1].lower() not in wanted:
                     continue
-                if git is not None and (git_prefix + relative) not in git[1]:
+                if git is not None and relative not in git:
                     continue
                 if settings.exclude and _excluded(relative, rel_to_project + relative, settings.exclude):
                     continue
