@@ -13,8 +13,11 @@ advice: the minimum is the run least disturbed); the median is printed beside it
 
 Targets (PASS/FAIL), for the try style: the default aggregator at most 350 ns above a bare
 call, disabled at most 100 ns, the OpenTelemetry sink at most 1.2 times a hand-written
-OpenTelemetry span (both above the bare call; a second hand-written span carrying the same
-three code attributes as the sink's is printed beside, for comparison only). "floor" is a ``with`` block on an empty context manager with C
+OpenTelemetry span (both above the bare call). For comparison only, two more rows: a
+hand-written span carrying the same three code attributes as the sink's, and the SDK calls
+any sink must make to carry them and make the span current (``start_span`` with the
+attributes, ``attach``/``detach``, ``end``), written inline with nothing else: the floor of
+every sink on this SDK. "floor" is a ``with`` block on an empty context manager with C
 ``__enter__``: what the calling convention itself costs on this machine, before the runtime
 does anything.
 """
@@ -60,6 +63,15 @@ OTEL_BY_HAND_CODE = ("from opentelemetry import trace\n_tracer = trace.get_trace
                      "_code = {\"code.function\": \"f\", \"code.filepath\": __file__, \"code.lineno\": 5}\n\n"
                      "def f(x):\n    with _tracer.start_as_current_span(\"f\", attributes=_code):\n"
                      "        return x + 1\n")
+
+# The least any sink can do with the SDK and still carry the three attributes and make the
+# span current (children nest under it): the SDK's calls alone, inline, no bookkeeping.
+OTEL_SINK_FLOOR = ("from opentelemetry import context, trace\n_tracer = trace.get_tracer(__name__)\n"
+                   "_code = {\"code.function\": \"f\", \"code.filepath\": __file__, \"code.lineno\": 7}\n"
+                   "_attach, _detach, _current = context.attach, context.detach, trace.set_span_in_context\n\n"
+                   "def f(x):\n    span = _tracer.start_span(\"f\", attributes=_code)\n"
+                   "    token = _attach(_current(span))\n    try:\n        return x + 1\n"
+                   "    finally:\n        _detach(token)\n        span.end()\n")
 
 TARGET_AGG_NS = 350.0
 TARGET_OFF_NS = 100.0
@@ -191,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         by_hand_code = write_module(work, "bench_otel_by_hand_code", OTEL_BY_HAND_CODE)
         variants.append(Variant("by hand, with the 3 code attributes", by_hand_code, configure(),
                                 "what the sink's spans carry"))
+        sink_floor = write_module(work, "bench_otel_sink_floor", OTEL_SINK_FLOOR)
+        variants.append(Variant("SDK calls a sink needs, inline", sink_floor, configure(),
+                                "start_span(attributes) + attach/detach + end: any sink's floor"))
     except ImportError:
         otel_note = "opentelemetry-sdk not installed: OpenTelemetry rows skipped"
 
@@ -270,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "PASS" if ratio <= TARGET_OTEL_RATIO else "FAIL"
             if "by hand, with the 3 code attributes" in results:
                 verdict += f" ({low / best('by hand, with the 3 code attributes'):.2f} x by hand with them)"
+        elif variant.label == "SDK calls a sink needs, inline" and "OpenTelemetry SDK span by hand" in results:
+            variant.note += f" ({low / best('OpenTelemetry SDK span by hand'):.2f} x by hand)"
         rows.append((variant.label, low, median, variant.number, target, verdict, variant.note))
 
     width = max(len(r[0]) for r in rows)

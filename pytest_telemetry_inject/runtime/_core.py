@@ -69,6 +69,8 @@ __all__ = [
     "tracer",
 ]
 
+_getframe = getattr(sys, "_getframe", None)  # CPython's; None elsewhere (sites then by name only)
+
 # 1: the first runtime (aggregate, JSONL). 2: sinks, per-test attribution, forwarding.
 RUNTIME_VERSION = 2
 # What a vendored copy and the package runtime agree on to forward spans (see _adopt).
@@ -464,7 +466,9 @@ class _OtSpan(_AggSpan):
                 _name_thread(tid)
         try:
             otel = _otel
-            span = self._o = _otel_tracer(site).start_span(site.name, attributes=site.otel_attributes())
+            attrs = site._attrs
+            span = self._o = (site.ot or _otel_tracer(site)).start_span(
+                site.name, attributes=attrs if attrs is not None else site.otel_attributes())
             self._tok = otel.attach(otel.set_span_in_context(span))
         except Exception:  # a failing exporter or processor: still count the call
             self._o = self._tok = None
@@ -680,17 +684,31 @@ class Tracer:
 
     def _start_span(self) -> object:
         try:
-            return self._kinds[0]()._begin(self._caller_site())
+            span = self._kinds[0]()
+            span._err = None  # set: end() reads it, and an unset slot would cost it an AttributeError
+            # The caller's site by its code (frames: this, the user's function), once end()
+            # has named it; the placeholder before (_caller_site, inlined).
+            site = self._by_code.get(_getframe(1).f_code) if _getframe is not None else None
+            return span._begin(site if site is not None else self._placeholder())
         except Exception:
             return None
 
     def _start_generator_span(self) -> object:
         try:
-            return self._kinds[1]()._begin(self._caller_site())
+            span = self._kinds[1]()
+            span._err = None
+            return span._begin(self._caller_site())
         except Exception:
             return None
 
     def _end_span(self, name: str, state: object) -> None:
+        try:  # the common case: a span begun on its own site, no error
+            fast = state._site is self._by_name[name] and state._err is None  # type: ignore[attr-defined]
+        except Exception:
+            fast = False
+        if fast:
+            state.__exit__(None, None, None)  # type: ignore[attr-defined]  # (never raises)
+            return
         try:
             if not isinstance(state, _AggSpan):
                 self._end_other(name, state)
