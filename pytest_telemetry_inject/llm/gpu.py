@@ -193,7 +193,8 @@ class GPUScheduler:
                     device = max(free, key=lambda key: (free[key], -int(key[3:])))
                     fits = False
                 placements[name] = Placement(name, device, need, fits, round(free[device], 3), estimated)
-                free[device] -= need
+                # A model too big for it fills the GPU (the rest of it is offloaded): never below 0.
+                free[device] = max(free[device] - need, 0.0)
         if TRACE.on:
             for placement in placements.values():
                 TRACE.event(INFO if placement.fits else WARNING, "gpu", "assigned", model=placement.model,

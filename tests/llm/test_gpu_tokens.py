@@ -69,6 +69,7 @@ def test_largest_first_best_fit_and_fallback() -> None:
     assert placements["llama3.1:8b"].device == "gpu1" and placements["llama3.1:8b"].fits
     # 7b (10.9 GB) fits nowhere now: the most free memory is gpu1's 0.06 GB
     assert not placements["qwen2.5-coder:7b"].fits
+    assert all(p.free_before_gb >= 0 for p in placements.values())  # a full GPU has 0 free, not less
     small = GPUScheduler(gpus).assign(["qwen2.5:0.5b", "llama3.1:8b", "qwen2.5-coder:7b"])
     # Largest first: 8b -> gpu1 (12.54 free, tightest), 7b -> gpu0, 0.5b -> the tightest left.
     assert (small["llama3.1:8b"].device, small["qwen2.5-coder:7b"].device) == ("gpu1", "gpu0")
