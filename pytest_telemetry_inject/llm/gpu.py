@@ -183,18 +183,21 @@ class GPUScheduler:
         else:
             free = {gpu.key: gpu.free_bytes / GB for gpu in self.gpus}
             placements = {}
-            for name in order:
+            too_big = []
+            for name in order:  # those that fit, each on the GPU it fits most tightly
                 need, estimated = needs[name]
                 fitting = [key for key, left in free.items() if left >= need]
-                if fitting:
-                    device = min(fitting, key=lambda key: (free[key] - need, key))  # the tightest fit
-                    fits = True
-                else:
-                    device = max(free, key=lambda key: (free[key], -int(key[3:])))
-                    fits = False
-                placements[name] = Placement(name, device, need, fits, round(free[device], 3), estimated)
-                # A model too big for it fills the GPU (the rest of it is offloaded): never below 0.
-                free[device] = max(free[device] - need, 0.0)
+                if not fitting:
+                    too_big.append(name)  # placed after the others: it must not crowd them out
+                    continue
+                device = min(fitting, key=lambda key: (free[key] - need, key))
+                placements[name] = Placement(name, device, need, True, round(free[device], 3), estimated)
+                free[device] -= need
+            for name in too_big:  # the GPU with the most free memory, which it fills (the rest offloaded)
+                need, estimated = needs[name]
+                device = max(free, key=lambda key: (free[key], -int(key[3:])))
+                placements[name] = Placement(name, device, need, False, round(free[device], 3), estimated)
+                free[device] = 0.0
         if TRACE.on:
             for placement in placements.values():
                 TRACE.event(INFO if placement.fits else WARNING, "gpu", "assigned", model=placement.model,

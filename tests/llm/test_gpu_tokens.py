@@ -63,13 +63,20 @@ def test_vram_estimates_from_names() -> None:
 def test_largest_first_best_fit_and_fallback() -> None:
     gpus = probe_nvml(nvml("nvml_two_gpus.json"))  # free: 16.9 GB and 12.5 GB
     placements = GPUScheduler(gpus).assign(["qwen2.5:0.5b", "llama3.1:8b", "qwen2.5-coder:7b", "llama3.3:70b"])
-    # 70b (109 GB) fits nowhere: the GPU with most free memory, flagged.
-    assert placements["llama3.3:70b"].device == "gpu0" and not placements["llama3.3:70b"].fits
-    # Then 8b (12.5 GB): gpu0 has nothing left, gpu1 (12.54) fits tightly.
-    assert placements["llama3.1:8b"].device == "gpu1" and placements["llama3.1:8b"].fits
-    # 7b (10.9 GB) fits nowhere now: the most free memory is gpu1's 0.06 GB
-    assert not placements["qwen2.5-coder:7b"].fits
-    assert all(p.free_before_gb >= 0 for p in placements.values())  # a full GPU has 0 free, not less
+    # The models that fit first, largest first: 8b (12.5 GB) on gpu1 (12.54, the tightest),
+    # 7b (10.9 GB) on gpu0, 0.5b on gpu0 (gpu1 has 0.06 GB left).
+    assert {n: (p.device, p.fits) for n, p in placements.items() if n != "llama3.3:70b"} == {
+        "llama3.1:8b": ("gpu1", True), "qwen2.5-coder:7b": ("gpu0", True), "qwen2.5:0.5b": ("gpu0", True)}
+    # 70b (109 GB) fits nowhere: last, on the GPU with the most free memory left, flagged; it
+    # does not crowd out the models that fit.
+    seventy = placements["llama3.3:70b"]
+    assert (seventy.device, seventy.fits) == ("gpu0", False)
+    assert seventy.free_before_gb == round(16.883318784 - 10.92 - 0.78, 3)  # what 7b and 0.5b left
+    assert all(p.free_before_gb >= 0 for p in placements.values())
+    # Two too big: the larger fills gpu0, the other finds it full (0 free, not less): gpu1.
+    two = GPUScheduler(gpus).assign(["llama3.3:70b", "qwen2.5:72b"])
+    assert [(p.device, p.fits, p.free_before_gb) for p in two.values()] == [("gpu0", False, 16.883),
+                                                                           ("gpu1", False, 12.539)]
     small = GPUScheduler(gpus).assign(["qwen2.5:0.5b", "llama3.1:8b", "qwen2.5-coder:7b"])
     # Largest first: 8b -> gpu1 (12.54 free, tightest), 7b -> gpu0, 0.5b -> the tightest left.
     assert (small["llama3.1:8b"].device, small["qwen2.5-coder:7b"].device) == ("gpu1", "gpu0")
