@@ -674,22 +674,14 @@ class Tracer:
     def _caller_site(self) -> _Site:
         """The site of the function that called start() (frames: this, start, the function),
         once end() has named it; the placeholder before."""
-        if self._by_code:
-            getframe = getattr(sys, "_getframe", None)
-            if getframe is not None:
-                site = self._by_code.get(getframe(2).f_code)
-                if site is not None:
-                    return site
-        return self._placeholder()
+        site = self._by_code.get(_getframe(2).f_code) if _getframe is not None else None
+        return site if site is not None else self._placeholder()
 
     def _start_span(self) -> object:
         try:
             span = self._kinds[0]()
             span._err = None  # set: end() reads it, and an unset slot would cost it an AttributeError
-            # The caller's site by its code (frames: this, the user's function), once end()
-            # has named it; the placeholder before (_caller_site, inlined).
-            site = self._by_code.get(_getframe(1).f_code) if _getframe is not None else None
-            return span._begin(site if site is not None else self._placeholder())
+            return span._begin(self._caller_site())
         except Exception:
             return None
 
@@ -725,9 +717,8 @@ class Tracer:
                         otel_span.set_attributes(site.otel_attributes())
                     except Exception:
                         pass
-                getframe = getattr(sys, "_getframe", None)
-                if getframe is not None:  # the user's function: its next start() knows the site
-                    self._by_code[getframe(1).f_code] = site
+                if _getframe is not None:  # the user's function: its next start() knows the site
+                    self._by_code[_getframe(1).f_code] = site
             error = getattr(state, "_err", None)
             if error is None:
                 state.__exit__(None, None, None)
@@ -790,10 +781,9 @@ class Tracer:
             where = self._where.get(name)
             if where is None:
                 where = (None, None)
-                getframe = getattr(sys, "_getframe", None)
-                if getframe is not None:
+                if _getframe is not None:
                     try:  # the caller's frame, once per site (never per call)
-                        code = getframe(depth).f_code
+                        code = _getframe(depth).f_code
                         where = (code.co_filename, code.co_firstlineno)
                     except ValueError:
                         pass
