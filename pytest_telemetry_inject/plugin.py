@@ -70,12 +70,31 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     # The earliest moment with the command line parsed and no conftest imported yet (the
     # moment pytest-cov starts coverage).
     if getattr(early_config.known_args_namespace, "inject_telemetry", False):
+        _not_rewritten(early_config.pluginmanager)
         from .plugin_session import TelemetrySession
 
         session = TelemetrySession(early_config)
         early_config.pluginmanager.register(session, SESSION_NAME)
         session.start()
     return (yield)
+
+
+def _not_rewritten(pluginmanager: pytest.PytestPluginManager) -> None:
+    """Keep pytest's assertion rewriting off this package's other modules.
+
+    pytest rewrites the asserts of every module of a distribution that declares a ``pytest11``
+    entry point, which means parsing and compiling each from source whenever it cannot keep
+    its own bytecode cache (``PYTHONDONTWRITEBYTECODE``, as many container images set, or a
+    read-only ``site-packages``): ~0.1 s per session for the modules the flag imports, which
+    hold no test asserts. They then import as Python does (pip's byte-compiled files). This
+    module and the package's ``__init__`` are rewritten already; nothing else changes.
+    """
+    marked = getattr(getattr(pluginmanager, "rewrite_hook", None), "_must_rewrite", None)
+    if isinstance(marked, set) and __package__ in marked:
+        marked.discard(__package__)
+        cache = getattr(pluginmanager.rewrite_hook, "_marked_for_rewrite_cache", None)
+        if isinstance(cache, dict):
+            cache.clear()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 
 import pytest
@@ -145,6 +146,39 @@ def test_off_unless_asked(pytester: pytest.Pytester) -> None:
             assert "pytest_telemetry_inject.plugin_session" not in sys.modules
     ''')
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+def test_the_plugins_modules_are_not_assert_rewritten(pytester: pytest.Pytester,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Installed from a wheel, this package's RECORD lists its modules, and pytest marks every
+    # module of a pytest11 distribution for assertion rewriting: compiled from source in each
+    # session where pytest cannot write its bytecode cache. The editable install under test
+    # lists none, so a distribution that does (as a wheel's would) is put on the path.
+    import pytest_telemetry_inject
+
+    package = pytest_telemetry_inject.__name__
+    site = pytester.mkdir("site")
+    info = site / f"{package}_wheel-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}-wheel\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(f"[pytest11]\ntelemetry_inject = {package}.plugin\n")
+    (info / "RECORD").write_text("".join(f"{package}/{name}.py,,\n" for name in
+                                         ("__init__", "plugin", "plugin_session", "engine/pipeline")))
+    pytester.makepyfile(test_probe=f'''
+        import sys
+
+        def loader(name):
+            return type(sys.modules[name].__loader__).__name__
+
+        def test_loaders():
+            assert loader("{package}.plugin") == "AssertionRewritingHook"  # marked (the control)
+            assert loader("{package}.plugin_session") != "AssertionRewritingHook"
+            assert loader("{package}.engine.pipeline") != "AssertionRewritingHook"
+    ''')
+    monkeypatch.setenv("PYTHONPATH", str(site), prepend=os.pathsep)
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    result = pytester.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
 
 
