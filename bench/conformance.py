@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -28,6 +29,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import tomllib
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
@@ -86,6 +88,11 @@ def make_venv(workdir: Path) -> Path:
     # This package as users get it: built and installed (pip byte-compiles it), not an
     # editable checkout whose modules a PYTHONDONTWRITEBYTECODE shell would recompile on
     # every run; reinstalled each time, so the figures are the working tree's.
+    # Its dependencies first (a fresh virtualenv has none of them; pip skips those present),
+    # as pyproject.toml names them, then the package itself without touching them.
+    with open(ROOT / "pyproject.toml", "rb") as handle:
+        dependencies = tomllib.load(handle)["project"]["dependencies"]
+    sh(str(python), "-m", "pip", "install", "--quiet", *dependencies)
     sh(str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", str(ROOT))
     return python
 
@@ -122,6 +129,28 @@ def run_suite(python: Path, project: Path, label: str, *extra: str) -> Run:
     return Run(elapsed, cpu, outcomes(junit) if junit.exists() else {}, done.stdout)
 
 
+def instrumentation_problem(stdout: str) -> str | None:
+    """Why an instrumented run did not instrument the project (None: it did)."""
+    found = re.search(r"^(\d+) functions instrumented in (\d+) files", stdout, re.M)
+    if found is None:
+        return "no telemetry summary in the instrumented run's output: " + stdout[-300:]
+    problems = [line for line in stdout.splitlines() if line.startswith("not instrumented: ")]
+    if int(found.group(1)) == 0 or problems:
+        return f"{found.group(0)}; {len(problems)} modules not instrumented: {'; '.join(problems[:3])}"
+    return None
+
+
+def llm_requests(runs: list[Run]) -> int | None:
+    """The LLM requests the runs' telemetry summaries report, added up."""
+    total = 0
+    for run in runs:
+        found = re.search(r"; LLM requests: (\d+)$", run.stdout, re.M)
+        if found is None:
+            return None
+        total += int(found.group(1))
+    return total
+
+
 def summarise(results: dict[str, str]) -> str:
     counts: dict[str, int] = {}
     for outcome in results.values():
@@ -138,7 +167,10 @@ def conform(name: str, version: str, workdir: Path, python: Path, repeats: int =
     plain, plain_s = first.outcomes, first.wall_s
     report = project / ".conformance-telemetry.json"
     cold_run = run_suite(python, project, "cold", "--inject-telemetry")
-    cold, cold_s, cold_line = cold_run.outcomes, cold_run.wall_s, cold_run.stdout
+    cold, cold_s = cold_run.outcomes, cold_run.wall_s
+    problem = instrumentation_problem(cold_run.stdout)
+    if problem:  # a run that instruments nothing proves nothing: stop before timing it
+        return {"project": f"{name} {version}", "error": problem}
     # Warm and plain runs interleaved, the fastest of each compared: on a noisy machine the
     # minimum is the run least disturbed (timeit's advice). A short suite gets more pairs
     # (about budget_s seconds of plain runs, at most `most` pairs): one lucky or unlucky run
@@ -172,7 +204,9 @@ def conform(name: str, version: str, workdir: Path, python: Path, repeats: int =
         "plain_s": base, "warm_s": warm_s, "cold_s": cold_s, "summary": summary_line,
         "pairs": pairs, "plain_runs_s": [r.wall_s for r in plains], "warm_runs_s": [r.wall_s for r in warms],
         "plain_runs_cpu_s": [r.cpu_s for r in plains], "warm_runs_cpu_s": [r.cpu_s for r in warms],
-        "llm_calls": 0 if "litellm" not in (cold_line + warm_line) else None,
+        # As the plugin's summary counts them, over the cold run and every warm run (None:
+        # a summary without the count).
+        "llm_calls": llm_requests([cold_run, *warms]),
         "report": str(report),
     }
 
@@ -198,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"project": f"{name} {version}", "error": (exc.stderr or exc.stdout or str(exc))[-500:]})
         print(json.dumps(rows[-1]), file=sys.stderr)
     header = (f"{'project':<24} {'plain':<32} {'instrumented':<32} {'same':<5} {'warm x':>7} {'cold x':>7} "
-              f"{'medians x':>9} {'cpu x':>6} {'pairs':>5}  functions")
+              f"{'medians x':>9} {'cpu x':>6} {'pairs':>5} {'LLM':>4}  functions")
     print(header)
     for row in rows:
         if "error" in row:
@@ -207,17 +241,20 @@ def main(argv: list[str] | None = None) -> int:
         functions = row["summary"].split(" (")[0]
         print(f"{row['project']:<24} {row['plain']:<32} {row['instrumented']:<32} "
               f"{'yes' if row['identical'] else 'NO':<5} {row['ratio_warm']:>7.2f} {row['ratio_cold']:>7.2f} "
-              f"{row['ratio_warm_medians']:>9.2f} {row['ratio_warm_cpu']:>6.2f} {row['pairs']:>5}  {functions}")
+              f"{row['ratio_warm_medians']:>9.2f} {row['ratio_warm_cpu']:>6.2f} {row['pairs']:>5} "
+              f"{'?' if row['llm_calls'] is None else row['llm_calls']:>4}  {functions}")
     good = [r for r in rows if "error" not in r]
     if good:
         median = statistics.median(r["ratio_warm"] for r in good)
         medians = statistics.median(r["ratio_warm_medians"] for r in good)
         cpu = statistics.median(r["ratio_warm_cpu"] for r in good)
+        counts = [r["llm_calls"] for r in good]
+        llm_total = "unknown" if None in counts else sum(counts)
         print(f"median warm ratio {median:.2f} (target <= 1.25; of the medians-of-runs ratios: {medians:.2f}; "
               f"of the CPU-time ratios: {cpu:.2f}); "
               "all identical: "
-              f"{all(r['identical'] for r in good)}; LLM calls: {sum(r['llm_calls'] or 0 for r in good)} "
-              "(no model is configured: the LLM layer is never imported)")
+              f"{all(r['identical'] for r in good)}; LLM requests: {llm_total} "
+              "(the plugin's count, cold and warm runs)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0 if good and all(r["identical"] for r in good) and len(good) == len(rows) else 1
