@@ -51,6 +51,9 @@ class TelemetrySession:
         self.keep_events = False
         self.otel: OtelSession | None = None
         self.prepare_seconds = 0.0
+        # Requests this process sent to LLMs (the telemetry items' repairs; nothing else in a
+        # plugin session asks a model): summed over xdist workers, printed and reported.
+        self.llm_requests = 0
 
     def option(self, name: str) -> Any:
         """A command-line option; before conftests load only the known args are parsed."""
@@ -206,7 +209,8 @@ class TelemetrySession:
             return
         data = self.merged()
         built = report.build_report(data["functions"], tests=data["tests"], events=data["events"],
-                                    instrumented=self.instrumented_names())
+                                    instrumented=self.instrumented_names(),
+                                    meta={"llm_requests": data["llm_requests"]})
         if paths["json"]:
             report.write_json(paths["json"], built)
             self.written.append(f"the JSON report to {paths['json']}")
@@ -280,7 +284,7 @@ class TelemetrySession:
         finder = self.finder
         return {"functions": runtime.snapshot(), "tests": runtime.snapshot(per_test=True) if full else [],
                 "events": runtime.events(clear=True) if self.keep_events and full else [],
-                "dropped": runtime.dropped_events(),
+                "dropped": runtime.dropped_events(), "llm_requests": self.llm_requests,
                 "problems": dict(finder.state.problems) if finder else {},
                 "instrumented_modules": sorted(finder.state.instrumented) if finder else []}
 
@@ -300,6 +304,7 @@ class TelemetrySession:
                 "tests": runtime.merge_snapshots([p["tests"] for p in parts]) if full else [],
                 "events": [event for p in parts for event in p["events"]],
                 "dropped": sum(p["dropped"] for p in parts), "problems": problems,
+                "llm_requests": sum(p.get("llm_requests", 0) for p in parts),
                 "instrumented_modules": sorted({m for p in parts for m in p["instrumented_modules"]})}
 
     # -- summary --------------------------------------------------------------------------------
@@ -314,7 +319,7 @@ class TelemetrySession:
         files = sum(1 for r in self.reports.values() if r.tally[0].get("instrumented"))
         functions = sum(r.tally[0].get("instrumented", 0) for r in self.reports.values())
         write(f"{functions} functions instrumented in {files} files (prepared in {self.prepare_seconds:.2f} s); "
-              f"{len(rows)} called, {sum(r['count'] for r in rows)} calls")
+              f"{len(rows)} called, {sum(r['count'] for r in rows)} calls; LLM requests: {data['llm_requests']}")
         top = int(self.config.getini("telemetry_summary_top") or 15)
         if rows:
             write(f"{'function':<60} {'calls':>8} {'total ms':>10} {'mean us':>9} {'errors':>6}")
@@ -425,6 +430,7 @@ class TelemetryItem(pytest.Item):
             script = Path(session.cache.script_path(language, sha)).read_text(encoding="utf-8")
             result = repair(original, name, script, [reason], language=language, style=session.settings.style,
                             target=session.settings.target, root=session.root)
+            session.llm_requests += result.requests
             record_fix(session.cache, settings=session.settings, language=language, span_name=name,
                        source=original, failing_script=script, reason=reason, result=result)
             if result.ok:

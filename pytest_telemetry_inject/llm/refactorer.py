@@ -38,12 +38,19 @@ TRANSIENT_KINDS = frozenset({"budget", "timeout", "server", "rate_limit", "unava
                              "too_large", "bad_request", "error"})
 
 
+_NOT_SENT = ("budget", "too_large", "unavailable")  # answers of requests never sent
+
+
 @dataclass
 class RepairResult:
     script: str | None
     """The canonical script of the fix (None: no fix)."""
     edits: list[Edit] | None
     attempts: int = 0
+    requests: int = 0
+    """Requests sent to models over all attempts that came back, answered or failed (several
+    per attempt when models are asked side by side); not those the budget or the token limit
+    stopped before sending."""
     reasons: list[str] = field(default_factory=list)
     """Why each rejected answer or failed request failed, in order."""
     model: str = ""
@@ -140,6 +147,7 @@ class ScriptRefactorer:
             outcome = self.session.asker.ask(messages, validate, purpose=f"refactor {span_name}",
                                              vote_key=lambda c: json_edits(c.edits))
             result.cost += sum(a.cost for a in outcome.answers)
+            result.requests += sum(1 for a in outcome.answers if a.error_kind not in _NOT_SENT)
             if outcome.best is not None:
                 candidate: _Candidate = outcome.best.value
                 result.script, result.edits, result.model = candidate.script, candidate.edits, outcome.best.model

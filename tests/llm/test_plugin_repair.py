@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from .fakellm import KEY, Reply
@@ -14,6 +16,7 @@ def test_a_failing_item_asks_the_model_and_reports_the_answer(pytester: pytest.P
                         test_calc="from calc import add\n\ndef test_add():\n    assert add(1, 2) == 3\n")
     first = pytester.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider")
     first.assert_outcomes(passed=2)
+    first.stdout.fnmatch_lines(["*functions instrumented*; LLM requests: 0"])
     (script,) = (pytester.path / ".telemetry_cache" / "scripts" / "python").rglob("*.py")
     script.write_text(script.read_text().replace("EDITS = [", "EDITS = [  # edited\n"))
     server = fake_llm([Reply("I cannot help with that.")])
@@ -21,8 +24,12 @@ def test_a_failing_item_asks_the_model_and_reports_the_answer(pytester: pytest.P
     monkeypatch.setenv("LLM_BASE_URL", server.url)
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setenv("LLM_MAX_RETRIES", "1")
-    result = pytester.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-k", "telemetry")
+    result = pytester.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-k", "telemetry",
+                                           "--telemetry-report=report.json")
     result.assert_outcomes(failed=1)
+    # One request (one model, one attempt), counted in the summary and in the JSON report.
+    result.stdout.fnmatch_lines(["*functions instrumented*; LLM requests: 1"])
+    assert json.loads((pytester.path / "report.json").read_text())["meta"]["llm_requests"] == len(server.chat_requests) == 1
     result.stdout.fnmatch_lines(["*add: *was changed after it was written*; repair: *"])
     assert server.chat_requests, "the model was not asked"
     assert "def add(a, b):" in server.chat_requests[0].prompt
