@@ -47,10 +47,6 @@ class RepairResult:
     """The canonical script of the fix (None: no fix)."""
     edits: list[Edit] | None
     attempts: int = 0
-    requests: int = 0
-    """Requests sent to models over all attempts that came back, answered or failed (several
-    per attempt when models are asked side by side); not those the budget or the token limit
-    stopped before sending."""
     reasons: list[str] = field(default_factory=list)
     """Why each rejected answer or failed request failed, in order."""
     model: str = ""
@@ -58,6 +54,10 @@ class RepairResult:
     cacheable_failure: bool = False
     """Models answered and every answer was rejected (worth remembering); False when the
     failure was the budget, the network or the provider (worth trying again later)."""
+    requests: int = 0
+    """Requests sent to models over all attempts that came back, answered or failed (several
+    per attempt when models are asked side by side); not those the budget or the token limit
+    stopped before sending."""
 
     @property
     def ok(self) -> bool:

@@ -175,11 +175,24 @@ def test_repair_for_the_plugin(tmp_path: Path, fake_llm) -> None:  # type: ignor
                     session=session_for(tmp_path, openai_env(fake)))
     assert result.ok and result.attempts == 1 and result.model == "openai/gpt-4o-mini"
     assert result.edits and "SOURCE_SHA256" in result.script and result.cost > 0
+    assert result.requests == len(fake.chat_requests) == 1
     check = ScriptCheck(result.script, language="python", span_name="Cart.total", original=source, origin="llm")
     assert check.run_all() == []
     assert '    @_telemetry.instrument("Cart.total")' in check.output
     nothing = repair(source, "Cart.total", "", [], root=tmp_path)
     assert not nothing.ok and "no LLM is configured" in nothing.reasons[0]
+
+
+def test_requests_count_what_was_sent(tmp_path: Path, fake_llm) -> None:  # type: ignore[no-untyped-def]
+    """A request the budget stops is never sent, and not counted; a rejected answer is."""
+    source = "def total(items):\n    return sum(items)\n"
+    fake = fake_llm([Reply("I cannot help with that.")])
+    broke = repair(source, "total", "EDITS = []", ["the output has no span"],
+                   session=session_for(tmp_path, openai_env(fake, LLM_BUDGET="0", LLM_MAX_RETRIES="1")))
+    assert not broke.ok and broke.requests == 0 and fake.chat_requests == [] and "budget" in broke.reasons[0]
+    rejected = repair(source, "total", "EDITS = []", ["the output has no span"],
+                      session=session_for(tmp_path, openai_env(fake, LLM_MAX_RETRIES="1")))
+    assert not rejected.ok and rejected.requests == len(fake.chat_requests) == 1
 
 
 def test_no_refactorer_no_call_and_templates_as_before(tmp_path: Path, fake_llm) -> None:  # type: ignore[no-untyped-def]
