@@ -166,7 +166,7 @@ def conform(name: str, version: str, workdir: Path, python: Path, repeats: int =
     first = run_suite(python, project, "plain")
     plain, plain_s = first.outcomes, first.wall_s
     report = project / ".conformance-telemetry.json"
-    cold_run = run_suite(python, project, "cold", "--inject-telemetry")
+    cold_run = run_suite(python, project, "cold", "--inject-telemetry", f"--telemetry-report={report}")
     cold, cold_s = cold_run.outcomes, cold_run.wall_s
     problem = instrumentation_problem(cold_run.stdout)
     if problem:  # a run that instruments nothing proves nothing: stop before timing it

@@ -1,6 +1,7 @@
 """Overhead of the telemetry runtime per call, side by side with the alternatives.
 
     python bench/runtime_overhead.py [--quick] [--rounds N] [--json PATH]
+    python bench/runtime_overhead.py --instructions
 
 Every variant is a module holding ``def f(x): return x + 1`` as the engine instruments it
 (target ``runtime``, in each style: ``try`` — the pytest plugin's default —, ``with`` and
@@ -21,6 +22,11 @@ attributes, ``attach``/``detach``, ``end``), written inline with nothing else: t
 every sink on this SDK. "floor" is a ``with`` block on an empty context manager with C
 ``__enter__``: what the calling convention itself costs on this machine, before the runtime
 does anything.
+
+``--instructions`` counts, under valgrind's callgrind, the instructions one call of each
+targeted row executes above a bare call, and the OpenTelemetry sink's ratio to the
+hand-written span in instructions: a figure a busy machine does not move (each row runs in
+processes of its own; a few minutes in all).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import importlib
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -145,19 +152,11 @@ def import_time_us() -> tuple[float, float]:
     return best_pkg, best_core
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (default 9)")
-    parser.add_argument("--max-number", type=int, default=200_000, help="calls per batch, at most (default 200000)")
-    parser.add_argument("--quick", action="store_true", help="3 rounds of at most 20000 calls (a smoke run)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.rounds, args.max_number = 3, 20_000
-
+def make_variants(work: Path, *, logfire_rows: bool = True) -> tuple[Callable[[int], int], list[Variant], list[str]]:
+    """The bare function, every variant (modules written under ``work``, which goes on
+    ``sys.path``) and notes on the rows left out."""
     from pytest_telemetry_inject import runtime
 
-    work = Path(tempfile.mkdtemp(prefix="ti-bench-"))
     sys.path.insert(0, str(work))
     jsonl_path = work / "events.jsonl"
     trace_path = work / "trace.json"
@@ -225,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         logfire = None
         logfire_note = "logfire: not installed (pip install logfire): Logfire rows skipped"
+    if not logfire_rows:
+        logfire, logfire_note = None, ""
     if logfire is not None:
         import warnings
 
@@ -246,6 +247,104 @@ def main(argv: list[str] | None = None) -> int:
         variants.append(Variant("Logfire auto-tracing, min_duration=1 ms", min_calls, configure(),
                                 "cheapest path"))
 
+    return bare, variants, [note for note in (otel_note, logfire_note) if note]
+
+
+# -- instruction counts (--instructions) ---------------------------------------------------
+#
+# Wall time on a shared VM moves by tens of percent from one minute to the next; the number
+# of instructions a call executes does not (callgrind counts them in a simulated CPU; the
+# same command gives the same count to a few hundred instructions). Each variant runs in a
+# process of its own under valgrind twice, with SMALL and LARGE calls after the same set-up:
+# the difference over LARGE - SMALL calls is the cost of one call, start-up cancelled out.
+
+COUNTED = ["runtime: default aggregator", "runtime: disabled", "runtime, with style: aggregator",
+           "runtime: OpenTelemetry sink", "OpenTelemetry SDK span by hand", "by hand, with the 3 code attributes",
+           "SDK calls a sink needs, inline"]
+SMALL, LARGE = 1_000, 6_000
+
+
+def run_calls(label: str, number: int) -> int:
+    """(A child of --instructions.) Set ``label``'s variant up, warm it, call it ``number`` times."""
+    work = Path(tempfile.mkdtemp(prefix="ti-bench-"))
+    try:
+        bare, variants, _notes = make_variants(work, logfire_rows=False)
+        func = bare
+        if label != "bare":
+            (variant,) = [v for v in variants if v.label == label]
+            if variant.setup:
+                variant.setup()
+            func = variant.func
+        for _ in range(200):
+            func(1)
+        for _ in range(number):
+            func(1)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def instructions(label: str, number: int) -> int:
+    """Instructions the child executes for ``label`` and ``number`` calls, as callgrind counts."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_INJECT_")}
+    env["PYTHONHASHSEED"] = "0"  # the same dict layouts in every child
+    done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+                           str(Path(__file__).resolve()), "--run-calls", label, str(number)],
+                          capture_output=True, text=True, env=env, check=True)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if found is None:
+        raise SystemExit(f"callgrind printed no count for {label!r}: {done.stderr[-300:]}")
+    return int(found.group(1))
+
+
+def count_instructions() -> int:
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
+        return 2
+    print(f"Python {platform.python_version()} ({platform.python_implementation()}) on {platform.machine()}; "
+          f"instructions per call (callgrind), from {SMALL} and {LARGE} calls")
+
+    def per_call(label: str) -> float:
+        return (instructions(label, LARGE) - instructions(label, SMALL)) / (LARGE - SMALL)
+
+    bare = per_call("bare")
+    print(f"\nbare call: {bare:.0f} instructions per call (loop included)\n")
+    costs: dict[str, float] = {}
+    for label in COUNTED:
+        try:
+            costs[label] = per_call(label) - bare
+        except (ValueError, subprocess.CalledProcessError):  # no such row here (no OpenTelemetry SDK)
+            continue
+        print(f"{label:<40} {costs[label]:>10.0f} above bare")
+    sink, hand = costs.get("runtime: OpenTelemetry sink"), costs.get("OpenTelemetry SDK span by hand")
+    if sink and hand:
+        print(f"\nOpenTelemetry sink / hand-written span: {sink / hand:.3f} x in instructions "
+              f"(target <= {TARGET_OTEL_RATIO} x, in time)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (default 9)")
+    parser.add_argument("--max-number", type=int, default=200_000, help="calls per batch, at most (default 200000)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds of at most 20000 calls (a smoke run)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions per call under valgrind (callgrind) instead of timing: "
+                             "the same figures on a busy machine, for the rows with targets")
+    parser.add_argument("--run-calls", nargs=2, metavar=("LABEL", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.max_number = 3, 20_000
+    if args.run_calls:
+        return run_calls(args.run_calls[0], int(args.run_calls[1]))
+    if args.instructions:
+        return count_instructions()
+
+    from pytest_telemetry_inject import runtime
+
+    work = Path(tempfile.mkdtemp(prefix="ti-bench-"))
+    bare, variants, notes = make_variants(work)
     # Calibrate: a batch of ~0.15 s per variant, at most --max-number calls.
     for variant in variants:
         if variant.setup:
@@ -283,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             bare_raw.append(base)
             variant.raw.append(cost)
             variant.samples.append(cost - base)
-    configure()()
+    variants[0].setup()  # the default settings again (the floor row's)
 
     results = {v.label: v for v in variants}
     bare_ns = min(bare_raw)
@@ -317,9 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * (width + 88))
     for label, low, median, number, target, verdict, note in rows:
         print(f"{label:<{width}}  {low:>18.1f}  {median:>9.1f}  {number:>11}  {target:<34} {verdict or note}")
-    for note in (otel_note, logfire_note):
-        if note:
-            print(note)
+    for note in notes:
+        print(note)
 
     runtime.flush()
     shutil.rmtree(work, ignore_errors=True)
