@@ -7,7 +7,8 @@ then with ``--inject-telemetry`` on a cold cache (its own package instrumented, 
 not), then warm and plain, interleaved: ``--repeats`` pairs (default 3), more for a short
 suite (as many as fit in ``--budget`` seconds of plain runs, at most 15). Outcomes are
 compared test by test (from JUnit XML); the wall-time ratio instrumented/plain uses the
-fastest warm run and the fastest plain run. Printed beside it, for reading the noise: the
+fastest warm run and the fastest plain run of the interleaved pairs (the cold ratio: the cold
+run over that plain run). Printed beside it, for reading the noise: the
 ratio of the medians of the same runs, and the ratio of the fastest CPU times (user +
 system of pytest and its children).
 
@@ -174,9 +175,12 @@ def conform(name: str, version: str, workdir: Path, python: Path, repeats: int =
     # Warm and plain runs interleaved, the fastest of each compared: on a noisy machine the
     # minimum is the run least disturbed (timeit's advice). A short suite gets more pairs
     # (about budget_s seconds of plain runs, at most `most` pairs): one lucky or unlucky run
-    # of a one-second suite moves its ratio by tenths.
+    # of a one-second suite moves its ratio by tenths. Only these pairs are timed against
+    # each other: the first plain run (for the outcomes) ran before the cold run, apart from
+    # them, and one more plain run than warm ones would give plain one more draw at the
+    # fastest (a lucky first run once made a suite's ratio 1.42 where its pairs said 1.13).
     pairs = max(repeats, min(most, math.ceil(budget_s / max(plain_s, 0.01))))
-    warms, plains = [], [first]
+    warms, plains = [], []
     same_plain = True
     for _ in range(pairs):
         warm_run = run_suite(python, project, "warm", "--inject-telemetry")
@@ -202,7 +206,8 @@ def conform(name: str, version: str, workdir: Path, python: Path, repeats: int =
         # CPU time (user + system), fastest of each: less moved by a busy host than wall time.
         "ratio_warm_cpu": min(r.cpu_s for r in warms) / min(r.cpu_s for r in plains),
         "plain_s": base, "warm_s": warm_s, "cold_s": cold_s, "summary": summary_line,
-        "pairs": pairs, "plain_runs_s": [r.wall_s for r in plains], "warm_runs_s": [r.wall_s for r in warms],
+        "pairs": pairs, "first_plain_s": plain_s,
+        "plain_runs_s": [r.wall_s for r in plains], "warm_runs_s": [r.wall_s for r in warms],
         "plain_runs_cpu_s": [r.cpu_s for r in plains], "warm_runs_cpu_s": [r.cpu_s for r in warms],
         # As the plugin's summary counts them, over the cold run and every warm run (None:
         # a summary without the count).
