@@ -304,7 +304,7 @@ class TelemetrySession:
                 "tests": runtime.merge_snapshots([p["tests"] for p in parts]) if full else [],
                 "events": [event for p in parts for event in p["events"]],
                 "dropped": sum(p["dropped"] for p in parts), "problems": problems,
-                "llm_requests": sum(p.get("llm_requests", 0) for p in parts),
+                "llm_requests": sum(p["llm_requests"] for p in parts),
                 "instrumented_modules": sorted({m for p in parts for m in p["instrumented_modules"]})}
 
     # -- summary --------------------------------------------------------------------------------

@@ -52,6 +52,12 @@ class Answer:
     def valid(self) -> bool:
         return self.value is not None and not self.reason
 
+    @property
+    def sent(self) -> bool:
+        """The request went out (answered or failed on the way); False for one the budget or
+        the token limit stopped before sending, or with no usable model to send it to."""
+        return self.error_kind not in ("budget", "too_large", "unavailable")
+
 
 @dataclass
 class Outcome:

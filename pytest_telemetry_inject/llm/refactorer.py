@@ -38,9 +38,6 @@ TRANSIENT_KINDS = frozenset({"budget", "timeout", "server", "rate_limit", "unava
                              "too_large", "bad_request", "error"})
 
 
-_NOT_SENT = ("budget", "too_large", "unavailable")  # answers of requests never sent
-
-
 @dataclass
 class RepairResult:
     script: str | None
@@ -147,7 +144,7 @@ class ScriptRefactorer:
             outcome = self.session.asker.ask(messages, validate, purpose=f"refactor {span_name}",
                                              vote_key=lambda c: json_edits(c.edits))
             result.cost += sum(a.cost for a in outcome.answers)
-            result.requests += sum(1 for a in outcome.answers if a.error_kind not in _NOT_SENT)
+            result.requests += sum(a.sent for a in outcome.answers)
             if outcome.best is not None:
                 candidate: _Candidate = outcome.best.value
                 result.script, result.edits, result.model = candidate.script, candidate.edits, outcome.best.model
