@@ -239,3 +239,13 @@ def test_the_overhead_benchmark_runs(kit, tmp_path: Path) -> None:
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["runtime: default aggregator"]["result"] in ("PASS", "FAIL")
     assert rows["runtime: OpenTelemetry sink"]["target"].startswith("<= 1.2 x")
+    assert "minimum over minimum" in rows["runtime: OpenTelemetry sink"]["result"]  # beside the paired ratio
+
+
+def test_the_instruction_count_child_calls_its_variant(kit) -> None:
+    """The process --instructions runs under valgrind for each row: it sets the named variant
+    up and calls it (an unknown row fails, so the parent leaves it out)."""
+    bench = [__import__("sys").executable, str(kit.root / "bench" / "runtime_overhead.py"), "--run-calls"]
+    assert subprocess.run([*bench, "runtime: default aggregator", "50"], capture_output=True, timeout=300).returncode == 0
+    unknown = subprocess.run([*bench, "no such row", "50"], capture_output=True, text=True, timeout=300)
+    assert unknown.returncode != 0 and "ValueError" in unknown.stderr
