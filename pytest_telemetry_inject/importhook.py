@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     from .engine.pipeline import Engine, FileResult
 
-_CODE_MAGIC = b"TI-CODE1" + importlib.util.MAGIC_NUMBER
+# The form of the compiled code (2: the wrappers' exit code has no line, engine/compiler.py)
+# and the interpreter's bytecode version: a cached code object of another form is compiled again.
+_CODE_MAGIC = b"TI-CODE2" + importlib.util.MAGIC_NUMBER
 
 
 @dataclass

@@ -1,9 +1,24 @@
 """Compile instrumented source as if it were the original: every position the interpreter
-records (tracebacks, coverage's line events, debuggers, ``inspect``) is the original one.
+records (tracebacks, coverage's line and arc events, debuggers, ``inspect``) is the original one.
 
 The instrumented text is parsed, each node's line is mapped through the line map (inserted
 lines take the line they were inserted before) and its columns moved back by what the
 indentation added, then the tree is compiled under the original file name.
+
+The wrapper's own code gets no line where it runs as the function returns (the try form's
+``finally`` block, the with form's exit), so a tracer sees the same line events as from the
+original function: mapped to a line, that code would emit a line event there as the
+function returns, and coverage would record the jump from the function's last line to that
+line instead of to the function's exit (``if done: return`` at the end of a function would
+show its exit branch as missed). The interpreter gives such code the line of the statement
+that returns, as it does for its own implicit ``return None``: for that, the try form's body
+gets an explicit ``return`` without a line at its end, where the original fell off it.
+
+On the way out by an exception, the try form's handler and ``finally`` block run without a
+line too, inside one more ``try`` whose handler (on the ``def`` line) re-raises: the frame is
+left from a line (a debugger reads the line of a returning frame), the ``def`` line, which
+the import has run. The with form leaves from the line that raised, as the interpreter does
+for every ``with`` block.
 """
 
 from __future__ import annotations
@@ -12,6 +27,9 @@ import ast
 from types import CodeType
 
 from .reconstruct import LineMap
+
+_SPANS = frozenset({"span", "generator_span", "start_as_current_span"})
+_FAIL, _END = frozenset({"fail"}), frozenset({"end"})
 
 
 def compile_mapped(text: str, line_map: LineMap, filename: str) -> CodeType:
@@ -35,4 +53,75 @@ def compile_mapped(text: str, line_map: LineMap, filename: str) -> CodeType:
                 if node.end_lineno == node.lineno:
                     end_col = max(end_col, node.col_offset)
                 node.end_col_offset = end_col
+    _unline_wrappers(tree)
     return compile(tree, filename, "exec", dont_inherit=True)
+
+
+# -- the wrappers' code, without a line where it runs on the way out ---------------------------
+
+
+def _is_telemetry_call(node: ast.AST, attrs: frozenset) -> bool:
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in attrs and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "_telemetry")
+
+
+def _is_try_form(node: ast.stmt) -> bool:
+    """The try form's wrapper: ``except BaseException: _telemetry_t = _telemetry.fail(...);
+    raise`` and ``finally: _telemetry.end(...)``, nothing else."""
+    if not isinstance(node, ast.Try) or len(node.handlers) != 1 or node.orelse or len(node.finalbody) != 1:
+        return False
+    handler, final = node.handlers[0], node.finalbody[0]
+    if not (isinstance(handler.type, ast.Name) and handler.type.id == "BaseException"
+            and handler.name is None and len(handler.body) == 2):
+        return False
+    assign, reraise = handler.body
+    return (isinstance(assign, ast.Assign) and len(assign.targets) == 1
+            and isinstance(assign.targets[0], ast.Name) and assign.targets[0].id == "_telemetry_t"
+            and _is_telemetry_call(assign.value, _FAIL)
+            and isinstance(reraise, ast.Raise) and reraise.exc is None
+            and isinstance(final, ast.Expr) and _is_telemetry_call(final.value, _END))
+
+
+def _is_with_form(node: ast.stmt) -> bool:
+    return (isinstance(node, ast.With) and len(node.items) == 1 and node.items[0].optional_vars is None
+            and _is_telemetry_call(node.items[0].context_expr, _SPANS))
+
+
+def _place(node: ast.AST, line: int) -> None:
+    """Every node of the subtree at ``line``, column 0 (-1: no line and no columns)."""
+    for each in ast.walk(node):
+        if "lineno" in each._attributes:
+            each.lineno = each.end_lineno = line
+            each.col_offset = each.end_col_offset = -1 if line < 0 else 0
+
+
+def _unline_wrappers(tree: ast.AST) -> None:
+    functions = [node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    for function in functions:
+        wrapper = function.body[-1]  # the wrapper is the function's last statement
+        if _is_with_form(wrapper):
+            # No line for the with statement and its call (Python 3.13 gives the exit the
+            # call's): entering keeps the line of the call's name and arguments, the first
+            # line of the body; the exit has none.
+            for node in (wrapper, wrapper.items[0].context_expr):
+                node.lineno = node.end_lineno = -1
+                node.col_offset = node.end_col_offset = -1
+        elif _is_try_form(wrapper):
+            _unline_try(function, wrapper)
+
+
+def _unline_try(function: ast.FunctionDef | ast.AsyncFunctionDef, wrapper: ast.Try) -> None:
+    for node in (*wrapper.handlers, *wrapper.finalbody):
+        _place(node, -1)
+    ending = ast.Return(value=None)
+    _place(ending, -1)
+    wrapper.body.append(ending)  # unreachable where the body cannot fall off its end
+    # The way out on an exception: a handler on the def line re-raises.
+    line = function.lineno
+    outer = ast.Try(body=[wrapper], handlers=[ast.ExceptHandler(type=ast.Name("BaseException", ast.Load()),
+                                                                name=None, body=[ast.Raise()])],
+                    orelse=[], finalbody=[])
+    for node in outer.handlers:
+        _place(node, line)
+    function.body[-1] = ast.copy_location(outer, wrapper)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -270,16 +271,47 @@ def test_xdist_merges_the_workers_telemetry(project: pytest.Pytester) -> None:
     assert merged == alone and merged["pkg.core:double"] == 2
 
 
-def test_coverage_is_the_same_with_and_without(project: pytest.Pytester) -> None:
+SHAPES = Path(__file__).parents[1] / "engine" / "branch_shapes.py"  # the compiler test's functions
+BRANCH_TESTS = """
+    import pytest
+
+    from pkg import branch_shapes as shapes
+
+
+    def test_branches():
+        shapes.tail_if(0)
+        shapes.first_loop([1])
+        assert list(shapes.gen(2)) == [0, 1]
+        assert shapes.nested(0) is None
+        assert shapes.while_first(1) == "done"
+        with pytest.raises(ValueError):
+            shapes.fails(1)
+        with pytest.raises(KeyError):
+            shapes.decorated([0, 1])
+"""
+
+
+@pytest.mark.parametrize("style", ["try", "with"])
+def test_coverage_is_the_same_with_and_without(project: pytest.Pytester, style: str) -> None:
+    """Lines and branches (arcs): the wrapper's exit code has no line of its own."""
+    (project.path / "pkg" / "branch_shapes.py").write_text(SHAPES.read_text())
+    (project.path / "tests" / "test_branches.py").write_text(textwrap.dedent(BRANCH_TESTS).lstrip("\n"))
+
     def covered(*args: str) -> dict:
         out = project.path / "cov.json"
-        project.runpytest_subprocess("--cov=pkg", f"--cov-report=json:{out}", "-p", "no:cacheprovider", *args)
+        result = project.runpytest_subprocess("--cov=pkg", "--cov-branch", f"--cov-report=json:{out}",
+                                              "-p", "no:cacheprovider", *args)
         data = json.loads(out.read_text())
-        return {name: (sorted(f["executed_lines"]), sorted(f["missing_lines"])) for name, f in data["files"].items()}
+        return result, {name: {key: sorted(map(tuple, f[key])) if "branches" in key else sorted(f[key])
+                               for key in ("executed_lines", "missing_lines", "executed_branches",
+                                           "missing_branches")}
+                        for name, f in data["files"].items()}
 
-    plain = covered()
-    instrumented = covered("--inject-telemetry")
-    assert plain and plain == instrumented
+    _, plain = covered()
+    result, instrumented = covered("--inject-telemetry", "-o", f"telemetry_style={style}")
+    result.stdout.fnmatch_lines(["*18 functions instrumented in 2 files*"])
+    assert plain["pkg/branch_shapes.py"]["missing_branches"]  # the cases leave some branches missed
+    assert plain == instrumented
 
 
 def test_telemetry_output_writes_a_shippable_tree(project: pytest.Pytester, tmp_path) -> None:
