@@ -10,9 +10,11 @@ compared test by test (from JUnit XML); the wall-time ratio instrumented/plain u
 fastest warm run and the fastest plain run of the interleaved pairs (the cold ratio: the cold
 run over that plain run). Printed beside it, for reading the noise: the
 ratio of the medians of the same runs, and the ratio of the fastest CPU times (user +
-system of pytest and its children).
+system of pytest and its children). With ``--coverage``, after the timed runs: one plain and
+one warm run under ``pytest --cov=. --cov-branch``, and whether every file's covered and
+missed lines and branches are the same.
 
-    python bench/conformance.py [--workdir DIR] [--only NAME ...] [--repeats N] [--budget S]
+    python bench/conformance.py [--workdir DIR] [--only NAME ...] [--repeats N] [--budget S] [--coverage]
 """
 
 from __future__ import annotations
@@ -152,6 +154,35 @@ def llm_requests(runs: list[Run]) -> int | None:
     return total
 
 
+COVERAGE_KEYS = ("executed_lines", "missing_lines", "executed_branches", "missing_branches")
+
+
+def coverage_of(python: Path, project: Path, label: str, *extra: str) -> dict:
+    """Lines and branches covered and missed, per file under the project's folder (its tests
+    included): pytest-cov's JSON report of one run (line and branch coverage)."""
+    out = project / f".conformance-coverage-{label}.json"
+    out.unlink(missing_ok=True)
+    run_suite(python, project, f"coverage-{label}", "--cov=.", "--cov-branch", f"--cov-report=json:{out}", *extra)
+    files = json.loads(out.read_text())["files"]
+    return {name: {key: sorted(map(tuple, data[key])) if "branches" in key else sorted(data[key])
+                   for key in COVERAGE_KEYS}
+            for name, data in files.items() if not name.startswith(".telemetry_cache")}
+
+
+def compare_coverage(plain: dict, instrumented: dict) -> dict:
+    """Whether the instrumented run covered and missed the same lines and branches as the
+    plain one in every file; what differs (the first few)."""
+    differences = [f"{name}: not measured" if name not in instrumented else
+                   f"{name}: {key} {sorted(set(plain[name][key]) ^ set(instrumented[name][key]))[:5]}"
+                   for name in sorted(plain)
+                   for key in (COVERAGE_KEYS if name in instrumented else COVERAGE_KEYS[:1])
+                   if name not in instrumented or plain[name][key] != instrumented[name][key]]
+    return {"same": not differences and bool(plain), "files": len(plain),
+            "lines": sum(len(f["executed_lines"]) + len(f["missing_lines"]) for f in plain.values()),
+            "branches": sum(len(f["executed_branches"]) + len(f["missing_branches"]) for f in plain.values()),
+            "differences": differences[:10]}
+
+
 def summarise(results: dict[str, str]) -> str:
     counts: dict[str, int] = {}
     for outcome in results.values():
@@ -160,7 +191,7 @@ def summarise(results: dict[str, str]) -> str:
 
 
 def conform(name: str, version: str, workdir: Path, python: Path, repeats: int = 3,
-            budget_s: float = 40.0, most: int = 15) -> dict:
+            budget_s: float = 40.0, most: int = 15, coverage: bool = False) -> dict:
     project = fetch(name, version, workdir)
     sh(str(python), "-m", "pip", "install", "--quiet", "-e", str(project))
     shutil.rmtree(project / ".telemetry_cache", ignore_errors=True)
@@ -195,7 +226,11 @@ def conform(name: str, version: str, workdir: Path, python: Path, repeats: int =
     own_cold = {k: v for k, v in cold.items() if not k.endswith("::telemetry")}
     items = {k: v for k, v in warm.items() if k.endswith("::telemetry")}
     summary_line = next((line for line in warm_line.splitlines() if "functions instrumented" in line), "")
-    return {
+    extra = {}
+    if coverage:  # after the timed runs: coverage slows a suite down
+        extra["coverage"] = compare_coverage(coverage_of(python, project, "plain"),
+                                             coverage_of(python, project, "warm", "--inject-telemetry"))
+    return {**extra,
         "project": f"{name} {version}", "plain": summarise(plain), "instrumented": summarise(own),
         "identical": plain == own == own_cold and same_plain,
         "differences": sorted(k for k in set(plain) | set(own) if plain.get(k) != own.get(k))[:10],
@@ -224,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="warm and plain runs each, interleaved (at least)")
     parser.add_argument("--budget", type=float, default=40.0,
                         help="seconds of plain runs a short suite gets (more pairs, at most 15)")
+    parser.add_argument("--coverage", action="store_true",
+                        help="also compare line and branch coverage (pytest --cov --cov-branch), plain and warm")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     python = make_venv(args.workdir)
@@ -232,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and name not in args.only:
             continue
         try:
-            rows.append(conform(name, version, args.workdir, python, args.repeats, args.budget))
+            rows.append(conform(name, version, args.workdir, python, args.repeats, args.budget,
+                                coverage=args.coverage))
         except subprocess.CalledProcessError as exc:
             rows.append({"project": f"{name} {version}", "error": (exc.stderr or exc.stdout or str(exc))[-500:]})
         print(json.dumps(rows[-1]), file=sys.stderr)
@@ -248,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{'yes' if row['identical'] else 'NO':<5} {row['ratio_warm']:>7.2f} {row['ratio_cold']:>7.2f} "
               f"{row['ratio_warm_medians']:>9.2f} {row['ratio_warm_cpu']:>6.2f} {row['pairs']:>5} "
               f"{'?' if row['llm_calls'] is None else row['llm_calls']:>4}  {functions}")
+        if "coverage" in row:
+            cov = row["coverage"]
+            print(f"{'':<24} coverage (lines and branches) the same: {'yes' if cov['same'] else 'NO'} "
+                  f"({cov['files']} files, {cov['lines']} lines, {cov['branches']} branches)"
+                  + "".join(f"\n{'':<26}{d}" for d in cov["differences"]))
     good = [r for r in rows if "error" not in r]
     if good:
         median = statistics.median(r["ratio_warm"] for r in good)
@@ -260,9 +303,12 @@ def main(argv: list[str] | None = None) -> int:
               "all identical: "
               f"{all(r['identical'] for r in good)}; LLM requests: {llm_total} "
               "(the plugin's count, cold and warm runs)")
+        if any("coverage" in r for r in good):
+            print(f"coverage the same in every project: {all(r['coverage']['same'] for r in good)}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
-    return 0 if good and all(r["identical"] for r in good) and len(good) == len(rows) else 1
+    same = all(r["identical"] and r.get("coverage", {"same": True})["same"] for r in good)
+    return 0 if good and same and len(good) == len(rows) else 1
 
 
 if __name__ == "__main__":

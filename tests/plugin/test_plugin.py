@@ -177,7 +177,10 @@ def test_the_plugins_modules_are_not_assert_rewritten(pytester: pytest.Pytester,
             assert loader("{package}.plugin_session") != "AssertionRewritingHook"
             assert loader("{package}.engine.pipeline") != "AssertionRewritingHook"
     ''')
-    monkeypatch.setenv("PYTHONPATH", str(site), prepend=os.pathsep)
+    # pytest finds a marked module on sys.path only: an editable install by an import hook
+    # (setuptools' finder) is not there, so the package's folder goes on the path too.
+    source_root = Path(pytest_telemetry_inject.__file__).resolve().parents[1]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), str(source_root)]), prepend=os.pathsep)
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     result = pytester.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
