@@ -294,9 +294,10 @@ BRANCH_TESTS = """
 """
 
 
-@pytest.mark.parametrize("style", ["try", "with"])
-def test_coverage_is_the_same_with_and_without(project: pytest.Pytester, style: str) -> None:
-    """Lines and branches (arcs): the wrapper's exit code has no line of its own."""
+@pytest.mark.parametrize("style, workers", [("try", ()), ("with", ()), ("try", ("-n", "2"))])
+def test_coverage_is_the_same_with_and_without(project: pytest.Pytester, style: str, workers: tuple) -> None:
+    """Lines and branches (arcs): the wrapper's exit code has no line of its own. With xdist,
+    pytest-cov measures in the workers and combines."""
     (project.path / "pkg" / "branch_shapes.py").write_text(SHAPES.read_text())
     (project.path / "tests" / "test_branches.py").write_text(textwrap.dedent(BRANCH_TESTS).lstrip("\n"))
 
@@ -310,8 +311,8 @@ def test_coverage_is_the_same_with_and_without(project: pytest.Pytester, style: 
                                            "missing_branches")}
                         for name, f in data["files"].items()}
 
-    _, plain = covered()
-    result, instrumented = covered("--inject-telemetry", "-o", f"telemetry_style={style}")
+    _, plain = covered(*workers)
+    result, instrumented = covered("--inject-telemetry", "-o", f"telemetry_style={style}", *workers)
     result.stdout.fnmatch_lines(["*18 functions instrumented in 2 files*"])
     assert plain["pkg/branch_shapes.py"]["missing_branches"]  # the cases leave some branches missed
     assert plain == instrumented
