@@ -522,21 +522,29 @@ _RACE = '''
     sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
     threads_n, calls = 6, 6000
     caught = [0] * threads_n
-    done = threading.Event()
+    done, halfway, switched = threading.Event(), threading.Event(), threading.Event()
 
     def work(index):
         for i in range(calls):
+            if i == calls // 2:  # the second half after a switch, however the threads are scheduled
+                halfway.set()
+                switched.wait(60)
             try:
                 f(i)
             except ValueError:
                 caught[index] += 1
 
     def fold():  # folds (test switches, snapshots) racing with the counting
-        n = 0
+        n, seen = 0, None
         while not done.is_set():
-            runtime.set_current_test("t%d" % (n % 3))
+            runtime.set_current_test("t%d" % n)  # never the same test twice
             runtime.snapshot()
             n += 1
+            if halfway.is_set():
+                if seen is None:
+                    seen = n
+                elif n > seen:
+                    switched.set()
 
     folder = threading.Thread(target=fold)
     folder.start()
