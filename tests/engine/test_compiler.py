@@ -74,6 +74,9 @@ def test_a_tracer_sees_the_original_functions_line_events(style: str) -> None:
             expected = (events[:-1] + [("line", line), ("return", line)], outcome)
         assert _events(instrumented[name], args) == expected, (name, args)
     assert raised == (2 if style == "try" else 0)
-    counted = {row["name"]: row["count"] for row in runtime.snapshot() if row["module"] == "traced"}
-    assert counted == {"tail_if": 2, "first_loop": 2, "gen": 1, "nested": 2, "fails": 2, "while_first": 1,
-                       "deco": 1, "decorated": 2}
+    rows = [row for row in runtime.snapshot() if row["module"] == "traced"]
+    assert {row["name"]: row["count"] for row in rows} == {
+        "tail_if": 2, "first_loop": 2, "gen": 1, "nested": 2, "fails": 2, "while_first": 1, "deco": 1, "decorated": 2}
+    # The exceptions that left a function are counted, once; the one nested() caught is not.
+    assert {row["name"]: row["exceptions"] for row in rows if row["errors"]} == {
+        "fails": {"ValueError": 1}, "decorated": {"KeyError": 1}}
