@@ -172,11 +172,15 @@ def coverage_of(python: Path, project: Path, label: str, *extra: str) -> dict:
 def compare_coverage(plain: dict, instrumented: dict) -> dict:
     """Whether the instrumented run covered and missed the same lines and branches as the
     plain one in every file; what differs (the first few)."""
-    differences = [f"{name}: not measured" if name not in instrumented else
-                   f"{name}: {key} {sorted(set(plain[name][key]) ^ set(instrumented[name][key]))[:5]}"
-                   for name in sorted(plain)
-                   for key in (COVERAGE_KEYS if name in instrumented else COVERAGE_KEYS[:1])
-                   if name not in instrumented or plain[name][key] != instrumented[name][key]]
+    differences = []
+    for name in sorted(plain):
+        if name not in instrumented:
+            differences.append(f"{name}: not measured")
+            continue
+        for key in COVERAGE_KEYS:
+            if plain[name][key] != instrumented[name][key]:
+                moved = sorted(set(plain[name][key]) ^ set(instrumented[name][key]))
+                differences.append(f"{name}: {key} {moved[:5]}")
     return {"same": not differences and bool(plain), "files": len(plain),
             "lines": sum(len(f["executed_lines"]) + len(f["missing_lines"]) for f in plain.values()),
             "branches": sum(len(f["executed_branches"]) + len(f["missing_branches"]) for f in plain.values()),

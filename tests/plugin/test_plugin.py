@@ -301,7 +301,7 @@ def test_coverage_is_the_same_with_and_without(project: pytest.Pytester, style: 
     (project.path / "pkg" / "branch_shapes.py").write_text(SHAPES.read_text())
     (project.path / "tests" / "test_branches.py").write_text(textwrap.dedent(BRANCH_TESTS).lstrip("\n"))
 
-    def covered(*args: str) -> dict:
+    def covered(*args: str) -> tuple[pytest.RunResult, dict]:
         out = project.path / "cov.json"
         result = project.runpytest_subprocess("--cov=pkg", "--cov-branch", f"--cov-report=json:{out}",
                                               "-p", "no:cacheprovider", *args)
