@@ -18,7 +18,7 @@ On the way out by an exception, the try form's handler and ``finally`` block run
 line too, inside one more ``try`` whose handler (on the ``def`` line) re-raises: the frame is
 left from a line (a debugger reads the line of a returning frame), the ``def`` line, which
 the import has run. The with form leaves from the line that raised, as the interpreter does
-for every ``with`` block.
+for every ``with`` block. The wrappers are the ones the Python language's strip finds.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from __future__ import annotations
 import ast
 from types import CodeType
 
+from ..languages.python import wrappers
+from ..scriptlib import split_lines
 from .reconstruct import LineMap
-
-_SPANS = frozenset({"span", "generator_span", "start_as_current_span"})
-_FAIL, _END = frozenset({"fail"}), frozenset({"end"})
 
 
 def compile_mapped(text: str, line_map: LineMap, filename: str) -> CodeType:
     tree = ast.parse(text, filename)
+    wrapped = wrappers(tree, split_lines(text))  # found by the text's rows: before mapping
     original, shift = line_map.original, line_map.shift
     last = len(original)
     for node in ast.walk(tree):
@@ -53,62 +53,27 @@ def compile_mapped(text: str, line_map: LineMap, filename: str) -> CodeType:
                 if node.end_lineno == node.lineno:
                     end_col = max(end_col, node.col_offset)
                 node.end_col_offset = end_col
-    _unline_wrappers(tree)
+    for function, wrapper in wrapped:
+        if isinstance(wrapper, ast.With):
+            # No line for the with statement and its call (Python 3.13 gives the exit the
+            # call's): entering keeps the line of the call's name and arguments, the first
+            # line of the body; the exit has none.
+            _place(wrapper, -1, subtree=False)
+            _place(wrapper.items[0].context_expr, -1, subtree=False)
+        elif isinstance(wrapper, ast.Try):
+            _unline_try(function, wrapper)
     return compile(tree, filename, "exec", dont_inherit=True)
 
 
 # -- the wrappers' code, without a line where it runs on the way out ---------------------------
 
 
-def _is_telemetry_call(node: ast.AST, attrs: frozenset) -> bool:
-    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and node.func.attr in attrs and isinstance(node.func.value, ast.Name)
-            and node.func.value.id == "_telemetry")
-
-
-def _is_try_form(node: ast.stmt) -> bool:
-    """The try form's wrapper: ``except BaseException: _telemetry_t = _telemetry.fail(...);
-    raise`` and ``finally: _telemetry.end(...)``, nothing else."""
-    if not isinstance(node, ast.Try) or len(node.handlers) != 1 or node.orelse or len(node.finalbody) != 1:
-        return False
-    handler, final = node.handlers[0], node.finalbody[0]
-    if not (isinstance(handler.type, ast.Name) and handler.type.id == "BaseException"
-            and handler.name is None and len(handler.body) == 2):
-        return False
-    assign, reraise = handler.body
-    return (isinstance(assign, ast.Assign) and len(assign.targets) == 1
-            and isinstance(assign.targets[0], ast.Name) and assign.targets[0].id == "_telemetry_t"
-            and _is_telemetry_call(assign.value, _FAIL)
-            and isinstance(reraise, ast.Raise) and reraise.exc is None
-            and isinstance(final, ast.Expr) and _is_telemetry_call(final.value, _END))
-
-
-def _is_with_form(node: ast.stmt) -> bool:
-    return (isinstance(node, ast.With) and len(node.items) == 1 and node.items[0].optional_vars is None
-            and _is_telemetry_call(node.items[0].context_expr, _SPANS))
-
-
-def _place(node: ast.AST, line: int) -> None:
-    """Every node of the subtree at ``line``, column 0 (-1: no line and no columns)."""
-    for each in ast.walk(node):
+def _place(node: ast.AST, line: int, *, subtree: bool = True) -> None:
+    """The node (and its subtree) at ``line``, column 0; -1: no line and no columns."""
+    for each in ast.walk(node) if subtree else (node,):
         if "lineno" in each._attributes:
             each.lineno = each.end_lineno = line
             each.col_offset = each.end_col_offset = -1 if line < 0 else 0
-
-
-def _unline_wrappers(tree: ast.AST) -> None:
-    functions = [node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    for function in functions:
-        wrapper = function.body[-1]  # the wrapper is the function's last statement
-        if _is_with_form(wrapper):
-            # No line for the with statement and its call (Python 3.13 gives the exit the
-            # call's): entering keeps the line of the call's name and arguments, the first
-            # line of the body; the exit has none.
-            for node in (wrapper, wrapper.items[0].context_expr):
-                node.lineno = node.end_lineno = -1
-                node.col_offset = node.end_col_offset = -1
-        elif _is_try_form(wrapper):
-            _unline_try(function, wrapper)
 
 
 def _unline_try(function: ast.FunctionDef | ast.AsyncFunctionDef, wrapper: ast.Try) -> None:
@@ -118,10 +83,9 @@ def _unline_try(function: ast.FunctionDef | ast.AsyncFunctionDef, wrapper: ast.T
     _place(ending, -1)
     wrapper.body.append(ending)  # unreachable where the body cannot fall off its end
     # The way out on an exception: a handler on the def line re-raises.
-    line = function.lineno
     outer = ast.Try(body=[wrapper], handlers=[ast.ExceptHandler(type=ast.Name("BaseException", ast.Load()),
                                                                 name=None, body=[ast.Raise()])],
                     orelse=[], finalbody=[])
     for node in outer.handlers:
-        _place(node, line)
-    function.body[-1] = ast.copy_location(outer, wrapper)
+        _place(node, function.lineno)
+    function.body[function.body.index(wrapper)] = ast.copy_location(outer, wrapper)

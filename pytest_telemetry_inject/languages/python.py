@@ -549,29 +549,12 @@ class PythonLanguage(Language):
                     if match:
                         delete.add(row)
                         spans.append((row + 1, match.group(2)))
-            body = function.body
-            index = 1 if _ast_is_docstring(body[0]) else 0
-            if len(body) <= index:
-                continue
-            anchor = body[index]
-            row = anchor.lineno - 1
-            if "_telemetry" not in lines[row]:
-                continue
-            head = _content(lines[row])
-            match = WITH_MARK.fullmatch(head) if isinstance(anchor, ast.With) else None
-            if match:
-                if anchor.body[0].lineno - 1 > row:
-                    delete.add(row)
-                    blocks.append((row, anchor.body[0].lineno - 1, anchor.body[-1].end_lineno - 1))
-                    spans.append((row + 1, match.group(2)))
-            elif len(body) > index + 1 and _try_form(head) is not None:
-                found = _strip_try_form(head, body[index + 1], lines)
-                if found is not None:
-                    rows, block, name = found
-                    delete.add(row)
-                    delete.update(rows)
-                    blocks.append(block)
-                    spans.append((row + 1, name))
+            found = _wrapper_of(function, lines)
+            if found is not None:
+                _wrapper, name, rows, block = found
+                delete.update(rows)
+                blocks.append(block)
+                spans.append((rows[0] + 1, name))
         header_removed = False
         for stmt in tree.body[:16] if only is None else ():  # the header follows the docstring and __future__ imports
             row = stmt.lineno - 1
@@ -750,6 +733,44 @@ def _too_deep(statements: list[ast.stmt], depth: int = 0) -> int:
                     if found:
                         return found
     return 0
+
+
+def wrappers(tree: ast.Module, lines: list[str]) -> list[tuple[ast.FunctionDef | ast.AsyncFunctionDef, ast.stmt]]:
+    """Each function of the tree whose body this tool wrapped, and the wrapper: the ``with``
+    statement, or the ``try`` statement of a try-shaped form (``lines``: the tree's text)."""
+    found = []
+    for function in _ast_functions(tree.body):
+        wrapper = _wrapper_of(function, lines)
+        if wrapper is not None:
+            found.append((function, wrapper[0]))
+    return found
+
+
+def _wrapper_of(function: ast.FunctionDef | ast.AsyncFunctionDef,
+                lines: list[str]) -> tuple[ast.stmt, str, list[int], tuple[int, int, int]] | None:
+    """The statement this tool wrapped the function's body in, the span's name, the rows the
+    wrapper added (its first line first) and its block (wrapper row, first and last body
+    row); None for a function without one."""
+    body = function.body
+    index = 1 if _ast_is_docstring(body[0]) else 0
+    if len(body) <= index:
+        return None
+    anchor = body[index]
+    row = anchor.lineno - 1
+    if "_telemetry" not in lines[row]:
+        return None
+    head = _content(lines[row])
+    match = WITH_MARK.fullmatch(head) if isinstance(anchor, ast.With) else None
+    if match:
+        if anchor.body[0].lineno - 1 > row:
+            return anchor, match.group(2), [row], (row, anchor.body[0].lineno - 1, anchor.body[-1].end_lineno - 1)
+        return None
+    if len(body) > index + 1 and _try_form(head) is not None:
+        found = _strip_try_form(head, body[index + 1], lines)
+        if found is not None:
+            rows, block, name = found
+            return body[index + 1], name, [row, *rows], block
+    return None
 
 
 def _strip_try_form(head: str, stmt: ast.stmt, lines: list[str]) -> tuple[list[int], tuple[int, int, int], str] | None:
