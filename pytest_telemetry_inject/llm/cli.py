@@ -177,11 +177,15 @@ def _report(results: list[Any], args: argparse.Namespace, session: Any, writes: 
         data = {"format": 1, "mode": "traditional-strip" if args.strip else "traditional",
                 "files": [{"path": r.path, "language": r.language, "status": r.status, "reason": r.reason,
                            "functions": r.functions, "covered": len(r.covered), "inserted": r.inserted,
-                           "analyzer": r.analyzer, "attempts": r.attempts} for r in results],
+                           "analyzer": r.analyzer, "attempts": r.attempts, "rejected": r.rejected}
+                          for r in results],
                 "counts": counts, "llm": cost}
         print(json.dumps(data, indent=2))
         return
     for result in results:
+        if not args.quiet:  # every refused answer, also when a later one was accepted: one line each
+            for number, reason in enumerate(result.rejected, 1):
+                print(f"{PROG}: {result.path}: answer {number} refused: {reason}", file=sys.stderr)
         if result.status == "failed":
             print(f"{PROG}: error: {result.path}: {result.reason}; it is left unchanged", file=sys.stderr)
         elif args.verbose or result.status == "skipped" and not args.quiet:

@@ -14,8 +14,11 @@ Per file:
 
 An answer is accepted only if removing the inserted lines (every line holding the marker
 ``telemetry-inject``) gives back the original file EXACTLY, byte for byte; when a syntax
-check is at hand (Python, or a tree-sitter grammar) the result must also parse.
-``--strip --traditional`` removes the marked lines again.
+check is at hand (Python, or a tree-sitter grammar) the result must also parse; and every
+inserted line must be a statement of the telemetry grammar (``telemetry_check``): what a
+model writes is telemetry or nothing. Files of a language whose telemetry nobody can check
+strictly are refused before any request. ``--strip --traditional`` removes the marked lines
+again.
 """
 
 from __future__ import annotations
@@ -35,9 +38,9 @@ from .client import LLMError
 from .extensions import LanguageInfo, language_of
 from .parallel import Asker, Outcome
 from .prompts import number_lines
+from .telemetry_check import MARKER, allowed_forms, check_inserted_lines, unchecked_reason
 from .tokens import PromptTooLarge, estimate_tokens
 
-MARKER = "telemetry-inject"
 CHUNK_OVERHEAD_TOKENS = 1200
 """Room left in the input limit for the instructions around a chunk of code."""
 
@@ -237,10 +240,11 @@ class CodeInjector:
         system = (
             "You add function-level telemetry to source files by INSERTING whole lines, never changing one. "
             f"Every line you insert must end with the comment `{self.language.comment} {MARKER}` "
-            f"(the marker {MARKER!r} is how the tool recognises and removes them). Use only the language's "
-            "standard library (or the telemetry library the file already imports): record the start time "
-            "when a function is entered and log its name and duration when it returns. Keep the original "
-            "indentation style. Answer with a JSON array of insertions only: "
+            f"(the marker {MARKER!r} is how the tool recognises and removes them). Record the start time "
+            "when a function is entered and log its name and duration before it returns. Each inserted line "
+            "must be ONE statement of these forms and nothing else (any other line is refused): "
+            f"{allowed_forms(self.language.name)}. Never insert above a docstring or a `from __future__` "
+            "import. Keep the original indentation style. Answer with a JSON array of insertions only: "
             '[{"after_line": N, "text": "the whole new line, with its indentation"}] (use "before_line" for '
             "a line above line N); line numbers are those of the original file.")
         user = (f"File {os.path.basename(self.path)} ({self.language.name}), lines numbered:\n\n{code}\n\n"
@@ -273,6 +277,10 @@ class CodeInjector:
         if inserted <= 0:
             return None, "no telemetry was inserted"
         problem = syntax_problem(text, self.language, self.path)
+        if problem:
+            return None, problem
+        problem = check_inserted_lines(self.original, text, language=self.language.name,
+                                       function_names=[f.name for f in self.functions])
         if problem:
             return None, problem
         return Injection(text, inserted, covered_functions(text, self.functions)), ""
@@ -380,6 +388,9 @@ class TraditionalResult:
     analyzer: str = ""
     attempts: int = 0
     inserted: int = 0
+    rejected: list[str] = field(default_factory=list)
+    """Why each rejected answer (or failed request) was rejected, in order, also when a
+    later answer was accepted."""
 
 
 class TraditionalPipeline:
@@ -410,6 +421,10 @@ class TraditionalPipeline:
         if MARKER in original:
             result.status, result.reason = "skipped", f"it already holds {MARKER!r} lines (strip them first)"
             return result
+        refused = unchecked_reason(language.name)
+        if refused:  # before any request: no answer could be accepted
+            result.status, result.reason = "skipped", refused
+            return result
         try:
             functions, result.analyzer = self.analyzer.functions(original, language, path)
         except (TraditionalError, LLMError) as exc:
@@ -430,16 +445,12 @@ class TraditionalPipeline:
             return result
         if len(chunks) == 1:
             value, failures, attempts = self.retry.inject(injector, functions, whole_file=True)
-            result.attempts = attempts
-            if value is None:
-                result.reason = _last(failures, "no valid answer")
-                return result
         else:
             value, failures, attempts = self._by_chunks(injector, chunks)
-            result.attempts = attempts
-            if value is None:
-                result.reason = _last(failures, "no valid answer")
-                return result
+        result.attempts, result.rejected = attempts, list(failures)
+        if value is None:
+            result.reason = _last(failures, "no valid answer")
+            return result
         result.status, result.output = "instrumented", value.text
         result.inserted, result.covered = value.inserted, value.covered
         if TRACE.on:
@@ -503,8 +514,8 @@ class TraditionalPipeline:
                     line = item.get("after_line", (item.get("before_line") or 1) - 1) if isinstance(item, dict) else -1
                     if not isinstance(line, int) or not first - 1 <= line <= min(last, total):
                         return None, f"an insertion at line {line} is outside lines {first}-{last}"
-                try:
-                    text = apply_insertions(injector.original, data)
+                try:  # with the chunks accepted so far: names they bind are known
+                    text = apply_insertions(injector.original, insertions + data)
                 except (ValueError, TypeError) as exc:
                     return None, f"the insertions cannot be applied: {exc}"
                 injection, reason = injector.check(text)
