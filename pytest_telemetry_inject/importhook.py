@@ -5,7 +5,8 @@ and asks the normal ``PathFinder`` for the spec only for candidate modules; the 
 ``SourceFileLoader`` (so ``importlib.resources``, ``python -m`` through ``get_code`` and
 everything else keep working) whose ``get_code`` returns the instrumented module compiled
 with the original positions. Compiled code is cached by content (source hash, settings,
-tool and interpreter version), never by mtime, and never written to ``__pycache__``.
+tool and interpreter version), never by mtime, and never written to ``__pycache__``; it is
+read back only with this machine's seal (engine/seal.py), its file name fixed to the module's.
 
 It never breaks an import: on any error the original module is compiled and imported as
 usual, and the problem is recorded for the session's report.
@@ -17,7 +18,6 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import marshal
-import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from .engine.pipeline import Engine, FileResult
 
 # The form of the compiled code (2: the wrappers' exit code has no line, engine/compiler.py)
-# and the interpreter's bytecode version: a cached code object of another form is compiled again.
+# and the interpreter's bytecode version: a cached code object of another form is compiled
+# again. (The cache adds its own magic and this machine's seal around it.)
 _CODE_MAGIC = b"TI-CODE2" + importlib.util.MAGIC_NUMBER
 
 
@@ -40,6 +41,8 @@ class HookState:
     """module name -> file, for modules imported instrumented."""
     problems: dict[str, str] = field(default_factory=dict)
     """module name -> one-line reason it was imported uninstrumented."""
+    corrupt: int = 0
+    """Cache entries found damaged or foreign (and rebuilt) while importing."""
 
 
 class TelemetryFinder:
@@ -47,11 +50,10 @@ class TelemetryFinder:
     explicit prefixes, those whose name starts with one of them."""
 
     def __init__(self, engine: "Engine", wants: Callable[[str], bool], *, prefixes: tuple[str, ...] = (),
-                 cache_root: str | None = None, results: Callable[[str], "FileResult | None"] | None = None) -> None:
+                 results: Callable[[str], "FileResult | None"] | None = None) -> None:
         self.engine = engine
         self.wants = wants
         self.prefixes = prefixes
-        self.cache_root = cache_root
         self.results = results
         self.state = HookState()
         self._busy = threading.local()
@@ -102,13 +104,14 @@ class TelemetryFinder:
         self._busy.active = True
         try:
             result = self.engine.instrument(data, path, import_name="")
+            self.state.corrupt += result.counters.corrupt
             if result.status == "unchanged" and result.output is None:
                 return None  # nothing to instrument
             if result.output is None:
                 self.state.problems[fullname] = result.reason or result.status
                 return None
             key = self._code_key(data)
-            code = self._load_code(key)
+            code = self._load_code(key, path)
             if code is None:
                 text = result.output.decode(_encoding_of(result.output))
                 line_map = result.get_line_map()
@@ -126,40 +129,36 @@ class TelemetryFinder:
         from . import __version__
 
         parts = (__version__, self.engine.settings.output_fingerprint(), sys.implementation.cache_tag or "",
-                 hashlib.sha256(data).hexdigest())
+                 _CODE_MAGIC.decode("latin-1"), hashlib.sha256(data).hexdigest())
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
-    def _code_path(self, key: str) -> str | None:
-        if not self.cache_root:
-            return None
-        return os.path.join(self.cache_root, "metadata", "code", key[:2], key)
-
-    def _load_code(self, key: str) -> CodeType | None:
-        path = self._code_path(key)
-        if path is None:
+    def _load_code(self, key: str, path: str) -> CodeType | None:
+        """Compiled code from the cache: only with this machine's seal (marshal runs no code,
+        but the code it gives back is executed), and fixed to the file it is loaded for (the
+        key is the content's, so it may have been compiled for an identical file elsewhere,
+        or before the project moved: pytest's ``_fix_code_filename`` does the same)."""
+        cache = self.engine.cache
+        data = cache.read_code(key) if cache is not None else None
+        if data is None or not data.startswith(_CODE_MAGIC):
             return None
         try:
-            with open(path, "rb") as handle:
-                data = handle.read()
-            if data.startswith(_CODE_MAGIC):
-                code = marshal.loads(data[len(_CODE_MAGIC):])
-                if isinstance(code, CodeType):
-                    return code
-        except (OSError, ValueError, EOFError, TypeError):
-            pass
-        return None
+            code = marshal.loads(data[len(_CODE_MAGIC):])
+        except (ValueError, EOFError, TypeError):
+            return None
+        if not isinstance(code, CodeType):
+            return None
+        return _fix_filename(code, path) if code.co_filename != path else code
 
     def _store_code(self, key: str, code: CodeType) -> None:
-        path = self._code_path(key)
-        if path is None:
-            return
-        from .sourcefile import write_atomic
+        cache = self.engine.cache
+        if cache is not None:
+            cache.write_code(key, _CODE_MAGIC + marshal.dumps(code))
 
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            write_atomic(path, _CODE_MAGIC + marshal.dumps(code), mode=0o644)
-        except OSError:
-            pass  # best effort, like pytest's own cache of rewritten modules
+
+def _fix_filename(code: CodeType, path: str) -> CodeType:
+    """``code`` and every code object in it with ``co_filename`` set to ``path``."""
+    constants = tuple(_fix_filename(c, path) if isinstance(c, CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=path, co_consts=constants)
 
 
 class TelemetryLoader(importlib.machinery.SourceFileLoader):

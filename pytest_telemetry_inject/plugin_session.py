@@ -17,6 +17,7 @@ import pytest
 from .engine.cache import ScriptCache
 from .engine.pipeline import Engine
 from .engine.runner import FileReport, RunOptions, run
+from .engine.testgen import parse_cases
 from .importhook import TelemetryFinder
 from .settings import Settings
 
@@ -54,6 +55,8 @@ class TelemetrySession:
         # Requests this process sent to LLMs (the telemetry items' repairs; nothing else in a
         # plugin session asks a model): summed over xdist workers, printed and reported.
         self.llm_requests = 0
+        # Cache entries the telemetry items found damaged or foreign, and rebuilt.
+        self.items_corrupt = 0
 
     def option(self, name: str) -> Any:
         """A command-line option; before conftests load only the known args are parsed."""
@@ -77,7 +80,7 @@ class TelemetrySession:
             summary = run([str(p) for p in files], self.settings, options, project_root=self.root, cache=self.cache)
             self.reports = {r.path: r for r in summary.files}
         self.finder = TelemetryFinder(self.engine, lambda origin: os.path.realpath(origin) in self.candidates,
-                                      prefixes=self.prefixes, cache_root=str(self.cache.root) if self.cache else None)
+                                      prefixes=self.prefixes)
         self.finder.install()
         self.early = sorted(name for name, module in list(sys.modules.items())
                             if (getattr(module, "__file__", None) or "") in self.candidates
@@ -285,6 +288,8 @@ class TelemetrySession:
         return {"functions": runtime.snapshot(), "tests": runtime.snapshot(per_test=True) if full else [],
                 "events": runtime.events(clear=True) if self.keep_events and full else [],
                 "dropped": runtime.dropped_events(), "llm_requests": self.llm_requests,
+                "corrupt_cache_entries": self.items_corrupt + (finder.state.corrupt if finder else 0)
+                + sum(r.counters.corrupt for r in self.reports.values()),
                 "problems": dict(finder.state.problems) if finder else {},
                 "instrumented_modules": sorted(finder.state.instrumented) if finder else []}
 
@@ -305,6 +310,7 @@ class TelemetrySession:
                 "events": [event for p in parts for event in p["events"]],
                 "dropped": sum(p["dropped"] for p in parts), "problems": problems,
                 "llm_requests": sum(p["llm_requests"] for p in parts),
+                "corrupt_cache_entries": sum(p.get("corrupt_cache_entries", 0) for p in parts),
                 "instrumented_modules": sorted({m for p in parts for m in p["instrumented_modules"]})}
 
     # -- summary --------------------------------------------------------------------------------
@@ -329,6 +335,9 @@ class TelemetrySession:
                       f"{row['total_ns'] / row['count'] / 1e3:>9.2f} {row['errors']:>6}")
         for line in self.written:
             write(f"wrote {line}")
+        if data["corrupt_cache_entries"]:
+            write(f"cache: {data['corrupt_cache_entries']} damaged or foreign cache entries were found and rebuilt "
+                  "(nothing from them was used)")
         for module, reason in sorted(data["problems"].items()):
             write(f"not instrumented: {module}: {reason}")
         if self.early:
@@ -361,37 +370,32 @@ class TelemetryItem(pytest.Item):
 
         parent: TelemetryFile = self.parent  # type: ignore[assignment]
         session, report = parent.telemetry, parent.report
-        module_file = self._test_module(session, report)
+        name, cases = self._cases(session, report)
         failures: list[tuple[str, str]] = []
-        cases = 0
         # A case that passed before with the same inputs (script, function, tool and Python
         # versions) passes again: only its script's integrity is checked again, unless
-        # --telemetry-recheck. The record is in the cache, beside the generated tests.
-        assert session.cache is not None
-        passed_before = set() if self.config.getoption("telemetry_recheck", False) \
-            else session.cache.checked(module_file.name)
+        # --telemetry-recheck. The record is in the cache, beside the generated tests, and
+        # counts only with this machine's seal.
+        cache = session.cache
+        recheck = self.config.getoption("telemetry_recheck", False)
+        passed_before = set() if recheck or cache is None or not name else cache.checked(name)
         passed: set[str] = set()
-        for sha, name, origin, original in self._cases(module_file):
-            cases += 1
-            try:
-                check = ScriptCheck.for_test_file(str(module_file), sha, language=report.language or "python",
-                                                  span_name=name, original=original, origin=origin)
-            except (AssertionError, OSError) as exc:  # a script changed or gone since it was written
-                failures.append((name, str(exc)))
-                continue
+        for sha, span_name, original, origin, script in cases:
+            check = ScriptCheck(script, language=report.language or "python", span_name=span_name,
+                                original=original, origin=origin)
             key = check.key(sha)
             if key in passed_before:
                 continue
             reasons = check.run_all()
-            failures += [(name, reason) for reason in reasons]
+            failures += [(span_name, reason) for reason in reasons]
             if not reasons:
                 passed.add(key)
-        if passed:
-            session.cache.add_checked(module_file.name, passed)
-        self.user_properties.append(("insertion_scripts", cases))
+        if passed and cache is not None and name:
+            cache.add_checked(name, passed)
+        self.user_properties.append(("insertion_scripts", len(cases)))
         self.user_properties.append(("checked_now", len(passed) + len({n for n, _r in failures})))
         if failures:
-            failures = self._repair(session, report, module_file, failures)
+            failures = self._repair(session, report, cases, failures)
             # The memo holds this file built with the failing scripts: the next run rebuilds it,
             # checking every script again (a repaired one comes from the cache then).
             self._forget_memo(session, report)
@@ -407,7 +411,7 @@ class TelemetryItem(pytest.Item):
         if session.cache is not None and language is not None:
             session.cache.drop_memo(session.engine.memo_key(data, language, "", ""))
 
-    def _repair(self, session: TelemetrySession, report: FileReport, module_file: Path,
+    def _repair(self, session: TelemetrySession, report: FileReport, cases: list[tuple[str, str, str, str, str]],
                 failures: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """Ask the LLM refactorer (when one is configured and the budget allows) to fix each
         failing script; a fix is cached and used when the file is next instrumented. The
@@ -422,38 +426,57 @@ class TelemetryItem(pytest.Item):
                     for name, reason in failures]
         from .llm.refactorer import record_fix, repair
 
-        cases = {name: (sha, original) for sha, name, _origin, original in self._cases(module_file)}
+        by_name = {name: (original, script) for _sha, name, original, _origin, script in cases}
+        reasons: dict[str, list[str]] = {}
+        for name, reason in failures:  # one request per function, with all its failures
+            reasons.setdefault(name, []).append(reason)
         language = report.language or "python"
         left = []
-        for name, reason in failures:
-            sha, original = cases[name]
-            script = Path(session.cache.script_path(language, sha)).read_text(encoding="utf-8")
-            result = repair(original, name, script, [reason], language=language, style=session.settings.style,
+        for name, found in reasons.items():
+            original, script = by_name[name]
+            result = repair(original, name, script, found, language=language, style=session.settings.style,
                             target=session.settings.target, root=session.root)
             session.llm_requests += result.requests
             record_fix(session.cache, settings=session.settings, language=language, span_name=name,
-                       source=original, failing_script=script, reason=reason, result=result)
+                       source=original, failing_script=script, reason="; ".join(found), result=result)
             if result.ok:
                 self.user_properties.append(("repaired", name))
             else:
-                left.append((name, f"{reason}; repair: {result.reason}"))
+                left.extend((name, f"{reason}; repair: {result.reason}") for reason in found)
         return left
 
-    def _test_module(self, session: TelemetrySession, report: FileReport) -> Path:
-        if session.cache is None:
-            raise ScriptTestFailure([("-", "the cache is off: there are no generated tests to run")])
-        result = session.engine.lookup_memo(Path(report.path).read_bytes(), report.path, import_name="")
-        name = result.tests if result is not None else ""
-        if not name:
-            raise ScriptTestFailure([("-", "no generated tests for this file in the cache (run again to rebuild)")])
-        return Path(session.cache.test_module_path(report.language or "python", name))
-
     @staticmethod
-    def _cases(module_file: Path) -> list[tuple[str, str, str, str]]:
-        spec = importlib.util.spec_from_file_location(f"_telemetry_tests_{module_file.stem}", module_file)
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-        return list(module.SCRIPTS)
+    def _cases(session: TelemetrySession, report: FileReport) -> tuple[str, list[tuple[str, str, str, str, str]]]:
+        """(name of the generated test module, its cases with their scripts' texts). The
+        module is read as data, never imported, and only with this machine's seal; the
+        scripts only when their sha256 is their name. Without them (no cache, a read-only
+        or foreign one) the file is instrumented again here and its cases come from that."""
+        from .languages import language_for
+
+        language = report.language or "python"
+        data = Path(report.path).read_bytes()
+        cache = session.cache
+        if cache is not None:
+            result = session.engine.lookup_memo(data, report.path, import_name="")
+            text = cache.read_test_module(language, result.tests) if result is not None and result.tests else None
+            rows = parse_cases(text) if text is not None else None
+            if rows is not None:
+                cases = []
+                for sha, name, origin, original in rows:
+                    script = cache.read_script(language, sha)
+                    if script is None:
+                        break
+                    cases.append((sha, name, original, origin, script))
+                else:
+                    return result.tests, cases  # type: ignore[union-attr]
+            found = language_for(report.path, data[:256])
+            if found is not None:  # rebuilt (and, where the cache can be written, stored sealed)
+                cache.drop_memo(session.engine.memo_key(data, found, "", ""))
+        rebuilt = session.engine.instrument(data, report.path, import_name="")
+        session.items_corrupt += rebuilt.counters.corrupt
+        if rebuilt.checks is None:
+            raise ScriptTestFailure([("-", f"the file could not be instrumented again: {rebuilt.reason or rebuilt.status}")])
+        return rebuilt.tests, list(rebuilt.checks)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
         if isinstance(excinfo.value, ScriptTestFailure):

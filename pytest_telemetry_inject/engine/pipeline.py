@@ -25,11 +25,11 @@ from .. import __version__
 from ..errors import SourceError, TemplateNotApplicable
 from ..languages import Language, language_for
 from ..languages.base import FunctionRecord, ParsedFile, Template
-from ..scriptlib import Edit, apply, sha256 as text_sha256
+from ..scriptlib import Edit, ScriptMismatch, apply, sha256 as text_sha256
 from ..settings import Settings
 from ..sourcefile import decode_source
 from ..trace import DEBUG, TRACE
-from .cache import CACHE_FORMAT, CacheCounters, IndexEntry, ScriptCache
+from .cache import CACHE_FORMAT, CacheCounters, IndexEntry, Memo, ScriptCache
 from .reconstruct import LineMap, Reconstruction, reconstruct
 from .scripts import edits_from_json, edits_to_json, render_script, sha256_text
 from .testgen import render_test_module, test_module_name
@@ -55,6 +55,16 @@ class FunctionOutcome:
     @classmethod
     def from_list(cls, item: Sequence[Any]) -> "FunctionOutcome":
         return cls(*item)
+
+    @classmethod
+    def from_row(cls, item: Any) -> "FunctionOutcome":
+        """A row of a memo's function list, its shape checked (it comes from a cache)."""
+        qualname, line, status, reason, template, script, cached = item
+        if not (isinstance(qualname, str) and isinstance(line, int) and not isinstance(line, bool) and line > 0
+                and status in ("instrumented", "skipped", "failed", "missing", "stripped")
+                and all(isinstance(v, str) for v in (reason, template, script)) and isinstance(cached, bool)):
+            raise ValueError("a function row of the wrong shape")
+        return cls(qualname, line, status, reason, template, script, True)
 
 
 class LazyOutcomes(Sequence[FunctionOutcome]):
@@ -97,6 +107,10 @@ class FileResult:
     elapsed: float = 0.0
     tests: str = ""
     """File name of the generated test module of this file's scripts (in the cache)."""
+    checks: list[tuple[str, str, str, str, str]] | None = None
+    """When the file was instrumented in this process: (script sha256, span name, original
+    function source, origin, script text) of each instrumented function, what its generated
+    tests check (the plugin runs them from here when the cache has no sealed test module)."""
     tally: tuple[dict[str, int], dict[str, dict[str, int]]] | None = None
     """(count per status, reason counts per status), known without decoding ``functions``."""
 
@@ -178,6 +192,10 @@ class Engine:
             self._fingerprint += "\0llm:" + str(getattr(self.refactorer, "fingerprint", "llm"))
         self._new_llm_fixes = 0
         self._llm_transient = 0
+        self._rendered: dict[str, str] = {}
+        self._doubted: dict[str, bytes] = {}
+        """Memo key -> the output of an unsealed memo the check could not settle (compared
+        with the rebuilt output)."""
 
     # -- keys -------------------------------------------------------------------------------
 
@@ -205,10 +223,13 @@ class Engine:
         if language is None:
             return FileResult(path, status="skipped", reason="not a supported language")
         key = self.memo_key(data, language, import_name, selection) if self.cache is not None else ""
-        result = self.lookup_memo(data, path, key=key)
+        result = self.lookup_memo(data, path, import_name=import_name, key=key)
         if result is None:
             fixes_before, transient_before = self._new_llm_fixes, self._llm_transient
+            doubted = self._doubted.pop(key, None)
             result = self._instrument(data, path, language, import_name, select, key)
+            if doubted is not None and self.cache is not None and (result.output or b"") != doubted:
+                self.cache.counters.corrupt += 1  # a memo the text check could not settle, and wrong
             if self.cache is not None:
                 # A model that could not be reached (budget, network) is asked again next run.
                 if result.status != "error" and self._llm_transient == transient_before:
@@ -244,12 +265,42 @@ class Engine:
             TRACE.event(DEBUG, "cache", "file memo hit" if memo is not None else "file memo lookup: miss", path=path)
         if memo is None:
             return None
+        if not memo.sealed:
+            memo = self._check_memo(data, path, key, memo, import_name, counted)
+            if memo is None:
+                return None
         result = _result_from_memo(path, memo.header, memo.sections, memo.payload)
         if counted:
             result.counters, self.cache.counters = self.cache.counters, CacheCounters()
         else:
             result.counters = CacheCounters(memo_hits=1)
         return result
+
+    def _check_memo(self, data: bytes, path: str, key: str, memo: Memo, import_name: str,
+                    counted: bool) -> Memo | None:
+        """A memo this machine did not seal (a cache from elsewhere, or written by someone
+        else): used only if its output is the original plus this tool's telemetry, with the
+        line map and function counts that output has; then sealed here, so the next run reads
+        it as fast as its own. A wrong memo is a miss counted as corrupt; one the text alone
+        cannot settle is a plain miss, counted as corrupt if the rebuilt output differs."""
+        assert self.cache is not None
+        verdict, reason, checked = _check_memo(data, path, memo, self.settings.target, import_name)
+        if TRACE.on:
+            TRACE.event(DEBUG, "cache", f"unsealed memo: {verdict}", path=path, reason=reason)
+        if verdict == "corrupt":
+            if counted:
+                self.cache.counters.corrupt += 1
+                self.cache.counters.memo_hits -= 1
+                self.cache.counters.memo_misses += 1
+            return None
+        if verdict == "unsure" or checked is None:
+            self._doubted[key] = memo.payload
+            if counted:
+                self.cache.counters.memo_hits -= 1
+                self.cache.counters.memo_misses += 1
+            return None
+        self.cache.put_memo(key, checked.header, checked.sections, checked.payload)
+        return checked
 
     def _instrument(self, data: bytes, path: str, language: Language, import_name: str,
                     select: Callable[[FunctionRecord], bool] | None, key: str) -> FileResult:
@@ -309,12 +360,15 @@ class Engine:
         for template in language.templates(record, self.settings)[start:]:
             key = self.function_key(record, template)
             entry = self.cache.lookup(key) if self.cache is not None else None
-            if entry is not None:
-                if entry.status == "ok" and entry.edits is not None:
+            if entry is not None and entry.status == "ok":
+                edits = self._checked_template_edits(language, parsed, record, template, entry)
+                if edits is not None:
                     self.cache.counters.script_hits += 1
-                    plan.template, plan.key, plan.entry = template, key, entry
-                    plan.edits = edits_from_json(entry.edits)
+                    plan.template, plan.key, plan.entry, plan.edits = template, key, entry, edits
+                    plan.script = self._rendered.pop(key, "")
                     return plan
+                entry = None  # not this template's edits for this function: made anew
+            if entry is not None:
                 plan.failures.append(f"{template.id}: {entry.reason}")
                 continue
             try:
@@ -334,11 +388,16 @@ class Engine:
         key = self.function_key(record, template)
         entry = self.cache.lookup(key) if self.cache is not None else None
         fingerprint = f"llm/{getattr(self.refactorer, 'fingerprint', '')}"
+        edits = None
+        if entry is not None and entry.status == "ok":
+            edits = self._checked_llm_edits(language, parsed, record, entry)
+            if edits is None:
+                entry = None  # not telemetry of this function: as if there were none
         if entry is not None:
-            if entry.status == "ok" and entry.edits is not None:
+            if edits is not None:
                 self.cache.counters.script_hits += 1
                 plan.template, plan.key, plan.entry, plan.origin = template, key, entry, "llm"
-                plan.edits = edits_from_json(entry.edits)
+                plan.edits = edits
                 plan.note = "fixed by an LLM (cached)"
                 return plan
             if self.refactorer is None or entry.template == fingerprint:
@@ -367,6 +426,63 @@ class Engine:
         self._new_llm_fixes += 1
         return plan
 
+    # -- index entries are checked before use -------------------------------------------------
+
+    def _corrupt_entry(self, entry: IndexEntry, why: str) -> None:
+        assert self.cache is not None
+        self.cache.counters.corrupt += 1
+        self.cache.forget(entry.key)
+        if TRACE.on:
+            TRACE.event(DEBUG, "cache", "index entry refused", key=entry.key, qualname=entry.qualname, reason=why)
+
+    def _checked_template_edits(self, language: Language, parsed: ParsedFile, record: FunctionRecord,
+                                template: Template, entry: IndexEntry) -> list[Edit] | None:
+        """A template's cached edits, when they are exactly what the template plans for this
+        function now and the entry names the script they render to (planning is cheap; it is
+        the validation of their output that the entry saves). None, counted as corrupt,
+        when they are not."""
+        try:
+            cached = edits_from_json(entry.edits or [])
+            planned = language.plan(template, record, parsed)
+        except (ValueError, TypeError, IndexError, TemplateNotApplicable) as exc:
+            self._corrupt_entry(entry, f"edits that cannot be read or planned: {exc}")
+            return None
+        if cached != planned:
+            self._corrupt_entry(entry, "edits that are not the template's")
+            return None
+        probe = _Plan(record, template=template, edits=planned, key=entry.key)
+        try:
+            _expected, script = self._make_entry(language, parsed, probe)
+        except (ValueError, ScriptMismatch) as exc:
+            self._corrupt_entry(entry, f"edits that do not apply: {exc}")
+            return None
+        if sha256_text(script) != entry.script:
+            self._corrupt_entry(entry, "a script that is not the one its edits render to")
+            return None
+        self._rendered[entry.key] = script
+        return planned
+
+    def _checked_llm_edits(self, language: Language, parsed: ParsedFile, record: FunctionRecord,
+                           entry: IndexEntry) -> list[Edit] | None:
+        """A cached LLM fix's edits, when applied to this function they give what a fix must:
+        the output parses, stripping it gives back the function, and its one span is named
+        after the function (the checks of the fix's generated test). None, counted as
+        corrupt, when they do not."""
+        source = record.source(parsed.lines)
+        try:
+            edits = edits_from_json(entry.edits or [])
+            output = apply(source, edits)
+            problem = language.snippet_parses(output)
+            stripped = language.strip(output)
+        except (ValueError, TypeError, IndexError, ScriptMismatch, SourceError) as exc:
+            self._corrupt_entry(entry, f"an LLM fix that cannot be applied: {exc}")
+            return None
+        if problem is not None or (stripped.text != source and not language.equivalent(source, stripped.text)) \
+                or [name for _line, name in stripped.spans] != [record.qualname]:
+            self._corrupt_entry(entry, "an LLM fix that is not this function's telemetry")
+            return None
+        return edits
+
     def _compose_validated(self, language: Language, parsed: ParsedFile, plans: list[_Plan],
                            header: list[str], result: FileResult, key: str) -> str | None:
         """The instrumented text, validated; None when nothing changes. New scripts that
@@ -392,6 +508,8 @@ class Engine:
                     scripts[plan.entry.script] = script
                 cases = [(p.entry.script, p.record.qualname, p.record.source(parsed.lines), p.entry.origin)
                          for p in chosen]
+                result.checks = [(sha, name, original, origin, scripts.get(sha) or self._script_of(language, plan))
+                                 for (sha, name, original, origin), plan in zip(cases, chosen)]
                 test_module = None
                 if self.cache is not None:
                     name = test_module_name(parsed.path, key)
@@ -438,6 +556,13 @@ class Engine:
         result.reason = f"the instrumented file failed validation ({problem}); it is left unchanged"
         self._store(failed)
         return None
+
+    def _script_of(self, language: Language, plan: _Plan) -> str:
+        """The text of a cached plan's script (rendered again for a template's, from the
+        cache, its name checked, for an LLM fix's)."""
+        if plan.origin == "llm" and self.cache is not None and plan.entry is not None:
+            return self.cache.read_script(language.name, plan.entry.script) or ""
+        return plan.script or ""
 
     def _store(self, entries: list[IndexEntry], scripts: dict[str, str] | None = None,
                test_module: tuple[str, str, str] | None = None) -> None:
@@ -547,6 +672,47 @@ def _memo_parts(result: FileResult) -> tuple[dict[str, Any], list[bytes]]:
     line_map = result.get_line_map()
     segments = json.dumps(line_map.to_segments() if line_map is not None else None, separators=(",", ":"))
     return header, [functions.encode("utf-8", "surrogatepass"), segments.encode()]
+
+
+def _check_memo(data: bytes, path: str, memo: Memo, target: str,
+                import_name: str) -> tuple[str, str, Memo | None]:
+    """(verdict, reason, the memo as its checked output says it must be) of a memo read
+    from a cache this machine did not seal (``Language.check_cached_output``)."""
+    header = memo.header
+    try:
+        functions = [FunctionOutcome.from_row(item) for item in json.loads(memo.sections[0])]
+        language = language_for(path, data[:256])
+        changed = header["changed"]
+        if language is None or header["language"] != language.name or not isinstance(changed, bool):
+            return "corrupt", "a memo of another language", None
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        return "corrupt", f"a memo that cannot be read: {exc}", None
+    instrumented = [(f.qualname, f.line) for f in functions if f.status == "instrumented"]
+    counts, reasons = _tally(functions)
+    checked_header = dict(header, counts=counts, reasons=reasons)
+    checked_header.pop("version", None)
+    if not changed:
+        if memo.payload or instrumented or header.get("status") == "instrumented":
+            return "corrupt", "an unchanged file's memo with telemetry in it", None
+        return "ok", "", Memo(checked_header, [memo.sections[0], b"null"], b"", True)
+    if header.get("status") != "instrumented":
+        return "corrupt", "a changed file's memo that does not say instrumented", None
+    try:
+        original = decode_source(data)
+        output = decode_source(memo.payload)
+    except SourceError as exc:
+        return "corrupt", f"an output that cannot be read: {exc}", None
+    if (output.encoding, output.bom) != (original.encoding, original.bom):
+        return "corrupt", "an output in another encoding than its original", None
+    verdict = language.check_cached_output(original.text, output.text, target=target, import_name=import_name,
+                                           functions=instrumented)
+    if verdict.status != "ok":
+        return verdict.status, verdict.reason, None
+    line_map = LineMap(verdict.original, verdict.shift)
+    segments = json.dumps(line_map.to_segments(), separators=(",", ":")).encode()
+    if memo.sections[1] != segments:
+        return "corrupt", "a line map that is not the output's", None
+    return "ok", "", Memo(checked_header, [memo.sections[0], segments], memo.payload, True)
 
 
 def _result_from_memo(path: str, header: dict[str, Any], sections: list[bytes], payload: bytes) -> FileResult:

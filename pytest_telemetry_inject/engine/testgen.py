@@ -10,6 +10,7 @@ applying the script to its own output changes nothing.
 
 from __future__ import annotations
 
+import ast
 import re
 from typing import Sequence
 
@@ -19,7 +20,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_]+")
 def test_module_name(path: str, key: str) -> str:
     stem = path.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
     stem = _UNSAFE.sub("_", stem).strip("_")[:40] or "source"
-    return f"test_{stem}_{key[:16]}.py"
+    return f"{stem}_{key[:16]}.cases"
 
 
 def render_test_module(*, path: str, language: str,
@@ -53,3 +54,25 @@ def render_test_module(*, path: str, language: str,
         "                                      original=original, origin=origin)\n"
         "    check.assert_all()\n"
     )
+
+
+def parse_cases(text: str) -> list[tuple[str, str, str, str]] | None:
+    """The ``SCRIPTS`` rows of a generated test module, (script sha256, span name, origin,
+    original source) each, read as a literal: the module is data to the plugin, never
+    imported. None when the text holds no such list."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["SCRIPTS"]:
+            try:
+                rows = ast.literal_eval(node.value)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                return None
+            if isinstance(rows, list) and all(isinstance(row, tuple) and len(row) == 4
+                                              and all(isinstance(v, str) for v in row)
+                                              and row[2] in ("template", "llm") for row in rows):
+                return rows
+            return None
+    return None

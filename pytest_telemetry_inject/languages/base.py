@@ -115,6 +115,19 @@ class Template:
 
 
 @dataclass
+class OutputVerdict:
+    """Whether a cached output is the original plus this tool's telemetry (``check_cached_output``)."""
+
+    status: str
+    """``ok``, ``corrupt`` (it is not what this tool writes for that original) or ``unsure``
+    (the text alone cannot tell: the file is rebuilt)."""
+    reason: str = ""
+    original: tuple[int, ...] = ()
+    """For ``ok``: the line map the output must have (original line of each output line)."""
+    shift: tuple[int, ...] = ()
+
+
+@dataclass
 class StripResult:
     text: str
     spans: list[tuple[int, str]]
@@ -173,6 +186,14 @@ class Language(abc.ABC):
         if self.strip(text).text != self.strip(parsed.text).text:
             return "stripping the output does not give back the original file"
         return None
+
+    def check_cached_output(self, original: str, output: str, *, target: str, import_name: str,
+                            functions: Sequence[tuple[str, int]]) -> OutputVerdict:
+        """Whether ``output``, read from a cache this machine did not seal, is ``original``
+        plus this tool's telemetry for ``target`` and nothing else (``functions``: (span
+        name, definition line) of each function the cache says it instrumented). A language
+        that cannot tell from the text answers ``unsure``, and the file is rebuilt."""
+        return OutputVerdict("unsure", f"no check of cached {self.name} output")
 
     def snippet_parses(self, snippet: str) -> str | None:
         """Like check_syntax, for one function's source taken out of its file."""

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from ..errors import SourceSyntaxError, TemplateNotApplicable
 from ..scriptlib import Edit, indent, insert, insert_after, is_blank, split_lines
 from . import BUILTIN
-from .base import FunctionRecord, Language, ParsedFile, StripResult, Template, tree_error
+from .base import FunctionRecord, Language, OutputVerdict, ParsedFile, StripResult, Template, tree_error
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -587,6 +587,12 @@ class PythonLanguage(Language):
         return StripResult(stripped, spans, header_removed)
 
     # -- checks ---------------------------------------------------------------------------
+
+    def check_cached_output(self, original: str, output: str, *, target: str, import_name: str,
+                            functions: Sequence[tuple[str, int]]) -> OutputVerdict:
+        from .python_check import check_output
+
+        return check_output(original, output, target=target, import_name=import_name, functions=functions)
 
     def check_syntax(self, text: str, path: str, *, flags: int = 0) -> str | None:
         with warnings.catch_warnings():

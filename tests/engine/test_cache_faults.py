@@ -362,7 +362,7 @@ def test_leftover_temporary_files_are_not_entries_and_prune_removes_stale_ones(
     ]
     for path in planted:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"TI-MEMO 2 00000000 2 -\n{}half a file")
+        path.write_bytes(b"TI-MEMO 3 00000000 - 2 -\n{}half a file")
     before = disk_stats(warm)
     assert before["temp_files"] == 3
     assert before["memos"] == N_FILES and before["tests"] == N_FILES
@@ -563,10 +563,10 @@ def test_corrupted_and_truncated_memos_are_detected_and_rebuilt(tree, reference,
 def _shift_section_boundary(path: Path, first: int, second: int) -> None:
     """Change the section lengths in a memo's first line (the body is left alone)."""
     parts, body = _memo_parts(path)
-    lengths = [int(n) for n in parts[4].split(b",")]
+    lengths = [int(n) for n in parts[5].split(b",")]
     lengths[0] += first
     lengths[1] += second
-    parts[4] = ",".join(map(str, lengths)).encode()
+    parts[5] = ",".join(map(str, lengths)).encode()
     path.write_bytes(b" ".join(parts) + b"\n" + body)
 
 

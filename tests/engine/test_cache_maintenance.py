@@ -115,12 +115,12 @@ def memo_files(cache: Path) -> list[Path]:
 
 def decode_memo(data: bytes) -> tuple[dict, list[bytes], bytes]:
     """The memo format, read here without the package: ``TI-MEMO <format> <crc32, 8 hex
-    digits> <header length> <section lengths, comma-separated, or ->``, a newline, then the
-    header JSON, the sections and the payload; the crc32 covers the two lengths fields, a
-    newline and everything after the first line."""
+    digits> <seal: 64 hex digits, or -> <header length> <section lengths, comma-separated, or
+    ->``, a newline, then the header JSON, the sections and the payload; the crc32 covers the
+    two lengths fields, a newline and everything after the first line."""
     first, _, body = data.partition(b"\n")
-    magic, fmt, crc, head_length, lengths = first.split(b" ")
-    assert magic == b"TI-MEMO" and fmt == b"2"
+    magic, fmt, crc, mark, head_length, lengths = first.split(b" ")
+    assert magic == b"TI-MEMO" and fmt == b"3" and (mark == b"-" or len(mark) == 64)
     assert len(crc) == 8 and int(crc, 16) == zlib.crc32(head_length + b" " + lengths + b"\n" + body)
     offset = int(head_length)
     header = json.loads(body[:offset])
@@ -135,7 +135,7 @@ def encode_memo(header: dict, sections: list[bytes], payload: bytes) -> bytes:
     head = json.dumps(header, separators=(",", ":")).encode()
     body = head + b"".join(sections) + payload
     shape = b"%d %s" % (len(head), (",".join(str(len(s)) for s in sections) or "-").encode())
-    return b"TI-MEMO 2 %08x %s\n" % (zlib.crc32(shape + b"\n" + body), shape) + body
+    return b"TI-MEMO 3 %08x - %s\n" % (zlib.crc32(shape + b"\n" + body), shape) + body
 
 
 INDEX_FIELDS = ("key", "status", "template", "script", "language", "qualname", "origin", "edits", "reason",
@@ -160,7 +160,7 @@ def index_records(cache: Path) -> list[dict]:
 
 def write_script(cache: Path, text: str) -> Path:
     sha = hashlib.sha256(text.encode()).hexdigest()
-    path = cache / "scripts" / "python" / sha[:2] / f"{sha}.py"
+    path = cache / "scripts" / "python" / sha[:2] / f"{sha}.script"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
@@ -225,7 +225,7 @@ def test_stats_match_what_is_on_disk(warm, cold):
     memos = memo_files(warm)
     shards = sorted((warm / "metadata" / "index").glob("*.jsonl"))
     records = index_records(warm)
-    assert info["path"] == str(warm) and info["exists"] is True and info["format"] == 2
+    assert info["path"] == str(warm) and info["exists"] is True and info["format"] == 3
     assert info["scripts"] == len(scripts) == cold["scripts"]
     assert info["tests"] == len(tests) == N_FILES
     assert info["memos"] == len(memos) == N_FILES
@@ -242,13 +242,13 @@ def test_stats_match_what_is_on_disk(warm, cold):
     for record in records:
         assert record["version"] == __version__ and record["language"] == "python"
         assert record["origin"] == "template" and record["edits"]
-        assert (warm / "scripts" / "python" / record["script"][:2] / f"{record['script']}.py").is_file()
+        assert (warm / "scripts" / "python" / record["script"][:2] / f"{record['script']}.script").is_file()
     for path in memos:
         assert path.parent.name == path.name[:2] and len(path.name) == 64
         header, sections, payload = decode_memo(path.read_bytes())
         assert header["version"] == __version__ and header["status"] == "instrumented"
         test_module = warm / "tests" / "python" / header["tests"]
-        assert test_module.is_file() and header["tests"].endswith(f"_{path.name[:16]}.py")
+        assert test_module.is_file() and header["tests"].endswith(f"_{path.name[:16]}.cases")
         shas = [item[5] for item in json.loads(sections[0]) if item[2] == "instrumented"]
         assert shas and all(sha in test_module.read_text() for sha in shas)
         assert payload.startswith(b'"""Module ')
@@ -327,7 +327,7 @@ def test_prune_removes_what_nothing_references_and_keeps_what_is_used(tree, refe
     before = disk_stats(warm)
     # An orphan script and an orphan generated test module.
     orphan_script = write_script(warm, "# an insertion script nothing refers to\n")
-    orphan_test = warm / "tests" / "python" / "test_gone_0123456789abcdef.py"
+    orphan_test = warm / "tests" / "python" / "gone_0123456789abcdef.cases"
     orphan_test.write_text("def test_nothing():\n    pass\n")
     # An index entry of another version (its script is used by nothing else), and a duplicate line.
     old_script = write_script(warm, "# the script of an older version\n")
@@ -343,15 +343,15 @@ def test_prune_removes_what_nothing_references_and_keeps_what_is_used(tree, refe
     # A memo of another version, and the test module only it refers to.
     old_memo = warm / "metadata" / "files" / "dd" / ("dd" * 32)
     old_memo.parent.mkdir(parents=True, exist_ok=True)
-    old_memo.write_bytes(encode_memo({"status": "unchanged", "version": "0.0.0-old", "tests": "test_old_0.py"},
+    old_memo.write_bytes(encode_memo({"status": "unchanged", "version": "0.0.0-old", "tests": "old_0.cases"},
                                      [b"[]", b"null"], b""))
-    old_test = warm / "tests" / "python" / "test_old_0.py"
+    old_test = warm / "tests" / "python" / "old_0.cases"
     old_test.write_text("def test_old():\n    pass\n")
     assert disk_stats(warm)["index_entries"] == before["index_entries"] + 1
 
     pruned = cache_command("prune", warm)
     assert pruned == {"path": str(warm), "memos_removed": 1, "index_lines_dropped": 2, "scripts_removed": 2,
-                      "tests_removed": 2, "temp_files_removed": 0}
+                      "tests_removed": 2, "code_removed": 0, "temp_files_removed": 0}
     for path in (orphan_script, orphan_test, old_script, old_memo, old_test):
         assert not path.exists(), path
     after = disk_stats(warm)

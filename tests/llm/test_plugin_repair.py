@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from pytest_telemetry_inject.engine.cache import ScriptCache
+
 from .fakellm import KEY, Reply
 
 
@@ -17,8 +19,14 @@ def test_a_failing_item_asks_the_model_and_reports_the_answer(pytester: pytest.P
     first = pytester.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider")
     first.assert_outcomes(passed=2)
     first.stdout.fnmatch_lines(["*functions instrumented*; LLM requests: 0"])
-    (script,) = (pytester.path / ".telemetry_cache" / "scripts" / "python").rglob("*.py")
-    script.write_text(script.read_text().replace("EDITS = [", "EDITS = [  # edited\n"))
+    # A generated test that fails as a bug of the tool would make it fail: its case names
+    # another version of the function than the one its script was made for (written sealed,
+    # as this machine's own: a foreign or tampered one would be rebuilt, not run).
+    cache = ScriptCache(pytester.path / ".telemetry_cache")
+    (module,) = (pytester.path / ".telemetry_cache" / "tests" / "python").glob("*.cases")
+    text = cache.read_test_module("python", module.name)
+    assert text is not None and "return a + b" in text
+    cache.store([], test_module=("python", module.name, text.replace("return a + b", "return b + a")))
     server = fake_llm([Reply("I cannot help with that.")])
     monkeypatch.setenv("LLM_MODEL", "openai/gpt-4o-mini")
     monkeypatch.setenv("LLM_BASE_URL", server.url)
@@ -30,7 +38,7 @@ def test_a_failing_item_asks_the_model_and_reports_the_answer(pytester: pytest.P
     # One request (one model, one attempt), counted in the summary and in the JSON report.
     result.stdout.fnmatch_lines(["*functions instrumented*; LLM requests: 1"])
     assert json.loads((pytester.path / "report.json").read_text())["meta"]["llm_requests"] == len(server.chat_requests) == 1
-    result.stdout.fnmatch_lines(["*add: *was changed after it was written*; repair: *"])
+    result.stdout.fnmatch_lines(["*add: *made for another version of the function*; repair: *"])
     assert server.chat_requests, "the model was not asked"
     assert "def add(a, b):" in server.chat_requests[0].prompt
     assert KEY not in result.stdout.str() + result.stderr.str()

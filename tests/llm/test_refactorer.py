@@ -4,7 +4,6 @@ garbage answers leave the source intact with a clear reason."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from fakellm import HOSTILE, KEY, Reply, code_changing_fix, decorator_fix, opena
 from pytest_telemetry_inject.engine.cache import ScriptCache
 from pytest_telemetry_inject.engine.pipeline import Engine, llm_template
 from pytest_telemetry_inject.engine.scripts import render_script
+from pytest_telemetry_inject.engine.testgen import parse_cases
 from pytest_telemetry_inject.languages import get_language
 from pytest_telemetry_inject.languages.python import PythonLanguage
 from pytest_telemetry_inject.llm.refactorer import NEVER_CHANGE, record_fix, repair
@@ -103,10 +103,7 @@ def test_a_fix_is_composed_cached_and_reused_without_any_call(tmp_path: Path, fa
     entry = cache.lookup(engine.function_key(record, llm_template(python, settings)))
     assert entry is not None and entry.status == "ok" and entry.origin == "llm" and entry.edits
     module = tmp_path / "cache" / "tests" / "python" / result.tests
-    spec = importlib.util.spec_from_file_location("generated", module)
-    generated = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generated)
-    llm_cases = [case for case in generated.SCRIPTS if case[2] == "llm"]
+    llm_cases = [case for case in parse_cases(cache.read_test_module("python", result.tests)) if case[2] == "llm"]
     assert [case[1] for case in llm_cases] == ["broken_total", "Cart.broken_count"]
     for sha, name, origin, original in llm_cases:
         ScriptCheck.for_test_file(str(module), sha, language="python", span_name=name, original=original,

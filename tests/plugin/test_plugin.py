@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import textwrap
@@ -214,18 +215,22 @@ def test_named_installed_package(pytester: pytest.Pytester, tmp_path, monkeypatc
     result.stdout.fnmatch_lines(["*extlib:ext*1*"])
 
 
-def test_a_tampered_script_fails_its_item(project: pytest.Pytester) -> None:
+def test_a_tampered_script_is_rebuilt_before_its_item_runs_it(project: pytest.Pytester) -> None:
     project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider")
-    scripts = sorted((project.path / ".telemetry_cache" / "scripts" / "python").rglob("*.py"))
+    scripts = sorted((project.path / ".telemetry_cache" / "scripts" / "python").rglob("*.script"))
     assert scripts
     for script in scripts:
         script.write_text(script.read_text().replace("EDITS = [", "EDITS = [  # changed\n"))
+    # A script whose sha256 is not its name is never run: the file is instrumented again,
+    # its scripts are written afresh, and the item checks those.
     result = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-k", "telemetry")
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*was changed after it was written*no LLM refactorer is configured*"])
-    # The next run rebuilds the file: the tampered scripts are found out and written afresh.
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*{len(scripts)} damaged or foreign cache entries were found and rebuilt*"])
+    for script in scripts:
+        assert hashlib.sha256(script.read_bytes()).hexdigest() == script.name.removesuffix(".script")
     again = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-k", "telemetry")
     again.assert_outcomes(passed=1)
+    assert "cache entries were found" not in again.stdout.str()
 
 
 def test_scripts_that_passed_are_not_checked_again_unless_asked(project: pytest.Pytester) -> None:

@@ -1,0 +1,21 @@
+"""What every test shares: the cache key of this test session.
+
+The tool seals what it writes into a cache with a key from the user's cache folder
+(engine/seal.py). The tests use a key file of their own, so that a run never touches the
+real user's key, and every subprocess they start (the command line, pytester's pytest, the
+pre-commit hook) sees the same machine. A test that plays another machine points
+``TELEMETRY_INJECT_KEY_FILE`` elsewhere for its own subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from pytest_telemetry_inject.engine import seal
+
+if "TELEMETRY_INJECT_KEY_FILE" not in os.environ:
+    os.environ["TELEMETRY_INJECT_KEY_FILE"] = os.path.join(
+        tempfile.mkdtemp(prefix="telemetry-inject-key-"), "cache.key")
+os.environ.pop("TELEMETRY_INJECT_CACHE_KEY", None)
+seal.forget()
