@@ -138,7 +138,12 @@ class TelemetryFinder:
         key is the content's, so it may have been compiled for an identical file elsewhere,
         or before the project moved: pytest's ``_fix_code_filename`` does the same)."""
         cache = self.engine.cache
-        data = cache.read_code(key) if cache is not None else None
+        if cache is None:
+            return None
+        before = cache.counters.corrupt
+        data = cache.read_code(key)
+        self.state.corrupt += cache.counters.corrupt - before
+        cache.counters.corrupt = before  # counted here, not again with the next file's result
         if data is None or not data.startswith(_CODE_MAGIC):
             return None
         try:

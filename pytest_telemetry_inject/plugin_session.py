@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import pytest
 
 from .engine.cache import ScriptCache
+from .errors import CacheError
 from .engine.pipeline import Engine
 from .engine.runner import FileReport, RunOptions, run
 from .engine.testgen import parse_cases
@@ -39,7 +40,10 @@ class TelemetrySession:
                                                  "target": ini("telemetry_target") or None})
         if self.settings.target not in ("runtime", "otel"):
             self.settings.target = "runtime"  # on the fly the code calls an importable runtime
-        self.cache = ScriptCache(self.root / self.settings.cache_dir) if self.settings.use_cache else None
+        try:
+            self.cache = ScriptCache(self.root / self.settings.cache_dir) if self.settings.use_cache else None
+        except CacheError as exc:  # a cache with a symbolic link in it, or a file in its place
+            raise pytest.UsageError(f"--inject-telemetry: {exc}") from None
         self.engine = Engine(self.settings, self.cache)
         prefixes = self.option("telemetry_modules") or ",".join(ini("telemetry_modules"))
         self.prefixes = tuple(p.strip() for p in prefixes.split(",") if p.strip())

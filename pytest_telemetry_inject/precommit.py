@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from .errors import TelemetryInjectError, UnsupportedSource
+from .errors import CacheError, TelemetryInjectError, UnsupportedSource
 from .gitdiff import FileChanges, GitError, Repository, line_changes, read_blobs, staged_files
 from .settings import Settings, find_project_root
 from .sourcefile import decode_source, read_bytes, write_atomic
@@ -358,11 +358,17 @@ class _Hook:
         try:
             result = project.engine.instrument(data, display, import_name=project.vendored(path)[0],
                                                select=select, selection=selection)
+        except CacheError as exc:  # a cache refused (a symbolic link in it): the reason, once per file
+            result = None
+            done.error = str(exc)
         except Exception as exc:  # an engine bug must not leave a half-done commit behind
             result = None
             done.error = f"internal error: {type(exc).__name__}: {exc}"
         if result is not None:
             done.error = self._problem(result, data, display)
+            if result.counters.corrupt:
+                self.note(f"{display}: {result.counters.corrupt} damaged or foreign cache entries were found and "
+                          "rebuilt (nothing from them was used)")
         if done.error:
             self.error(f"{display}: {done.error}; it is left unchanged")
             self.fail(EXIT_ERRORS)

@@ -246,6 +246,7 @@ class ScriptCache:
             if os.path.islink(path):
                 self.refused = f"the cache at {self.root} holds a symbolic link ({path}): it is no longer used"
                 self.write_error = self.write_error or self.refused
+                self.counters.write_errors += 1
                 self.writable = False
                 return False
             path = os.path.dirname(path)
@@ -470,7 +471,8 @@ class ScriptCache:
 
     def read_test_module(self, language: str, name: str) -> str | None:
         """A generated test module's text (its seal line taken off) when this machine sealed
-        it; None when it is missing, or came from elsewhere (it is then rebuilt)."""
+        it; None when it is missing, or came from elsewhere (counted as corrupt: it is then
+        rebuilt)."""
         try:
             data = self._read(self.layout.tests(language, name))
         except OSError:
@@ -478,6 +480,7 @@ class ScriptCache:
         first, _, body = data.partition(b"\n")
         if not first.startswith(_TESTS_SEAL.encode()) or \
                 not _verify_hex(first[len(_TESTS_SEAL):], b"tests", f"{language}/{name}", body):
+            self.counters.corrupt += 1
             return None
         return body.decode("utf-8", "surrogatepass")
 
@@ -569,6 +572,7 @@ class ScriptCache:
             return None
         start = len(CODE_MAGIC) + seal.SEAL_BYTES
         if not data.startswith(CODE_MAGIC) or not seal.verify(data[len(CODE_MAGIC):start], b"code", key, data[start:]):
+            self.counters.corrupt += 1  # damaged, or not sealed here: compiled again
             return None
         return data[start:]
 

@@ -399,6 +399,10 @@ def run(paths: Iterable[str], settings: Settings, options: RunOptions, *, projec
             if report.counters.write_errors:
                 summary.cache_warning = report.cache_warning or f"the cache at {summary.cache_path} could not be written"
                 break
+    if cache is not None and not summary.cache_warning and options.mode == "instrument":
+        from . import seal
+
+        summary.cache_warning = seal.problem()  # no key: nothing sealed, memos checked on every use
 
     if vendored_targets and options.writes:
         wanted: dict[str, bytes | None] = {}
