@@ -218,15 +218,15 @@ class PythonCheck:
             before = ast.parse(self.original)
         except (SyntaxError, ValueError):
             return "the original file does not parse as Python: model insertions into it are refused"
+        problem = self._placement(before)  # first: such a line may also make the output unparsable
+        if problem:
+            return problem
         try:
             after = ast.parse(self.output)
         except SyntaxError as exc:
             return f"the output does not parse: line {exc.lineno}: {exc.msg}"
         except ValueError as exc:
             return f"the output does not parse: {exc}"
-        problem = self._placement(before)
-        if problem:
-            return problem
         self.parents = {child: node for node in ast.walk(after) for child in ast.iter_child_nodes(node)}
         self.blocks = _blocks(after)
         self.module_body = after.body

@@ -276,11 +276,11 @@ class CodeInjector:
         inserted = len(split_lines(text)) - len(split_lines(self.original))
         if inserted <= 0:
             return None, "no telemetry was inserted"
-        problem = syntax_problem(text, self.language, self.path)
-        if problem:
-            return None, problem
         problem = check_inserted_lines(self.original, text, language=self.language.name,
                                        function_names=[f.name for f in self.functions])
+        if problem:
+            return None, problem
+        problem = syntax_problem(text, self.language, self.path)
         if problem:
             return None, problem
         return Injection(text, inserted, covered_functions(text, self.functions)), ""
