@@ -1,14 +1,21 @@
-"""What every call costs, and the budget: a hard limit checked BEFORE each call.
+"""What every call costs, and the budget: a hard cap checked BEFORE each call.
 
 Before a request, ``reserve`` adds an upper bound of its cost (one token per byte of the
 prompt, plus the ``max_tokens`` the request asks for) to what is already spent and
-reserved; if that passes the budget the call is not made (``BudgetExceeded``). After the
-answer, ``settle`` replaces the reservation by the real cost (litellm's price table, else
-the configured or a conservative default price). Because the bound is never below the real
-cost, the total never passes the budget.
+reserved; if that passes the budget the call is not made (``BudgetExceeded``, counted as a
+refusal). After the answer, ``settle`` replaces the reservation by the cost the provider
+reports (litellm's price table, else the configured or a conservative default price).
+
+The bound holds for an honest provider; one that reports more tokens than the request
+allowed is still charged what it reports (that is what it will bill), the excess over the
+reservation is recorded (``overruns``) and printed in the summary, and once the settled
+total passes the budget no further call starts: ``reserve`` refuses every one. So the
+budget is passed by at most what one misreporting call (or the calls already in flight
+with it) reported, and the summary says by how much.
 
 Worker processes share one budget through a ledger file (JSON under a file lock); a single
-process keeps it in memory.
+process keeps it in memory. Every change, refusals included, is written back to the ledger,
+also when the change ends in an exception.
 """
 
 from __future__ import annotations
@@ -92,14 +99,21 @@ class CostTracker:
             with FileLock(self.ledger + ".lock", timeout=60):
                 try:
                     with open(self.ledger, encoding="utf-8") as handle:
-                        state = json.load(handle)
+                        loaded = json.load(handle)
                 except (OSError, ValueError):
-                    state = _empty()
-                yield state
-                temporary = f"{self.ledger}.{os.getpid()}.tmp"
-                with open(temporary, "w", encoding="utf-8") as handle:
-                    json.dump(state, handle)
-                os.replace(temporary, self.ledger)
+                    loaded = {}
+                state = {**_empty(), **(loaded if isinstance(loaded, dict) else {})}
+                try:
+                    yield state
+                finally:  # a refusal raises BudgetExceeded here: it is counted all the same
+                    self._save(state)
+
+    def _save(self, state: dict[str, Any]) -> None:
+        assert self.ledger is not None
+        temporary = f"{self.ledger}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(state, handle)
+        os.replace(temporary, self.ledger)
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -107,6 +121,11 @@ class CostTracker:
         """Reserve ``estimate`` for a call to ``model``; BudgetExceeded (nothing reserved)
         when spent + reserved + estimate would pass the budget."""
         with self._locked() as state:
+            if self.budget is not None and state["spent"] > self.budget + 1e-12:
+                state["refused"] += 1
+                raise BudgetExceeded(
+                    f"the LLM budget of ${self.budget:.4f} is spent (the calls so far cost ${state['spent']:.4f}, "
+                    "more than was reserved for them); no further call is made; raise --budget to allow more")
             if self.budget is not None and state["spent"] + state["reserved"] + estimate > self.budget + 1e-12:
                 state["refused"] += 1
                 raise BudgetExceeded(
@@ -121,6 +140,14 @@ class CostTracker:
             state["reserved"] = max(0.0, state["reserved"] - reserved)
             state["spent"] += cost
             state["calls"] += 1
+            over = cost - reserved
+            if over > 1e-12:  # the provider reported more than the request allowed
+                state["overruns"] += 1
+                state["overrun_usd"] += over
+                largest = state["largest_overrun"]
+                if largest is None or over > largest["cost"] - largest["reserved"]:
+                    state["largest_overrun"] = {"model": model, "reserved": reserved, "cost": cost,
+                                                "input_tokens": input_tokens, "output_tokens": output_tokens}
             per = state["models"].setdefault(model, {"calls": 0, "input_tokens": 0, "output_tokens": 0,
                                                       "cost": 0.0, "latency_s": 0.0})
             per["calls"] += 1
@@ -170,12 +197,27 @@ class CostTracker:
                 f"${s['spent']:.6f}")
         if self.budget is not None:
             line += f" of a ${self.budget:.4f} budget"
+            if s["spent"] > self.budget + 1e-12:
+                line += f" (passed by ${usd(s['spent'] - self.budget)})"
         if s["refused"]:
             line += f", {s['refused']} calls refused by the budget"
         if s["failed"]:
             line += f", {s['failed']} failed requests"
+        largest = s["largest_overrun"]
+        if s["overruns"] and largest:
+            line += (f"; the provider reported ${usd(largest['cost'])} for a call reserved at "
+                     f"${usd(largest['reserved'])}: ${usd(largest['cost'] - largest['reserved'])} over the reservation")
+            if s["overruns"] > 1:
+                line += f" ({s['overruns']} calls over their reservation, ${usd(s['overrun_usd'])} in all)"
         return line
 
 
+def usd(amount: float) -> str:
+    """An amount in dollars with up to six decimals and no trailing zeros: 0.75, 0.002572."""
+    text = f"{amount:.6f}".rstrip("0").rstrip(".")
+    return text if text not in ("", "-0") else "0"
+
+
 def _empty() -> dict[str, Any]:
-    return {"spent": 0.0, "reserved": 0.0, "calls": 0, "refused": 0, "failed": 0, "models": {}}
+    return {"spent": 0.0, "reserved": 0.0, "calls": 0, "refused": 0, "failed": 0, "models": {},
+            "overruns": 0, "overrun_usd": 0.0, "largest_overrun": None}

@@ -32,6 +32,9 @@ class Reply:
     completion_tokens: int = 0
     drop: bool = False
     """Close the connection without answering."""
+    uncapped: bool = False
+    """Report ``prompt_tokens``/``completion_tokens`` as they are, even beyond the request's
+    ``max_tokens`` (a provider that misreports, or bills more than it was allowed)."""
 
 
 @dataclass
@@ -183,7 +186,7 @@ class FakeLLM:
                 completion_tokens = reply.completion_tokens or max(1, len(reply.text) // 4)
                 # A real server never answers with more tokens than the request allows.
                 limit = body.get("max_tokens") or (body.get("options") or {}).get("num_predict")
-                if isinstance(limit, int) and limit > 0:
+                if isinstance(limit, int) and limit > 0 and not reply.uncapped:
                     completion_tokens = min(completion_tokens, limit)
                 if self.path.startswith("/api/chat"):
                     answer = {"model": request.model, "created_at": "2024-07-01T00:00:00Z",
