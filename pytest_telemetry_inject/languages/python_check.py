@@ -273,6 +273,8 @@ class PythonOutputCheck:
             if line != _indent(row, self.blocks) and not (line == row and self.blocks and self._in_string(j)):
                 raise _Corrupt(f"output line {k + 1} is not original line {j + 1} (indented or not)")
             if line != row:
+                if self._in_string(j):
+                    raise _Corrupt(f"original line {j + 1} is inside a string, yet indented")
                 self._outdented(row, j)
             self.original.append(j + 1)
             self.shift.append(len(line) - len(row))
@@ -308,6 +310,13 @@ class PythonOutputCheck:
             for x, row in enumerate(rows):
                 if not row.startswith(after) and row.strip(_BLANK):
                     self._outdented(row, j + x)
+            if self._hinted(blocks[0].anchor, j + count):
+                # A line inside a multi-line string is never indented: that would change the string.
+                lexer = self._lexer_for(blocks[0].anchor)
+                lexer.upto(j + count)
+                for x in range(count):
+                    if j + x in lexer.inside and got[x] != rows[x]:
+                        raise _Corrupt(f"original line {j + x + 1} is inside a string, yet indented")
             self.shift.extend([len(a) - len(b) for a, b in zip(got, rows)])
         else:
             self.shift.extend([0] * count)
