@@ -17,7 +17,9 @@ failures, and gets a ``RepairResult``.
 from __future__ import annotations
 
 import ast
+import os
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -301,18 +303,46 @@ def repair(record_source: str, span_name: str, failing_script: str, failures: Se
            session: Any = None) -> RepairResult:
     """Ask the configured model(s) to fix ``failing_script`` for the function ``record_source``
     (the ``path::telemetry`` item's failing case). Without a configured model, a result
-    with no fix and the reason."""
+    with no fix and the reason. Without ``session``, the calls of one process with the same
+    configuration share one session (``shared_session``), hence ONE budget: a new session
+    per call would give every failing function the whole budget again."""
     if session is None:
         config = config or LLMConfig.load(root)
         if not config.enabled:
             return RepairResult(None, None, 0, ["no LLM is configured (set LLM_MODEL, or run telemetry-inject "
                                                 "--configure)"])
-        from .session import LLMSession
-
-        session = LLMSession(config)
+        session = shared_session(config)
     return ScriptRefactorer(session)(language=language, span_name=span_name, source=record_source,
                                      failing_script=failing_script, failures=list(failures), keep=keep,
                                      style=style, target=target)
+
+
+_SHARED: dict[str, Any] = {}
+_SHARED_PID = [0]
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_session(config: LLMConfig) -> Any:
+    """This process's session for ``config`` (its repr: models, servers, budget, root; never
+    the keys), made on first use. A forked child makes its own."""
+    from .session import LLMSession
+
+    with _SHARED_LOCK:
+        if _SHARED_PID[0] != os.getpid():
+            _SHARED.clear()
+            _SHARED_PID[0] = os.getpid()
+        key = repr(config)
+        if key not in _SHARED:
+            _SHARED[key] = LLMSession(config)
+        return _SHARED[key]
+
+
+def shared_summary_lines() -> list[str]:
+    """The budget's summary line of each shared session of this process (for the pytest
+    plugin's terminal summary), in the order they were made."""
+    with _SHARED_LOCK:
+        sessions = list(_SHARED.values()) if _SHARED_PID[0] == os.getpid() else []
+    return [session.costs.summary_line() for session in sessions]
 
 
 _TEMPLATE_LINE = re.compile(r"^TEMPLATE = '([^'/]+)/(\d+)'$", re.M)

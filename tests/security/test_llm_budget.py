@@ -172,3 +172,24 @@ def test_after_an_overrun_every_reservation_is_refused_and_counted(tmp_path: Pat
     with pytest.raises(BudgetExceeded):
         in_memory.reserve("m", 0.02)
     assert in_memory.snapshot()["refused"] == 1
+
+
+@needs_litellm
+def test_the_plugins_repairs_in_one_process_share_one_budget(tmp_path: Path) -> None:
+    """``repair()`` (the pytest plugin's entry) once per failing function: the second call
+    must not get the whole budget again. One call fits ($0.01 of $0.015), the next is refused
+    before it is sent."""
+    from pytest_telemetry_inject.llm.config import LLMConfig
+    from pytest_telemetry_inject.llm.refactorer import repair, shared_summary_lines
+
+    with FakeLLM([Reply("no script in this answer", completion_tokens=10)]) as fake:
+        env = openai_env(fake, LLM_MAX_RETRIES="1", LLM_MAX_OUTPUT_TOKENS="10", LLM_BUDGET="0.015",
+                         LLM_INPUT_COST_PER_MTOK="0", LLM_OUTPUT_COST_PER_MTOK="1000")
+        results = [repair(f"def f{i}(a):\n    return a\n", f"f{i}", "", ["no template applies"],
+                          config=LLMConfig.load(tmp_path, env=env)) for i in range(3)]
+    assert len(fake.chat_requests) == 1 and [r.requests for r in results] == [1, 0, 0]
+    assert not any(r.ok for r in results)
+    assert all("budget of $0.0150 would be passed" in r.reasons[-1] for r in results[1:])
+    (line,) = [line for line in shared_summary_lines() if "$0.0150 budget" in line]
+    assert line.startswith("LLM: 1 calls, ") and line.endswith(
+        " + 10 output tokens, $0.010000 of a $0.0150 budget, 2 calls refused by the budget")
