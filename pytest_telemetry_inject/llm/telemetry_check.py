@@ -99,6 +99,13 @@ ALLOWED_HINT = ("allowed: `import time`/`logging`, `NAME = time.perf_counter()`,
                 "`NAME = logging.getLogger(__name__)`, `LOGGER.debug/info/warning(\"...\", ARGS)` whose ARGS are "
                 "constants, f-strings, numbers and the function's parameters")
 _BUILTINS = frozenset(dir(builtins))
+# Every node of an inserted statement is one of these (a node allowlist in the manner of
+# engine.scripts.check_security, checked before the grammar: a second, independent line).
+LINE_NODES = (
+    ast.Module, ast.Import, ast.ImportFrom, ast.alias, ast.Assign, ast.Expr, ast.Call, ast.keyword,
+    ast.Name, ast.Attribute, ast.Constant, ast.JoinedStr, ast.FormattedValue, ast.BinOp, ast.UnaryOp,
+    ast.Add, ast.Sub, ast.Mult, ast.Div, ast.USub, ast.UAdd, ast.Load, ast.Store,
+)
 
 
 def check_inserted_lines(original: str, output: str, *, language: str,
@@ -283,6 +290,13 @@ class PythonCheck:
             raise Refused(f"it does not parse on its own: {exc.msg}") from None
         if len(alone.body) != 1:
             raise Refused("one statement per line")
+        for part in ast.walk(alone):
+            if not isinstance(part, LINE_NODES):
+                raise Refused(f"{type(part).__name__} is not allowed in a telemetry line")
+            if isinstance(part, ast.Name) and part.id.startswith("__") and part.id != "__name__":
+                raise Refused(f"the name {part.id!r} is not allowed")
+            if isinstance(part, ast.Attribute) and part.attr.startswith("_"):
+                raise Refused(f"the attribute {part.attr!r} is not allowed")
         nodes = self.starts.get(number, [])
         if len(nodes) != 1 or nodes[0].end_lineno != number:
             raise Refused("it is not a statement of its own in the file (inside a string, an expression or "
