@@ -80,10 +80,14 @@ def baseline(files: list[Path], workers: int) -> float:
     return time.perf_counter() - started
 
 
-def run_cli(*args: str, cwd: Path) -> tuple[float, dict, subprocess.CompletedProcess]:
+def run_cli(*args: str, cwd: Path, key: Path | None = None) -> tuple[float, dict, subprocess.CompletedProcess]:
+    """One run of the command line in its own process, timed as a whole. ``key``: the
+    cache key file of the machine it plays (default: the workdir's own)."""
+    env = dict(os.environ, TELEMETRY_INJECT_KEY_FILE=str(key or cwd / "keys" / "this-machine.key"))
+    env.pop("TELEMETRY_INJECT_CACHE_KEY", None)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "pytest_telemetry_inject.cli", *args, "--json", "-q"],
-                          cwd=cwd, capture_output=True, text=True)
+                          cwd=cwd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - started
     try:
         summary = json.loads(done.stdout)
@@ -168,6 +172,19 @@ def roundtrip(workdir: Path, *, sample: int = 0, target: str = "runtime", worker
                    warm_new_folder_ms_per_function=warm_new_s * per_function,
                    warm_dry_run_ms_per_function=warm_dry_s * per_function,
                    warm_memo_hits=warm["cache"]["memo_hits"], warm_memo_misses=warm["cache"]["memo_misses"])
+    # The same cache on another machine (another key): no memo carries its seal, so each is
+    # checked against its original before use (then sealed there); the next run is sealed.
+    foreign_cache = workdir / "cache-elsewhere"
+    shutil.copytree(workdir / "cache", foreign_cache)
+    other = workdir / "keys" / "another-machine.key"
+    foreign_args = ["--target", common[1], "--cache-dir", str(foreign_cache), *common[4:]]
+    foreign_s, foreign, _ = run_cli("lib", "--dry-run", *foreign_args, cwd=workdir, key=other)
+    resealed_s, resealed, _ = run_cli("lib", "--dry-run", *foreign_args, cwd=workdir, key=other)
+    figures.update(foreign_dry_run_s=foreign_s, foreign_ms_per_function=foreign_s * per_function,
+                   foreign_memo_hits=foreign["cache"]["memo_hits"], foreign_memo_misses=foreign["cache"]["memo_misses"],
+                   foreign_corrupt=foreign["cache"]["corrupt_entries"],
+                   resealed_dry_run_s=resealed_s, resealed_ms_per_function=resealed_s * per_function,
+                   resealed_memo_hits=resealed["cache"]["memo_hits"])
 
     out = workdir / "out"
     broken = [str(p.relative_to(out)) for p in python_files(out)
@@ -182,6 +199,9 @@ def roundtrip(workdir: Path, *, sample: int = 0, target: str = "runtime", worker
         "every skip has a reason": all(s["reason"] for s in cold["skipped"]),
         "BOM, line endings and cookies preserved": not preserved(lib, out),
         "the warm run is all file-memo hits": warm["cache"]["memo_misses"] == 0,
+        "another machine's cache is checked, not trusted, and none of it is corrupt":
+            figures["foreign_corrupt"] == 0 and figures["foreign_memo_hits"] > 0,
+        "the run after that one is all file-memo hits": figures["resealed_memo_hits"] == warm["cache"]["memo_hits"],
     }
     figures["instrumented_share"] = figures["instrumented"] / eligible if eligible else 0.0
     figures["newly_broken"] = broken[:10]
@@ -216,12 +236,18 @@ def main(argv: list[str] | None = None) -> int:
         ("warm, same output folder", f["warm_same_folder_s"], f["warm_ms_per_function"]),
         ("warm, new output folder", f["warm_new_folder_s"], f["warm_new_folder_ms_per_function"]),
         ("warm, --dry-run", f["warm_dry_run_s"], f["warm_dry_run_ms_per_function"]),
+        ("warm, --dry-run, another machine's cache", f["foreign_dry_run_s"], f["foreign_ms_per_function"]),
+        ("warm, --dry-run, that cache once checked", f["resealed_dry_run_s"], f["resealed_ms_per_function"]),
     ]
     print(f"{'':<46} {'seconds':>8} {'ms/function':>12} {'x baseline(par)':>16}")
     for label, seconds, per in rows:
         ratio = seconds / f["baseline_parallel_s"] if f["baseline_parallel_s"] else 0
         print(f"{label:<46} {seconds:>8.2f} {'' if per is None else f'{per:.4f}':>12} {ratio:>16.2f}")
     print(f"peak memory (largest process): {f['peak_rss_mb']:.0f} MB")
+    print(f"another machine's cache: {f['foreign_memo_hits']} memos checked and used, {f['foreign_memo_misses']} "
+          f"rebuilt (the text check could not settle them), {f['foreign_corrupt']} corrupt; the check costs "
+          f"{(f['foreign_dry_run_s'] - f['resealed_dry_run_s']) * 1000 / max(f['foreign_memo_hits'], 1):.2f} ms "
+          "per memo over a sealed hit")
     print(f"functions: {f['instrumented']} instrumented, {f['failed']} failed, {f['skipped']} skipped; "
           f"{f['instrumented_share']:.4%} of eligible instrumented")
     print(f"skip reasons: {json.dumps(f['skipped_reasons'])}")

@@ -335,6 +335,8 @@ class Engine:
             record = plan.record
             if result.status == "error":
                 result.functions.append(FunctionOutcome(record.qualname, record.def_line, "failed", result.reason))
+            elif result.status == "skipped":  # the whole file is left alone (this Python cannot compile it)
+                result.functions.append(FunctionOutcome(record.qualname, record.def_line, "skipped", result.reason))
             elif plan.edits is None:
                 reason = "; ".join(plan.failures) or "no template applies"
                 result.functions.append(FunctionOutcome(record.qualname, record.def_line, "failed", reason))
@@ -708,11 +710,13 @@ def _check_memo(data: bytes, path: str, memo: Memo, target: str,
                                            functions=instrumented)
     if verdict.status != "ok":
         return verdict.status, verdict.reason, None
-    line_map = LineMap(verdict.original, verdict.shift)
-    segments = json.dumps(line_map.to_segments(), separators=(",", ":")).encode()
-    if memo.sections[1] != segments:
+    try:
+        line_map = LineMap.from_segments(json.loads(memo.sections[1]))
+    except (ValueError, TypeError) as exc:
+        return "corrupt", f"a line map that cannot be read: {exc}", None
+    if (line_map.original, line_map.shift) != (verdict.original, verdict.shift):
         return "corrupt", "a line map that is not the output's", None
-    return "ok", "", Memo(checked_header, [memo.sections[0], segments], memo.payload, True)
+    return "ok", "", Memo(checked_header, memo.sections, memo.payload, True)
 
 
 def _result_from_memo(path: str, header: dict[str, Any], sections: list[bytes], payload: bytes) -> FileResult:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ast
 import bisect
+import itertools
 import re
 import warnings
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ _MASK = re.compile(r"""#[^\n]*|"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'""")
 _DOCSTRING = re.compile(r"""[ \t]*[rRuU]?(?:"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|"""
                         r'''"""(?:[^"\\]|\\.|"(?!""))*"""|'''
                         r"""'''(?:[^'\\]|\\.|'(?!''))*''')[ \t]*\r?\n""", re.S)
-_TOKEN = re.compile(r"""#|\"\"\"|'''|"|'|\\\r?\n|[(\[{]|[)\]}]|\n""")
+_QUOTE = re.compile(r"""#|\"\"\"|'''|"|'""")
 _STRING_END = {
     '"""': re.compile(r'(?:[^"\\]|\\.|"(?!""))*"""', re.S),
     "'''": re.compile(r"(?:[^'\\]|\\.|'(?!''))*'''", re.S),
@@ -144,61 +145,93 @@ def header_lines(target: str, import_name: str) -> list[str]:
 class _Lexer:
     """Which rows start inside a string or continue a logical line, lexed on demand from a
     row where a statement starts (used only where a body has multi-line strings or
-    backslash continuations)."""
+    backslash continuations). Strings and comments are found first (the only tokens that
+    decide where the others are); brackets are counted between them, only when asked."""
 
-    def __init__(self, text: str, first_row: int) -> None:
-        self.text = text
+    def __init__(self, lines: Sequence[str], first_row: int) -> None:
+        self.lines = lines
+        self.text = "".join(lines[first_row:])
         self.first = first_row
-        self.row = first_row
-        self.depth = 0
+        self.offsets = [0, *itertools.accumulate(len(line) for line in lines[first_row:])]
         self.position = 0
+        self.row = first_row
+        """The row of ``position``: strings and comments before it are known."""
         self.inside: set[int] = set()
         """Rows that start inside a string."""
-        self.continued: set[int] = set()
-        """Rows that continue a logical line (open brackets, a backslash)."""
+        self.spans: list[tuple[int, int]] = []
+        """Strings and comments found so far (start, end), in order."""
+        self.depth = 0
+        self.depth_at = 0
+        """Bracket depth outside strings and comments at offset ``depth_at``."""
+        self.span_index = 0
 
     def upto(self, row: int) -> None:
-        """Lex until the start of ``row`` is known."""
+        """Find every string and comment that starts before ``row``."""
         text = self.text
         while self.row < row:
-            match = _TOKEN.search(text, self.position)
+            match = _QUOTE.search(text, self.position)
             if match is None:
-                self.row = row
+                self.row = len(self.lines)
+                self.position = len(text)
+                return
+            start = match.start()
+            token_row = self.row + text.count("\n", self.position, start)
+            if token_row >= row:
                 return
             token = match.group()
-            self.position = match.end()
             if token == "#":
-                newline = text.find("\n", self.position)
-                self.position = len(text) if newline < 0 else newline
-            elif token in _STRING_END:
-                end = _STRING_END[token].match(text, self.position)
-                if end is None:
-                    raise _Unsure("a string that does not end")
-                lines = text.count("\n", self.position, end.end())
-                self.inside.update(range(self.row + 1, self.row + lines + 1))
-                self.row += lines
-                self.position = end.end()
-            elif token[0] == "\\":
-                self.row += 1
-                self.continued.add(self.row)
-            elif token == "\n":
-                self.row += 1
-                if self.depth:
-                    self.continued.add(self.row)
-            elif token in "([{":
-                self.depth += 1
+                end = text.find("\n", start)
+                end = len(text) if end < 0 else end
             else:
-                self.depth -= 1
-                if self.depth < 0:
-                    raise _Unsure("a closing bracket without its opening")
-
-    def starts_statement(self, row: int) -> bool:
-        self.upto(row)
-        return row not in self.inside and row not in self.continued
+                found = _STRING_END[token].match(text, match.end())
+                if found is None:
+                    raise _Unsure("a string that does not end")
+                end = found.end()
+                lines = text.count("\n", start, end)
+                self.inside.update(range(token_row + 1, token_row + lines + 1))
+                token_row += lines
+            self.spans.append((start, end))
+            self.position, self.row = end, token_row
 
     def in_string(self, row: int) -> bool:
-        self.upto(row)
+        self.upto(row + 1)
         return row in self.inside
+
+    def starts_statement(self, row: int) -> bool:
+        """Whether ``row`` begins a logical line: not inside a string, not after a
+        backslash at the end of a line of code, not inside brackets."""
+        if row >= len(self.lines):
+            return True
+        if self.in_string(row):
+            return False
+        offset = self.offsets[row - self.first]
+        before = self.lines[row - 1].rstrip("\r\n") if row > self.first else ""
+        if before.endswith("\\") and not self._in_span(offset - 1 - (len(self.lines[row - 1]) - len(before))):
+            return False
+        return self._depth(offset) == 0
+
+    def _in_span(self, offset: int) -> bool:
+        return any(start <= offset < end for start, end in self.spans)
+
+    def _depth(self, offset: int) -> int:
+        """Bracket depth outside strings and comments at ``offset`` (asked in increasing order)."""
+        if offset < self.depth_at:
+            self.depth, self.depth_at, self.span_index = 0, 0, 0
+        text, spans = self.text, self.spans
+        at = self.depth_at
+        while at < offset:
+            while self.span_index < len(spans) and spans[self.span_index][1] <= at:
+                self.span_index += 1
+            start, end = spans[self.span_index] if self.span_index < len(spans) else (len(text), len(text))
+            stop = min(start, offset)
+            if at < stop:
+                piece = text[at:stop]
+                self.depth += sum(piece.count(c) for c in "([{") - sum(piece.count(c) for c in ")]}")
+            at = max(stop, min(end, offset)) if start < offset else offset
+        self.depth_at = offset
+        if self.depth < 0:
+            raise _Unsure("a closing bracket without its opening")
+        return self.depth
 
 
 class PythonOutputCheck:
@@ -354,7 +387,7 @@ class PythonOutputCheck:
         # One lexer per file, from the first body that needs it: a body's first statement
         # starts a logical line, so the lexer's view is right from there to the end.
         if self.lexer is None or self.lexer.first > anchor:
-            self.lexer = _Lexer("".join(self.old[anchor:]), anchor)
+            self.lexer = _Lexer(self.old, anchor)
         return self.lexer
 
     # -- which wrapped bodies row j is in -----------------------------------------------------------
