@@ -22,8 +22,9 @@ from .engine.testgen import parse_cases
 from .importhook import TelemetryFinder
 from .settings import Settings
 
-# Files that are never the project's code under test, whatever the rootdir holds.
-_NOT_PROJECT = {"setup.py", "noxfile.py", "conftest.py", "conf.py", "fabfile.py", "tasks.py"}
+# The files of tools (packaging, task runners, Sphinx) that are never the project's code
+# under test, outside a package: a module of these names inside a package is the project's.
+_TOOL_FILES = {"setup.py", "noxfile.py", "conf.py", "fabfile.py", "tasks.py"}
 _TEST_DIRS = {"tests", "test", "testing"}
 _OWN_PACKAGE = str(Path(__file__).resolve().parent)
 
@@ -116,7 +117,8 @@ class TelemetrySession:
                     continue
                 path = item.path.resolve()
                 relative = item.relative.as_posix()
-                if str(path).startswith(_OWN_PACKAGE + os.sep) or path.name in _NOT_PROJECT:
+                if str(path).startswith(_OWN_PACKAGE + os.sep) or path.name == "conftest.py" \
+                        or (path.name in _TOOL_FILES and not (path.parent / "__init__.py").is_file()):
                     continue
                 # Test files: pytest's python_files, conftest.py, and anything in a tests folder.
                 # (Not testpaths: a project may point it at its package, tests inside.)
@@ -228,6 +230,22 @@ class TelemetrySession:
             with open(paths["trace"], "w", encoding="utf-8") as handle:
                 json.dump(runtime.chrome_trace(data["events"]), handle)
             self.written.append(f"the Chrome trace to {paths['trace']}")
+
+    def cache_state(self) -> str:
+        """One line when the cache does not work as it should ('' when it does): it is off,
+        it cannot be written, or nothing can be sealed (no usable key)."""
+        from .engine import seal
+
+        if self.cache is None:
+            return ("off (use_cache = false): files were instrumented and their generated tests run in memory, "
+                    "every session")
+        warning = self.cache.write_error or next((r.cache_warning for r in self.reports.values()
+                                                   if r.cache_warning), "")
+        if warning:
+            return f"{warning}; what could not be stored is computed again next session (tests run in memory)"
+        if seal.problem():
+            return f"{seal.problem()}; nothing is sealed, so every memo is checked on every use"
+        return ""
 
     def instrumented_names(self) -> list[str]:
         """``module:qualname`` of every instrumented function (for "never called")."""
@@ -342,6 +360,9 @@ class TelemetrySession:
         if data["corrupt_cache_entries"]:
             write(f"cache: {data['corrupt_cache_entries']} damaged or foreign cache entries were found and rebuilt "
                   "(nothing from them was used)")
+        cache_state = self.cache_state()
+        if cache_state:
+            write(f"cache: {cache_state}")
         for module, reason in sorted(data["problems"].items()):
             write(f"not instrumented: {module}: {reason}")
         if self.early:

@@ -1,0 +1,91 @@
+"""`pytest --inject-telemetry` where the project or the cache is not the usual: no cache, a
+cache that cannot be written, a module this Python cannot compile, modules named like tool
+files inside a package."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+MODULE = '''\
+def double(x):
+    y = x * 2
+    return y
+'''
+
+TESTS = '''\
+from pkg.core import double
+
+
+def test_double():
+    assert double(2) == 4
+'''
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyprojecttoml('[tool.pytest.ini_options]\naddopts = "-p no:cacheprovider"\n')
+    (pytester.path / "pkg").mkdir()
+    (pytester.path / "pkg" / "__init__.py").write_text("")
+    (pytester.path / "pkg" / "core.py").write_text(MODULE)
+    (pytester.path / "tests").mkdir()
+    (pytester.path / "tests" / "test_core.py").write_text(TESTS)
+    return pytester
+
+
+def test_without_a_cache_the_generated_tests_run_from_memory(project: pytest.Pytester,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TELEMETRY_INJECT_USE_CACHE", "false")
+    for _ in range(2):
+        result = project.runpytest_subprocess("--inject-telemetry")
+        result.assert_outcomes(passed=2)  # the test and pkg/core.py::telemetry
+        result.stdout.fnmatch_lines(["*1 functions instrumented in 1 files*; 1 called, 1 calls*",
+                                     "cache: off (use_cache = false)*run in memory*"])
+        assert result.stdout.str().count("cache: off") == 1
+    assert not (project.path / ".telemetry_cache").exists()
+
+
+def test_a_cache_that_cannot_be_written_warns_once_and_loses_nothing(project: pytest.Pytester,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    (project.path / "blocker").write_text("a file where the cache's parent folder should be\n")
+    monkeypatch.setenv("TELEMETRY_INJECT_CACHE_DIR", str(project.path / "blocker" / "cache"))
+    result = project.runpytest_subprocess("--inject-telemetry", "--telemetry-report=report.json")
+    result.assert_outcomes(passed=2)
+    lines = [line for line in result.stdout.lines if line.startswith("cache: ")]
+    assert len(lines) == 1 and "cannot write the cache" in lines[0], lines
+    report = json.loads((project.path / "report.json").read_text())
+    assert [f["name"] for f in report["functions"] if f["count"]] == ["double"]
+
+
+def test_a_module_this_python_cannot_compile_is_left_out_and_counted_as_skipped(project: pytest.Pytester) -> None:
+    # Python 2: tree-sitter reads it, this Python does not compile it.
+    (project.path / "pkg" / "legacy.py").write_text('def old(x):\n    print "x", x\n    return x\n')
+    result = project.runpytest_subprocess("--inject-telemetry")
+    result.assert_outcomes(passed=2)  # no telemetry item for pkg/legacy.py, and none failing
+    result.stdout.fnmatch_lines(["*1 functions instrumented in 1 files*"])
+    assert "legacy.py::telemetry" not in result.stdout.str()
+
+
+def test_modules_named_like_tool_files_inside_a_package_are_the_projects(project: pytest.Pytester) -> None:
+    for name in ("tasks", "conf", "setup"):
+        (project.path / "pkg" / f"{name}.py").write_text(f"def run_{name}(x):\n    y = x + 1\n    return y\n")
+    (project.path / "tasks.py").write_text("def task(c):\n    c = 1\n    return c\n")  # the project's own tool file
+    (project.path / "docs").mkdir()
+    (project.path / "docs" / "conf.py").write_text("def setup(app):\n    app = 1\n    return app\n")
+    (project.path / "tests" / "test_tools.py").write_text(textwrap.dedent("""\
+        from pkg.conf import run_conf
+        from pkg.setup import run_setup
+        from pkg.tasks import run_tasks
+
+
+        def test_them():
+            assert run_tasks(1) + run_conf(1) + run_setup(1) == 6
+        """))
+    result = project.runpytest_subprocess("--inject-telemetry")
+    result.assert_outcomes(passed=6)  # two tests, four telemetry items
+    result.stdout.fnmatch_lines(["*4 functions instrumented in 4 files*; 4 called*"])
+    out = result.stdout.str()
+    assert "pkg.tasks:run_tasks" in out and "pkg.conf:run_conf" in out and "pkg.setup:run_setup" in out
+    assert "docs/conf.py::telemetry" not in out and "tasks.py::telemetry" not in out.replace("pkg/tasks.py", "")
