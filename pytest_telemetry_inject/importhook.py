@@ -1,7 +1,8 @@
 """The import hook: a finder on ``sys.meta_path`` that serves instrumented code.
 
 Like pytest's assertion rewriting (its model), the finder bails out early on a cheap check
-and asks the normal ``PathFinder`` for the spec only for candidate modules; the loader is a
+and asks the other finders on ``sys.meta_path`` for the spec (as Logfire's does) only for
+candidate modules; the loader is a
 ``SourceFileLoader`` (so ``importlib.resources``, ``python -m`` through ``get_code`` and
 everything else keep working) whose ``get_code`` returns the instrumented module compiled
 with the original positions. Compiled code is cached by content (source hash, settings,
@@ -18,6 +19,7 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import marshal
+import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -65,7 +67,7 @@ class TelemetryFinder:
 
     def find_spec(self, fullname: str, path: object = None, target: object = None):  # type: ignore[no-untyped-def]
         if getattr(self._busy, "active", False):
-            return None  # an import made by the engine itself
+            return None  # an import made by the engine itself, or our own question to the others
         top = fullname.partition(".")[0]
         if self.prefixes:
             if not any(fullname == p or fullname.startswith(p + ".") for p in self.prefixes):
@@ -74,7 +76,7 @@ class TelemetryFinder:
             return None
         self._busy.active = True
         try:
-            spec = importlib.machinery.PathFinder.find_spec(fullname, path)  # type: ignore[arg-type]
+            spec = self._find_spec(fullname, path, target)
         finally:
             self._busy.active = False
         if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
@@ -82,8 +84,35 @@ class TelemetryFinder:
         origin = spec.origin or ""
         if not origin.endswith(".py") or (not self.prefixes and not self.wants(origin)):
             return None
+        # Like Logfire's finder, we decide here, before any loader runs: once a loader is
+        # returned the import is committed to it, and ours falls back to the original code.
         spec.loader = TelemetryLoader(fullname, origin, self)
         return spec
+
+    def _find_spec(self, fullname: str, path: object, target: object) -> importlib.machinery.ModuleSpec | None:
+        """The spec the other finders would give (a seam for tests, as pytest's assertion
+        rewriter has): every finder after this one on ``sys.meta_path`` is asked in turn
+        (setuptools' editable finder, a project's own), as the import system would.
+
+        One case none of them answers: pytest's ``--import-mode=importlib`` looks a
+        package up by its own folder (``find_spec("pkg", ["<root>/pkg"])``) and, when no
+        finder answers, loads its ``__init__.py`` itself, uninstrumented. That lookup is
+        answered here with the package's spec."""
+        for finder in list(sys.meta_path):
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            try:
+                spec = finder.find_spec(fullname, path, target)
+            except Exception:  # another finder's failure is not ours to raise
+                continue
+            if spec is not None:
+                return spec
+        if isinstance(path, (list, tuple)) and len(path) == 1 and isinstance(path[0], str):
+            folder = path[0]
+            init = os.path.join(folder, "__init__.py")
+            if os.path.basename(os.path.normpath(folder)) == fullname.rpartition(".")[2] and os.path.isfile(init):
+                return importlib.util.spec_from_file_location(fullname, init, submodule_search_locations=[folder])
+        return None
 
     def install(self) -> None:
         if self not in sys.meta_path:

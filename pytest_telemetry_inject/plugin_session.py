@@ -231,6 +231,29 @@ class TelemetrySession:
                 json.dump(runtime.chrome_trace(data["events"]), handle)
             self.written.append(f"the Chrome trace to {paths['trace']}")
 
+    def loaded_elsewhere(self) -> dict[str, str]:
+        """Modules of the project's files that were imported during the session, but not
+        through the hook (a loader of someone else's, pytest's own path import): each
+        with who loaded it, so that no module goes without telemetry silently."""
+        from .importhook import TelemetryLoader
+
+        found: dict[str, str] = {}
+        if self.finder is None:
+            return found
+        names = {os.path.basename(c) for c in self.candidates}
+        for name, module in list(sys.modules.items()):
+            origin = getattr(module, "__file__", None) or ""
+            if os.path.basename(origin) not in names or name in self.finder.state.instrumented or name in self.early:
+                continue
+            if origin not in self.candidates and os.path.realpath(origin) not in self.candidates:
+                continue
+            loader = getattr(getattr(module, "__spec__", None), "loader", None)
+            if isinstance(loader, TelemetryLoader):
+                continue  # through the hook, and left as it is for a reason it recorded
+            found[name] = (f"imported by {type(loader).__name__ if loader is not None else 'an unknown loader'} "
+                           "without going through the telemetry import hook")
+        return found
+
     def cache_state(self) -> str:
         """One line when the cache does not work as it should ('' when it does): it is off,
         it cannot be written, or nothing can be sealed (no usable key)."""
@@ -312,7 +335,7 @@ class TelemetrySession:
                 "dropped": runtime.dropped_events(), "llm_requests": self.llm_requests,
                 "corrupt_cache_entries": self.items_corrupt + (finder.state.corrupt if finder else 0)
                 + sum(r.counters.corrupt for r in self.reports.values()),
-                "problems": dict(finder.state.problems) if finder else {},
+                "problems": {**self.loaded_elsewhere(), **(finder.state.problems if finder else {})},
                 "instrumented_modules": sorted(finder.state.instrumented) if finder else []}
 
     def merged(self, *, full: bool = True) -> dict:

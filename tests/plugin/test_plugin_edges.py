@@ -89,3 +89,85 @@ def test_modules_named_like_tool_files_inside_a_package_are_the_projects(project
     out = result.stdout.str()
     assert "pkg.tasks:run_tasks" in out and "pkg.conf:run_conf" in out and "pkg.setup:run_setup" in out
     assert "docs/conf.py::telemetry" not in out and "tasks.py::telemetry" not in out.replace("pkg/tasks.py", "")
+
+
+def test_every_import_mode_and_finder_gets_telemetry(project: pytest.Pytester) -> None:
+    """pytest's importlib mode imports a package's ``__init__.py`` by path (after asking the
+    finders with the package's own folder as the path): it is instrumented too, and so is a
+    module that a finder of the project's own on ``sys.meta_path`` serves."""
+    (project.path / "pkg" / "__init__.py").write_text(textwrap.dedent('''\
+        """The package."""
+
+
+        def answer():
+            """
+            >>> answer()
+            42
+            """
+            value = 42
+            return value
+        '''))
+    (project.path / "pkg" / "core.py").write_text(MODULE + textwrap.dedent('''\
+
+
+        def documented():
+            """
+            >>> double(3)
+            6
+            """
+            value = 1
+            return value
+        '''))
+    (project.path / "extra").mkdir()
+    (project.path / "extra" / "served.py").write_text("def served(x):\n    y = x + 1\n    return y\n")
+    (project.path / "conftest.py").write_text(textwrap.dedent('''\
+        import importlib.machinery
+        import os
+        import sys
+
+        HERE = os.path.dirname(__file__)
+
+
+        class ProjectFinder:
+            """A finder of the project's own: serves `served` from a folder not on sys.path."""
+
+            def find_spec(self, name, path=None, target=None):
+                if name != "served":
+                    return None
+                return importlib.machinery.PathFinder.find_spec(name, [os.path.join(HERE, "extra")])
+
+
+        sys.meta_path.append(ProjectFinder())
+        '''))
+    (project.path / "tests" / "test_served.py").write_text("import served\n\n\ndef test_served():\n    assert served.served(1) == 2\n")
+    project.makepyprojecttoml('[tool.pytest.ini_options]\naddopts = "-p no:cacheprovider --doctest-modules '
+                              '--import-mode=importlib"\n')
+    result = project.runpytest_subprocess("--inject-telemetry")
+    result.assert_outcomes(passed=7)  # 2 tests, 2 doctests, 3 telemetry items
+    result.stdout.fnmatch_lines(["*4 functions instrumented in 3 files*; 3 called*"])
+    out = result.stdout.str()
+    for name in ("pkg:answer", "pkg.core:double", "served:served"):
+        assert name in out, name
+    assert "not instrumented" not in out
+
+
+def test_a_module_loaded_around_the_hook_is_named_in_the_summary(project: pytest.Pytester) -> None:
+    (project.path / "pkg" / "loose.py").write_text("def loose(x):\n    y = x + 1\n    return y\n")
+    (project.path / "tests" / "test_loose.py").write_text(textwrap.dedent('''\
+        import importlib.util
+        from pathlib import Path
+
+
+        def test_loaded_by_path():
+            path = Path(__file__).parents[1] / "pkg" / "loose.py"
+            spec = importlib.util.spec_from_file_location("pkg.loose", path)
+            module = importlib.util.module_from_spec(spec)
+            import sys
+            sys.modules["pkg.loose"] = module
+            spec.loader.exec_module(module)
+            assert module.loose(1) == 2
+        '''))
+    result = project.runpytest_subprocess("--inject-telemetry")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["not instrumented: pkg.loose: imported by SourceFileLoader without going through "
+                                 "the telemetry import hook"])
