@@ -62,6 +62,8 @@ class TelemetrySession:
         self.llm_requests = 0
         # Cache entries the telemetry items found damaged or foreign, and rebuilt.
         self.items_corrupt = 0
+        self._ledger = ""
+        self._ledger_dir: Any = None
 
     def option(self, name: str) -> Any:
         """A command-line option; before conftests load only the known args are parsed."""
@@ -182,6 +184,22 @@ class TelemetrySession:
         # pytest-xdist, on the controller: each worker's test spans have the session span as parent.
         if self.otel is not None:
             node.workerinput["telemetry_traceparent"] = self.otel.traceparent()
+        # The workers' repairs spend one LLM budget, through one ledger file.
+        node.workerinput["telemetry_llm_ledger"] = self.llm_ledger()
+
+    def llm_ledger(self) -> str:
+        """The file where this run's processes share their LLM spending: the controller's
+        (made on first use, removed with the run's temporary folder), or the one a
+        pytest-xdist worker was given."""
+        workerinput = getattr(self.config, "workerinput", None)
+        if workerinput is not None:
+            return str(workerinput.get("telemetry_llm_ledger") or "")
+        if not self._ledger:
+            import tempfile
+
+            self._ledger_dir = tempfile.TemporaryDirectory(prefix="telemetry-llm-")
+            self._ledger = os.path.join(self._ledger_dir.name, "ledger.json")
+        return self._ledger
 
     # -- xdist ----------------------------------------------------------------------------------
 
@@ -230,6 +248,20 @@ class TelemetrySession:
             with open(paths["trace"], "w", encoding="utf-8") as handle:
                 json.dump(runtime.chrome_trace(data["events"]), handle)
             self.written.append(f"the Chrome trace to {paths['trace']}")
+
+    def llm_lines(self, requests: int) -> list[str]:
+        """The LLM budget's summary line(s) when a model was asked (or refused by the
+        budget): from the ledger the workers shared, else from this process's sessions."""
+        from .llm.refactorer import shared_summary_lines
+
+        if self._ledger and os.path.exists(self._ledger):
+            from .llm.config import LLMConfig
+            from .llm.cost import CostTracker
+
+            tracker = CostTracker(LLMConfig.load(self.root).budget, self._ledger)
+            snapshot = tracker.snapshot()
+            return [tracker.summary_line()] if snapshot["calls"] or snapshot["refused"] else []
+        return shared_summary_lines() if requests else []
 
     def loaded_elsewhere(self) -> dict[str, str]:
         """Modules of the project's files that were imported during the session, but not
@@ -386,6 +418,8 @@ class TelemetrySession:
         cache_state = self.cache_state()
         if cache_state:
             write(f"cache: {cache_state}")
+        for line in self.llm_lines(data["llm_requests"]):
+            write(line)
         for module, reason in sorted(data["problems"].items()):
             write(f"not instrumented: {module}: {reason}")
         if self.early:
@@ -483,7 +517,8 @@ class TelemetryItem(pytest.Item):
         for name, found in reasons.items():
             original, script = by_name[name]
             result = repair(original, name, script, found, language=language, style=session.settings.style,
-                            target=session.settings.target, root=session.root)
+                            target=session.settings.target, root=session.root,
+                            ledger=session.llm_ledger() if session.is_worker or session._ledger else None)
             session.llm_requests += result.requests
             record_fix(session.cache, settings=session.settings, language=language, span_name=name,
                        source=original, failing_script=script, reason="; ".join(found), result=result)

@@ -300,18 +300,19 @@ def json_edits(edits: Sequence[Edit]) -> str:
 def repair(record_source: str, span_name: str, failing_script: str, failures: Sequence[str], *,
            language: str = "python", style: str = "with", target: str = "runtime",
            keep: Sequence[int] | None = None, root: Any = None, config: LLMConfig | None = None,
-           session: Any = None) -> RepairResult:
+           session: Any = None, ledger: str | None = None) -> RepairResult:
     """Ask the configured model(s) to fix ``failing_script`` for the function ``record_source``
     (the ``path::telemetry`` item's failing case). Without a configured model, a result
     with no fix and the reason. Without ``session``, the calls of one process with the same
     configuration share one session (``shared_session``), hence ONE budget: a new session
-    per call would give every failing function the whole budget again."""
+    per call would give every failing function the whole budget again. ``ledger``: the file
+    the processes of one run share their spending through (pytest-xdist's workers)."""
     if session is None:
         config = config or LLMConfig.load(root)
         if not config.enabled:
             return RepairResult(None, None, 0, ["no LLM is configured (set LLM_MODEL, or run telemetry-inject "
                                                 "--configure)"])
-        session = shared_session(config)
+        session = shared_session(config, ledger)
     return ScriptRefactorer(session)(language=language, span_name=span_name, source=record_source,
                                      failing_script=failing_script, failures=list(failures), keep=keep,
                                      style=style, target=target)
@@ -322,18 +323,19 @@ _SHARED_PID = [0]
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_session(config: LLMConfig) -> Any:
+def shared_session(config: LLMConfig, ledger: str | None = None) -> Any:
     """This process's session for ``config`` (its repr: models, servers, budget, root; never
-    the keys), made on first use. A forked child makes its own."""
+    the keys), made on first use. A forked child makes its own. ``ledger``: a file shared
+    with the run's other processes, so that they spend one budget."""
     from .session import LLMSession
 
     with _SHARED_LOCK:
         if _SHARED_PID[0] != os.getpid():
             _SHARED.clear()
             _SHARED_PID[0] = os.getpid()
-        key = repr(config)
+        key = repr((config, ledger))
         if key not in _SHARED:
-            _SHARED[key] = LLMSession(config)
+            _SHARED[key] = LLMSession(config, ledger=ledger)
         return _SHARED[key]
 
 

@@ -42,3 +42,29 @@ def test_a_failing_item_asks_the_model_and_reports_the_answer(pytester: pytest.P
     assert server.chat_requests, "the model was not asked"
     assert "def add(a, b):" in server.chat_requests[0].prompt
     assert KEY not in result.stdout.str() + result.stderr.str()
+
+
+def test_the_workers_of_a_run_spend_one_budget_and_the_summary_shows_it(pytester: pytest.Pytester, fake_llm,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under pytest-xdist every worker's repairs go through one ledger, which the
+    controller's summary reads: a budget that allows no call refuses both workers' calls,
+    and the one summary line counts both."""
+    for name in ("calc", "more"):
+        pytester.makepyfile(**{name: f"def {name}_add(a, b):\n    return a + b\n"})
+    pytester.makepyfile(test_calc="from calc import calc_add\nfrom more import more_add\n\n"
+                                  "def test_add():\n    assert calc_add(1, 2) == more_add(1, 2) == 3\n")
+    pytester.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider").assert_outcomes(passed=3)
+    cache = ScriptCache(pytester.path / ".telemetry_cache")
+    for module in (pytester.path / ".telemetry_cache" / "tests" / "python").glob("*.cases"):
+        text = cache.read_test_module("python", module.name)
+        cache.store([], test_module=("python", module.name, text.replace("return a + b", "return b + a")))
+    server = fake_llm([Reply("unused")])
+    monkeypatch.setenv("LLM_MODEL", "openai/gpt-4o-mini")
+    monkeypatch.setenv("LLM_BASE_URL", server.url)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("LLM_BUDGET", "0")
+    result = pytester.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-n", "2",
+                                           "--dist", "loadfile", "-k", "telemetry")
+    result.assert_outcomes(failed=2)
+    assert not server.chat_requests
+    result.stdout.fnmatch_lines(["LLM: 0 calls, * of a $0.0000 budget, 2 calls refused by the budget*"])
