@@ -11,6 +11,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .errors import TelemetryInjectError
+from .errors import ConfigError, TelemetryInjectError
 from .llm.options import add_llm_arguments, configure_trace
 from .settings import STYLES, TARGETS, Settings, find_project_root
 
@@ -38,7 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("-o", "--output", metavar="DIR", type=Path,
                        help="write every file under DIR at its path relative to its PATH argument")
-    where.add_argument("--in-place", action="store_true", help="rewrite the files where they are")
+    where.add_argument("--in-place", action="store_true",
+                       help="rewrite the files where they are (a symbolic link's target; the link stays)")
+    parser.add_argument("--write-read-only", action="store_true",
+                        help="with --in-place: also rewrite files that are read-only (refused by default, "
+                             "as editors do), keeping their mode")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--strip", action="store_true", help="remove the telemetry this tool inserted")
     mode.add_argument("--check", action="store_true",
@@ -134,6 +139,7 @@ def _main(argv: list[str]) -> int:
     from .engine.runner import RunOptions, run
 
     args = _parser().parse_args(argv)
+    _check_paths(args.paths)
     root = (args.root or find_project_root(args.paths[0])).resolve()
     overrides = {
         "style": args.style, "target": args.target, "validate": args.validate,
@@ -143,11 +149,16 @@ def _main(argv: list[str]) -> int:
         "use_cache": False if args.no_cache else None,
     }
     settings = Settings.load(root, overrides=overrides)
+    if "cache_dir" not in settings.origins and not _is_project(root):
+        # No project around the files: not a cache of hundreds of MB in whatever folder the
+        # command ran in, but one in the user's cache folder (the summary says where).
+        settings.cache_dir = str(user_cache_folder() / "cache")
     if args.exclude:
         settings.exclude = settings.exclude + args.exclude
     mode = "strip" if args.strip else "check" if args.check else "instrument"
     options = RunOptions(mode=mode, output_dir=args.output.resolve() if args.output else None,
-                         in_place=args.in_place, dry_run=args.dry_run, diff=args.diff)
+                         in_place=args.in_place, dry_run=args.dry_run, diff=args.diff,
+                         write_read_only=args.write_read_only)
     configure_trace(args)
     llm = None
     if mode == "instrument":
@@ -163,6 +174,34 @@ def _main(argv: list[str]) -> int:
         if llm is not None:
             llm.finish(quiet=args.quiet)
     return _report(summary, args, options)
+
+
+# What makes a folder a project's root (``settings.find_project_root`` looks for the same).
+PROJECT_MARKERS = ("pyproject.toml", ".git", "setup.cfg", "setup.py")
+
+
+def _check_paths(paths: Sequence[str]) -> None:
+    """Every PATH can be looked at: one line for each kind of path that cannot."""
+    for path in paths:
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            continue  # the run reports it with the other files it cannot read
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ConfigError(f"{path}: a loop of symbolic links (it points back to itself)") from None
+            raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+
+
+def _is_project(root: Path) -> bool:
+    return any((root / marker).exists() for marker in PROJECT_MARKERS)
+
+
+def user_cache_folder() -> Path:
+    """This tool's folder in the user's cache folder (where the cache key lives too)."""
+    from .engine.seal import user_folder
+
+    return Path(user_folder())
 
 
 class _Progress:

@@ -19,6 +19,7 @@ imported yet), the session:
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Iterator
 
 import pytest
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
     from .plugin_session import TelemetrySession
 
 SESSION_NAME = "telemetry-inject-session"
+LOADED_BEFORE = frozenset(sys.modules)
+"""The modules imported before pytest loaded this plugin: at interpreter start-up (a
+``.pth`` file, ``sitecustomize``) or by a plugin loaded earlier (the session's summary
+says which, for the project's modules among them)."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pytest
 
@@ -164,6 +164,15 @@ class TelemetrySession:
                 file.report = report
                 items.extend(file.collect())
 
+    def pytest_report_collectionfinish(self, config: pytest.Config, start_path: Path,
+                                       items: Sequence[pytest.Item]) -> str | None:
+        """Under pytest's "collected N items": how many of the items run are this plugin's."""
+        added = sum(1 for item in items if isinstance(item, TelemetryItem))
+        if not added or self.is_worker:
+            return None
+        return (f"telemetry: {added} more items, one per instrumented file (path::telemetry: the generated tests "
+                f"of its insertion scripts); {len(items)} items in all")
+
     # -- per-test attribution -----------------------------------------------------------------
 
     @pytest.hookimpl(wrapper=True)
@@ -262,6 +271,39 @@ class TelemetrySession:
             snapshot = tracker.snapshot()
             return [tracker.summary_line()] if snapshot["calls"] or snapshot["refused"] else []
         return shared_summary_lines() if requests else []
+
+    def early_why(self, name: str) -> str:
+        """Who imported a project module before the hook was in place, and what to do."""
+        from . import plugin
+
+        top = name.partition(".")[0]
+        for entry in self._pytest_plugins():
+            if entry.value.partition(".")[0].partition(":")[0] == top:
+                dist = getattr(getattr(entry, "dist", None), "name", "") or "its distribution"
+                return (f"pytest loaded it with the plugin {entry.name!r} (an entry point of {dist}) before this one; "
+                        f"run with `-p no:{entry.name}` to instrument it, if the suite runs without that plugin")
+        where = "--telemetry-modules" if self.prefixes else "telemetry_exclude (ini) to leave it out"
+        order = list(sys.modules)  # in the order they were imported
+        if "_pytest" in order and name in order and order.index(name) < order.index("_pytest"):
+            return ("imported at interpreter start-up, before pytest itself (a .pth file, sitecustomize, "
+                    f"PYTHONSTARTUP); make that import lazy, or use {where}")
+        for given in getattr(self.config.option, "plugins", None) or ():
+            if not given.startswith("no:") and given.partition(".")[0] == top:
+                return (f"pytest imported it for `-p {given}` before this plugin was active (with -p, a plugin's "
+                        "package runs without telemetry); load that plugin from conftest.py instead, or use " + where)
+        if name in plugin.LOADED_BEFORE:
+            return (f"imported by a plugin that pytest loaded before this one; make that import lazy, or use {where}")
+        return ("imported while pytest read its configuration (a plugin given with -p, or one a plugin imports); "
+                f"make that import lazy, or use {where}")
+
+    @staticmethod
+    def _pytest_plugins() -> list[Any]:
+        from importlib.metadata import entry_points
+
+        try:
+            return list(entry_points(group="pytest11"))
+        except Exception:  # a broken distribution's metadata: no attribution, the rest still says
+            return []
 
     def loaded_elsewhere(self) -> dict[str, str]:
         """Modules of the project's files that were imported during the session, but not
@@ -422,10 +464,8 @@ class TelemetrySession:
             write(line)
         for module, reason in sorted(data["problems"].items()):
             write(f"not instrumented: {module}: {reason}")
-        if self.early:
-            write(f"imported before telemetry could be injected (they run without it): {', '.join(self.early)}; "
-                  "they were imported by a plugin or startup hook that runs before conftest.py files load: "
-                  "make that import lazy, or exclude them from --telemetry-modules")
+        for name in self.early:
+            write(f"imported before telemetry could be injected (it runs without it): {name}: {self.early_why(name)}")
 
 
 class TelemetryFile(pytest.File):

@@ -99,15 +99,20 @@ def read_bytes(path: str) -> bytes:
 def write_atomic(path: str, data: bytes, *, like: str | None = None, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and
     ``os.replace``, so a reader or a crash never sees half a file. The mode of ``like``
-    (or of the file being replaced) is kept; ``mode`` sets it outright."""
+    (or of the file being replaced) is kept; ``mode`` sets it outright. A file replaced
+    keeps its group (and, for root, its owner) where the system allows it."""
+    owner: tuple[int, int] | None = None
     if mode is None:
         for candidate in (path, like):
             if candidate:
                 try:
-                    mode = stat.S_IMODE(os.stat(candidate).st_mode)
-                    break
+                    info = os.stat(candidate)
                 except OSError:
-                    pass
+                    continue
+                mode = stat.S_IMODE(info.st_mode)
+                if candidate == path and hasattr(os, "chown"):
+                    owner = (info.st_uid if os.geteuid() == 0 else -1, info.st_gid)
+                break
     folder = os.path.dirname(path) or "."
     tmp = os.path.join(folder, f".ti-{os.getpid()}-{next(_counter)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else 0o600)
@@ -118,6 +123,11 @@ def write_atomic(path: str, data: bytes, *, like: str | None = None, mode: int |
                 view = view[os.write(fd, view):]
         finally:
             os.close(fd)
+        if owner is not None:
+            try:
+                os.chown(tmp, *owner)
+            except OSError:
+                pass  # not a member of that group: the file gets ours, as an editor's would
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)

@@ -8,6 +8,7 @@ and view of the shared cache. Outputs are written atomically, keeping each file'
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 from collections import Counter
@@ -37,6 +38,8 @@ class RunOptions:
     start_method: str = ""
     """How worker processes start ("fork", "spawn", ...); default: fork on Linux. Inside a
     process that runs threads (a pytest-xdist worker) forking is unsafe: use "spawn"."""
+    write_read_only: bool = False
+    """With ``in_place``: rewrite files that are read-only too (refused by default)."""
 
     @property
     def writes(self) -> bool:
@@ -136,8 +139,10 @@ _BATCH = 8  # files a worker processes between two appends to the cache index
 
 
 def _init_worker(settings: Settings, cache_root: str | None, options: RunOptions,
-                 refactorer: Callable[..., Any] | None = None) -> None:
+                 refactorer: Callable[..., Any] | None = None, parent: int = 0) -> None:
     global _ENGINE, _OPTIONS
+    if parent:
+        _die_with(parent)
     cache = ScriptCache(cache_root) if cache_root else None
     if cache is not None:
         cache.defer_index = True  # flushed after each batch (_process_batch)
@@ -145,6 +150,22 @@ def _init_worker(settings: Settings, cache_root: str | None, options: RunOptions
         pipeline.set_default_refactorer(refactorer)
     _ENGINE = Engine(settings, cache)
     _OPTIONS = options
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when its parent is gone: a parent killed with SIGKILL cannot tell
+    its workers, which would wait on their pipe forever (adopted by init). A daemon thread
+    looks every half second (portable, unlike Linux's PR_SET_PDEATHSIG, which also fires
+    when the thread that started the worker ends)."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(70)
+
+    threading.Thread(target=watch, name="telemetry-inject parent watch", daemon=True).start()
 
 
 def _process(task: tuple[str, str, str, str]) -> tuple[FileReport, bool]:
@@ -208,6 +229,14 @@ def _finish(result: FileResult, data: bytes, source: str, destination: str, opti
         try:
             if options.in_place:
                 if result.output is not None:
+                    # A link's target is rewritten and the link stays (os.replace on the link
+                    # itself would put a regular file in its place).
+                    target = os.path.realpath(source)
+                    problem = "" if options.write_read_only else _read_only(target)
+                    if problem:
+                        report.status, report.reason = "error", problem
+                        return report
+                    _clear_stale_temporaries(os.path.dirname(target))
                     write_atomic(target, output)
                     report.written = target
             elif not _same_content(target, output):
@@ -215,12 +244,62 @@ def _finish(result: FileResult, data: bytes, source: str, destination: str, opti
                 if folder not in _MADE_DIRS:
                     os.makedirs(folder, exist_ok=True)
                     _MADE_DIRS.add(folder)
+                    _clear_stale_temporaries(folder)
                 write_atomic(target, output, like=source)
                 report.written = target
         except OSError as exc:
             report.status = "error"
             report.reason = f"cannot write {target}: {exc.strerror or exc}"
     return report
+
+
+def _read_only(path: str) -> str:
+    """Why ``path`` must not be rewritten in place ('' when it may be): it is read-only, as
+    its mode bits say (root may write anything, and editors still refuse) or as the system
+    says for this user."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""
+    if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH) or not os.access(path, os.W_OK):
+        return f"{path} is read-only: it is left unchanged (--write-read-only rewrites it anyway)"
+    return ""
+
+
+_CLEARED_DIRS: set[str] = set()
+
+
+def _clear_stale_temporaries(folder: str) -> None:
+    """Remove this tool's temporary files (``.ti-<pid>-<n>.tmp``) that a writer killed in the
+    middle left in a folder it writes to, once per folder and process: only those whose
+    process is gone."""
+    if folder in _CLEARED_DIRS:
+        return
+    _CLEARED_DIRS.add(folder)
+    try:
+        names = [name for name in os.listdir(folder) if name.startswith(".ti-") and name.endswith(".tmp")]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(".ti-"):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                os.unlink(path)
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process: not ours to judge
+    return True
 
 
 def _same_content(path: str, data: bytes) -> bool:
@@ -374,7 +453,7 @@ def run(paths: Iterable[str], settings: Settings, options: RunOptions, *, projec
         misses.sort(key=lambda t: _size(t[0]), reverse=True)
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                                  initargs=(settings, str(cache.root) if cache else None, options,
-                                           pipeline.default_refactorer())) as pool:
+                                           pipeline.default_refactorer(), os.getpid())) as pool:
             batches = _batches(misses, _BATCH)
             for batch, results in zip(batches, pool.map(_process_batch, batches)):
                 for task, (report, did_change) in zip(batch, results):

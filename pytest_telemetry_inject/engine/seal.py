@@ -40,18 +40,21 @@ _lock = threading.Lock()
 _state: dict[str, object] = {}
 
 
-def key_path() -> str:
-    """Where the key lives (it may not exist yet)."""
-    explicit = os.environ.get("TELEMETRY_INJECT_KEY_FILE")
-    if explicit:
-        return explicit
+def user_folder() -> str:
+    """This tool's folder in the user's cache folder (the key's, and the cache of files that
+    belong to no project)."""
     if sys.platform == "win32":
         base = os.environ.get("LOCALAPPDATA") or os.path.expanduser("~\\AppData\\Local")
     elif sys.platform == "darwin":
         base = os.path.expanduser("~/Library/Caches")
     else:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return os.path.join(base, "pytest-telemetry-inject", "cache.key")
+    return os.path.join(base, "pytest-telemetry-inject")
+
+
+def key_path() -> str:
+    """Where the key lives (it may not exist yet)."""
+    return os.environ.get("TELEMETRY_INJECT_KEY_FILE") or os.path.join(user_folder(), "cache.key")
 
 
 def _load() -> tuple[bytes | None, str]:

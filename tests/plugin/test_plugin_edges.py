@@ -5,6 +5,7 @@ files inside a package."""
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 
 import pytest
@@ -171,3 +172,29 @@ def test_a_module_loaded_around_the_hook_is_named_in_the_summary(project: pytest
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["not instrumented: pkg.loose: imported by SourceFileLoader without going through "
                                  "the telemetry import hook"])
+
+
+def test_the_collection_header_counts_the_telemetry_items(project: pytest.Pytester) -> None:
+    result = project.runpytest_subprocess("--inject-telemetry")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["collected 1 item",
+                                 "telemetry: 1 more items, one per instrumented file (path::telemetry*); 2 items in all"])
+
+
+def test_modules_imported_before_the_hook_are_named_with_who_imported_them(project: pytest.Pytester,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    (project.path / "pkg" / "plugin.py").write_text("from pkg import core  # imported with the plugin\n")
+    startup = project.path.parent / f"{project.path.name}-startup"
+    startup.mkdir()
+    (startup / "sitecustomize.py").write_text("import pkg.early\n")
+    (project.path / "pkg" / "early.py").write_text("def early(x):\n    y = x\n    return y\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(startup), str(project.path)]))
+    result = project.runpytest_subprocess("--inject-telemetry", "-p", "pkg.plugin")
+    result.assert_outcomes(passed=3)  # the test and two files' telemetry items (their scripts are fine)
+    result.stdout.fnmatch_lines([
+        "imported before telemetry could be injected (it runs without it): pkg.core: pytest imported it for "
+        "`-p pkg.plugin`*load that plugin from conftest.py instead, or use telemetry_exclude*",
+        "imported before telemetry could be injected (it runs without it): pkg.early: imported at interpreter "
+        "start-up*sitecustomize*",
+    ])
+    assert "--telemetry-modules" not in result.stdout.str()
