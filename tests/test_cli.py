@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "shop"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "shop"
 
 
 def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -256,3 +258,23 @@ def test_the_readme_example_runs_under_the_pytest_command(tmp_path: Path) -> Non
     assert "8 passed" in done.stdout
     assert "13 functions instrumented in 5 files" in done.stdout
     assert "shop.cart:Cart.add" in done.stdout
+
+
+def test_the_readme_commands_work_pasted_in_order(tmp_path: Path) -> None:
+    """README's "Try it" commands, one after the other in one shell, from the repository's
+    root, as a new user pastes them (the install step is the installed package here)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Try it", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)\n```", section, re.S)
+    assert len(blocks) == 2, blocks
+    first = blocks[0].split("pip install . && ", 1)[1]
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLE, repo / "examples" / "shop", ignore=shutil.ignore_patterns(".telemetry_cache", "__pycache__"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "TELEMETRY_INJECT_", "PYTHONPATH"))}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    done = subprocess.run(["bash", "-c", f"set -e\n{first}\n{blocks[1]}"], cwd=repo, capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "8 passed" in done.stdout and "shop.cart:Cart.add" in done.stdout
+    assert (repo / "build" / "shop" / "shop" / "telemetry_utils.py").is_file()
+    assert "13 functions called" in done.stderr  # the shipped copy's report (on stderr)
