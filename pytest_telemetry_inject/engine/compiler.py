@@ -1,39 +1,131 @@
 """Compile instrumented source as if it were the original: every position the interpreter
-records (tracebacks, coverage's line and arc events, debuggers, ``inspect``) is the original one.
+records (tracebacks, coverage's line and arc events, debuggers, ``inspect``) is the original
+one, and a tracer sees the original function's line events.
 
 The instrumented text is parsed, each node's line is mapped through the line map (inserted
 lines take the line they were inserted before) and its columns moved back by what the
-indentation added, then the tree is compiled under the original file name.
+indentation added. Then each wrapped function is rebuilt for running, not for reading:
 
-The wrapper's own code gets no line where it runs as the function returns (the try form's
-``finally`` block, the with form's exit), so a tracer sees the same line events as from the
-original function: mapped to a line, that code would emit a line event there as the
-function returns, and coverage would record the jump from the function's last line to that
-line instead of to the function's exit (``if done: return`` at the end of a function would
-show its exit branch as missed). The interpreter gives such code the line of the statement
-that returns, as it does for its own implicit ``return None``: for that, the try form's body
-gets an explicit ``return`` without a line at its end, where the original fell off it.
+- **The way out.** The wrapper's code that runs as the function returns (the try form's
+  ``finally`` block, the with form's exit) has no line. The interpreter gives line-less code
+  the line of the instruction before it in its basic block, or, for a block reached from
+  several places, copies it once per jump that carries a line; a block reached only through
+  a line-less jump (the jump over an ``else``, the end of a nested ``if``) gets the line of
+  whatever block precedes it in the code's layout (``if`` ending a branch of an ``if/else``
+  showed the ``else`` branch's last line as run). So every path that falls off the end of
+  the body gets its own ``return`` without a line (:func:`_closed`): at the end of each
+  branch of a final ``if``/``else``, ``try``/``except``, ``match`` or loop ``else``, and
+  after the body. Each copy of the exit code then follows, in one block, the statement that
+  ran last on its path, or is reached by a conditional jump with the test's line: the lines
+  CPython gives its own implicit ``return None``.
+- **The try form keeps no local.** The text's ``_telemetry_t = _telemetry.start()`` local
+  would show in ``locals()``, ``dir()``, ``co_varnames`` and ``inspect.getgeneratorlocals``.
+  On the fly the start time stays on the frame's value stack instead, and the ``finally``
+  block's exception path leaves from the line that raised (``bytecode.py``); the text's
+  ``except`` clause and ``fail()`` call are not compiled (the exception path calls
+  ``raised()``). Where the bytecode cannot be edited (Python 3.10, an interpreter this was
+  not checked on, a function with more names than an opcode's byte indexes) the function
+  gets the with form instead, which needs no local.
+- **No extra frame.** A function the text instruments with the decorator because its body
+  has no line of its own (``def f(): return 1``, a statement sharing the docstring's line)
+  gets the frameless form of the session's style instead: ``warnings.warn(stacklevel=2)``,
+  ``sys._getframe(1)`` and ``__code__`` see the function itself.
 
-On the way out by an exception, the try form's handler and ``finally`` block run without a
-line too, inside one more ``try`` whose handler (on the ``def`` line) re-raises: the frame is
-left from a line (a debugger reads the line of a returning frame), the ``def`` line, which
-the import has run. The with form leaves from the line that raised, as the interpreter does
-for every ``with`` block. The wrappers are the ones the Python language's strip finds.
+The with form's ``with`` statement and call have no line either (Python 3.13 would give the
+exit the call's line); entering keeps the line of the call's name and arguments, the first
+line of the body. On the way out by an exception it leaves from the line that raised, as the
+interpreter does for every ``with`` block. The wrappers are the ones the Python language's
+strip finds.
 """
 
 from __future__ import annotations
 
 import ast
+import copy
+import dis
+import sys
+import warnings
+from dataclasses import dataclass
 from types import CodeType
 
-from ..languages.python import wrappers
+from ..languages.python import DECO_MARK, wrappers
 from ..scriptlib import split_lines
+from . import bytecode
 from .reconstruct import LineMap
 
+# The form of the code compile_mapped produces; a cache of compiled code should be keyed by
+# it. 3: a return per path that falls off the body, the try form's start time on the value
+# stack, one-line bodies without the decorator's frame.
+CODE_FORM = 3
 
-def compile_mapped(text: str, line_map: LineMap, filename: str) -> CodeType:
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+@dataclass
+class _Plan:
+    """A function to rebuild: its span name, the body it wraps and how."""
+
+    function: ast.FunctionDef | ast.AsyncFunctionDef
+    name: str
+    body: list[ast.stmt]
+    """The original statements (docstring excluded), positions mapped."""
+    keep: list[ast.stmt]
+    """Statements kept before the wrapper (the docstring)."""
+    generator: bool
+    target: str
+    """``runtime`` (the runtime's tracer: the text's try and with styles alike) or ``otel``
+    (OpenTelemetry's tracer: the with form)."""
+    line: int
+    col: int
+    marker: str = ""
+
+
+def compile_mapped(text: str, line_map: LineMap, filename: str, *, style: str | None = None) -> CodeType:
+    """The code of the instrumented module ``text``, with the positions of the original.
+
+    ``style``: the session's style. ``decorator`` keeps the decorator of the functions the
+    text instruments with it because their body shares the ``def`` line; any other gets
+    them the frameless form."""
     tree = ast.parse(text, filename)
-    wrapped = wrappers(tree, split_lines(text))  # found by the text's rows: before mapping
+    lines = split_lines(text)
+    wrapped = wrappers(tree, lines)  # found by the text's rows: before mapping
+    decorated = _decorated_one_liners(tree, lines)
+    _map_positions(tree, line_map)
+    plans: list[_Plan] = []
+    for function, wrapper in wrapped:
+        if isinstance(wrapper, ast.With):
+            plans.append(_plan_with(function, wrapper))
+        elif _is_try_style(function, wrapper):
+            plans.append(_plan_try(function, wrapper))
+        else:  # the logging target's try form (not a plugin target): lines only
+            _unline_try(function, wrapper)
+    if style != "decorator":
+        for function, decorator, kind, name in decorated:
+            function.decorator_list.remove(decorator)
+            plans.append(_plan_one_liner(function, name, "otel" if kind == "start_as_current_span" else "runtime"))
+    for index, plan in enumerate(plans):
+        plan.marker = f"\x00telemetry slot {index}: {plan.name}"
+    fallback: set[str] = set()
+    while True:
+        hidden = set()
+        stand_ins = _StandIns(max(line_map.original, default=0) + 1)
+        for plan in plans:
+            form = "with" if plan.target == "otel" or plan.marker in fallback or not bytecode.SUPPORTED else "try"
+            _build(plan, form, stand_ins)
+            if form == "try":
+                hidden.add(plan.marker)
+        code = compile(tree, filename, "exec", dont_inherit=True)
+        failed: set[str] = set()
+        code = _finish(code, hidden, failed, stand_ins.lines)
+        if not failed:
+            return code
+        fallback |= failed  # rebuilt in the with form, compiled again
+
+
+# -- positions ---------------------------------------------------------------------------------
+
+
+def _map_positions(tree: ast.Module, line_map: LineMap) -> None:
     original, shift = line_map.original, line_map.shift
     last = len(original)
     for node in ast.walk(tree):
@@ -53,36 +145,420 @@ def compile_mapped(text: str, line_map: LineMap, filename: str) -> CodeType:
                 if node.end_lineno == node.lineno:
                     end_col = max(end_col, node.col_offset)
                 node.end_col_offset = end_col
-    for function, wrapper in wrapped:
-        if isinstance(wrapper, ast.With):
-            # No line for the with statement and its call (Python 3.13 gives the exit the
-            # call's): entering keeps the line of the call's name and arguments, the first
-            # line of the body; the exit has none.
-            _place(wrapper, -1, subtree=False)
-            _place(wrapper.items[0].context_expr, -1, subtree=False)
-        elif isinstance(wrapper, ast.Try):
-            _unline_try(function, wrapper)
-    return compile(tree, filename, "exec", dont_inherit=True)
 
 
-# -- the wrappers' code, without a line where it runs on the way out ---------------------------
-
-
-def _place(node: ast.AST, line: int, *, subtree: bool = True) -> None:
-    """The node (and its subtree) at ``line``, column 0; -1: no line and no columns."""
+def _place(node: ast.AST, line: int, col: int = 0, *, subtree: bool = True) -> ast.AST:
+    """The node (and its subtree) at ``line``, column ``col``; -1: no line and no columns."""
     for each in ast.walk(node) if subtree else (node,):
         if "lineno" in each._attributes:
             each.lineno = each.end_lineno = line
-            each.col_offset = each.end_col_offset = -1 if line < 0 else 0
+            each.col_offset = each.end_col_offset = -1 if line < 0 else col
+    return node
+
+
+def _lineless(node: ast.AST) -> ast.AST:
+    return _place(node, -1)
+
+
+# -- every way out of the body is a return ------------------------------------------------------
+
+
+def _ends(body: list[ast.stmt]) -> bool:
+    """The list cannot fall off its end (at a function's tail, where no loop encloses it)."""
+    return bool(body) and isinstance(body[-1], (ast.Return, ast.Raise))
+
+
+def _closed(body: list[ast.stmt], final: ast.Return | None = None) -> list[ast.stmt]:
+    """``body`` with a ``return`` at the end of every path that falls off it: a copy of
+    ``final``, or a line-less ``return`` (the function's own end: its implicit ``return
+    None``).
+
+    The interpreter copies the exit code (with its implicit ``return None``) once per way
+    in, with the line of the statement or test before it, when that way in carries a line
+    (a statement it follows, a conditional jump); the jump out of a branch of an
+    ``if``/``else`` (or of a nested ``if``, a ``match`` case, a ``try``/``except``) carries
+    none, and the block it reaches takes the line of whatever precedes it in the code's
+    layout. A ``return`` at the end of each such branch leaves no such jump: its exit code
+    follows the branch's last statement in one block.
+
+    Only tail positions are touched, never a loop body or a ``finally`` block (whose code
+    also runs on the exception path, where no ``return`` may go); a ``try`` body's
+    ``return`` runs the ``finally`` block on its way out, as falling off the body does. Not
+    a ``with`` body either: its exit code, which runs after the body, has the ``with``
+    line, so the jumps to it carry a line. A ``break`` out of a loop at the end is a
+    ``return`` (it jumps to the ``return`` after the loop, which CPython copies into the
+    jumping block when it is small). A ``final`` with a value goes only where evaluating it
+    earlier changes nothing: not into a ``try`` (an error would be caught, or chained to the
+    one being handled) or past a ``finally`` or ``with`` exit that runs before it."""
+    if body:
+        _close_last(body[-1], final)
+    if not _ends(body):
+        body.append(_return_like(final, None))
+    return body
+
+
+def _close_last(last: ast.stmt, final: ast.Return | None) -> None:
+    if isinstance(last, ast.If):
+        last.body = _closed(last.body, final)
+        if last.orelse:
+            last.orelse = _closed(last.orelse, final)
+    elif type(last).__name__ == "Match":
+        for case in last.cases:  # type: ignore[attr-defined]
+            case.body = _closed(case.body, final)
+    elif isinstance(last, (ast.For, ast.While)):
+        _breaks_return(last.body, final, False)
+        if last.orelse:
+            last.orelse = _closed(last.orelse, final)
+    elif final is not None:
+        return
+    elif isinstance(last, ast.Try):
+        if last.orelse:
+            last.orelse = _closed(last.orelse)
+        else:
+            last.body = _closed(last.body)
+        for handler in last.handlers:
+            handler.body = _closed(handler.body)
+    elif type(last).__name__ == "TryStar":  # (3.11+; no return in an except* block)
+        if last.orelse:
+            last.orelse = _closed(last.orelse)
+        else:
+            last.body = _closed(last.body)
+
+
+def _return_like(final: ast.Return | None, where: ast.stmt | None) -> ast.stmt:
+    if final is None:
+        node = ast.Return(value=None)
+        return ast.copy_location(node, where) if where is not None else _lineless(node)  # type: ignore[return-value]
+    return copy.deepcopy(final)
+
+
+def _breaks_return(body: list[ast.stmt], final: ast.Return | None, guarded: bool) -> None:
+    """Each ``break`` of the loop whose body this is (not those of inner loops) returns
+    instead: ``final`` where nothing runs between the two (not inside a ``try`` or a
+    ``with`` in the loop), after a ``pass`` that keeps the ``break``'s line."""
+    for index, stmt in enumerate(body):
+        if isinstance(stmt, ast.Break):
+            if final is None:
+                body[index] = _return_like(None, stmt)
+            elif not guarded:
+                body[index:index + 1] = [ast.copy_location(ast.Pass(), stmt), _return_like(final, None)]
+        elif isinstance(stmt, (*_FUNCTIONS, ast.ClassDef)):
+            continue
+        elif isinstance(stmt, (ast.For, ast.AsyncFor, ast.While)):
+            _breaks_return(stmt.orelse, final, guarded)  # an inner loop's else clause breaks out of this loop
+        else:
+            inner = guarded or isinstance(stmt, (ast.With, ast.AsyncWith, ast.Try, getattr(ast, "TryStar", ast.Try)))
+            for field in ("body", "orelse", "finalbody"):
+                _breaks_return(getattr(stmt, field, None) or [], final, inner)
+            for part in (*getattr(stmt, "handlers", ()), *getattr(stmt, "cases", ())):
+                _breaks_return(part.body, final, inner)
+
+
+# The instructions a ``return`` runs to leave each enclosing block before its RETURN_VALUE
+# (CPython 3.11 to 3.13), with the value on the stack: a ``for`` loop pops its iterator
+# (SWAP, POP_TOP), an ``except`` clause its exception (SWAP, POP_EXCEPT; three more to delete
+# an ``as`` name), a ``finally`` block on the exception path (SWAP, POP_TOP, POP_EXCEPT); a
+# ``with`` statement calls its exit and a ``finally`` block runs: more than CPython copies.
+_FAR = 99
+_COPIED = 4  # CPython's MAX_COPY_SIZE: an exit block this small is copied into each jump to it
+
+
+def _rewrite_returns(body: list[ast.stmt], cost: int = 0) -> None:
+    """Give the function's returns the shape CPython gives their exit when it copies it.
+
+    CPython copies a small exit block (``return x``, ``return a, b``: at most four
+    instructions, those leaving the enclosing blocks included) into each unconditional jump
+    to it, so that the paths that reach it return without a jump, each with its own line.
+    The instrumented exit also ends the span and is never that small, so the same paths
+    would jump to one copy (and on Python 3.12+, a loop's exhaustion inside a branch would
+    branch to that jump, on the loop's line, instead of to the return). So where the
+    original's exit is that small, it gets copied here, in the tree: ``return a if test else
+    b`` becomes ``if test: return a`` / ``else: return b`` (the two values join before the
+    return), and a small ``return`` after an ``if``, ``match`` or loop is also put at the end
+    of each of its branches that falls into it (:func:`_closed`)."""
+    for index, stmt in enumerate(body):
+        if isinstance(stmt, ast.Return) and isinstance(stmt.value, ast.IfExp) and cost + 1 < _COPIED:
+            body[index] = stmt = _split(stmt)  # type: ignore[assignment]
+        if isinstance(stmt, (*_FUNCTIONS, ast.ClassDef)):
+            continue
+        if isinstance(stmt, (ast.Try, getattr(ast, "TryStar", ast.Try))):
+            _rewrite_returns(stmt.body, _FAR if stmt.finalbody else cost)
+            _rewrite_returns(stmt.orelse, _FAR if stmt.finalbody else cost)
+            for handler in stmt.handlers:
+                _rewrite_returns(handler.body, _FAR if stmt.finalbody else cost + (5 if handler.name else 2))
+            _rewrite_returns(stmt.finalbody, cost + 3)
+        else:
+            inner = cost + 2 if isinstance(stmt, ast.For) else _FAR if isinstance(
+                stmt, (ast.AsyncFor, ast.With, ast.AsyncWith)) else cost
+            _rewrite_returns(getattr(stmt, "body", None) or [], inner)
+            _rewrite_returns(getattr(stmt, "orelse", None) or [], cost)
+            for case in getattr(stmt, "cases", ()):
+                _rewrite_returns(case.body, cost)
+        following = body[index + 1] if index + 1 < len(body) else None
+        if (isinstance(following, ast.Return) and isinstance(stmt, (ast.If, ast.For, ast.While))
+                or type(stmt).__name__ == "Match") and isinstance(following, ast.Return) \
+                and _return_size(following) + cost <= _COPIED:
+            _close_last(stmt, following)
+
+
+def _return_size(stmt: ast.Return) -> int:
+    """Instructions of ``return <value>`` alone, as this interpreter compiles it (the names
+    it reads count one instruction each, local or not)."""
+    if stmt.value is None or isinstance(stmt.value, ast.Constant):
+        return 1 if sys.version_info >= (3, 12) else 2  # RETURN_CONST; LOAD_CONST, RETURN_VALUE
+    probe = ast.Module(body=[ast.AsyncFunctionDef(name="_", args=ast.arguments(
+        posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]),
+        body=[ast.Return(value=copy.deepcopy(stmt.value))], decorator_list=[], returns=None, type_comment=None,
+        **({"type_params": []} if sys.version_info >= (3, 12) else {}))], type_ignores=[])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = compile(ast.fix_missing_locations(probe), "<probe>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, TypeError):
+        return _FAR
+    code = next(const for const in module.co_consts if isinstance(const, CodeType))
+    instructions = [ins.opname for ins in dis.get_instructions(code)]
+    if "YIELD_VALUE" in instructions or "SEND" in instructions:
+        return _FAR  # an await or yield: not a plain value
+    first = instructions.index("RESUME") + 1 if "RESUME" in instructions else 0  # (3.11+)
+    if "GEN_START" in instructions:  # (3.10: an async function's first instruction)
+        first = instructions.index("GEN_START") + 1
+    return sum(1 for name in instructions[first:] if name not in ("CACHE", "EXTENDED_ARG", "NOP"))
+
+
+def _split(stmt: ast.Return) -> ast.stmt:
+    value: ast.IfExp = stmt.value  # type: ignore[assignment]
+    branches = []
+    for part in (value.body, value.orelse):
+        ret = ast.copy_location(ast.Return(value=part), stmt)
+        branches.append(_split(ret) if isinstance(part, ast.IfExp) else ret)
+    # The if at the expression's position: the interpreter gives the test's jump the
+    # position of the statement (an if) or of the expression (a conditional expression).
+    return ast.copy_location(ast.If(test=value.test, body=[branches[0]], orelse=[branches[1]]), value)
+
+
+# -- the wrappers ------------------------------------------------------------------------------
+
+
+def _entry_line(function: ast.FunctionDef | ast.AsyncFunctionDef, first: ast.stmt) -> int:
+    """The line of the wrapper's entry code. Where ``bytecode.py`` can take the line off the
+    compiled entry (see ``unline_with_entry``), the ``def`` line: it only has to differ from
+    the body's first line while compiling, or the compiler drops a NOP of the body's first
+    statement that carries that line as redundant (a ``try:`` on the first line then has no
+    line event). Elsewhere the body's first line: one line event, which the body's first
+    statement usually starts with."""
+    return function.lineno if bytecode.LINES_EDITABLE else first.lineno
+
+
+def _is_try_style(function: ast.FunctionDef | ast.AsyncFunctionDef, wrapper: ast.stmt) -> bool:
+    index = function.body.index(wrapper)
+    prologue = function.body[index - 1] if index else None
+    return (isinstance(prologue, ast.Assign) and isinstance(prologue.value, ast.Call)
+            and isinstance(prologue.value.func, ast.Attribute)
+            and prologue.value.func.attr in ("start", "start_generator"))
+
+
+def _plan_try(function: ast.FunctionDef | ast.AsyncFunctionDef, wrapper: ast.Try) -> _Plan:
+    index = function.body.index(wrapper)
+    prologue = function.body[index - 1]
+    generator = prologue.value.func.attr == "start_generator"  # type: ignore[attr-defined]
+    name = wrapper.finalbody[-1].value.args[0].value  # type: ignore[attr-defined]
+    first = wrapper.body[0]
+    return _Plan(function, name, wrapper.body, function.body[:index - 1], generator, "runtime",
+                 _entry_line(function, first), first.col_offset)
+
+
+def _plan_with(function: ast.FunctionDef | ast.AsyncFunctionDef, wrapper: ast.With) -> _Plan:
+    """The with style's function: rebuilt like the try style's for the runtime (on the fly
+    the two texts mean the same calls of the same tracer), in the with form for
+    OpenTelemetry's tracer."""
+    index = function.body.index(wrapper)
+    call = wrapper.items[0].context_expr
+    generator = call.func.attr in ("generator_span", "start_span")  # type: ignore[attr-defined]
+    target = "otel" if call.func.attr.startswith("start_") else "runtime"  # type: ignore[attr-defined]
+    first = wrapper.body[0]
+    return _Plan(function, call.args[0].value, wrapper.body, function.body[:index], generator,  # type: ignore[attr-defined]
+                 target, _entry_line(function, first), first.col_offset)
+
+
+def _plan_one_liner(function: ast.FunctionDef | ast.AsyncFunctionDef, name: str, target: str) -> _Plan:
+    body = function.body
+    keep = body[:1] if _is_docstring(body[0]) and len(body) > 1 else []
+    rest = body[len(keep):]
+    return _Plan(function, name, rest, keep, _is_generator(function), target, _entry_line(function, rest[0]),
+                 rest[0].col_offset)
+
+
+class _StandIns:
+    """Lines past the file's end, each standing in for a ``return`` statement's line while
+    compiling (see :func:`_stand_in_returns`), and the real line of each."""
+
+    def __init__(self, first: int) -> None:
+        self.next = first
+        self.lines: dict[int, int] = {}
+
+    def take(self, real: int) -> int:
+        line = self.next
+        self.next += 1
+        self.lines[line] = real
+        return line
+
+
+def _stand_in_returns(body: list[ast.stmt], stand_ins: _StandIns | None) -> None:
+    """In the with form, each ``return`` of the function (not of a nested one) on a line of
+    its own while compiling, or with its real line again (``stand_ins`` None).
+
+    A ``return`` whose value ends on a later line than the statement starts (``return f(\n
+    x)``) returns from the statement's line: the interpreter gives RETURN_VALUE the
+    statement's line. Leaving a ``with`` block, the exit code and the RETURN_VALUE after it
+    have no line (the ``with`` statement has none), so they take the value's last line, and
+    the statement's line event is lost. The compiler puts a NOP with the statement's line
+    after the value when the value starts on another line than the statement: on a stand-in
+    line, every ``return`` gets that NOP, and ``bytecode.relabel`` gives it the real line
+    back. (The try form's ``finally`` block gets that line from the statement already.)"""
+    for stmt in body:
+        if isinstance(stmt, ast.Return) and (stmt.lineno > 0 or hasattr(stmt, "_telemetry_line")):
+            real = getattr(stmt, "_telemetry_line", None)
+            if real is None:
+                real = stmt._telemetry_line = (stmt.lineno, stmt.end_lineno)  # type: ignore[attr-defined]
+            if stand_ins is None:
+                stmt.lineno, stmt.end_lineno = real
+            else:
+                stmt.lineno = stmt.end_lineno = stand_ins.take(real[0])
+            continue
+        if isinstance(stmt, (*_FUNCTIONS, ast.ClassDef)):
+            continue
+        for field in ("body", "orelse", "finalbody"):
+            _stand_in_returns(getattr(stmt, field, None) or [], stand_ins)
+        for part in (*getattr(stmt, "handlers", ()), *getattr(stmt, "cases", ())):
+            _stand_in_returns(part.body, stand_ins)
+
+
+def _build(plan: _Plan, form: str, stand_ins: _StandIns) -> None:
+    """Put (a copy of) the plan's body in the wrapper of ``form``: ``try`` (the start time
+    kept on the value stack, see ``bytecode.hide_slot``) or ``with``. Built afresh each time:
+    a function whose bytecode cannot be edited is compiled again in the with form."""
+    line, col = plan.line, plan.col
+
+    def telemetry(attribute: str, *args: ast.expr) -> ast.Call:
+        # The name and arguments at the entry line (see _entry_line); the call itself
+        # without a line, so that no call event of a tracer has a line the original lacks.
+        return _place(ast.Call(_place(ast.Attribute(_place(ast.Name("_telemetry", ast.Load()), line, col), attribute,
+                                                    ast.Load()), line, col, subtree=False),
+                               [_place(arg, line, col) for arg in args], []), -1, subtree=False)  # type: ignore
+
+    # The rewrites below change nested statement lists in place, the same way each time; a
+    # nested function's plan holds its node, which must stay the one in this tree.
+    body = list(plan.body)
+    _rewrite_returns(body)
+    body = _closed(body)
+    _stand_in_returns(body, stand_ins if form == "with" and bytecode.LINES_EDITABLE else None)
+    if form == "try":
+        start = _place(ast.Expr(telemetry("start_generator" if plan.generator else "start")), line, col,
+                       subtree=False)
+        end = _lineless(ast.Expr(ast.Call(ast.Attribute(ast.Name("_telemetry", ast.Load()), "end", ast.Load()),
+                                          [ast.Constant(plan.name), ast.Constant(plan.marker)], [])))
+        wrapper = _lineless(ast.Try(body=[], handlers=[], orelse=[], finalbody=[end]))
+        wrapper.body = body  # type: ignore[attr-defined]
+        plan.function.body = [*plan.keep, start, wrapper]  # type: ignore[list-item]
+        return
+    if plan.target == "otel":
+        call = "start_span" if plan.generator else "start_as_current_span"
+    else:
+        call = "generator_span" if plan.generator else "span"
+    # The with statement without a line (and its exit: Python 3.13 would give it the call's).
+    with_ = _lineless(ast.With(items=[], body=[]))
+    with_.items = [ast.withitem(telemetry(call, ast.Constant(plan.name)))]  # type: ignore[attr-defined]
+    with_.body = body  # type: ignore[attr-defined]
+    plan.function.body = [*plan.keep, with_]  # type: ignore[list-item]
+
+
+def _finish(code: CodeType, markers: set[str], failed: set[str], lines: dict[int, int]) -> CodeType:
+    """``code`` and its nested code objects with the bytecode edits of ``bytecode.py``: each
+    try-form function's start time moved onto its value stack (the markers of those that
+    could not be edited go into ``failed``), each with-form function's entry code without a
+    line and its returns' stand-in ``lines`` replaced by the real ones."""
+    consts = list(code.co_consts)
+    changed = False
+    if lines:
+        code = bytecode.relabel(code, lines)
+    for index, const in enumerate(consts):
+        if isinstance(const, CodeType):
+            new = _finish(const, markers, failed, lines)
+            if new is not const:
+                consts[index], changed = new, True
+    if changed:
+        code = code.replace(co_consts=tuple(consts))
+    mine = [const for const in code.co_consts if isinstance(const, str) and const in markers]
+    for marker in mine:
+        try:
+            return bytecode.hide_slot(code, marker)
+        except bytecode.Unsupported:
+            failed.add(marker)
+    if not mine and code.co_flags & _OPTIMIZED:
+        try:
+            return bytecode.unline_with_entry(code)
+        except bytecode.Unsupported:
+            pass  # the entry keeps the body's first line
+    return code
+
+
+_OPTIMIZED = 0x1  # CO_OPTIMIZED: a function's code (not a module's or a class body's)
+
+
+# -- one-line bodies ---------------------------------------------------------------------------
+
+
+def _decorated_one_liners(tree: ast.Module, lines: list[str]) -> list[tuple[ast.FunctionDef | ast.AsyncFunctionDef,
+                                                                           ast.expr, str, str]]:
+    """Functions the text instruments with the decorator only because their body has no line
+    of its own: (function, the decorator, its kind, the span name). Their bodies hold no
+    block (a statement on the ``def`` line, or sharing the docstring's, is simple), so a
+    wrapper cannot nest blocks past CPython's limit."""
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, _FUNCTIONS) or not node.decorator_list:
+            continue
+        decorator = node.decorator_list[-1]  # the engine puts its decorator next to the def
+        if decorator.lineno != decorator.end_lineno or "_telemetry" not in lines[decorator.lineno - 1]:
+            continue
+        match = DECO_MARK.fullmatch(lines[decorator.lineno - 1].strip(" \t\x0c\r\n"))
+        if match is None or any(isinstance(stmt, _COMPOUND) for stmt in node.body):
+            continue
+        found.append((node, decorator, match.group(1), match.group(2)))
+    return found
+
+
+_COMPOUND = (*_FUNCTIONS, ast.ClassDef, ast.If, ast.For, ast.AsyncFor, ast.While, ast.With, ast.AsyncWith, ast.Try,
+             *(getattr(ast, name) for name in ("TryStar", "Match") if hasattr(ast, name)))
+
+
+def _is_docstring(stmt: ast.stmt) -> bool:
+    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
+
+
+def _is_generator(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A yield in the function's own scope (not in a nested def, lambda or class)."""
+    todo: list[ast.AST] = list(function.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.Yield, ast.YieldFrom)):
+            return True
+        if isinstance(node, (*_FUNCTIONS, ast.Lambda, ast.ClassDef)):
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return False
+
+
+# -- the logging target's try form (not used on the fly by the plugin) -----------------------------
 
 
 def _unline_try(function: ast.FunctionDef | ast.AsyncFunctionDef, wrapper: ast.Try) -> None:
     for node in (*wrapper.handlers, *wrapper.finalbody):
         _place(node, -1)
-    ending = ast.Return(value=None)
-    _place(ending, -1)
-    wrapper.body.append(ending)  # unreachable where the body cannot fall off its end
-    # The way out on an exception: a handler on the def line re-raises.
+    wrapper.body = _closed(wrapper.body)
+    # The way out on an exception: a handler on the def line re-raises, so that the frame
+    # is left from a line (a debugger reads the line of a returning frame).
     outer = ast.Try(body=[wrapper], handlers=[ast.ExceptHandler(type=ast.Name("BaseException", ast.Load()),
                                                                 name=None, body=[ast.Raise()])],
                     orelse=[], finalbody=[])

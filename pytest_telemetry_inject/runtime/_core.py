@@ -574,7 +574,7 @@ class Tracer:
     The base class's ``span`` / ``generator_span`` slots serve vendored copies' tracers that
     forward to the collector's (``_FollowTracer``)."""
 
-    __slots__ = ("module", "span", "generator_span", "start", "start_generator", "end", "fail",
+    __slots__ = ("module", "span", "generator_span", "start", "start_generator", "end", "fail", "raised",
                  "_by_name", "_by_code", "_where", "_lead", "_followers",
                  "__weakref__")
     _kinds: tuple = (_AggSpan, _AggSpan)  # the span classes of span() and generator_span()
@@ -703,13 +703,18 @@ class Tracer:
         if fast:
             state.__exit__(None, None, None)  # type: ignore[attr-defined]  # (never raises)
             return
+        self._end_span_slow(name, state, 2)
+
+    def _end_span_slow(self, name: str, state: object, depth: int) -> None:
+        """``end`` of the span modes off the fast path; ``depth``: frames from this one up to
+        the user's function."""
         try:
             if not isinstance(state, _AggSpan):
                 self._end_other(name, state)
                 return
             site = self._by_name.get(name)
-            if site is None:  # frames: _site, this, the user's function
-                site = self._by_name[name] = self._site(name, 2)
+            if site is None:
+                site = self._by_name[name] = self._site(name, depth + 1)
             if state._site is not site:  # begun on the placeholder: rename it
                 state._site = site
                 otel_span = getattr(state, "_o", None)
@@ -720,7 +725,7 @@ class Tracer:
                     except Exception:
                         pass
                 if _getframe is not None:  # the user's function: its next start() knows the site
-                    self._by_code[_getframe(1).f_code] = site
+                    self._by_code[_getframe(depth).f_code] = site
             error = getattr(state, "_err", None)
             if error is None:
                 state.__exit__(None, None, None)
@@ -737,6 +742,30 @@ class Tracer:
         except Exception:
             pass
         return state
+
+    def _raised(self, name: str, state: object) -> None:
+        """``end`` for a call that raised: the try form as compiled on the fly calls it from
+        its ``finally`` block's exception path (``engine/bytecode.py``), where the exception
+        on its way out is the one being handled, instead of ``fail`` then ``end``. Not a hot
+        path."""
+        try:
+            error = sys.exc_info()[1]
+            if isinstance(state, _AggSpan):  # a span mode (or one begun before the mode changed)
+                if error is not None:
+                    state._err = error
+                self._end_span_slow(name, state, 2)  # frames: that, this, the user's function
+                return
+            if state.__class__ is not float:
+                return  # started while disabled: nothing was measured
+            seconds = _seconds() - state
+            site = self._by_name.get(name)
+            if site is None:  # frames: _site, this, the user's function
+                site = self._by_name[name] = self._site(name, 2)
+            _account(site, seconds)
+            if error is not None and not isinstance(error, _NOT_ERRORS):
+                _error(site, type(error))
+        except Exception:
+            pass
 
     def _end_other(self, name: str, state: object) -> None:
         """``end`` off its fast path: the site's first call, a span of another mode (the mode
@@ -824,7 +853,7 @@ class Tracer:
         self.span = lead.span
         self.generator_span = lead.generator_span
         self.start, self.start_generator = lead.start, lead.start_generator
-        self.end, self.fail = lead.end, lead.fail
+        self.end, self.fail, self.raised = lead.end, lead.fail, lead.raised
 
     def _unfollow(self) -> None:
         self._lead = None
@@ -832,6 +861,14 @@ class Tracer:
 
     def __repr__(self) -> str:
         return f"<telemetry {type(self).__name__} {self.module!r}>"
+
+    def __reduce__(self) -> tuple:
+        # There is one tracer per module name: pickled, copied or deep-copied, a tracer is a
+        # reference to its module's, found again by tracer(). (cloudpickle pickles a nested
+        # function by value with the globals it uses, the module's _telemetry among them; the
+        # default reduction of a slotted object would restore slots that the mode classes
+        # shadow with methods, and fail.)
+        return (tracer, (self.module,))
 
 
 class _AggTracer(Tracer):
@@ -841,6 +878,7 @@ class _AggTracer(Tracer):
     start = start_generator = _seconds  # a C function: the try form's start costs a clock read
     end = Tracer._end_counted if _FREE_THREADED else Tracer._end_agg
     fail = Tracer._fail_agg
+    raised = Tracer._raised
 
 
 class _SpanTracer(Tracer):
@@ -853,6 +891,7 @@ class _SpanTracer(Tracer):
     start_generator = Tracer._start_generator_span
     end = Tracer._end_span
     fail = Tracer._fail_span
+    raised = Tracer._raised
 
 
 class _EvTracer(_SpanTracer):
@@ -872,7 +911,7 @@ class _OffTracer(Tracer):
     # C functions, not Python ones: a disabled try-form call costs two C calls.
     # ({}.clear() -> None; {}.get(name, state) -> state.)
     start = start_generator = _NOTHING.clear
-    fail = end = _NOTHING.get
+    fail = end = raised = _NOTHING.get
 
 
 class _FollowTracer(Tracer):

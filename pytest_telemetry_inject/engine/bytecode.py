@@ -1,0 +1,463 @@
+"""The try form's start time on the value stack instead of in a local (CPython 3.11+).
+
+On the fly the try style is compiled from this tree (``compiler.py`` builds it)::
+
+    _telemetry.start()                      # the start time: pushed, then popped (POP_TOP)
+    try:
+        ...body...
+    finally:
+        _telemetry.end("Q", MARKER)         # MARKER: a string constant unique to the function
+
+and this module edits the function's code object so that the function keeps no local of its
+own (``locals()``, ``dir()``, ``co_varnames`` and ``inspect.getgeneratorlocals()`` are the
+original's) and leaves by an exception from the line that raised:
+
+- the ``POP_TOP`` after ``start()`` becomes a ``NOP``: the start time stays at the bottom of
+  the frame's value stack for the whole call (a ``with`` statement keeps its ``__exit__``
+  there the same way), and every exception-table depth after it grows by one, so that no
+  handler pops it;
+- each ``LOAD_CONST MARKER`` becomes ``COPY n``: a copy of that bottom item, ``n`` being the
+  stack depth there (the compiler's own stack-depth rules, read from ``dis.stack_effect``);
+- the ``finally`` block's exception copy (the handler that starts with ``PUSH_EXC_INFO``)
+  calls ``raised`` instead of ``end`` (the call raised: the runtime reads the exception from
+  ``sys.exc_info()``); its entries get the ``lasti`` flag, as a ``with`` statement's handler
+  has, and its closing ``RERAISE 0`` becomes ``RERAISE 2``, which restores the offset of the
+  instruction that raised before the exception goes on: a tracer, a debugger and
+  ``frame.f_lineno`` see the frame leave from the line that raised, as without the wrapper.
+
+Every edit replaces one code unit by another (no offset, jump or line-table entry moves).
+The result is checked by running the same stack analysis on the new code: every ``COPY``
+must reach the bottom item, every handler must keep it, the ``RERAISE 2`` must find the
+offset it restores. Anything unexpected (another interpreter's bytecode, a function with
+more names than one byte indexes) raises :class:`Unsupported`, and the compiler falls back to
+the ``with`` form for that function, which needs no edit.
+"""
+
+from __future__ import annotations
+
+import dis
+import sys
+from dataclasses import dataclass, replace
+from types import CodeType
+
+# The interpreters whose bytecode this was written and tested for (the exception table,
+# COPY and RERAISE's lasti came with 3.11).
+SUPPORTED = (3, 11) <= sys.version_info[:2] <= (3, 13)
+# The line tables this module writes: 3.10's and the location table of 3.11 to 3.13.
+LINES_EDITABLE = (3, 10) <= sys.version_info[:2] <= (3, 13)
+
+_OP = dis.opmap
+_EXTENDED_ARG = _OP["EXTENDED_ARG"]
+_NO_FALLTHROUGH = {"RETURN_VALUE", "RETURN_CONST", "RAISE_VARARGS", "RERAISE", "JUMP_FORWARD", "JUMP_BACKWARD",
+                   "JUMP_BACKWARD_NO_INTERRUPT", "JUMP", "JUMP_NO_INTERRUPT", "INTERPRETER_EXIT"}
+_JUMPS = frozenset(getattr(dis, "hasjump", ())) | frozenset(dis.hasjrel) | frozenset(dis.hasjabs)
+_ATTR_LOADS = ("LOAD_METHOD", "LOAD_ATTR")
+
+
+class Unsupported(Exception):
+    """The code is not in the shape this module edits; the caller uses the ``with`` form."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One exception-table entry: [start, end) in bytes, the handler, the stack depth the
+    handler unwinds to, and whether it pushes the offset of the raising instruction."""
+
+    start: int
+    end: int
+    target: int
+    depth: int
+    lasti: bool
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    byte = data[pos]
+    value = byte & 63
+    while byte & 64:
+        pos += 1
+        byte = data[pos]
+        value = (value << 6) | (byte & 63)
+    return value, pos + 1
+
+
+def read_table(code: CodeType) -> list[_Entry]:
+    """The exception table (format: CPython's ``InternalDocs/exception_handling.md``)."""
+    data, pos, entries = code.co_exceptiontable, 0, []
+    while pos < len(data):
+        start, pos = _read_varint(data, pos)
+        size, pos = _read_varint(data, pos)
+        target, pos = _read_varint(data, pos)
+        depth_lasti, pos = _read_varint(data, pos)
+        entries.append(_Entry(start * 2, (start + size) * 2, target * 2, depth_lasti >> 1, bool(depth_lasti & 1)))
+    return entries
+
+
+def _varint(value: int, first: bool) -> bytes:
+    chunks = [value & 63]
+    value >>= 6
+    while value:
+        chunks.append(value & 63)
+        value >>= 6
+    chunks.reverse()
+    out = [chunk | 64 for chunk in chunks[:-1]] + [chunks[-1]]
+    if first:
+        out[0] |= 128  # marks the start of an entry
+    return bytes(out)
+
+
+def write_table(entries: list[_Entry]) -> bytes:
+    out = bytearray()
+    for entry in entries:
+        out += _varint(entry.start // 2, True)
+        out += _varint((entry.end - entry.start) // 2, False)
+        out += _varint(entry.target // 2, False)
+        out += _varint(entry.depth << 1 | entry.lasti, False)
+    return bytes(out)
+
+
+def _handler_at(entries: list[_Entry], offset: int) -> _Entry | None:
+    for entry in entries:
+        if entry.start <= offset < entry.end:
+            return entry
+    return None
+
+
+def stack_depths(code: CodeType, instructions: list[dis.Instruction], entries: list[_Entry]) -> dict[int, int]:
+    """The value stack's depth before each reachable instruction, by the compiler's rules:
+    from the entry with an empty stack, along jumps and fall-throughs by
+    ``dis.stack_effect``, and into each handler (reached from an instruction its entry
+    covers) at the entry's depth plus the pushed offset and exception."""
+    after = {ins.offset: nxt.offset for ins, nxt in zip(instructions, instructions[1:])}
+    by_offset = {ins.offset: ins for ins in instructions}
+    depths: dict[int, int] = {}
+    work = [(instructions[0].offset, 0)]
+    while work:
+        offset, depth = work.pop()
+        known = depths.get(offset)
+        if known is not None:
+            if known != depth:
+                raise Unsupported(f"two stack depths at offset {offset}")
+            continue
+        if depth < 0 or depth > code.co_stacksize + 2:
+            raise Unsupported(f"stack depth {depth} at offset {offset}")
+        depths[offset] = depth
+        ins = by_offset.get(offset)
+        if ins is None:
+            raise Unsupported(f"no instruction at offset {offset}")
+        handler = _handler_at(entries, offset)
+        if handler is not None:
+            work.append((handler.target, handler.depth + handler.lasti + 1))
+        name = ins.opname
+        arg = ins.arg if ins.opcode >= dis.HAVE_ARGUMENT or ins.arg is not None else None
+        if name == "RETURN_GENERATOR":
+            # Resumed, the frame receives the sent value (which the POP_TOP after it drops);
+            # 3.11 and 3.12 count the prefix before the stack analysis, 3.13 as +1.
+            effect = 1
+        else:
+            effect = dis.stack_effect(ins.opcode, arg, jump=False) if ins.opcode != _EXTENDED_ARG else 0
+        if ins.opcode in _JUMPS:
+            target = ins.argval
+            if not isinstance(target, int):
+                raise Unsupported(f"{name} at offset {offset}: no target")
+            work.append((target, depth + dis.stack_effect(ins.opcode, arg, jump=True)))
+        if name not in _NO_FALLTHROUGH:
+            following = after.get(offset)
+            if following is None:
+                raise Unsupported(f"{name} falls off the end of the code")
+            work.append((following, depth + effect))
+    return depths
+
+
+class _Code:
+    """A code object's bytes, editable one code unit at a time."""
+
+    def __init__(self, code: CodeType) -> None:
+        self.raw = bytearray(code.co_code)
+
+    def has_prefix(self, offset: int) -> bool:
+        return offset >= 2 and self.raw[offset - 2] == _EXTENDED_ARG
+
+    def set(self, offset: int, opname: str, arg: int = 0) -> None:
+        if not 0 <= arg <= 255 or self.has_prefix(offset):
+            raise Unsupported(f"{opname} {arg} does not fit the code unit at offset {offset}")
+        self.raw[offset] = _OP[opname]
+        self.raw[offset + 1] = arg
+
+
+# -- the location table ---------------------------------------------------------------------
+
+
+def _location_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 64:
+        out.append(64 | (value & 63))
+        value >>= 6
+    out.append(value)
+    return bytes(out)
+
+
+def _location_svarint(value: int) -> bytes:
+    return _location_varint((-value << 1) | 1 if value < 0 else value << 1)
+
+
+def write_locations(code: CodeType, positions: list[tuple]) -> bytes:
+    """A location table (CPython's ``InternalDocs/code_objects.md``, the 3.11 format) giving
+    each code unit its (line, end line, column, end column): runs of up to 8 units, each in
+    the long form (14), without columns (13) or without a location (15)."""
+    out = bytearray()
+    previous = code.co_firstlineno
+    index = 0
+    while index < len(positions):
+        position = positions[index]
+        length = 1
+        while length < 8 and index + length < len(positions) and positions[index + length] == position:
+            length += 1
+        line, end_line, col, end_col = position
+        if line is None:
+            out.append(0x80 | 15 << 3 | (length - 1))
+        elif col is None or end_col is None or end_line is None:
+            out.append(0x80 | 13 << 3 | (length - 1))
+            out += _location_svarint(line - previous)
+            previous = line
+        else:
+            out.append(0x80 | 14 << 3 | (length - 1))
+            out += _location_svarint(line - previous)
+            out += _location_varint(end_line - line)
+            out += _location_varint(col + 1)
+            out += _location_varint(end_col + 1)
+            previous = line
+        index += length
+    return bytes(out)
+
+
+def _write_lines_310(code: CodeType, lines: list[int | None]) -> bytes:
+    """A Python 3.10 line table (``co_linetable``: pairs of a bytecode delta and a signed
+    line delta, -128 for no line; CPython 3.10's ``assemble_line_range``) giving each code
+    unit its line."""
+    out = bytearray()
+    previous = code.co_firstlineno
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        end = index
+        while end < len(lines) and lines[end] == line:
+            end += 1
+        size = (end - index) * 2
+        if line is None:
+            delta = -128
+        else:
+            delta = line - previous
+            previous = line
+            while delta > 127:
+                out += bytes((0, 127))
+                delta -= 127
+            while delta < -127:
+                out += bytes((0, 256 - 127))
+                delta += 127
+        while size > 254:
+            out += bytes((254, delta & 0xFF))
+            delta = -128 if line is None else 0
+            size -= 254
+        out += bytes((size, delta & 0xFF))
+        index = end
+    return bytes(out)
+
+
+def positions(code: CodeType) -> list[tuple]:
+    """(line, end line, column, end column) of each code unit (3.10: the line only)."""
+    if sys.version_info >= (3, 11):
+        return list(code.co_positions())
+    lines: list = [None] * (len(code.co_code) // 2)
+    for start, end, line in code.co_lines():
+        for unit in range(start // 2, end // 2):
+            lines[unit] = line
+    return [(line, None, None, None) for line in lines]
+
+
+def with_positions(code: CodeType, new: list[tuple]) -> CodeType:
+    """``code`` with each code unit at the given position (3.10: its line)."""
+    if not LINES_EDITABLE:
+        raise Unsupported(f"no line table editing on Python {sys.version_info[0]}.{sys.version_info[1]}")
+    if sys.version_info >= (3, 11):
+        result = code.replace(co_linetable=write_locations(code, new))
+    else:
+        result = code.replace(co_linetable=_write_lines_310(code, [p[0] for p in new]))
+    if positions(result) != new:
+        raise Unsupported("the location table did not encode back")
+    return result
+
+
+def unline(code: CodeType, start: int, end: int) -> CodeType:
+    """``code`` with the instructions at offsets [start, end) without a location."""
+    new = positions(code)
+    for unit in range(start // 2, end // 2):
+        new[unit] = (None, None, None, None)
+    return with_positions(code, new)
+
+
+def relabel(code: CodeType, lines: dict[int, int]) -> CodeType:
+    """``code`` with the lines that are keys of ``lines`` replaced by their values (where
+    the compiler was given a stand-in line to keep an instruction of its own)."""
+    old = positions(code)
+    new = [(lines.get(p[0], p[0]), lines.get(p[1], p[1]), p[2], p[3]) if p[0] in lines else p for p in old]
+    return code if new == old else with_positions(code, new)
+
+
+def _first_traceable(instructions: list[dis.Instruction]) -> int:
+    """Index of the first instruction after RESUME (3.11+) or GEN_START (3.10's generators
+    and coroutines): the generator prefix and cell set-up come before it."""
+    for i, ins in enumerate(instructions):
+        if ins.opname in ("RESUME", "GEN_START"):
+            return i + 1
+    if sys.version_info >= (3, 11):
+        raise Unsupported("no RESUME")
+    return 0
+
+
+def unline_with_entry(code: CodeType) -> CodeType:
+    """The with form's code entering its ``with`` statement (``_telemetry.span(...)`` up to
+    the ``POP_TOP`` of the ``__enter__`` result) without a location; ``code`` unchanged
+    when it does not start that way.
+
+    Given any line, that code emits a line event of its own before the body's first
+    instruction runs: the body's first statement does not always start on its first line
+    (a ``nonlocal``, a decorated ``def``, ``x = (\n f())``, whose first instruction is on
+    the next line); given none, the interpreter gives it the ``def`` line of the RESUME before
+    it. In a table without a location there, the first line event is the body's own."""
+    if not LINES_EDITABLE:
+        return code
+    instructions = [ins for ins in dis.get_instructions(code) if ins.opname != "CACHE"]
+    first = _first_traceable(instructions)
+    head = instructions[first:first + 8]
+    if (len(head) < 2 or head[0].opname != "LOAD_GLOBAL" or head[0].argval != "_telemetry"
+            or head[1].opname not in _ATTR_LOADS):
+        return code
+    for i, ins in enumerate(head):
+        if ins.opname in ("BEFORE_WITH", "SETUP_WITH") and i + 1 < len(head) and head[i + 1].opname == "POP_TOP":
+            end = instructions[first + i + 2].offset
+            return unline(code, head[0].offset, end)
+        if ins.opcode in _JUMPS or ins.opname in _NO_FALLTHROUGH:
+            break
+    return code
+
+
+def hide_slot(code: CodeType, marker: str, end_name: str = "end", raised_name: str = "raised") -> CodeType:
+    """The function's code with the start time kept on the value stack (see the module's
+    docstring). ``code`` must contain ``marker`` among its constants."""
+    if not SUPPORTED:
+        raise Unsupported(f"Python {sys.version_info[0]}.{sys.version_info[1]}")
+    instructions = [ins for ins in dis.get_instructions(code) if ins.opname != "CACHE"]
+    entries = read_table(code)
+    depths = stack_depths(code, instructions, entries)
+    index = {ins.offset: i for i, ins in enumerate(instructions)}
+
+    # The push: the first POP_TOP after the call of start() (or start_generator()), reached
+    # in a straight line from the function's entry.
+    push = None
+    for i, ins in enumerate(instructions):
+        if ins.opcode in _JUMPS or ins.opname in _NO_FALLTHROUGH:
+            break
+        if ins.opname in _ATTR_LOADS and ins.argval in ("start", "start_generator") and i + 1 < len(instructions):
+            for later in instructions[i + 1:i + 4]:
+                if later.opname == "POP_TOP":
+                    push = later
+                    break
+            break
+    if push is None or depths.get(push.offset) != 1:
+        raise Unsupported("no start() call at the top of the function")
+    after_push = instructions[index[push.offset] + 1].offset
+
+    markers = [ins for ins in instructions if ins.opname == "LOAD_CONST" and ins.argval == marker
+               and isinstance(ins.argval, str)]
+    if not markers:
+        raise Unsupported("no end() call")
+
+    # The finally block's exception copy: a handler target that starts PUSH_EXC_INFO, then
+    # the end() call and RERAISE 0, in a straight line.
+    handlers = []
+    for target in sorted({entry.target for entry in entries}):
+        first = index.get(target)
+        if first is None or instructions[first].opname != "PUSH_EXC_INFO":
+            continue
+        block = []
+        for ins in instructions[first + 1:]:
+            block.append(ins)
+            if ins.opcode in _JUMPS or ins.opname in _NO_FALLTHROUGH:
+                break
+        names = [ins for ins in block if ins.opname in _ATTR_LOADS and ins.argval == end_name]
+        if (block and block[-1].opname == "RERAISE" and block[-1].arg == 0 and len(names) == 1
+                and any(ins in markers for ins in block)):
+            handlers.append((target, block, names[0]))
+    if len(handlers) != 1:
+        raise Unsupported(f"{len(handlers)} handlers of the wrapper's finally block")
+    handler, block, end_load = handlers[0]
+    reraise = block[-1]
+    into_handler = [entry for entry in entries if entry.target == handler]
+    if any(entry.lasti for entry in into_handler) or len({entry.depth for entry in into_handler}) != 1:
+        raise Unsupported("the finally block's handler is entered at several depths")
+    if depths.get(reraise.offset) != into_handler[0].depth + 2:
+        raise Unsupported("the handler's stack is not the finally block's")
+    in_handler = range(handler, reraise.offset + 2)
+
+    edited = _Code(code)
+    edited.set(push.offset, "NOP")
+    for ins in markers:
+        depth = depths.get(ins.offset)
+        if depth is None:
+            continue  # unreachable (the compiler left it)
+        # The bottom item is below everything counted here, and below the handler's
+        # pushed offset when inside the handler.
+        edited.set(ins.offset, "COPY", depth + 1 + (ins.offset in in_handler))
+    names = code.co_names
+    if raised_name not in names:
+        names = names + (raised_name,)
+    position = names.index(raised_name)
+    if end_load.opname == "LOAD_ATTR" and sys.version_info >= (3, 12):
+        edited.set(end_load.offset, "LOAD_ATTR", position << 1 | (end_load.arg & 1))
+    else:
+        edited.set(end_load.offset, end_load.opname, position)
+    edited.set(reraise.offset, "RERAISE", 2)
+
+    # The table: split entries at the push and around the handler, then deepen.
+    cuts = sorted({after_push, handler, reraise.offset + 2})
+    new_entries = []
+    for entry in entries:
+        pieces = [entry.start] + [cut for cut in cuts if entry.start < cut < entry.end] + [entry.end]
+        for start, end in zip(pieces, pieces[1:]):
+            piece = replace(entry, start=start, end=end)
+            if start >= after_push:
+                piece = replace(piece, depth=piece.depth + 1)
+                if start in in_handler:
+                    piece = replace(piece, depth=piece.depth + 1)
+                if entry.target == handler:
+                    piece = replace(piece, lasti=True)
+            new_entries.append(piece)
+    constants = tuple(None if isinstance(value, str) and value == marker else value for value in code.co_consts)
+    result = code.replace(co_code=bytes(edited.raw), co_exceptiontable=write_table(new_entries),
+                          co_stacksize=code.co_stacksize + 2, co_names=names, co_consts=constants)
+    _check(result, markers, depths, push, handler, reraise)
+    # The entry code without a location (see unline_with_entry): the first line event is
+    # the body's own.
+    return unline(result, instructions[_first_traceable(instructions)].offset, after_push)
+
+
+def _check(code: CodeType, markers: list[dis.Instruction], before: dict[int, int], push: dis.Instruction,
+           handler: int, reraise: dis.Instruction) -> None:
+    """The edited code by the same analysis: every COPY reaches the bottom item, no handler
+    unwinds below it, the RERAISE finds the offset it restores."""
+    instructions = [ins for ins in dis.get_instructions(code) if ins.opname != "CACHE"]
+    entries = read_table(code)
+    depths = stack_depths(code, instructions, entries)
+    for ins in markers:
+        if ins.offset in before and depths.get(ins.offset) != _arg(code, ins.offset):
+            raise Unsupported(f"the copy at offset {ins.offset} misses the start time")
+    for entry in entries:
+        if entry.start > push.offset and entry.depth < 1:
+            raise Unsupported("a handler unwinds past the start time")
+    into = [entry for entry in entries if entry.target == handler]
+    if not into or depths.get(reraise.offset) != into[0].depth + 3:
+        raise Unsupported("the handler's RERAISE does not find the raising offset")
+
+
+def _arg(code: CodeType, offset: int) -> int:
+    return code.co_code[offset + 1]
