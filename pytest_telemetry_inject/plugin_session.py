@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 import pytest
 
 from .engine.cache import ScriptCache
-from .errors import CacheError
+from .errors import CacheError, ConfigError
 from .engine.pipeline import Engine
 from .engine.runner import FileReport, RunOptions, run
 from .engine.testgen import parse_cases
@@ -36,11 +36,21 @@ class TelemetrySession:
         ini = config.getini
         # On the fly the try style: no object per call and no extra frame (the with style
         # costs twice as much per call; see bench/runtime_overhead.py).
-        self.settings = Settings.load(self.root, defaults={"target": "runtime", "style": "try"},
-                                      overrides={"style": ini("telemetry_style") or None,
-                                                 "target": ini("telemetry_target") or None})
+        try:
+            self.settings = Settings.load(self.root, defaults={"target": "runtime", "style": "try"})
+            for ini_name, field in (("telemetry_style", "style"), ("telemetry_target", "target")):
+                if ini(ini_name):
+                    self.settings._set(field, ini(ini_name), ini_origin(config, ini_name))
+        except ConfigError as exc:
+            raise pytest.UsageError(f"--inject-telemetry: {exc}") from None
         if self.settings.target not in ("runtime", "otel"):
-            self.settings.target = "runtime"  # on the fly the code calls an importable runtime
+            if self.settings.origins.get("target", "").startswith(("-o ", "telemetry_target")):
+                raise pytest.UsageError(f"--inject-telemetry: telemetry_target must be runtime or otel, not "
+                                        f"{self.settings.target!r} ({self.settings.origins['target']})")
+            # A project's own target (for the command line's output, say): on the fly the code
+            # calls an importable runtime.
+            self.settings.target = "runtime"
+        self.summary_top = _ini_count(config, "telemetry_summary_top")
         try:
             self.cache = ScriptCache(self.root / self.settings.cache_dir) if self.settings.use_cache else None
         except CacheError as exc:  # a cache with a symbolic link in it, or a file in its place
@@ -52,6 +62,7 @@ class TelemetrySession:
         self.candidates: set[str] = set()
         self.finder: TelemetryFinder | None = None
         self.early: list[str] = []
+        self.unknown_prefixes: list[str] = []
         self.worker_snapshots: list[dict] = []
         self.written: list[str] = []
         self.keep_events = False
@@ -105,6 +116,8 @@ class TelemetrySession:
                 location = _module_location(prefix)
                 if location is not None:
                     roots.append(location)
+                else:
+                    self.unknown_prefixes.append(prefix)
         else:
             roots.append(self.root)
         test_globs = list(self.config.getini("python_files")) + ["conftest.py"]
@@ -139,7 +152,17 @@ class TelemetrySession:
         try:
             min_duration = float(self.config.getini("telemetry_min_duration") or 0)
         except ValueError:
-            raise pytest.UsageError("telemetry_min_duration must be a number of seconds") from None
+            raise pytest.UsageError(f"--inject-telemetry: telemetry_min_duration must be a number of seconds, not "
+                                    f"{self.config.getini('telemetry_min_duration')!r} "
+                                    f"({ini_origin(self.config, 'telemetry_min_duration')})") from None
+        for kind in ("json", "html", "trace"):
+            path = self.report_path(kind)
+            if path:  # as pytest-cov does: the report's folder is made (before any test runs)
+                try:
+                    Path(path).absolute().parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise pytest.UsageError(f"--inject-telemetry: cannot make the folder of the {kind} report "
+                                            f"{path}: {exc.strerror or exc}") from None
         # Events (one per call) only when something draws them: the HTML flame charts, the trace.
         self.keep_events = bool(self.report_path("html") or self.report_path("trace"))
         runtime.configure(min_duration=min_duration, keep_events=self.keep_events)
@@ -445,7 +468,7 @@ class TelemetrySession:
         functions = sum(r.tally[0].get("instrumented", 0) for r in self.reports.values())
         write(f"{functions} functions instrumented in {files} files (prepared in {self.prepare_seconds:.2f} s); "
               f"{len(rows)} called, {sum(r['count'] for r in rows)} calls; LLM requests: {data['llm_requests']}")
-        top = int(self.config.getini("telemetry_summary_top") or 15)
+        top = self.summary_top
         if rows:
             write(f"{'function':<60} {'calls':>8} {'total ms':>10} {'mean us':>9} {'errors':>6}")
             for row in rows[:top]:
@@ -457,6 +480,9 @@ class TelemetrySession:
         if data["corrupt_cache_entries"]:
             write(f"cache: {data['corrupt_cache_entries']} damaged or foreign cache entries were found and rebuilt "
                   "(nothing from them was used)")
+        for prefix in self.unknown_prefixes:
+            write(f"telemetry_modules: {prefix!r} names no module that could be found when the session started: "
+                  "nothing of it was instrumented")
         cache_state = self.cache_state()
         if cache_state:
             write(f"cache: {cache_state}")
@@ -691,6 +717,29 @@ class OtelSession:
             self.provider.force_flush()
         except Exception:  # an exporter that cannot reach its collector: the run goes on
             pass
+
+
+def ini_origin(config: pytest.Config, name: str) -> str:
+    """Where an ini option's value came from, for error messages: ``-o NAME=...`` on the
+    command line, else the configuration file."""
+    overrides = getattr(getattr(config, "known_args_namespace", None), "override_ini", None) \
+        or getattr(config.option, "override_ini", None) or ()
+    if any(str(item).partition("=")[0].strip() == name for item in overrides):
+        return f"-o {name}"
+    where = config.inipath.name if config.inipath is not None else "the configuration file"
+    return f"{name} in {where}"
+
+
+def _ini_count(config: pytest.Config, name: str) -> int:
+    value = str(config.getini(name) or "").strip()
+    try:
+        count = int(value)
+        if count < 0:
+            raise ValueError
+    except ValueError:
+        raise pytest.UsageError(f"--inject-telemetry: {name} must be a whole number >= 0, not {value!r} "
+                                f"({ini_origin(config, name)})") from None
+    return count
 
 
 def _module_name(path: Path, root: Path) -> str:
