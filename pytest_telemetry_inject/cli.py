@@ -173,11 +173,17 @@ def _main(argv: list[str]) -> int:
         progress.close()
         if llm is not None:
             llm.finish(quiet=args.quiet)
-    return _report(summary, args, options)
+    code = _report(summary, args, options)
+    if llm is None and mode == "instrument":  # functions no template fits: a model could try them
+        from .llm.options import no_model_hint
+
+        no_model_hint(summary, args)
+    return code
 
 
-# What makes a folder a project's root (``settings.find_project_root`` looks for the same).
-PROJECT_MARKERS = ("pyproject.toml", ".git", "setup.cfg", "setup.py")
+# What makes a folder a project's root (``settings.find_project_root`` looks for the first
+# four; a JavaScript or Go project has its own).
+PROJECT_MARKERS = ("pyproject.toml", ".git", "setup.cfg", "setup.py", "package.json", "go.mod")
 
 
 def _check_paths(paths: Sequence[str]) -> None:

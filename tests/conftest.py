@@ -1,4 +1,4 @@
-"""What every test shares: the cache key of this test session.
+"""What every test shares: the cache key and user cache folder of this test session.
 
 The tool seals what it writes into a cache with a key from the user's cache folder
 (engine/seal.py). The tests use a key file of their own, so that a run never touches the
@@ -15,7 +15,9 @@ import tempfile
 from pytest_telemetry_inject.engine import seal
 
 if "TELEMETRY_INJECT_KEY_FILE" not in os.environ:
-    os.environ["TELEMETRY_INJECT_KEY_FILE"] = os.path.join(
-        tempfile.mkdtemp(prefix="telemetry-inject-key-"), "cache.key")
+    _home = tempfile.mkdtemp(prefix="telemetry-inject-user-")
+    os.environ["TELEMETRY_INJECT_KEY_FILE"] = os.path.join(_home, "cache.key")
+    # The user's cache folder (of files outside any project) is this session's too.
+    os.environ["XDG_CACHE_HOME"] = os.path.join(_home, "xdg-cache")
 os.environ.pop("TELEMETRY_INJECT_CACHE_KEY", None)
 seal.forget()
