@@ -345,7 +345,7 @@ class PythonOutputCheck:
                     self._outdented(row, j + x)
             if self._hinted(blocks[0].anchor, j + count):
                 # A line inside a multi-line string is never indented: that would change the string.
-                lexer = self._lexer_for(blocks[0].anchor)
+                lexer = self._lexer()
                 lexer.upto(j + count)
                 for x in range(count):
                     if j + x in lexer.inside and got[x] != rows[x]:
@@ -363,7 +363,7 @@ class PythonOutputCheck:
         if not self.blocks or row.startswith(self.blocks[-1].after) or not row.strip(_BLANK) \
                 or row.lstrip(_WS).startswith("#"):
             return
-        if self._lexer_for(self.blocks[0].anchor).starts_statement(j):
+        if self._lexer().starts_statement(j):
             raise _Corrupt(f"original line {j + 1} is outside the body of {self.blocks[-1].name!r} "
                            "but inside its wrapper")
 
@@ -373,21 +373,21 @@ class PythonOutputCheck:
             prologue.fullmatch(_content(self.new[k])) is not None and _content(self.new[k + 1]) == "try:"
 
     def _in_string(self, j: int) -> bool:
-        anchor = self.blocks[0].anchor
-        if not self._hinted(anchor, j):
+        if not self._hinted(self.blocks[0].anchor, j):
             return False  # no multi-line string or continuation since the body began
-        return self._lexer_for(anchor).in_string(j)
+        return self._lexer().in_string(j)
 
     def _hinted(self, first: int, last: int) -> bool:
         """Whether rows first..last-1 hold a triple quote or a backslash continuation."""
         index = bisect.bisect_left(self.hint_rows, first)
         return index < len(self.hint_rows) and self.hint_rows[index] < last
 
-    def _lexer_for(self, anchor: int) -> _Lexer:
-        # One lexer per file, from the first body that needs it: a body's first statement
-        # starts a logical line, so the lexer's view is right from there to the end.
-        if self.lexer is None or self.lexer.first > anchor:
-            self.lexer = _Lexer(self.old, anchor)
+    def _lexer(self) -> _Lexer:
+        # One lexer per file, from its first line (where code certainly starts: a lexer
+        # started at a place the memo names would trust the memo), made on first need and
+        # lexing only as far as it is asked.
+        if self.lexer is None:
+            self.lexer = _Lexer(self.old, 0)
         return self.lexer
 
     # -- which wrapped bodies row j is in -----------------------------------------------------------
@@ -417,7 +417,7 @@ class PythonOutputCheck:
         while last > block.anchor and _blank(self.old[last]):
             last -= 1
         if self._hinted(block.anchor, last + 1):
-            closed = j >= len(self.old) or self._lexer_for(self.blocks[0].anchor).starts_statement(j)
+            closed = j >= len(self.old) or self._lexer().starts_statement(j)
             if not closed:
                 raise _Corrupt(f"the body of {block.name!r} is cut inside a statement")
         elif not _balanced(_MASK.sub("", "".join(self.old[block.anchor:last + 1]))):
@@ -518,6 +518,8 @@ class PythonOutputCheck:
         match = _DEF.match(self.old[def_row])
         if match is None or match.group(1) != name.rpartition(".")[2]:
             raise _Corrupt(f"line {def_row + 1} does not define {name!r}")
+        if self._hinted(0, def_row) and not self._lexer().starts_statement(def_row):
+            raise _Corrupt(f"line {def_row + 1} looks like the def of {name!r} but is inside a string or statement")
         if def_row in self.used:
             raise _Corrupt(f"{name!r} has telemetry twice")
         self.used.add(def_row)

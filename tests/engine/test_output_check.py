@@ -206,3 +206,44 @@ def test_a_function_list_that_lies_fails():
     }
     for lie, listed in lies.items():
         assert check_output(original, output, target="runtime", import_name="", functions=listed).status == "corrupt", lie
+
+
+def test_a_def_inside_a_string_is_not_a_function():
+    """Test suites hold code in strings. A memo that claims a def line inside a string is a
+    function, and wraps "its body" (indenting the string's lines and the real code after the
+    string), is refused: where strings are is read from the top of the file, never from a
+    place the memo names."""
+    original = (
+        'SOURCE = """\n'
+        'def fake(x):\n'
+        '    return x\n'
+        '"""\n'
+        '\n'
+        '\n'
+        'def real(n):\n'
+        '    total = 0\n'
+        '    for i in range(n):\n'
+        '        total += i\n'
+        '    return total\n'
+    )
+    header = "from pytest_telemetry_inject import runtime as _telemetry_runtime\n" \
+             "_telemetry = _telemetry_runtime.tracer(__name__)\n"
+    forged = (
+        header
+        + 'SOURCE = """\n'
+        'def fake(x):\n'
+        '    with _telemetry.span("fake"):\n'
+        '        return x\n'
+        '"""\n'
+        '\n'
+        '\n'
+        'def real(n):\n'
+        '    with _telemetry.span("real"):\n'
+        '        total = 0\n'
+        '        for i in range(n):\n'
+        '            total += i\n'
+        '        return total\n'
+    )
+    verdict = check_output(original, forged, target="runtime", import_name="",
+                           functions=[("fake", 2), ("real", 7)])
+    assert verdict.status == "corrupt" and "inside a string" in verdict.reason
