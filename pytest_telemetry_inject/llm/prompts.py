@@ -1,6 +1,6 @@
 """What is sent to a model: the lessons, the rules of insertion scripts, the function.
 
-Exactly this, and nothing else, leaves the machine: the lessons (docs/lessons/), the rules
+Exactly this, and nothing else, leaves the machine: the lessons (``llm/lessons/``), the rules
 below, the telemetry forms of the configured target, the function's source with line
 numbers and its sha256, the failing script and its test's messages (or the templates'
 reasons). Never a key, never another file.
@@ -23,10 +23,11 @@ _FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\r?\n(.*?)```", re.S 
 
 
 def lessons_dir(config: LLMConfig) -> Path | None:
+    """The configured lessons folder (``LLM_LESSONS_DIR``), else the package's own
+    (``llm/lessons/``, package data: an installed package sends the same lessons as a
+    checkout)."""
     candidates = [config.lessons_dir] if config.lessons_dir else []
-    candidates.append(config.root / "docs" / "lessons")
-    # An editable install (this repository): its own lessons.
-    candidates.append(Path(__file__).resolve().parents[2] / "docs" / "lessons")
+    candidates.append(Path(__file__).resolve().parent / "lessons")
     for folder in candidates:
         if folder is not None and folder.is_dir() and any(folder.glob("*.md")):
             return folder

@@ -90,3 +90,24 @@ def test_no_model_means_not_configured(tmp_path: Path) -> None:
     assert configured(tmp_path, env={"LLM_MODEL": "llama3.1:8b"})
     assert parse_hosts("gpu0=127.0.0.1:11434, gpu1=http://127.0.0.1:11435") == {
         "gpu0": "http://127.0.0.1:11434", "gpu1": "http://127.0.0.1:11435"}
+
+
+def test_the_lessons_are_package_data(tmp_path: Path) -> None:
+    """An installed package (a wheel, not this checkout) sends the same lessons: they are in
+    the wheel, and the prompt builder finds them beside its own module."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from pytest_telemetry_inject.llm.prompts import load_lessons
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                           "-w", str(tmp_path), str(root)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    lessons = sorted(n for n in names if n.startswith("pytest_telemetry_inject/llm/lessons/") and n.endswith(".md"))
+    assert len(lessons) == 6, lessons  # five lessons and their README
+    text = load_lessons(LLMConfig.load(tmp_path))
+    assert "telemetry" in text.lower() and len(text) > 1000  # the lessons, not the three-line fallback
