@@ -2,6 +2,7 @@
 
 Every field is documented where it is declared; ``docs/configuration.md`` lists them all.
 Environment variables are ``TELEMETRY_INJECT_<FIELD>`` (``TELEMETRY_INJECT_STYLE=decorator``);
+``max_parallel`` also reads ``MAX_PARALLEL`` when no ``TELEMETRY_INJECT_MAX_PARALLEL`` is set;
 pyproject keys may use dashes or underscores (``max-parallel`` or ``max_parallel``).
 """
 
@@ -19,6 +20,9 @@ from .errors import ConfigError
 STYLES = ("with", "try", "decorator")
 TARGETS = ("runtime", "vendored", "otel", "logging")
 ENV_PREFIX = "TELEMETRY_INJECT_"
+ENV_ALIASES = {"MAX_PARALLEL": "max_parallel"}
+"""Unprefixed variables some settings also accept (the names of the tool this one replaces);
+the prefixed variable wins wherever it is set (.env or the environment)."""
 
 
 def _setting(default: Any, doc: str, *, output: bool = False, choices: tuple[str, ...] = ()) -> Any:
@@ -77,12 +81,21 @@ class Settings:
             pyproject = root_path / "pyproject.toml"
             for name, value in _read_pyproject(pyproject).items():
                 settings._set(name, value, f"[tool.telemetry-inject] in {pyproject}")
+        layers: list[tuple[Mapping[str, str], str]] = []
+        if root_path is not None:
             dotenv = root_path / ".env"
             if dotenv.is_file():
-                for name, value in _env_fields(_read_dotenv(dotenv)).items():
-                    settings._set(name, value, f"{ENV_PREFIX}{name.upper()} in {dotenv}")
-        for name, value in _env_fields(os.environ if env is None else env).items():
-            settings._set(name, value, f"{ENV_PREFIX}{name.upper()}")
+                layers.append((_read_dotenv(dotenv), f" in {dotenv}"))
+        layers.append((os.environ if env is None else env, ""))
+        # An alias (MAX_PARALLEL, the seed tool's name) counts only where no prefixed
+        # variable of the same setting is set, in .env or in the environment.
+        prefixed = {name for values, _where in layers for name in _env_fields(values)}
+        for values, where in layers:
+            for name, value in _env_fields(values).items():
+                settings._set(name, value, f"{ENV_PREFIX}{name.upper()}{where}")
+            for alias, name in ENV_ALIASES.items():
+                if name not in prefixed and str(values.get(alias) or "").strip():
+                    settings._set(name, values[alias], f"{alias}{where}")
         for name, value in (overrides or {}).items():
             if value is not None:
                 settings._set(name, value, "the command line")

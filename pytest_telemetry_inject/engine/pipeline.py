@@ -372,6 +372,13 @@ class Engine:
                 entry = None  # not this template's edits for this function: made anew
             if entry is not None:
                 plan.failures.append(f"{template.id}: {entry.reason}")
+                # -- LLM repairs (llm/refactorer.record_fix): a template that failed (for the
+                # pytest plugin, its generated test) and was repaired by a model is replaced by
+                # that repair from then on, before the next template is tried.
+                repaired = self._cached_llm_fix(language, parsed, plan, template)
+                if repaired is not None:
+                    return repaired
+                # -- end of LLM repairs
                 continue
             try:
                 edits = language.plan(template, record, parsed)
@@ -426,6 +433,24 @@ class Engine:
         plan.template, plan.key, plan.edits, plan.tried = template, key, list(result.edits), 1
         plan.origin, plan.script, plan.note = "llm", result.script or "", result.reason
         self._new_llm_fixes += 1
+        return plan
+
+    def _cached_llm_fix(self, language: Language, parsed: ParsedFile, plan: _Plan, failed: Template) -> _Plan | None:
+        """``plan`` with the function's cached LLM fix (checked like every cached fix), or None
+        when there is none (no call is made here). Looked up only after a template failed."""
+        if self.cache is None:
+            return None
+        template = llm_template(language, self.settings)
+        key = self.function_key(plan.record, template)
+        entry = self.cache.lookup(key)
+        if entry is None or entry.status != "ok":
+            return None
+        edits = self._checked_llm_edits(language, parsed, plan.record, entry)
+        if edits is None:
+            return None
+        self.cache.counters.script_hits += 1
+        plan.template, plan.key, plan.entry, plan.origin, plan.edits = template, key, entry, "llm", edits
+        plan.note = f"fixed by an LLM (cached; in place of {failed.id}, which failed)"
         return plan
 
     # -- index entries are checked before use -------------------------------------------------

@@ -26,8 +26,10 @@ from __future__ import annotations
 import ast
 import bisect
 import hashlib
+import io
 import re
 import threading
+import tokenize
 import warnings
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -275,7 +277,7 @@ class PythonLanguage(Language):
         tree = ts.parser.parse(data)
         root = tree.root_node
         if root.has_error:
-            raise SourceSyntaxError(tree_error(root))
+            return self._parse_with_ast(text, path, settings, tree_error(root))
         lines = split_lines(text)
         captures = ts.QueryCursor(ts.query).captures(root)
         string_rows = _string_rows(root, data)
@@ -387,6 +389,22 @@ class PythonLanguage(Language):
         if anchor is not None and not one_line and (not has_doc or anchor.start_point.row > _end_row(first)):
             anchor_row = anchor.start_point.row
         body_end_row = _last_code_row(last, lines, string_rows) if last is not None else end_row
+        trivial = count <= 3 and all(_is_trivial(s) for s in (first, second, last) if s is not None)
+        return self._make_record(
+            path=path, qualname=qualname, is_method=is_method, nested_in=nested_in, lines=lines,
+            string_rows=string_rows, settings=settings, start_row=start_row, def_row=def_row, end_row=end_row,
+            start_byte=outer.start_byte, end_byte=node.end_byte, body_row=body_row, body_end_row=body_end_row,
+            body_start_byte=body.start_byte, body_end_byte=body.end_byte, anchor_row=anchor_row, one_line=one_line,
+            decorators=decorators, is_async=data.startswith(b"async", node.start_byte), is_generator=is_generator,
+            trivial=trivial)
+
+    def _make_record(self, *, path: str, qualname: str, is_method: bool, nested_in: str | None, lines: list[str],
+                     string_rows: list[int], settings: "Settings", start_row: int, def_row: int, end_row: int,
+                     start_byte: int, end_byte: int, body_row: int, body_end_row: int, body_start_byte: int,
+                     body_end_byte: int, anchor_row: int, one_line: bool, decorators: tuple[str, ...],
+                     is_async: bool, is_generator: bool, trivial: bool) -> FunctionRecord:
+        """The record from a function's shape (0-based rows; ``anchor_row`` -1 for none),
+        whichever parser read it: tree-sitter, or Python's own (:meth:`_parse_with_ast`)."""
         indent_ws = _leading_ws(lines[def_row])
         body_indent = _leading_ws(lines[anchor_row]) if anchor_row >= 0 else ""
         source = "".join(lines[start_row:end_row + 1])
@@ -420,21 +438,131 @@ class PythonLanguage(Language):
             reason = REASON_NO_TELEMETRY
         elif any(SKIP_COMMENT.search(lines[row]) for row in range(def_row, body_row + 1)):
             reason = REASON_OPT_OUT
-        elif settings.skip_trivial and count <= 3 and all(
-                _is_trivial(s) for s in (first, second, last) if s is not None):
+        elif settings.skip_trivial and trivial:
             reason = REASON_TRIVIAL
         return FunctionRecord(
             language=self.name, path=path, qualname=qualname, name=qualname.rpartition(".")[2],
             start_line=start_row + 1, end_line=end_row + 1, def_line=def_row + 1,
-            start_byte=outer.start_byte, end_byte=node.end_byte,
+            start_byte=start_byte, end_byte=end_byte,
             body_start_line=body_row + 1, body_end_line=body_end_row + 1,
-            body_start_byte=body.start_byte, body_end_byte=body.end_byte,
+            body_start_byte=body_start_byte, body_end_byte=body_end_byte,
             anchor_line=anchor_row + 1, indent=indent_ws, body_indent=body_indent,
             sha256=hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest(),
-            is_async=data.startswith(b"async", node.start_byte), is_generator=is_generator,
+            is_async=is_async, is_generator=is_generator,
             is_method=is_method, decorators=decorators, instrumented=instrumented, one_line=one_line,
             keep=keep, skip_reason=reason, nested_in=nested_in, span_name=span_name,
         )
+
+    # -- valid Python that tree-sitter refuses -------------------------------------------------
+
+    def _parse_with_ast(self, text: str, path: str, settings: "Settings", problem: str) -> ParsedFile:
+        """The file's records from Python's own parser, for a file tree-sitter reports an error
+        in (``problem``) that this interpreter compiles: Python is the authority on what is
+        Python. tree-sitter's grammar refuses some valid files (a continuation line inside
+        brackets at column 0, ``return (x +\n1)``; the standard library's
+        ``test/test_compile.py``). The records are the ones tree-sitter's would be: the same
+        lines, qualnames, decorators, docstrings and anchors; the rows that start inside a
+        string come from the tokenizer. A file that does not compile either is refused with
+        tree-sitter's message, as before."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                compile(text, path, "exec", dont_inherit=True)
+                tree = ast.parse(text, path)
+            except (SyntaxError, ValueError, RecursionError, MemoryError):
+                raise SourceSyntaxError(problem) from None
+        lines = split_lines(text)
+        starts = [0]
+        for line in lines:
+            starts.append(starts[-1] + len(line.encode("utf-8", "surrogatepass")))
+
+        def byte(row: int, col: int) -> int:  # (ast columns are UTF-8 byte offsets)
+            return starts[row] + col
+
+        string_rows = _token_string_rows(text)
+        records: list[FunctionRecord] = []
+
+        def visit(node: ast.AST, scope: tuple[str, str, str | None] | None) -> None:
+            # scope: (kind "f" / "c" / "l", its qualname, the enclosing function's qualname).
+            # A definition's decorators, defaults, annotations and bases belong to the scope
+            # around it (Python evaluates them there); only its body is its own.
+            for child in ast.iter_child_nodes(node):
+                if not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                    visit(child, scope)
+                    continue
+                name = "<lambda>" if isinstance(child, ast.Lambda) else child.name
+                if scope is None:
+                    qualname, enclosing = name, None
+                else:
+                    qualname = scope[1] + ("." if scope[0] == "c" else ".<locals>.") + name
+                    enclosing = scope[1] if scope[0] != "c" else scope[2]
+                kind = "c" if isinstance(child, ast.ClassDef) else "l" if isinstance(child, ast.Lambda) else "f"
+                if kind == "f":
+                    records.append(self._ast_record(child, qualname, scope is not None and scope[0] == "c",  # type: ignore
+                                                    enclosing, lines, byte, path, string_rows, settings))
+                elif kind == "l":
+                    row, last = child.lineno - 1, child.end_lineno - 1  # type: ignore[operator]
+                    start, end = byte(row, child.col_offset), byte(last, child.end_col_offset)  # type: ignore
+                    records.append(FunctionRecord(
+                        language=self.name, path=path, qualname=qualname, name="<lambda>",
+                        start_line=row + 1, end_line=last + 1, def_line=row + 1, start_byte=start, end_byte=end,
+                        body_start_line=row + 1, body_end_line=last + 1, body_start_byte=start, body_end_byte=end,
+                        anchor_line=0, indent="", body_indent="", sha256="", one_line=True,
+                        skip_reason=REASON_LAMBDA, nested_in=enclosing))
+                inner = (kind, qualname, enclosing)
+                for field, value in ast.iter_fields(child):
+                    parts = value if isinstance(value, list) else [value]
+                    for part in parts:
+                        if not isinstance(part, ast.AST):
+                            continue
+                        if field == "body":
+                            visit(ast.Module(body=[part], type_ignores=[]) if isinstance(part, ast.stmt)
+                                  else ast.Expression(body=part), inner)
+                        else:
+                            visit(ast.Expression(body=part) if isinstance(part, ast.expr) else part, scope)
+
+        visit(tree, None)
+        records.sort(key=lambda r: (r.start_line, r.def_line))
+        header_line, header_present = _ast_header_position(tree, lines)
+        parsed = ParsedFile(self.name, path, text, lines, records, header_line, header_present)
+        parsed.file_skip_reason = self._file_skip_reason(parsed)
+        parsed.extra["string_rows"] = string_rows
+        parsed.extra["parser"] = "ast"
+        return parsed
+
+    def _ast_record(self, node: ast.FunctionDef | ast.AsyncFunctionDef, qualname: str, is_method: bool,
+                    nested_in: str | None, lines: list[str], byte: Any, path: str, string_rows: list[int],
+                    settings: "Settings") -> FunctionRecord:
+        start_row, col = _ast_start(node)
+        if node.decorator_list:
+            col = _at_sign(lines, start_row, col)
+        def_row, end_row = node.lineno - 1, node.end_lineno - 1  # type: ignore[operator]
+        body = node.body
+        first, last = body[0], body[-1]
+        second = body[1] if len(body) > 1 else None
+        body_row, body_col = _ast_start(first)
+        if getattr(first, "decorator_list", None):
+            body_col = _at_sign(lines, body_row, body_col)
+        one_line = body_row == def_row or body_col > len(_leading_ws(lines[body_row]).encode())
+        decorators = tuple(_decorator_text(lines, d) for d in node.decorator_list)
+        has_doc = _ast_is_docstring(first)
+        anchor = second if has_doc else first
+        anchor_row = -1
+        if anchor is not None and not one_line and (not has_doc or _ast_start(anchor)[0] > first.end_lineno - 1):
+            anchor_row = _ast_start(anchor)[0]
+        # tree-sitter's block (and so the function) ends with the comments after its last
+        # statement that are indented as deep as the body; Python's ends with the statement.
+        if not one_line:
+            end_row = _trailing_comments(lines, end_row, len(_leading_ws(lines[body_row])))
+        trivial = len(body) <= 3 and all(_ast_is_trivial(s) for s in (first, second, last) if s is not None)
+        return self._make_record(
+            path=path, qualname=qualname, is_method=is_method, nested_in=nested_in, lines=lines,
+            string_rows=string_rows, settings=settings, start_row=start_row, def_row=def_row, end_row=end_row,
+            start_byte=byte(start_row, col), end_byte=byte(end_row, len(lines[end_row].rstrip("\r\n").encode())),
+            body_row=body_row, body_end_row=last.end_lineno - 1,  # type: ignore[operator]
+            body_start_byte=byte(body_row, body_col), body_end_byte=byte(end_row, len(lines[end_row].rstrip("\r\n").encode())),
+            anchor_row=anchor_row, one_line=one_line, decorators=decorators,
+            is_async=isinstance(node, ast.AsyncFunctionDef), is_generator=_ast_is_generator(node), trivial=trivial)
 
     # -- templates ------------------------------------------------------------------------
 
@@ -660,6 +788,116 @@ class PythonLanguage(Language):
         except (SyntaxError, ValueError):
             return False
         return ast.dump(before) == ast.dump(after)
+
+
+def _ast_start(node: ast.stmt) -> tuple[int, int]:
+    """(0-based row, byte column) where a statement starts: a decorated definition starts at
+    its first ``@`` (tree-sitter's decorated_definition)."""
+    decorators = getattr(node, "decorator_list", None)
+    if decorators:
+        first = decorators[0]
+        return first.lineno - 1, first.col_offset  # (the "@" is before it: see _at_sign)
+    return node.lineno - 1, node.col_offset
+
+
+def _at_sign(lines: list[str], row: int, col: int) -> int:
+    """The byte column of the ``@`` before a decorator expression that starts at ``col``."""
+    head = lines[row].encode("utf-8", "surrogatepass")[:col]
+    at = head.rfind(b"@")
+    return at if at >= 0 else col
+
+
+def _trailing_comments(lines: list[str], row: int, depth: int) -> int:
+    """The last row of the comment lines after ``row`` indented at least ``depth`` columns
+    (blank lines between them allowed), or ``row``."""
+    end, probe = row, row + 1
+    while probe < len(lines):
+        content = lines[probe].lstrip(_WS)
+        if not content.strip("\r\n"):
+            probe += 1
+            continue
+        if content[0] != "#" or len(lines[probe]) - len(content) < depth:
+            break
+        end = probe
+        probe += 1
+    return end
+
+
+def _decorator_text(lines: list[str], decorator: ast.expr) -> str:
+    """A decorator's text without its ``@``, as tree-sitter's record has it."""
+    first, last = decorator.lineno - 1, decorator.end_lineno - 1  # type: ignore[operator]
+    raw = "".join(lines[first:last + 1]).encode("utf-8", "surrogatepass")
+    end = len(raw) - len(lines[last].encode("utf-8", "surrogatepass")) + decorator.end_col_offset  # type: ignore
+    return raw[decorator.col_offset:end].decode("utf-8", "surrogatepass").strip()
+
+
+def _ast_is_trivial(stmt: ast.stmt) -> bool:
+    if isinstance(stmt, ast.Pass):
+        return True
+    return isinstance(stmt, ast.Expr) and (isinstance(stmt.value, ast.JoinedStr) or (
+        isinstance(stmt.value, ast.Constant) and (stmt.value.value is Ellipsis or isinstance(stmt.value.value, str))))
+
+
+def _ast_is_generator(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A yield in the function's own scope (not in a nested def, lambda or class)."""
+    todo: list[ast.AST] = list(function.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.Yield, ast.YieldFrom)):
+            return True
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            todo.extend(ast.iter_child_nodes(node))
+    return False
+
+
+def _ast_header_position(tree: ast.Module, lines: list[str]) -> tuple[int, str | None]:
+    """``_header_position`` from Python's parser: the line before which the module header
+    goes (after the docstring and ``__future__`` imports), and the target whose header the
+    file has."""
+    stmts = tree.body
+    index, prelude_end = 0, -1
+    if stmts and _ast_is_docstring(stmts[0]):
+        prelude_end, index = stmts[0].end_lineno - 1, 1  # type: ignore[operator]
+    while index < len(stmts) and isinstance(stmts[index], ast.ImportFrom) and stmts[index].module == "__future__":
+        prelude_end, index = stmts[index].end_lineno - 1, index + 1  # type: ignore[union-attr, operator]
+    present = None
+    for stmt in stmts[index:index + 4]:
+        row = _ast_start(stmt)[0]
+        if row == stmt.end_lineno - 1:  # type: ignore[operator]
+            target = _header_target(_content(lines[row]))
+            if target:
+                present = target
+                break
+    previous_end = prelude_end
+    for stmt in stmts[index:]:
+        row = _ast_start(stmt)[0]
+        if row > previous_end:
+            return row + 1, present
+        previous_end = max(previous_end, stmt.end_lineno - 1)  # type: ignore[operator]
+    return 0, present
+
+
+def _token_string_rows(text: str) -> list[int]:
+    """0-based rows that start inside a string, from Python's tokenizer (a string token, or
+    an f-string from its start to its end, that spans lines)."""
+    rows: set[int] = set()
+    depth, opened = 0, 0
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            name = tokenize.tok_name[token.type]
+            if name == "FSTRING_START":
+                if depth == 0:
+                    opened = token.start[0]
+                depth += 1
+            elif name == "FSTRING_END":
+                depth -= 1
+                if depth == 0 and token.end[0] > opened:
+                    rows.update(range(opened, token.end[0]))
+            elif token.type == tokenize.STRING and token.end[0] > token.start[0] and depth == 0:
+                rows.update(range(token.start[0], token.end[0]))  # 1-based start: the next row, 0-based
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return sorted(rows)
 
 
 def _ast_parse(text: str, what: str) -> ast.Module:

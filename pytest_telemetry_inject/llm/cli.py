@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from ..errors import TelemetryInjectError
 from ..settings import Settings, find_project_root
 from ..trace import INFO, TRACE
-from .options import configure_trace, llm_overrides
+from .options import add_base_url_argument, configure_trace, llm_overrides
 
 PROG = "telemetry-inject"
 EXIT_OK, EXIT_USAGE, EXIT_ERRORS = 0, 2, 3
@@ -38,8 +38,9 @@ def models_main(argv: list[str]) -> int:
                                      description="List the models that can be reached, with a recommendation.")
     parser.add_argument("--root", type=Path, default=None, metavar="DIR", help="project root (.env, pyproject.toml)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_base_url_argument(parser)
     args = parser.parse_args(argv)
-    config = LLMConfig.load(_root(args, ["."]))
+    config = LLMConfig.load(_root(args, ["."]), overrides={"base_url": args.base_url})
     data = list_models(config)
     if args.json:
         print(json.dumps(data, indent=2))
@@ -60,6 +61,7 @@ def setup_main(argv: list[str]) -> int:
     parser.add_argument("--check-api", action="store_true")
     parser.add_argument("--root", type=Path, default=None, metavar="DIR")
     parser.add_argument("--model", metavar="NAME[,NAME]")
+    add_base_url_argument(parser)
     parser.add_argument("--debug-trace", action="store_true")
     parser.add_argument("--trace-level")
     parser.add_argument("--no-trace-console", action="store_true")
@@ -74,7 +76,7 @@ def setup_main(argv: list[str]) -> int:
             return EXIT_USAGE
         if status or not args.check_api:
             return status
-    config = LLMConfig.load(root, overrides={"model": args.model})
+    config = LLMConfig.load(root, overrides={"model": args.model, "base_url": args.base_url})
     return check_api(config)
 
 

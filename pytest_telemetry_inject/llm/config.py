@@ -7,7 +7,7 @@ the environment or ``.env`` (a key in pyproject.toml is refused: it would be com
 Environment:
     LLM_MODEL        one model, or several separated by commas
     LLM_PROVIDER     provider of model names that carry none (openai, anthropic, ollama, ...)
-    LLM_BASE_URL     the server of every model (an OpenAI-compatible proxy, an Ollama host)
+    LLM_BASE_URL     the server of every model (an OpenAI-compatible proxy, an Ollama host); --base-url
     LLM_TIMEOUT      seconds per request (default 600 for Ollama, 120 for cloud models)
     LLM_BUDGET       hard limit on the money spent in one run (USD)
     LLM_MAX_RETRIES  attempts per refactoring (default 3)
@@ -161,24 +161,36 @@ class LLMConfig:
              overrides: Mapping[str, Any] | None = None) -> "LLMConfig":
         root_path = Path(root) if root is not None else Path.cwd()
         values: dict[str, Any] = {}
-        values.update(_read_pyproject(root_path / "pyproject.toml"))
+        pyproject = root_path / "pyproject.toml"
+        values.update(_read_pyproject(pyproject))
+        origins = {key: f"{key.replace('_', '-')} in [tool.telemetry-inject.llm] of {pyproject}" for key in values}
         merged: dict[str, str] = {}
         dotenv = root_path / ".env"
+        from_dotenv: dict[str, str] = {}
         if dotenv.is_file():
-            merged.update(_read_dotenv(dotenv))
-        merged.update(os.environ if env is None else env)
+            from_dotenv = _read_dotenv(dotenv)
+            merged.update(from_dotenv)
+        process = os.environ if env is None else env
+        merged.update(process)
         register_from_env(merged)
         values.update(_from_env(merged))
+        for name, key in _ENV_NAMES.items():
+            if str(process.get(name) or "").strip():
+                origins[key] = name
+            elif str(from_dotenv.get(name) or "").strip():
+                origins[key] = f"{name} in {dotenv}"
         for key, value in (overrides or {}).items():
             if value is not None:
                 values[key] = value
+                origins[key] = f"--{key.replace('_', '-')}"
         config = cls(root=root_path, env=merged)
-        config._apply(values, merged)
+        config._apply(values, merged, origins)
         return config
 
-    def _apply(self, values: dict[str, Any], env: Mapping[str, str]) -> None:
+    def _apply(self, values: dict[str, Any], env: Mapping[str, str], origins: Mapping[str, str] | None = None) -> None:
+        origins = origins or {}
         self.provider = str(values.get("provider") or "").strip().lower()
-        self.base_url = str(values.get("base_url") or "").strip().rstrip("/")
+        self.base_url = check_base_url(values.get("base_url"), origins.get("base_url", "base_url"))
         self.timeout = _number(values.get("timeout"), "timeout", float)
         self.budget = _number(values.get("budget"), "budget", float)
         if self.budget is not None and self.budget < 0:
@@ -273,6 +285,38 @@ def parse_hosts(value: Any) -> dict[str, str]:
             raise ConfigError(f"OLLAMA_HOSTS names {gpu!r}: use gpu0, gpu1, ... or cpu")
         hosts[gpu] = _with_scheme(str(url)).rstrip("/")
     return hosts
+
+
+def check_base_url(value: Any, origin: str) -> str:
+    """The server URL of every model (LLM_BASE_URL, --base-url), without a trailing slash; ''
+    when unset; a ConfigError in one line when it is not an http(s) URL with a host."""
+    if value is None:
+        return ""
+    text = str(value).strip()
+    if not text:
+        if origin.startswith("--"):
+            raise ConfigError(f"{origin} needs a URL, for example {origin} http://127.0.0.1:8000/v1")
+        return ""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+        parts.port  # noqa: B018 (a bad port raises here)
+    except ValueError as exc:
+        problem = f"it cannot be read ({exc})"
+    else:
+        if any(c.isspace() or ord(c) < 32 for c in text):
+            problem = "it holds a space or a control character"
+        elif parts.scheme.lower() not in ("http", "https"):
+            problem = "it does not start with http:// or https://"
+        elif not host:
+            problem = "it names no host"
+        else:
+            return text.rstrip("/")
+    shown = re.sub(r"//[^/@]*@", "//***@", text)  # never echo credentials in a URL
+    raise ConfigError(f"the LLM base URL {shown!r} ({origin}) is not usable: {problem}; for example "
+                      "http://127.0.0.1:8000/v1 (an OpenAI-compatible server) or http://127.0.0.1:11434 (Ollama)")
 
 
 def _with_scheme(url: str) -> str:

@@ -17,10 +17,41 @@ from typing import Any
 from ..trace import INFO, TRACE
 
 
+KEYS_HELP = ("API keys come only from the environment or the project's .env (OPENAI_API_KEY, ANTHROPIC_API_KEY, "
+             "<PROVIDER>_API_KEY, or LLM_API_KEY for any; --configure writes .env): there is no --api-key, "
+             "since a key on the command line stays in the shell history and the process list.")
+
+
+class _RefuseAPIKey(argparse.Action):
+    """``--api-key`` is refused in one line that never repeats the value (argparse's own
+    "unrecognized arguments" would print the key)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from ..errors import ConfigError
+        from .redact import register_secret
+
+        if isinstance(values, str):
+            register_secret(values)
+        raise ConfigError("--api-key is not accepted: a key on the command line stays in the shell history and the "
+                          "process list; set OPENAI_API_KEY, ANTHROPIC_API_KEY, <PROVIDER>_API_KEY or LLM_API_KEY "
+                          "in the environment or in .env (telemetry-inject --configure writes it)")
+
+
+def add_base_url_argument(parser: Any) -> None:
+    """``--base-url`` (LLM_BASE_URL's meaning; the flag wins) and the refused ``--api-key``."""
+    parser.add_argument("--base-url", metavar="URL",
+                        help="the server of every model: a proxy, an OpenAI-compatible server, an Ollama host "
+                             "(default: LLM_BASE_URL)")
+    parser.add_argument("--api-key", nargs="?", action=_RefuseAPIKey, help=argparse.SUPPRESS)
+
+
 def add_llm_arguments(parser: argparse.ArgumentParser, *, traditional: bool = False) -> None:
-    group = parser.add_argument_group("LLM (optional extra: pip install \"pytest-telemetry-inject[llm]\")")
+    group = parser.add_argument_group("LLM (optional extra: pip install \"pytest-telemetry-inject[llm]\")",
+                                      KEYS_HELP)
     group.add_argument("--model", metavar="NAME[,NAME]",
                        help="model(s) to ask when no template works (default: LLM_MODEL); several at once race")
+    add_base_url_argument(group)
     group.add_argument("--budget", type=float, metavar="USD",
                        help="hard limit on the money the models may cost in this run (checked before each call)")
     group.add_argument("--max-retries", type=int, metavar="N",
@@ -50,7 +81,8 @@ def configure_trace(args: argparse.Namespace) -> None:
 
 
 def llm_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {"model": args.model, "budget": args.budget, "max_retries": args.max_retries,
+    return {"model": args.model, "base_url": getattr(args, "base_url", None), "budget": args.budget,
+            "max_retries": args.max_retries,
             "reflection_threshold": getattr(args, "reflection_threshold", None),
             "benchmark": True if args.perform_benchmark else None}
 
@@ -129,3 +161,26 @@ def start_script_mode(args: argparse.Namespace, root: Path) -> ScriptModeLLM | N
     if not config.enabled:
         return None
     return ScriptModeLLM(config)
+
+
+def no_model_hint(summary: Any, args: argparse.Namespace) -> str | None:
+    """Script mode without a model: one line on stderr (not with --quiet or --json) when some
+    functions failed every template, saying that a model could try them. Returns the line."""
+    if getattr(args, "quiet", False) or getattr(args, "json", False):
+        return None
+    # A file in error or skipped reports its own reason for every function; the others'
+    # failed functions are those no template could instrument.
+    failed = sum(report.tally[0].get("failed", 0) for report in summary.files
+                 if report.status not in ("error", "skipped"))
+    if not failed:
+        return None
+    import importlib.util
+
+    what, them = ("function failed", "it") if failed == 1 else ("functions failed", "them")
+    line = (f"telemetry-inject: hint: {failed} {what} every template; a model could try {them}: set LLM_MODEL "
+            "(or --model), or run telemetry-inject --configure (docs/llm.md)")
+    if importlib.util.find_spec("litellm") is None:
+        line += '; it needs pip install "pytest-telemetry-inject[llm]"'
+    print(line, file=sys.stderr)
+    return line
+

@@ -187,7 +187,9 @@ class ScriptRefactorer:
         try:
             output = run_script(script, source, check=False)
         except TelemetryInjectError as exc:
-            return None, f"the script failed in the sandbox: {exc}"
+            reason = str(exc)  # the sandbox's own errors already say where they happened
+            return None, reason if reason.startswith(("the script", "the sandbox")) else \
+                f"the script failed in the sandbox: {reason}"
         edits = derive_edits(source, output, keep=keep, language=language)
         if edits is None:
             return None, NEVER_CHANGE + " (its output changes or removes original text)"
@@ -354,9 +356,11 @@ def record_fix(cache: Any, *, settings: Any, language: str, span_name: str, sour
                reason: str, result: RepairResult | None) -> None:
     """Store a repair the way the engine stores its own (for the pytest plugin): the failing
     script's template entry becomes ``failed`` with ``reason`` (so the engine stops reusing
-    it), and a fix becomes the function's LLM entry (origin ``llm``). The engine then uses the
-    fix only if every template fails, as it would have asked for it. The file's memo still
-    holds the old result: instrument the file again without it (a rebuild)."""
+    it), and a fix becomes the function's LLM entry (origin ``llm``). From then on the engine
+    uses the fix in place of the failed template (``Engine._cached_llm_fix``: a failed
+    template's entry is followed by the function's cached fix, checked, before the next
+    template), with no call: the request bought the function its telemetry. The file's memo
+    still holds the old result: instrument the file again without it (a rebuild)."""
     from types import SimpleNamespace
 
     from ..engine.cache import IndexEntry

@@ -80,7 +80,12 @@ class TokenLimits:
 
 
 def estimate_tokens(text: str) -> int:
-    return math.ceil(len(text.encode("utf-8")) / BYTES_PER_TOKEN) + 4
+    return tokens_of_bytes(len(text.encode("utf-8", "surrogatepass")))
+
+
+def tokens_of_bytes(size: int) -> int:
+    """The estimate of ``estimate_tokens`` for a text of ``size`` bytes."""
+    return math.ceil(size / BYTES_PER_TOKEN) + 4
 
 
 def cache_file() -> Path:
@@ -129,10 +134,14 @@ class TokenDetector:
         """The estimated tokens of ``prompt``; PromptTooLarge when it and the answer do not fit."""
         limits = self.limits(model)
         tokens = estimate_tokens(prompt)
-        if tokens + min(output_tokens, limits.output) > limits.input:
-            raise PromptTooLarge(f"the prompt (~{tokens} tokens) does not fit {model.name} (input limit "
-                                 f"{limits.input} tokens, from {limits.source}); use a model with a larger "
-                                 "context or smaller files")
+        answer = min(output_tokens, limits.output)
+        if tokens + answer > limits.input:
+            # What is left matters, not the limit: the answer's tokens come out of it too.
+            left = max(0, limits.input - tokens)
+            raise PromptTooLarge(f"{model.name}: the prompt (~{tokens} tokens) does not fit: it leaves ~{left} of "
+                                 f"its {limits.input} tokens (from {limits.source}) for the answer, which needs "
+                                 f"{answer}; a prompt may have ~{max(0, limits.input - answer)} tokens. Use a "
+                                 "model with a larger context or smaller files")
         return tokens
 
     # -- sources ----------------------------------------------------------------------------

@@ -6,7 +6,8 @@ Per file:
 1. ``HybridAnalyzer`` finds the functions: tree-sitter where a grammar wheel is installed
    (``tree-sitter-python``, ``tree-sitter-go``, ...), else ``LLMAnalyzer`` asks the model.
 2. ``CodeInjector`` asks for the insertions (JSON: which original line, which new line);
-   a file whose prompt does not fit the model's input limit is sent function by function.
+   a file whose prompt does not fit the model's input limit is sent in groups of functions
+   that fit (one function at a time when need be; the lines between them go with them).
 3. ``RetryInjector`` validates every answer and retries with the reason, up to
    ``--max-retries`` attempts; ``ReflectionEngine`` steps in after
    ``--reflection-threshold`` failures, asks the model why they failed, and its guidance
@@ -39,10 +40,20 @@ from .extensions import LanguageInfo, language_of
 from .parallel import Asker, Outcome
 from .prompts import number_lines
 from .telemetry_check import MARKER, allowed_forms, check_inserted_lines, unchecked_reason
-from .tokens import PromptTooLarge, estimate_tokens
+from .tokens import PromptTooLarge, estimate_tokens, tokens_of_bytes
 
-CHUNK_OVERHEAD_TOKENS = 1200
-"""Room left in the input limit for the instructions around a chunk of code."""
+GUIDANCE_LIMIT = 1500
+"""Bytes of a reflection's guidance sent with the next attempt."""
+FEEDBACK_COUNT, FEEDBACK_LIMIT = 3, 300
+"""The earlier rejections sent with a retry: the last three, 300 bytes each."""
+RETRY_RESERVE_TOKENS = tokens_of_bytes(GUIDANCE_LIMIT + FEEDBACK_COUNT * (FEEDBACK_LIMIT + 3) + 120)
+"""Room kept in a prompt for what a retry adds (the guidance, the earlier rejections, their headings)."""
+
+
+def clip(text: str, limit: int) -> str:
+    """At most ``limit`` bytes of ``text`` (UTF-8), cut on a character boundary."""
+    data = text.encode("utf-8", "surrogatepass")
+    return text if len(data) <= limit else data[:limit].decode("utf-8", "ignore")
 
 
 def strip_marked(text: str) -> str:
@@ -148,6 +159,12 @@ class HybridAnalyzer:
 # -- inserting -----------------------------------------------------------------------------------------
 
 
+def span_of(functions: Sequence[FunctionSpan]) -> tuple[int, int]:
+    """(first line, last line) of a group of functions (a nested one may end before the
+    function that holds it: the last in line order is not the one that ends last)."""
+    return min(f.start_line for f in functions), max(f.end_line for f in functions)
+
+
 class TraditionalError(TelemetryInjectError):
     """The traditional pipeline could not instrument a file (it is left as it was)."""
 
@@ -227,16 +244,25 @@ class CodeInjector:
         self.original = original
         self.functions = list(functions)
 
-    def messages(self, functions: Sequence[FunctionSpan], guidance: str = "", whole_file: bool = True) -> list[dict]:
+    def excerpt(self, first: int, last: int) -> str:
+        """Lines ``first``..``last`` (1-based, inclusive) numbered as in the whole file."""
         lines = split_lines(self.original)
+        width = len(str(len(lines)))
+        return "\n".join(f"{i:>{width}} | {lines[i - 1].rstrip(chr(13) + chr(10))}" for i in range(first, last + 1))
+
+    @staticmethod
+    def listing(functions: Sequence[FunctionSpan]) -> str:
+        return "\n".join(f"- {f.name}: lines {f.start_line}-{f.end_line}" for f in functions)
+
+    def messages(self, functions: Sequence[FunctionSpan], guidance: str = "", whole_file: bool = True) -> list[dict]:
         if whole_file:
             code = number_lines(self.original)
         else:
-            first, last = functions[0].start_line, functions[-1].end_line
-            width = len(str(len(lines)))
-            code = "\n".join(f"{i:>{width}} | {lines[i - 1].rstrip(chr(13) + chr(10))}"
-                             for i in range(first, last + 1))
-        listing = "\n".join(f"- {f.name}: lines {f.start_line}-{f.end_line}" for f in functions)
+            code = self.excerpt(*span_of(functions))
+        return self.messages_for(code, self.listing(functions), guidance)
+
+    def messages_for(self, code: str, listing: str, guidance: str = "") -> list[dict]:
+        guidance = clip(guidance, GUIDANCE_LIMIT)
         system = (
             "You add function-level telemetry to source files by INSERTING whole lines, never changing one. "
             f"Every line you insert must end with the comment `{self.language.comment} {MARKER}` "
@@ -359,7 +385,7 @@ class RetryInjector:
             messages = injector.messages(functions, guidance, whole_file)
             if failures:
                 messages[-1]["content"] += "\nEarlier attempts were rejected:\n" + "\n".join(
-                    f"- {f}" for f in failures[-3:])
+                    f"- {clip(f, FEEDBACK_LIMIT)}" for f in failures[-FEEDBACK_COUNT:])
             outcome = self.asker.ask(messages, check, purpose=f"inject {os.path.basename(injector.path)}")
             if outcome.best is not None:
                 return outcome.best.value, failures, attempt
@@ -443,9 +469,9 @@ class TraditionalPipeline:
         except PromptTooLarge as exc:
             result.reason = str(exc)
             return result
-        if len(chunks) == 1:
+        if chunks is None:
             value, failures, attempts = self.retry.inject(injector, functions, whole_file=True)
-        else:
+        else:  # split, even into one group: the whole file does not fit
             value, failures, attempts = self._by_chunks(injector, chunks)
         result.attempts, result.rejected = attempts, list(failures)
         if value is None:
@@ -458,44 +484,74 @@ class TraditionalPipeline:
                         covered=len(value.covered), functions=len(functions), attempts=result.attempts)
         return result
 
-    def _chunks(self, injector: CodeInjector, functions: list[FunctionSpan]) -> list[list[FunctionSpan]]:
-        """One chunk (the whole file) when it fits every model; else groups of functions that
-        fit. A function that alone does not fit is refused (PromptTooLarge)."""
+    def _room(self, injector: CodeInjector) -> tuple[int, str]:
+        """(the tokens a prompt's code and function list may take with every model, and how
+        that room comes about for the tightest model: its input limit, less the answer, the
+        instructions and what a retry adds)."""
         models = self.asker.usable() or self.asker.models
-        limit = min(self.session.tokens.limits(m).input - self.session.client.output_tokens(m) for m in models)
-        budget = limit - CHUNK_OVERHEAD_TOKENS
-        if estimate_tokens(injector.original) <= budget:
-            return [functions]
+        instructions = estimate_tokens("\n".join(m["content"] for m in injector.messages_for("", "")))
+        rooms = []
+        for model in models:
+            limits = self.session.tokens.limits(model)
+            answer = self.session.client.output_tokens(model)
+            room = limits.input - answer - instructions - RETRY_RESERVE_TOKENS
+            rooms.append((room, f"{model.name} leaves ~{max(room, 0)} tokens for code (its input limit of "
+                                f"{limits.input} tokens, from {limits.source}, less {answer} for the answer and "
+                                f"~{instructions + RETRY_RESERVE_TOKENS} for the instructions)"))
+        return min(rooms)
+
+    def _chunks(self, injector: CodeInjector, functions: list[FunctionSpan]) -> list[list[FunctionSpan]] | None:
+        """None when the whole file fits every model (one prompt); else groups of functions,
+        each sent alone with its lines (the lines between its functions included): as many
+        consecutive functions as fit, one when only one fits. A function that alone does not
+        fit is refused (PromptTooLarge, saying how much room there is)."""
+        room, why = self._room(injector)
+        whole = estimate_tokens(number_lines(injector.original)) + estimate_tokens(injector.listing(functions))
+        if whole <= room:
+            return None
         lines = split_lines(injector.original)
+        width = len(str(len(lines)))
+        # Bytes of the numbered excerpt of lines 1..n (as CodeInjector.excerpt renders them).
+        ends = [0]
+        for number, line in enumerate(lines, 1):
+            ends.append(ends[-1] + len(f"{number:>{width}} | {line.rstrip(chr(13) + chr(10))}\n".encode("utf-8")))
+
         def inside(inner: FunctionSpan, outer: FunctionSpan) -> bool:
             return (outer.start_line <= inner.start_line and inner.end_line <= outer.end_line
                     and (outer.start_line, outer.end_line) != (inner.start_line, inner.end_line))
 
         outer = [f for f in functions if not any(inside(f, o) for o in functions)]
+        inner = [f for f in functions if f not in outer]
+
+        def group(members: list[FunctionSpan]) -> list[FunctionSpan]:
+            first, last = span_of(members)
+            nested = [f for f in inner if first <= f.start_line and f.end_line <= last]
+            return sorted(members + nested, key=lambda f: (f.start_line, f.end_line))
+
+        def cost(members: list[FunctionSpan]) -> int:
+            first, last = span_of(members)
+            code = ends[last] - ends[first - 1]
+            listing = sum(len(f"- {f.name}: lines {f.start_line}-{f.end_line}\n".encode("utf-8"))
+                          for f in group(members))
+            return tokens_of_bytes(code) + tokens_of_bytes(listing)
+
         chunks: list[list[FunctionSpan]] = []
         current: list[FunctionSpan] = []
-        size = 0
         for function in outer:
-            cost = estimate_tokens("".join(lines[function.start_line - 1:function.end_line]))
-            if cost > budget:
+            alone = cost([function])
+            if alone > room:
                 raise PromptTooLarge(f"function {function.name} (lines {function.start_line}-{function.end_line}, "
-                                     f"~{cost} tokens) does not fit the model's input limit ({limit} tokens); "
-                                     "use a model with a larger context")
-            if current and size + cost > budget:
-                chunks.append(current)
-                current, size = [], 0
+                                     f"~{alone} tokens with its line numbers) does not fit: {why}; use a model "
+                                     "with a larger context")
+            if current and cost(current + [function]) > room:
+                chunks.append(group(current))
+                current = []
             current.append(function)
-            size += cost
         if current:
-            chunks.append(current)
-        inner = [f for f in functions if f not in outer]
-        for chunk in chunks:  # nested functions go with the chunk that holds them
-            first, last = chunk[0].start_line, chunk[-1].end_line
-            chunk.extend(f for f in inner if first <= f.start_line and f.end_line <= last)
-            chunk.sort(key=lambda f: f.start_line)
+            chunks.append(group(current))
         if TRACE.on:
             TRACE.event(INFO, "tokens", "prompt split by function", path=injector.path, chunks=len(chunks),
-                        limit=limit)
+                        functions=len(functions), room=room, whole_file=whole)
         return chunks
 
     def _by_chunks(self, injector: CodeInjector, chunks: list[list[FunctionSpan]]) -> tuple[Any, list[str], int]:
@@ -504,7 +560,7 @@ class TraditionalPipeline:
         attempts = 0
         total = len(split_lines(injector.original))
         for chunk in chunks:
-            first, last = chunk[0].start_line, chunk[-1].end_line
+            first, last = span_of(chunk)
 
             def validate(answer: str, first: int = first, last: int = last) -> tuple[Any, str]:
                 data = _json_in(answer)

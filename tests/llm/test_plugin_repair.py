@@ -8,6 +8,8 @@ import json
 import pytest
 
 from pytest_telemetry_inject.engine.cache import ScriptCache
+from pytest_telemetry_inject.engine.pipeline import Engine
+from pytest_telemetry_inject.settings import Settings
 
 from .fakellm import KEY, Reply
 
@@ -68,3 +70,62 @@ def test_the_workers_of_a_run_spend_one_budget_and_the_summary_shows_it(pytester
     result.assert_outcomes(failed=2)
     assert not server.chat_requests
     result.stdout.fnmatch_lines(["LLM: 0 calls, * of a $0.0000 budget, 2 calls refused by the budget*"])
+
+
+def test_a_repair_is_used_by_the_next_session_and_its_generated_test_passes(pytester: pytest.Pytester, fake_llm,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request buys the function its telemetry: record_fix() marks the failed template and
+    stores the model's fix, and from the next session on the engine instruments the function
+    with that fix (no call), and its generated test (run in the sandbox) passes."""
+    from pytest_telemetry_inject.engine.testgen import parse_cases
+
+    from .fakellm import decorator_fix
+
+    # (Written as is: makepyfile drops the last newline, and the try form does not apply to a
+    # function that ends the file without one.)
+    (pytester.path / "calc.py").write_text("def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n")
+    pytester.makepyfile(test_calc="import calc\n\n\ndef test_calc():\n    assert calc.add(1, 2) == 3 and calc.sub(3, 2) == 1\n")
+    pytester.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider").assert_outcomes(passed=2)
+    cache = ScriptCache(pytester.path / ".telemetry_cache")
+    (module,) = (pytester.path / ".telemetry_cache" / "tests" / "python").glob("*.cases")
+    text = cache.read_test_module("python", module.name)
+    scripts = {name: (sha, origin) for sha, name, origin, _original in parse_cases(text)}
+    assert scripts["add"][1] == scripts["sub"][1] == "template"
+    assert all("TEMPLATE = 'python.try.runtime/1'" in cache.read_script("python", sha) for sha, _o in scripts.values())
+    # A bug of the tool: add's case runs sub's script (the module written sealed, as this
+    # machine's own), so add's generated test fails and the item asks for a repair.
+    cache.store([], test_module=("python", module.name, text.replace(scripts["add"][0], scripts["sub"][0])))
+    server = fake_llm(decorator_fix)
+    monkeypatch.setenv("LLM_MODEL", "openai/gpt-4o-mini")
+    monkeypatch.setenv("LLM_BASE_URL", server.url + "/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("LLM_MAX_RETRIES", "1")
+    repaired = pytester.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-k", "telemetry")
+    repaired.assert_outcomes(passed=1)
+    repaired.stdout.fnmatch_lines(["*functions instrumented*; LLM requests: 1"])
+    assert len(server.chat_requests) == 1 and "def add(a, b):" in server.chat_requests[0].prompt
+    # The next session, with no model configured: the file is instrumented again (its memo was
+    # dropped) with the model's fix for add and the template for sub, and every generated test
+    # passes, add's included (rechecked, not taken from an earlier pass).
+    for name in ("LLM_MODEL", "LLM_BASE_URL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name)
+    after = pytester.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "--telemetry-recheck",
+                                          "--telemetry-report=report.json")
+    after.assert_outcomes(passed=2)
+    after.stdout.fnmatch_lines(["*functions instrumented*; LLM requests: 0"])
+    assert len(server.chat_requests) == 1
+    (module,) = (pytester.path / ".telemetry_cache" / "tests" / "python").glob("*.cases")
+    cases = {name: (sha, origin) for sha, name, origin, _original in
+             parse_cases(cache.read_test_module("python", module.name))}
+    assert cases["add"][1] == "llm" and cases["sub"] == scripts["sub"]
+    assert '@_telemetry.instrument("add")' in cache.read_script("python", cases["add"][0])
+    # What the import hook compiled: the file's memo, as the plugin's engine reads it.
+    settings = Settings.load(pytester.path, defaults={"target": "runtime", "style": "try"})
+    memo = Engine(settings, cache).lookup_memo((pytester.path / "calc.py").read_bytes(), "calc.py", import_name="")
+    assert memo is not None
+    outcomes = {f.qualname: f for f in memo.functions}
+    assert outcomes["add"].template == "python.llm.try.runtime/1" and "fixed by an LLM" in outcomes["add"].reason
+    assert outcomes["sub"].template == "python.try.runtime/1"
+    assert '@_telemetry.instrument("add")\ndef add(a, b):' in memo.output.decode()
+    calls = {f["name"]: f["count"] for f in json.loads((pytester.path / "report.json").read_text())["functions"]}
+    assert calls.get("add") == 1 and calls.get("sub") == 1, calls
