@@ -7,6 +7,7 @@ functions no template fits."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import os
 import re
@@ -158,12 +159,14 @@ def test_the_sandbox_reason_is_not_prefixed_twice(tmp_path: Path, fake_llm) -> N
     assert failed["reason"].count("failed in the sandbox") == 1 and KEY not in done.stdout + done.stderr
 
 
-def test_a_run_without_a_model_hints_that_one_could_try_what_no_template_fits(tmp_path: Path, fake_llm) -> None:  # type: ignore[no-untyped-def]
+def test_a_run_without_a_model_hints_that_one_could_try_what_no_template_fits(tmp_path: Path) -> None:
     project(tmp_path, **{"mod.py": NO_TEMPLATE, "ok.py": "def fine(a):\n    return a\n"})
     plain = run_cli(["mod.py", "ok.py", "--target", "otel"], tmp_path)
     assert plain.returncode == 0
-    assert [line for line in plain.stderr.splitlines() if "hint" in line] == [
-        HINT + ": set LLM_MODEL (or --model), or run telemetry-inject --configure (docs/llm.md)"]
+    (hint,) = [line for line in plain.stderr.splitlines() if "hint" in line]
+    assert hint.startswith(HINT + ": set LLM_MODEL (or --model), or run telemetry-inject --configure (docs/llm.md)")
+    installed = importlib.util.find_spec("litellm") is not None
+    assert hint.endswith('; it needs pip install "pytest-telemetry-inject[llm]"') != installed
     # Warm (from the file memos): the same hint.
     assert HINT in run_cli(["mod.py", "--target", "otel"], tmp_path).stderr
     # Not with --quiet or --json; not when every function has a template; not with a model.
@@ -171,6 +174,10 @@ def test_a_run_without_a_model_hints_that_one_could_try_what_no_template_fits(tm
     as_json = run_cli(["mod.py", "--target", "otel", "--json"], tmp_path)
     assert "hint" not in as_json.stderr and json.loads(as_json.stdout)["functions"]["failed"] == 1
     assert "hint" not in run_cli(["ok.py", "--target", "otel"], tmp_path).stderr
+
+
+def test_a_run_with_a_model_gives_no_hint(tmp_path: Path, fake_llm) -> None:  # type: ignore[no-untyped-def]
+    project(tmp_path, **{"mod.py": NO_TEMPLATE})
     fake = fake_llm([Reply("I cannot help with that.")])
     with_model = run_cli(["mod.py", "--target", "otel"], tmp_path, **openai_env(fake, LLM_MAX_RETRIES="1"))
     assert with_model.returncode == 0 and "hint" not in with_model.stderr and len(fake.chat_requests) == 1
