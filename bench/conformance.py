@@ -10,11 +10,14 @@ compared test by test (from JUnit XML); the wall-time ratio instrumented/plain u
 fastest warm run and the fastest plain run of the interleaved pairs (the cold ratio: the cold
 run over that plain run). Printed beside it, for reading the noise: the
 ratio of the medians of the same runs, and the ratio of the fastest CPU times (user +
-system of pytest and its children). With ``--coverage``, after the timed runs: one plain and
-one warm run under ``pytest --cov=. --cov-branch``, and whether every file's covered and
-missed lines and branches are the same.
+system of pytest and its children). With ``--coverage``, after the timed runs: one plain run,
+one cold run (the project's cache removed first) and one warm run under ``pytest --cov=.
+--cov-branch``, and whether every file's covered and missed lines and branches are the same
+in each instrumented run as in the plain one. ``--style`` sets the plugin's style
+(``telemetry_style``) for every instrumented run; without it, the plugin's default.
 
     python bench/conformance.py [--workdir DIR] [--only NAME ...] [--repeats N] [--budget S] [--coverage]
+                                [--style try|with]
 """
 
 from __future__ import annotations
@@ -195,14 +198,15 @@ def summarise(results: dict[str, str]) -> str:
 
 
 def conform(name: str, version: str, workdir: Path, python: Path, repeats: int = 3,
-            budget_s: float = 40.0, most: int = 15, coverage: bool = False) -> dict:
+            budget_s: float = 40.0, most: int = 15, coverage: bool = False, style: str | None = None) -> dict:
     project = fetch(name, version, workdir)
+    plugin = ("--inject-telemetry", *(("-o", f"telemetry_style={style}") if style else ()))
     sh(str(python), "-m", "pip", "install", "--quiet", "-e", str(project))
     shutil.rmtree(project / ".telemetry_cache", ignore_errors=True)
     first = run_suite(python, project, "plain")
     plain, plain_s = first.outcomes, first.wall_s
     report = project / ".conformance-telemetry.json"
-    cold_run = run_suite(python, project, "cold", "--inject-telemetry", f"--telemetry-report={report}")
+    cold_run = run_suite(python, project, "cold", *plugin, f"--telemetry-report={report}")
     cold, cold_s = cold_run.outcomes, cold_run.wall_s
     problem = instrumentation_problem(cold_run.stdout)
     if problem:  # a run that instruments nothing proves nothing: stop before timing it
@@ -218,7 +222,7 @@ def conform(name: str, version: str, workdir: Path, python: Path, repeats: int =
     warms, plains = [], []
     same_plain = True
     for _ in range(pairs):
-        warm_run = run_suite(python, project, "warm", "--inject-telemetry")
+        warm_run = run_suite(python, project, "warm", *plugin)
         warms.append(warm_run)
         plain_run = run_suite(python, project, "plain2")
         plains.append(plain_run)
@@ -232,8 +236,10 @@ def conform(name: str, version: str, workdir: Path, python: Path, repeats: int =
     summary_line = next((line for line in warm_line.splitlines() if "functions instrumented" in line), "")
     extra = {}
     if coverage:  # after the timed runs: coverage slows a suite down
-        extra["coverage"] = compare_coverage(coverage_of(python, project, "plain"),
-                                             coverage_of(python, project, "warm", "--inject-telemetry"))
+        plain_coverage = coverage_of(python, project, "plain")
+        shutil.rmtree(project / ".telemetry_cache", ignore_errors=True)
+        extra["coverage_cold"] = compare_coverage(plain_coverage, coverage_of(python, project, "cold", *plugin))
+        extra["coverage"] = compare_coverage(plain_coverage, coverage_of(python, project, "warm", *plugin))
     return {**extra,
         "project": f"{name} {version}", "plain": summarise(plain), "instrumented": summarise(own),
         "identical": plain == own == own_cold and same_plain,
@@ -245,7 +251,7 @@ def conform(name: str, version: str, workdir: Path, python: Path, repeats: int =
         # CPU time (user + system), fastest of each: less moved by a busy host than wall time.
         "ratio_warm_cpu": min(r.cpu_s for r in warms) / min(r.cpu_s for r in plains),
         "plain_s": base, "warm_s": warm_s, "cold_s": cold_s, "summary": summary_line,
-        "pairs": pairs, "first_plain_s": plain_s,
+        "pairs": pairs, "first_plain_s": plain_s, "style": style or "(default)",
         "plain_runs_s": [r.wall_s for r in plains], "warm_runs_s": [r.wall_s for r in warms],
         "plain_runs_cpu_s": [r.cpu_s for r in plains], "warm_runs_cpu_s": [r.cpu_s for r in warms],
         # As the plugin's summary counts them, over the cold run and every warm run (None:
@@ -264,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=40.0,
                         help="seconds of plain runs a short suite gets (more pairs, at most 15)")
     parser.add_argument("--coverage", action="store_true",
-                        help="also compare line and branch coverage (pytest --cov --cov-branch), plain and warm")
+                        help="also compare line and branch coverage (pytest --cov --cov-branch), plain, cold and warm")
+    parser.add_argument("--style", choices=("try", "with"),
+                        help="the plugin's style in the instrumented runs (default: the plugin's default)")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     python = make_venv(args.workdir)
@@ -274,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             rows.append(conform(name, version, args.workdir, python, args.repeats, args.budget,
-                                coverage=args.coverage))
+                                coverage=args.coverage, style=args.style))
         except subprocess.CalledProcessError as exc:
             rows.append({"project": f"{name} {version}", "error": (exc.stderr or exc.stdout or str(exc))[-500:]})
         print(json.dumps(rows[-1]), file=sys.stderr)
@@ -290,9 +298,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{'yes' if row['identical'] else 'NO':<5} {row['ratio_warm']:>7.2f} {row['ratio_cold']:>7.2f} "
               f"{row['ratio_warm_medians']:>9.2f} {row['ratio_warm_cpu']:>6.2f} {row['pairs']:>5} "
               f"{'?' if row['llm_calls'] is None else row['llm_calls']:>4}  {functions}")
-        if "coverage" in row:
-            cov = row["coverage"]
-            print(f"{'':<24} coverage (lines and branches) the same: {'yes' if cov['same'] else 'NO'} "
+        for key, run in (("coverage_cold", "cold"), ("coverage", "warm")):
+            if key not in row:
+                continue
+            cov = row[key]
+            print(f"{'':<24} coverage (lines and branches), {run}, the same: {'yes' if cov['same'] else 'NO'} "
                   f"({cov['files']} files, {cov['lines']} lines, {cov['branches']} branches)"
                   + "".join(f"\n{'':<26}{d}" for d in cov["differences"]))
     good = [r for r in rows if "error" not in r]
@@ -308,10 +318,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{all(r['identical'] for r in good)}; LLM requests: {llm_total} "
               "(the plugin's count, cold and warm runs)")
         if any("coverage" in r for r in good):
-            print(f"coverage the same in every project: {all(r['coverage']['same'] for r in good)}")
+            print(f"coverage the same in every project, cold and warm: "
+                  f"{all(r[k]['same'] for r in good for k in ('coverage', 'coverage_cold') if k in r)}"
+                  f" (style: {args.style or 'the plugin default'})")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
-    same = all(r["identical"] and r.get("coverage", {"same": True})["same"] for r in good)
+    same = all(r["identical"] and r.get("coverage", {"same": True})["same"]
+               and r.get("coverage_cold", {"same": True})["same"] for r in good)
     return 0 if good and same and len(good) == len(rows) else 1
 
 
