@@ -139,7 +139,7 @@ class TelemetryFinder:
             if result.output is None:
                 self.state.problems[fullname] = result.reason or result.status
                 return None
-            key = self._code_key(data)
+            key = self._code_key(data, result.output)
             code = self._load_code(key, path)
             if code is None:
                 text = result.output.decode(_encoding_of(result.output))
@@ -154,11 +154,13 @@ class TelemetryFinder:
         finally:
             self._busy.active = False
 
-    def _code_key(self, data: bytes) -> str:
+    def _code_key(self, data: bytes, output: bytes) -> str:
+        """The compiled code's cache key: the source and the instrumented text it is compiled
+        from (the same source can have another output: after an LLM repair, say)."""
         from . import __version__
 
         parts = (__version__, self.engine.settings.output_fingerprint(), sys.implementation.cache_tag or "",
-                 _CODE_MAGIC.decode("latin-1"), hashlib.sha256(data).hexdigest())
+                 _CODE_MAGIC.decode("latin-1"), hashlib.sha256(data).hexdigest(), hashlib.sha256(output).hexdigest())
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
     def _load_code(self, key: str, path: str) -> CodeType | None:
