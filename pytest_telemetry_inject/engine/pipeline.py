@@ -640,6 +640,9 @@ class Engine:
             decoded = decode_source(data)
             stripped = language.strip(decoded.text)
         except SourceError as exc:
+            if getattr(exc, "file_error", False):  # telemetry strip cannot take out: the run fails
+                result.status, result.reason = "error", str(exc)
+                return result
             return _skipped(result, str(exc))
         result.functions = [FunctionOutcome(name, line, "stripped") for line, name in stripped.spans]
         if stripped.text != decoded.text:

@@ -42,6 +42,13 @@ REASON_SAME_LINE = "another function of the same name starts on this line"
 SKIP_COMMENT = re.compile(r"//\s*telemetry:\s*skip\b(?!-)")
 SKIP_FILE_COMMENT = re.compile(r"//\s*telemetry:\s*skip-file\b")
 
+class UnrecognisedTelemetry(SourceSyntaxError):
+    """Strip found this tool's names in the code in a form it did not write (reformatted,
+    edited by hand): it says where instead of leaving them behind. The file is an error."""
+
+    file_error = True
+
+
 class Grammars(threading.local):
     """Tree-sitter parsers and queries, one set per thread (a Parser is not thread-safe)."""
 
@@ -213,6 +220,9 @@ class BraceLanguage(Language):
     """Shared strip, checks and helpers; subclasses parse and plan."""
 
     telemetry_shares_lines = True
+    keeps_lines = True
+    """Whether the telemetry goes inside existing lines only (JavaScript, TypeScript), so
+    that a line added or removed is an error."""
     markers: tuple[Marker, ...] = ()
     wrappers: tuple[tuple[str, str], ...] = (("", ""),)
     """(prefix, suffix) around a function's source taken alone, tried in order."""
@@ -379,7 +389,7 @@ class BraceLanguage(Language):
             original = self.strip(snippet).text
         except SourceSyntaxError as exc:
             return str(exc)
-        if original.count("\n") != snippet.count("\n"):
+        if self.keeps_lines and original.count("\n") != snippet.count("\n"):
             return "a line was added or removed"
         found, _tree = self.snippet(original)
         if found.wrapper is not None:

@@ -1,55 +1,80 @@
 """Go through tree-sitter: functions, methods and function literals; one ``defer`` each.
 
-What the inserted code looks like (no line is added; ``Q`` is the span name)::
+What the inserted code looks like (``Q`` is the span name)::
 
-    package shapes; import _telemetry "example.com/mod/internal/telemetryinject"
-    ...
-    func (s *Square) Area() float64 { defer _telemetry.End(_telemetry.Start("shapes.(*Square).Area"));
-        return s.side * s.side
+    package shapes
+
+    import "fmt"
+
+    //line :1:1
+    import _telemetry "example.com/mod/telemetryinject" /*line :3:1*/
+
+    func (s *Square) Area() float64 {
+    	defer _telemetry.End(_telemetry.Start("shapes.(*Square).Area"))
+    //line :7:1
+    	return s.side * s.side
     }
+
+Every inserted statement has a line of its own, as ``gofmt`` wants it: the output of a
+gofmt-clean file is gofmt-clean, and gofmt leaves the inserted lines where they are. The
+lines move, but the compiler does not see it: a ``//line :N:1`` directive after each
+inserted statement gives the next line its original number again (the file name stays the
+file's), and the import is given line 1 and its line end the number of the line it follows
+(``/*line :R:1*/``). Compiler errors, panics, ``go test`` and ``go vet`` output, coverage
+and profiles name the original lines. The directives are written where gofmt's comment
+grouping cannot pull them into a doc comment (before the first statement of a body, after
+the import at the end of its line).
 
 ``Start`` runs when the ``defer`` statement does (it reads the clock); ``End`` runs on
 every way out: a return, a panic, ``runtime.Goexit``. ``End`` never recovers: a panic goes
-on with the same value and stack trace (recovering and panicking again costs time that
-grows with the square of the stack depth, and changes what a crash prints); results are
-untouched. Registered first, it runs last, after the function's own deferred calls. No
-allocation per call.
+on with the same value and stack trace; results are untouched. No allocation per call.
 
 Span names follow Go's own function names (``runtime.FuncForPC``): ``pkg.Func``,
-``pkg.(*Type).Method``, ``pkg.Type.Method``, generic ones with ``[...]``; function literals
-``pkg.Func.func1`` (their order in the enclosing function), a literal inside a literal
-``pkg.Func.func1.1``, literals in package-level variables ``pkg.glob..func1``.
+``pkg.(*Type).Method``, ``pkg.Type.Method``, generic ones with ``[...]``; ``init``
+functions ``pkg.init.0``, ``pkg.init.1``... numbered across the package's files in the
+order the compiler reads them; function literals ``pkg.Func.func1`` (their order in the
+enclosing function), a literal inside a literal ``pkg.Func.func1.1``, literals in
+package-level variables ``pkg.glob..func1``.
 
-The runtime import is put on the line of the last import declaration (after it:
-``; import _telemetry "path"``), or after the package clause when there is none; the
-import path is the module path from go.mod (or the GOPATH import path) plus the folder of
-the runtime package, ``internal/telemetryinject`` under the module root.
+Strip removes the inserted lines and directives in the form written here, as gofmt leaves
+them, and in the older forms (``{ defer ...;`` on the brace's line, ``; import _telemetry``
+on the last import's line, and those after gofmt); telemetry it does not recognise is an
+error, never silently left behind. A file whose directives no longer match its lines (it
+was edited after instrumentation, or is in an older form) is instrumented anew.
+
+The runtime is the package ``telemetryinject`` at the module root (an importable path, so
+that a program can call ``telemetryinject.Close()`` from any instrumented library); every
+copy of it in one program shares one state (see the runtime's documentation).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import SourceSyntaxError, TemplateNotApplicable
-from ..scriptlib import Edit, insert_text, split_lines
+from ..scriptlib import Edit, insert, insert_after, insert_text, split_lines
 from . import BUILTIN
-from .base import FunctionRecord, ParsedFile, Template
+from .base import FunctionRecord, ParsedFile, StripResult, Template
 from .brace import (
-    NAME_PATTERN,
     REASON_INSTRUMENTED,
     REASON_OPT_OUT,
     REASON_TRIVIAL,
-    TEMPLATE_VERSION,
+    SKIP_FILE_COMMENT,
     VENDORED,
     BraceLanguage,
-    LazyGrammars,
-    Marker,
-    RuntimeFiles,
     char_column,
+    LazyGrammars,
+    Match,
+    RuntimeFiles,
+    UnrecognisedTelemetry,
+    _is_code_token,
+    _line_starts,
+    _line_of,
     last_token,
     leading_ws,
     mark_same_line_duplicates,
@@ -60,26 +85,46 @@ from .brace import (
 if TYPE_CHECKING:
     from ..settings import Settings
 
-OPEN = ' defer _telemetry.End(_telemetry.Start("{name}"));'
-HEADER = '; import _telemetry "{path}"'
+TEMPLATE_VERSION = 2
+"""Version 2: the statement on a line of its own, with a //line directive (1: ``{ defer ...;``)."""
+DEFER = 'defer _telemetry.End(_telemetry.Start("{name}"))'
+DIRECTIVE = "//line :{line}:1"
+INLINE = ' defer _telemetry.End(_telemetry.Start("{name}"));'
+"""The form for a root function (main.main, TestMain) whose body is on one line."""
+HEADER_MAP = "//line :1:1"
+HEADER = 'import _telemetry "{path}" /*line :{line}:1*/'
 RUNTIME_PACKAGE = "telemetryinject"
-RUNTIME_FOLDER = Path("internal") / RUNTIME_PACKAGE
+RUNTIME_FOLDER = Path(RUNTIME_PACKAGE)
 RUNTIME_FILE = RUNTIME_FOLDER / f"{RUNTIME_PACKAGE}.go"
 RUNTIME_MARKER = "// Code generated by pytest-telemetry-inject (vendored telemetry runtime). DO NOT EDIT."
+TEST_MAIN_FILE = "telemetry_inject_main_test.go"
+TEST_MAIN_MARKER = "// Code generated by pytest-telemetry-inject (the telemetry report of go test). DO NOT EDIT."
+GENERATED_PREFIX = "// Code generated by pytest-telemetry-inject"
 
-MARKERS = (
-    Marker("open", "defer", rb' defer _telemetry\.End\(_telemetry\.Start\(' + NAME_PATTERN + rb'\)\);', "defer",
-           lambda m: m.start() + 1),
-    Marker("header", "import", rb'; import _telemetry "(?P<name>[^"\\\n]*)"', "import", lambda m: m.start() + 2),
-)
+# The inserted texts as they are found again: as written, as gofmt leaves them, and in the
+# forms of version 1 (``{ defer ...;``, ``; import _telemetry "..."``).
+_NAME = rb'"(?P<name>[^"\\\n]*)"'
+_OWN_DEFER = re.compile(rb'(?m)^[ \t]*(?P<kw>defer) _telemetry\.End\(_telemetry\.Start\(' + _NAME
+                        + rb'\)\)[ \t]*;?[ \t]*(?:\r?\n|\Z)')
+_DIRECTIVE = re.compile(rb'//line :(?P<line>\d+):\d+[ \t]*(?:\r?\n|\Z)')
+_INLINE_DEFER = re.compile(rb'(?<=\{) (?P<kw>defer) _telemetry\.End\(_telemetry\.Start\(' + _NAME + rb'\)\);')
+_OWN_HEADER = re.compile(rb'(?m)^(?P<blank>[ \t]*\r?\n)?(?P<map>//line :1:1[ \t]*\r?\n)?(?P<kw>import) _telemetry '
+                         rb'"(?P<name>[^"\\\n]*)"[ \t]*(?P<dir>/\*line :(?P<line>\d+):\d+\*/)?[ \t]*(?:\r?\n|\Z)')
+_INLINE_HEADER = re.compile(rb'; (?P<kw>import) _telemetry "(?P<name>[^"\\\n]*)"')
+_LEFTOVER = re.compile(rb'\b_telemetry\b')
 
 REASON_NO_BODY = "no body (implemented elsewhere)"
 REASON_TINY = "tiny body (the compiler likely inlines it; a deferred call would stop that)"
+REASON_ONE_LINE = "its first statement is on the line of its opening brace (an inserted line would split that line)"
+REASON_SHARED_LINE = "its first statement shares its line with other text (an inserted line would split that line)"
 TINY_BODY = 30
 """Bodies of at most this many syntax nodes (tree-sitter's count, tokens included: ``{ return
-x.n }`` is 8, a three-line constructor about 25) are left alone when ``skip_trivial`` is on:
-Go does not inline a function with a ``defer``, and a value that stayed on the stack of
-the inlined code can then escape to the heap (one allocation per call)."""
+x.n }`` is 8, a three-line constructor about 25) are left alone when ``skip_trivial`` is on,
+function literals as much as named functions (a literal passed to ``sort.Search`` runs once
+per comparison): Go does not inline a function with a ``defer``, and a value that stayed on
+the stack of the inlined code can then escape to the heap (one allocation per call).
+``main.main`` and ``TestMain`` are never left alone for their size: their end writes the
+telemetry of the whole program."""
 REASON_DIRECTIVE = "a compiler directive that a deferred call could break ({})"
 # Directives under which an added deferred call can fail to build or change behaviour.
 _RISKY_DIRECTIVES = ("nosplit", "systemstack", "nowritebarrier", "nowritebarrierrec", "yeswritebarrierrec",
@@ -99,19 +144,35 @@ def _text(data: bytes, node: Any) -> str:
     return data[node.start_byte:node.end_byte].decode("utf-8", "surrogatepass")
 
 
+class Found:
+    """Everything this tool inserted in a Go file: the matches (byte ranges to cut), and for
+    each, whether its ``//line`` numbers are still right."""
+
+    def __init__(self) -> None:
+        self.matches: list[Match] = []
+        self.stale: set[int] = set()
+        """Start bytes of the matches whose directive is missing, wrong or of an old form."""
+        self.defers: dict[int, Match] = {}
+        """The span openings by the byte of their ``defer`` keyword."""
+        self.header: Match | None = None
+
+    @property
+    def header_stale(self) -> bool:
+        return self.header is not None and self.header.start in self.stale
+
+
 class GoLanguage(BraceLanguage):
     name = "go"
     runtime_marker = RUNTIME_MARKER
     """The first line of the runtime files this tool writes (left alone by every front door)."""
     extensions, interpreters = BUILTIN["go"][2:]  # the registry's table
-    markers = MARKERS
+    telemetry_shares_lines = False
+    keeps_lines = False
     has_closes = False
     wrappers = (("package p\n", ""), ("package p\nfunc _() {\n", "\n}"), ("package p\nvar _ = []interface{}{\n", "\n}"))
     own_name = re.compile(r"\b_telemetry\b")
 
     def __init__(self) -> None:
-        self._template = Template(f"go.defer.{VENDORED}", TEMPLATE_VERSION, "defer", VENDORED)
-
         def load():  # type: ignore[no-untyped-def]
             import tree_sitter_go
 
@@ -125,16 +186,147 @@ class GoLanguage(BraceLanguage):
     def grammar_for(self, path: str | None) -> str:
         return "go"
 
-    def _snippet_matches(self, text: str, data: bytes):  # type: ignore[no-untyped-def]
-        # Go snippets never parse alone (no package clause): always try the wrappers.
+    # -- finding what was inserted -------------------------------------------------------------
+
+    def _tree_for(self, text: str, data: bytes) -> tuple[Any, int]:
+        """A tree in which the inserted keywords can be told from strings and comments: the
+        file's, or a function's source parsed inside a wrapper (with the prefix's length)."""
         tree = self.parse_tree(data, None)
         if not tree.root_node.has_error:
-            return self.find(data, tree.root_node), 0
+            return tree.root_node, 0
         for prefix, suffix in self.wrappers:
             other = self.parse_tree((prefix + text + suffix).encode("utf-8", "surrogatepass"), None)
             if not other.root_node.has_error:
-                return self.find(data, other.root_node, len(prefix.encode())), len(prefix.encode())
-        return self.find(data, tree.root_node), 0
+                return other.root_node, len(prefix.encode())
+        return tree.root_node, 0
+
+    def scan(self, data: bytes, root: Any, offset: int = 0) -> Found:
+        """Every inserted text in ``data`` (``root`` parsed it, shifted by ``offset``)."""
+        found = Found()
+        if b"_telemetry" not in data:
+            return found
+        candidates: list[tuple[int, Match, int | None, int]] = []  # (start, match, directive line, end row)
+        for match in _OWN_DEFER.finditer(data):
+            if not _is_code_token(root, match.start("kw") + offset, "defer"):
+                continue
+            end, line = match.end(), None
+            directive = _DIRECTIVE.match(data, end)
+            form = "gofmt"
+            if directive is not None:
+                end, line, form = directive.end(), int(directive.group("line")), "line"
+            candidates.append((match.start(), Match("open", match.start(), end, _name(match), form), line,
+                               match.start("kw")))
+        for match in _INLINE_DEFER.finditer(data):
+            if _is_code_token(root, match.start("kw") + offset, "defer"):
+                candidates.append((match.start(), Match("open", match.start(), match.end(), _name(match), "inline"),
+                                   None, match.start("kw")))
+        for match in _OWN_HEADER.finditer(data):
+            if not _is_code_token(root, match.start("kw") + offset, "import"):
+                continue
+            if match.group("blank") is not None and (match.group("map") or _blank_line_at(data, match.end())):
+                start = match.start()  # the blank line written before it (or gofmt's, before an old one)
+            else:
+                start = match.start("map") if match.group("map") else match.start("kw")
+            line = int(match.group("line")) if match.group("dir") else None
+            form = "line" if match.group("map") and line is not None else "gofmt"
+            candidates.append((start, Match("header", start, match.end(), _name(match), form), line, -1))
+        for match in _INLINE_HEADER.finditer(data):
+            if _is_code_token(root, match.start("kw") + offset, "import"):
+                candidates.append((match.start(), Match("header", match.start(), match.end(), _name(match), "inline"),
+                                   None, -1))
+        candidates.sort(key=lambda c: c[0])
+        removed_rows = 0
+        last_end = -1
+        for start, match, line, keyword in candidates:
+            if start < last_end:
+                continue
+            last_end = match.end
+            removed_rows += data.count(b"\n", match.start, match.end)
+            if match.kind == "open":
+                found.defers[keyword] = match
+            elif found.header is None:
+                found.header = match
+            found.matches.append(match)
+            if match.form == "inline" and match.kind == "open":
+                continue  # current only for a root's one-line body: the function's record decides
+            if match.form != "line":
+                found.stale.add(match.start)
+                continue
+            # The line after the match becomes line (its row - rows removed so far + 1); a
+            # defer's directive names it, the header's names the line before it.
+            following = data.count(b"\n", 0, match.end) - removed_rows + 1
+            expected = following if match.kind == "open" else following - 1
+            if line != expected:
+                found.stale.add(match.start)
+        return found
+
+    def find(self, data: bytes, root: Any, offset: int = 0) -> list[Match]:
+        return self.scan(data, root, offset).matches
+
+    def _snippet_matches(self, text: str, data: bytes):  # type: ignore[no-untyped-def]
+        root, offset = self._tree_for(text, data)
+        return self.find(data, root, offset), offset
+
+    def strip(self, text: str, *, only: set[int] | None = None) -> StripResult:
+        """Cut out every inserted line and text (``only``: those of the functions defined on
+        these lines; the import then stays, unless its directive is out of date: then every
+        function is being done anew and the import goes too). Telemetry left over that this
+        tool does not recognise is an error (UnrecognisedTelemetry), never left behind."""
+        if "_telemetry" not in text:
+            return StripResult(text, [], False)
+        data = text.encode("utf-8", "surrogatepass")
+        root, offset = self._tree_for(text, data)
+        found = self.scan(data, root, offset)
+        matches = found.matches
+        if only is not None:
+            keep_header = found.header is not None and not found.header_stale
+            owned = self._owned_by(text, data, [m for m in matches if m.kind == "open"], only)
+            matches = sorted(owned + [m for m in matches if m.kind == "header" and not keep_header],
+                             key=lambda m: m.start)
+        spans = []
+        header_removed = False
+        pieces: list[bytes] = []
+        at = 0
+        starts = None
+        for match in matches:
+            if match.kind == "open":
+                if starts is None:
+                    starts = _line_starts(data)
+                spans.append((_line_of(starts, match.start), match.name))
+            else:
+                header_removed = True
+            pieces.append(data[at:match.start])
+            at = match.end
+        pieces.append(data[at:])
+        stripped = b"".join(pieces)
+        if only is None:
+            self._check_leftovers(stripped, text)
+        return StripResult(stripped.decode("utf-8", "surrogatepass"), spans, header_removed)
+
+    def _check_leftovers(self, stripped: bytes, text: str) -> None:
+        """Telemetry still in the code once every recognised text is cut out: say where."""
+        if b"_telemetry" not in stripped:
+            return
+        if text.startswith(GENERATED_PREFIX):
+            return  # the runtime and the generated TestMain: not instrumented code
+        tree = self.parse_tree(stripped, None)
+        root = tree.root_node
+        offset = 0
+        if root.has_error:
+            for prefix, suffix in self.wrappers:
+                other = self.parse_tree(prefix.encode() + stripped + suffix.encode(), None)
+                if not other.root_node.has_error:
+                    root, offset = other.root_node, len(prefix.encode())
+                    break
+        for match in _LEFTOVER.finditer(stripped):
+            node = root.descendant_for_byte_range(match.start() + offset, match.end() + offset)
+            if node is not None and node.type in ("identifier", "package_identifier") \
+                    and node.start_byte == match.start() + offset:
+                row = stripped.count(b"\n", 0, match.start()) + 1
+                line = stripped.split(b"\n")[row - 1].decode("utf-8", "replace").strip()
+                raise UnrecognisedTelemetry(
+                    f"cannot strip: telemetry at line {row} is not in a form this tool wrote ({line[:80]!r}); "
+                    "remove it by hand or instrument again first")
 
     # -- parsing ---------------------------------------------------------------------------------
 
@@ -149,11 +341,16 @@ class GoLanguage(BraceLanguage):
         captures = ts.QueryCursor(ts.queries["go"]).captures(root)
         package_nodes = captures.get("package", [])
         package = _text(data, package_nodes[0]) if package_nodes else "main"
+        found = self.scan(data, root)
         events: list[tuple[int, int, str, Any]] = []
         for kind, key in (("f", "func"), ("m", "method"), ("l", "literal")):
             for node in captures.get(key, ()):
                 events.append((node.start_byte, node.end_byte, kind, node))
         events.sort(key=lambda e: (e[0], -e[1]))
+        is_test = os.path.basename(path).endswith("_test.go")
+        init_number = init_offset(path, package) if any(
+            kind == "f" and _text(data, node.child_by_field_name("name")) == "init"
+            for _s, _e, kind, node in events) else 0
         # stack items: (end byte, qualname, literal counter holder, is a literal)
         stack: list[list[Any]] = []
         glob_counter = [0]
@@ -174,31 +371,43 @@ class GoLanguage(BraceLanguage):
                 nested_in = stack[-1][1] if stack else None
             else:
                 name, qualname = self._name(data, node, kind, package)
+                if kind == "f" and name == "init" and node.child_by_field_name("type_parameters") is None:
+                    name, qualname = f"init.{init_number}", f"{package}.init.{init_number}"
+                    init_number += 1
                 nested_in = None
-            record, where = self._record(node, kind, qualname, name, nested_in, data, lines, path, settings)
+            root_function = qualname == "main.main" or (is_test and kind == "f" and name == "TestMain")
+            record, where = self._record(node, kind, qualname, name, nested_in, data, lines, path, settings,
+                                         found, root_function)
             records.append((len(stack), record))
             if where is not None:
                 positions[record.start_byte] = where
             stack.append([end, qualname, 0, kind == "l"])
         records.sort(key=lambda item: (item[1].start_line, -item[0], item[1].start_byte))
         functions = mark_same_line_duplicates([r for _d, r in records])
-        header_present = None
-        if b"_telemetry" in data:
-            for match in self.find(data, root):
-                if match.kind == "header":
-                    header_present = VENDORED
-                    break
+        header_present = VENDORED if found.header is not None else None
+        if found.header_stale:
+            # The directives after an out-of-date import are out of date too: all done anew.
+            from dataclasses import replace
+
+            functions = [replace(r, span_name=f"{r.span_name} (line directives out of date)")
+                         if r.instrumented and r.span_name == r.qualname else r for r in functions]
         imports = captures.get("import", [])
         anchor = max(imports, key=lambda n: n.end_byte) if imports else None
         if anchor is None:
-            clause = next((c for c in root.named_children if c.type == "package_clause"), None)
-            anchor = clause
-        header_at = (-1, 0)
-        if anchor is not None:
-            end = last_token(anchor).end_point
-            header_at = (end.row, char_column(lines[end.row], end.column))
-        parsed = ParsedFile(self.name, path, text, lines, functions, header_at[0] + 1, header_present)
-        parsed.extra.update(positions=positions, header_at=header_at, package=package)
+            anchor = next((c for c in root.named_children if c.type == "package_clause"), None)
+        if anchor is None:
+            raise SourceSyntaxError("no package clause")
+        problem = None
+        end = last_token(anchor).end_point
+        rest = lines[end.row].encode("utf-8", "surrogatepass")[end.column:].strip()
+        if rest and not rest.startswith(b"//") and not (rest.startswith(b"/*") and rest.endswith(b"*/")):
+            problem = ("cannot add the runtime import on a line of its own: more code follows the last import "
+                       f"on line {end.row + 1}")
+        elif not lines[end.row].endswith("\n"):
+            problem = "cannot add the runtime import: the file ends on its last import's line"
+        header_at = end.row
+        parsed = ParsedFile(self.name, path, text, lines, functions, header_at + 1, header_present)
+        parsed.extra.update(positions=positions, header_at=header_at, package=package, header_place_problem=problem)
         parsed.file_skip_reason = self._file_skip(parsed, settings)
         return parsed
 
@@ -206,6 +415,8 @@ class GoLanguage(BraceLanguage):
         head = "".join(parsed.lines[:1])
         if head.startswith(RUNTIME_MARKER):
             return "the vendored telemetry runtime"
+        if head.startswith(TEST_MAIN_MARKER):
+            return "the TestMain this tool writes (the telemetry report of go test)"
         if settings.target != VENDORED:
             return f"Go supports only the vendored target (the runtime package written into the module), not {settings.target!r}"
         # Go's convention for generated files: a line before the package clause.
@@ -213,6 +424,18 @@ class GoLanguage(BraceLanguage):
         if _GENERATED.search("".join(parsed.lines[:clause_row])):
             return "generated code (// Code generated ... DO NOT EDIT.)"
         return self.file_skip_reason(parsed.lines, parsed.text, parsed.header_present, parsed.functions)
+
+    def file_skip_reason(self, lines: Sequence[str], text: str, header_present: str | None,
+                         records: Any) -> str | None:
+        for line in lines[:30]:
+            if SKIP_FILE_COMMENT.search(line):
+                return "opted out (// telemetry: skip-file)"
+        if header_present is None and "_telemetry" in text:
+            try:
+                self.strip(text)  # what is left once this tool's texts are cut out: code?
+            except UnrecognisedTelemetry:
+                return "the file already uses a name this tool inserts (_telemetry)"
+        return None
 
     @staticmethod
     def _name(data: bytes, node: Any, kind: str, package: str) -> tuple[str, str]:
@@ -245,7 +468,8 @@ class GoLanguage(BraceLanguage):
         return name, f"{package}.{owner}.{name}"
 
     def _record(self, node: Any, kind: str, qualname: str, name: str, nested_in: str | None, data: bytes,
-                lines: list[str], path: str, settings: "Settings") -> tuple[FunctionRecord, tuple | None]:
+                lines: list[str], path: str, settings: "Settings", found: Found,
+                root_function: bool) -> tuple[FunctionRecord, tuple | None]:
         body = node.child_by_field_name("body")
         start_row, end_row = node.start_point.row, node.end_point.row
         source = "".join(lines[start_row:end_row + 1])
@@ -259,38 +483,77 @@ class GoLanguage(BraceLanguage):
         else:
             body_row, body_end_row = body.start_point.row, body.end_point.row
             body_start, body_end = body.start_byte, body.end_byte
-            after = body.start_byte + 1
-            prefix = b' defer _telemetry.End(_telemetry.Start("'
-            if data.startswith(prefix, after):
-                close = data.find(b'"', after + len(prefix))
-                if close > 0:
-                    span_name = data[after + len(prefix):close].decode("utf-8", "surrogatepass")
-                    reason = REASON_INSTRUMENTED
+            statements = [c for c in body.named_children if c.type == "statement_list"]
+            code = [c for c in statements[0].named_children if c.type != "comment"] if statements else []
+            first = code[0] if code else None
+            opening = found.defers.get(first.start_byte) if first is not None and first.type == "defer_statement" \
+                else None
+            if opening is not None:
+                reason = REASON_INSTRUMENTED
+                span_name = opening.name
+                current = opening.start not in found.stale
+                if opening.form == "inline":  # on the brace's line: the form of a root's one-line body only
+                    current = root_function and len(code) > 1 and code[1].start_point.row == body_row
+                if not current:
+                    span_name += " (line directive out of date)"  # stale: the engine does it anew
             if reason is None and self.opted_out(lines, start_row, body_row):
                 reason = REASON_OPT_OUT
             if reason is None and kind != "l":
                 directive = self._risky_directive(lines, start_row)
                 if directive:
                     reason = REASON_DIRECTIVE.format("//go:" + directive)
-            if reason is None and settings.skip_trivial:
-                if not any(c.type != "comment" for c in body.named_children):
-                    reason = REASON_TRIVIAL
-                elif body.descendant_count <= TINY_BODY and kind != "l":
-                    reason = REASON_TINY
+            if reason is None and first is None:
+                reason = REASON_TRIVIAL
+            if reason is None and settings.skip_trivial and not root_function \
+                    and body.descendant_count <= TINY_BODY:
+                reason = REASON_TINY
             if reason is None:
-                where = (body_row, char_column(lines[body_row], body.start_point.column + 1))
+                row = first.start_point.row
+                before = data[first.start_byte - first.start_point.column:first.start_byte]
+                if row == body_row and root_function:
+                    reason, where = self._one_line_root(node, body, code, data, qualname)
+                    if where is not None:
+                        where = ("inline", row, char_column(lines[row], body.start_point.column + 1))
+                elif row == body_row:
+                    reason = REASON_ONE_LINE
+                elif before.strip(b" \t"):
+                    reason = REASON_SHARED_LINE
+                else:
+                    if first.type == "labeled_statement" or not before:
+                        indent = leading_ws(lines[body_row]) + "\t"
+                    else:
+                        indent = before.decode("utf-8", "surrogatepass")
+                    where = ("line", row, indent)
         record = FunctionRecord(
             language=self.name, path=path, qualname=qualname, name=name,
             start_line=start_row + 1, end_line=end_row + 1, def_line=start_row + 1,
             start_byte=node.start_byte, end_byte=node.end_byte,
             body_start_line=body_row + 1, body_end_line=body_end_row + 1,
             body_start_byte=body_start, body_end_byte=body_end,
-            anchor_line=body_row + 1, indent=leading_ws(lines[start_row]), body_indent="",
+            anchor_line=(where[1] + 1) if where else body_row + 1, indent=leading_ws(lines[start_row]),
+            body_indent=where[2] if where and where[0] == "line" else "",
             sha256=hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest(),
             is_method=kind == "m", instrumented=span_name is not None, one_line=body_row == start_row,
             skip_reason=reason, nested_in=nested_in, span_name=span_name,
         )
         return record, where
+
+    @staticmethod
+    def _one_line_root(node: Any, body: Any, code: list[Any], data: bytes, qualname: str
+                       ) -> tuple[str | None, tuple | None]:
+        """main.main or TestMain with its body on one line: the deferred call goes on that
+        line (``{ defer ...; ...``) when gofmt keeps the line whole after it (its header and
+        statements within gofmt's 100 columns for a one-line body); else it is left alone,
+        and the reason says how to have it instrumented."""
+        header = data[node.start_byte:body.start_byte].strip()
+        statements = [len(data[c.start_byte:c.end_byte]) for c in code] + [len(INLINE.format(name=qualname)) - 2]
+        comments = sum(c.end_byte - c.start_byte for c in body.children if c.type == "comment")
+        # go/printer's test for a one-line body: at most 5 statements, header and body
+        # (statements, "; " between them, comments) within 100 columns.
+        if len(header) + sum(statements) + 2 * (len(statements) - 1) + comments <= 100 and len(statements) <= 5:
+            return None, ("inline", body.start_point.row, body.start_point.column + 1)
+        return (f"{qualname} has its body on one line, too long to take the deferred call there (gofmt would "
+                "split it): give the body lines of its own, or call telemetryinject.Close() at its end"), None
 
     @staticmethod
     def _risky_directive(lines: list[str], start_row: int) -> str | None:
@@ -307,35 +570,78 @@ class GoLanguage(BraceLanguage):
     # -- templates -------------------------------------------------------------------------------
 
     def templates(self, record: FunctionRecord, settings: "Settings") -> list[Template]:
-        return [self._template]
+        # The //line directive names the line the statement goes before: part of the
+        # template's identity (its cache key), so that a function that moved is made anew.
+        return [Template(f"go.defer.{VENDORED}.line{record.anchor_line}", TEMPLATE_VERSION, "defer", VENDORED)]
 
     def plan(self, template: Template, record: FunctionRecord, parsed: ParsedFile) -> list[Edit]:
         where = parsed.extra["positions"].get(record.start_byte)
         if where is None:
             raise TemplateNotApplicable("no place for the deferred call in this function")
-        row, column = where
-        return [insert_text(record.relative(row + 1), column, OPEN.format(name=record.qualname))]
+        form, row, detail = where
+        if form == "inline":
+            return [insert_text(record.relative(row + 1), detail, INLINE.format(name=record.qualname))]
+        before = record.relative(row + 1)
+        return [insert(before, detail + DEFER.format(name=record.qualname)),
+                insert(before, DIRECTIVE.format(line=row + 1))]
 
     def header(self, parsed: ParsedFile, settings: "Settings", import_name: str) -> list[Any]:
         if parsed.header_present == settings.target:
             return []
-        row, column = parsed.extra["header_at"]
+        row = parsed.extra["header_at"]
         if row < 0:
             return []
-        if not import_name or not _IMPORT_PATH.fullmatch(import_name):
-            parsed.extra["header_problem"] = (
-                f"cannot name the runtime package (import path {import_name!r}): no go.mod above the file, "
-                "and it is not under a GOPATH src folder")
-            return [insert_text(row + 1, column, "")]
-        return [insert_text(row + 1, column, HEADER.format(path=import_name))]
+        path = import_name.partition(";")[0]
+        problem = parsed.extra.get("header_place_problem")
+        if not problem and (not path or not _IMPORT_PATH.fullmatch(path)):
+            problem = (f"cannot name the runtime package (import path {path!r}): no go.mod above the file, "
+                       "and it is not under a GOPATH src folder")
+        if problem:
+            parsed.extra["header_problem"] = problem
+            return [insert_after(row + 1, "")]
+        return [insert_after(row + 1, ""), insert_after(row + 1, HEADER_MAP),
+                insert_after(row + 1, HEADER.format(path=path, line=row + 1))]
+
+    # -- checks ----------------------------------------------------------------------------------
+
+    def validate_output(self, parsed: ParsedFile, text: str, new_rows: Sequence[int]) -> str | None:
+        """The output parses, strips back to the original byte for byte, every //line
+        directive gives the next line its original number; and where Go is installed,
+        gofmt reads it (and formatting it then stripping gives what formatting the original
+        gives), and ``go vet`` finds nothing new in its package (see ``toolcheck``)."""
+        problem = parsed.extra.get("header_problem")
+        if problem:
+            return problem
+        data = text.encode("utf-8", "surrogatepass")
+        tree = self.parse_tree(data, parsed.path)
+        if tree.root_node.has_error:
+            return f"the output does not parse: {tree_error(tree.root_node)}"
+        found = self.scan(data, tree.root_node)
+        if found.stale:
+            return "a //line directive does not give the next line its original number"
+        pieces: list[bytes] = []
+        at = 0
+        for match in found.matches:
+            pieces.append(data[at:match.start])
+            at = match.end
+        pieces.append(data[at:])
+        stripped = b"".join(pieces).decode("utf-8", "surrogatepass")
+        expected = self.strip(parsed.text).text if "_telemetry" in parsed.text else parsed.text
+        if stripped != expected:
+            return "stripping the output does not give back the original file"
+        from . import toolcheck
+
+        return toolcheck.check_go(parsed.path, expected, text, found.header.name if found.header else "")
 
     # -- the vendored runtime ----------------------------------------------------------------------
 
     def vendored_runtime(self, path: Path, root: Path, settings: "Settings") -> RuntimeFiles:
-        """The runtime package goes to ``internal/telemetryinject`` under the module root
-        (the folder of go.mod) when that is inside the scan root, else under the scan root;
-        its import path is the module path (from go.mod, or the path under GOPATH's src)
-        plus that folder."""
+        """The runtime package goes to ``telemetryinject`` under the module root (the folder
+        of go.mod) when that is inside the scan root, else under the scan root; its import
+        path is the module path (from go.mod, or the path under GOPATH's src) plus that
+        folder. A package with tests and no TestMain gets one (``go test`` then writes the
+        report). The import name carries the number of the file's first ``init`` function
+        (the file's result depends on the other files of its package)."""
         root_resolved = root.resolve()
         folder = path.resolve().parent
         module_dir, module_path = find_module(folder)
@@ -350,15 +656,34 @@ class GoLanguage(BraceLanguage):
         else:
             import_base = gopath_import_path(home) or ""
         import_name = f"{import_base}/{RUNTIME_FOLDER.as_posix()}" if import_base else ""
-        location = home.relative_to(root_resolved) / RUNTIME_FILE
-        return RuntimeFiles(import_name, ((location, runtime_source()),))
+        files: list[tuple[Path, bytes]] = [(home.relative_to(root_resolved) / RUNTIME_FILE, runtime_source())]
+        if import_name:
+            test_main = test_main_source(str(folder), import_name)
+            if test_main is not None:
+                try:
+                    files.append((folder.relative_to(root_resolved) / TEST_MAIN_FILE, test_main))
+                except ValueError:
+                    pass
+            number = init_offset(str(path), "")
+            if number:
+                import_name += f";init={number}"
+        return RuntimeFiles(import_name, tuple(files))
 
     def is_runtime_file(self, path: str | os.PathLike[str]) -> bool:
         try:
             with open(path, "rb") as handle:
-                return handle.read(len(RUNTIME_MARKER)) == RUNTIME_MARKER.encode()
+                return handle.read(len(GENERATED_PREFIX)) == GENERATED_PREFIX.encode()
         except OSError:
             return False
+
+
+def _name(match: re.Match) -> str:
+    return match.group("name").decode("utf-8", "surrogatepass")
+
+
+def _blank_line_at(data: bytes, position: int) -> bool:
+    end = data.find(b"\n", position)
+    return end >= 0 and not data[position:end].strip(b" \t\r")
 
 
 _IMPORT_PATH = re.compile(r"[A-Za-z0-9_.~+\-/]+")
@@ -392,6 +717,162 @@ def gopath_import_path(folder: Path) -> str | None:
         if parent.name == "src" and parent != folder:
             return folder.relative_to(parent).as_posix()
     return None
+
+
+# -- the files of a package: init numbers and TestMain ---------------------------------------------
+
+_PACKAGE_LINE = re.compile(rb"^package[ \t]+([A-Za-z_]\w*)", re.M)
+_INIT_LINE = re.compile(rb"^func[ \t]+init[ \t]*\([ \t]*\)", re.M)
+_TEST_MAIN_LINE = re.compile(rb"^func[ \t]+TestMain[ \t]*\(", re.M)
+_BUILD_LINE = re.compile(rb"^//go:build[ \t]+(.+)$", re.M)
+_KNOWN_OS = frozenset("aix android darwin dragonfly freebsd hurd illumos ios js linux nacl netbsd openbsd plan9 "
+                      "solaris wasip1 windows zos".split())
+_KNOWN_ARCH = frozenset("386 amd64 amd64p32 arm armbe arm64 arm64be loong64 mips mipsle mips64 mips64le mips64p32 "
+                        "mips64p32le ppc ppc64 ppc64le riscv riscv64 s390 s390x sparc sparc64 wasm".split())
+_UNIX = frozenset("aix android darwin dragonfly freebsd hurd illumos ios linux netbsd openbsd solaris".split())
+
+
+def _host() -> tuple[str, str]:
+    goos = os.environ.get("GOOS") or {"linux": "linux", "darwin": "darwin", "win32": "windows"}.get(
+        __import__("sys").platform, "linux")
+    machine = os.uname().machine if hasattr(os, "uname") else "x86_64"
+    goarch = os.environ.get("GOARCH") or {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64",
+                                           "i686": "386", "armv7l": "arm"}.get(machine, "amd64")
+    return goos, goarch
+
+
+def _builds_here(name: str, head: bytes) -> bool:
+    """Whether the file is part of this platform's build, by its name (``_linux.go``,
+    ``_amd64_test.go``) and its ``//go:build`` line (``ignore`` and unknown tags: no)."""
+    goos, goarch = _host()
+    stem = name[:-3]
+    if stem.endswith("_test"):
+        stem = stem[:-5]
+    parts = stem.split("_")
+    if len(parts) > 1 and parts[-1] in _KNOWN_ARCH:
+        if parts[-1] != goarch:
+            return False
+        parts = parts[:-1]
+    if len(parts) > 1 and parts[-1] in _KNOWN_OS and parts[-1] != goos and not (goos == "android" and parts[-1] == "linux"):
+        return False
+    clause = _PACKAGE_LINE.search(head)
+    build = _BUILD_LINE.search(head, 0, clause.start() if clause else len(head))
+    if build is None:
+        return True
+    tags = {goos, goarch, "gc"} | ({"unix"} if goos in _UNIX else set())
+    expression = build.group(1).decode("ascii", "replace")
+    return _evaluate(expression, tags)
+
+
+def _evaluate(expression: str, tags: set[str]) -> bool:
+    tokens = re.findall(r"\|\||&&|!|\(|\)|[\w.]+", expression)
+    position = 0
+
+    def value(word: str) -> bool:
+        return word in tags or (word.startswith("go1.") and word[4:].isdigit())
+
+    def primary() -> bool:
+        nonlocal position
+        if position >= len(tokens):
+            return False
+        token = tokens[position]
+        position += 1
+        if token == "!":
+            return not primary()
+        if token == "(":
+            result = either()
+            position += 1  # ")"
+            return result
+        return value(token)
+
+    def both() -> bool:
+        nonlocal position
+        result = primary()
+        while position < len(tokens) and tokens[position] == "&&":
+            position += 1
+            result = primary() and result
+        return result
+
+    def either() -> bool:
+        nonlocal position
+        result = both()
+        while position < len(tokens) and tokens[position] == "||":
+            position += 1
+            result = both() or result
+        return result
+
+    try:
+        return either()
+    except IndexError:
+        return True
+
+
+def _package_files(folder: str) -> tuple[tuple[str, bytes, int, bool], ...]:
+    """(file name, package name, number of init functions, declares TestMain) of each Go
+    file of the folder built on this platform, in the order the compiler reads them (the
+    package's files by name, then its test files by name). Read again only when a file of
+    the folder changed (its size or time)."""
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".go") and not n.startswith((".", "_")))
+        stamp = tuple((n, os.stat(os.path.join(folder, n)).st_mtime_ns, os.stat(os.path.join(folder, n)).st_size)
+                      for n in names)
+    except OSError:
+        return ()
+    return _read_package_files(folder, stamp)
+
+
+@functools.lru_cache(maxsize=1024)
+def _read_package_files(folder: str, stamp: tuple) -> tuple[tuple[str, bytes, int, bool], ...]:
+    names = [entry[0] for entry in stamp]
+    found = []
+    for name in sorted(names, key=lambda n: (n.endswith("_test.go"), n)):
+        try:
+            with open(os.path.join(folder, name), "rb") as handle:
+                data = handle.read()
+        except OSError:
+            continue
+        if data.startswith(GENERATED_PREFIX.encode()) or not _builds_here(name, data[:8192]):
+            continue
+        clause = _PACKAGE_LINE.search(data)
+        if clause is None:
+            continue
+        found.append((name, clause.group(1), len(_INIT_LINE.findall(data)), bool(_TEST_MAIN_LINE.search(data))))
+    return tuple(found)
+
+
+def init_offset(path: str, package: str) -> int:
+    """The number the compiler gives the first ``init`` function of ``path``: how many
+    ``init`` functions the files of its package read before it have (0 when the file is
+    not on disk)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    files = _package_files(folder)
+    mine = next((f for f in files if f[0] == name), None)
+    if mine is None:
+        return 0
+    count = 0
+    for other, other_package, inits, _main in files:
+        if other == name:
+            break
+        if other_package == mine[1]:
+            count += inits
+    return count
+
+
+def test_main_source(folder: str, import_name: str) -> bytes | None:
+    """A TestMain that writes the report when the tests end, for a folder whose tests have
+    none (None: no test files, or a TestMain of the package's own)."""
+    files = _package_files(folder)
+    tests = [f for f in files if f[0].endswith("_test.go")]
+    if not tests or any(f[3] for f in files):
+        return None
+    packages = {f[1].decode() for f in files if not f[0].endswith("_test.go")}
+    test_packages = [f[1].decode() for f in tests]
+    package = next((p for p in test_packages if p in packages), None) or test_packages[0]
+    return (f"{TEST_MAIN_MARKER}\n\npackage {package}\n\nimport (\n\t\"os\"\n\t\"testing\"\n\n"
+            f"\t_telemetry \"{import_name}\"\n)\n\n"
+            "// TestMain runs the tests, then writes the telemetry (TELEMETRY_INJECT_REPORT,\n"
+            "// TELEMETRY_INJECT_JSONL, TELEMETRY_INJECT_TRACE).\n"
+            "func TestMain(m *testing.M) {\n\tcode := m.Run()\n\t_telemetry.Close()\n\tos.Exit(code)\n}\n").encode()
 
 
 _RUNTIME_PATH = Path(__file__).resolve().parent.parent / "runtime" / "go" / f"{RUNTIME_PACKAGE}.go"

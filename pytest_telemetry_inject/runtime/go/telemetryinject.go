@@ -2,7 +2,8 @@
 
 // Package telemetryinject is the telemetry runtime that instrumented Go code calls:
 //
-//	func F() { defer _telemetry.End(_telemetry.Start("pkg.F"));
+//	func F() {
+//		defer _telemetry.End(_telemetry.Start("pkg.F"))
 //
 // Start begins a call (its argument is evaluated when the defer statement runs) and End,
 // deferred, ends it on every way out: a return, a panic, runtime.Goexit. End never calls
@@ -11,11 +12,18 @@
 // largest duration, and (TELEMETRY_INJECT_PANICS=1) the calls that ended in a panic.
 // Standard library only; safe for concurrent use; no allocation per call.
 //
+// One state per program. Every instrumented module has its own copy of this package
+// (its own import path), and a program links the copies of all the modules it uses: the
+// first copy initialised holds the counters, the events and the sinks, and the others
+// count into it. They find it through a registry of the standard library that every copy
+// can reach (image.RegisterFormat, under a name and a signature no image has), so a
+// library's calls are in the report of whatever program or test binary runs them.
+//
 // Environment variables, read when the program starts (as in the Python runtime):
 //
 //	TELEMETRY_INJECT_DISABLED=1        every span is a no-op
-//	TELEMETRY_INJECT_REPORT=1 | PATH   a table of calls when main.main returns (stderr,
-//	                                   or appended to PATH; PATH ending in .json: JSON)
+//	TELEMETRY_INJECT_REPORT=1 | PATH   a table of calls at the end (stderr, or appended
+//	                                   to PATH; PATH ending in .json: JSON, rewritten)
 //	TELEMETRY_INJECT_JSONL=PATH        one JSON event per call, appended to PATH
 //	TELEMETRY_INJECT_TRACE=PATH        a Chrome trace event file (Perfetto)
 //	TELEMETRY_INJECT_MIN_DURATION=S    shorter calls are counted but not emitted
@@ -23,10 +31,11 @@
 //	TELEMETRY_INJECT_PANICS=1          count the calls that end in a panic (End then looks
 //	                                   at its caller's frame: about 0.3 us more per call)
 //
-// A PATH may contain {pid}. Go has no exit hook: the sinks and the report are written
-// when an instrumented main.main ends (a return, or a panic on its way out), and by Close
-// (call it before os.Exit, or at the end of TestMain); events also go to the JSONL file
-// every second.
+// A PATH may contain {pid} (go test runs one binary per package, at the same time). Go has
+// no exit hook: the sinks and the report are written when an instrumented main.main or
+// TestMain ends (a return, or a panic on its way out; the TestMain this tool writes for a
+// package without one ends with Close), and by Close: call it before os.Exit. Events also
+// go to the JSONL file every second.
 //
 // OpenTelemetry: a program that uses it sets a hook (SetHook) that starts an OpenTelemetry
 // span; this package imports nothing outside the standard library.
@@ -35,6 +44,9 @@ package telemetryinject
 import (
 	"encoding/json"
 	"fmt"
+	"image"
+	"image/color"
+	"io"
 	"math/rand"
 	"os"
 	"runtime"
@@ -47,27 +59,30 @@ import (
 )
 
 // RuntimeVersion is the version of the runtime's behaviour and formats.
-const RuntimeVersion = 2
+const RuntimeVersion = 3
 
-const spillAt = 4096
+// The registry entry copies of this version find each other by (see hubAPI).
+const (
+	hubFormat = "pytest-telemetry-inject-hub-3"
+	hubMagic  = "\x00\x01pytest-telemetry-inject hub 3\x00\x01"
+)
 
+// counters of one function: calls, total ns, min ns (0: none yet), max ns, panics. An
+// unnamed array type: the same type in every copy of this package.
+type counters = [5]int64
+
+// site is one function as this copy sees it.
 type site struct {
-	name   string
-	main   bool
-	count  int64 // atomic
-	total  int64 // atomic
-	min    int64 // atomic; 0: none yet
-	max    int64 // atomic
-	errors int64 // atomic
+	c    *counters
+	name string
+	root bool // main.main or TestMain: its end writes the sinks
 }
 
-type event struct {
-	name      string
-	start     int64 // ns since the process started
-	unix      int64 // ns since the Unix epoch
-	duration  int64
-	id        int64
-	exception string
+// Call is one call in progress (Start's result, End's argument).
+type Call struct {
+	s   *site
+	t   int64 // ns since the copy started
+	end func(bool)
 }
 
 // Stats are the calls of one function so far.
@@ -86,67 +101,98 @@ type Stats struct {
 // the span ends, with whether it ended in a panic (known only with TELEMETRY_INJECT_PANICS=1).
 type Hook func(name string) func(panicked bool)
 
-// Call is one call in progress (Start's result, End's argument).
-type Call struct {
-	s   *site
-	t   time.Time
-	end func(bool)
+// hubAPI is what a copy needs from the copy that holds the state: methods of unnamed and
+// standard types only, so that every copy's interface is satisfied by every copy's hub.
+type hubAPI interface {
+	image.Image
+	Counters(name string) *[5]int64
+	HookCell() *atomic.Value // holds a func(string) func(bool)
+	Emit(name string, start, duration int64, kind string)
+	Close()
+	Flush()
+	Reset()
+	SnapshotJSON() []byte
 }
 
 var (
-	table     atomic.Value // map[string]*site, replaced (never changed) when a site is added
-	tableMu   sync.Mutex
-	mu        sync.Mutex
-	pending   []event // events not yet written to the JSONL file
-	kept      []event // events kept for the trace
-	dropped   int64
-	nextID    int64
-	hook      atomic.Value // Hook
-	processT0 = time.Now()
-	pid       = os.Getpid()
-
-	disabled     bool
-	watchPanics  bool
-	gopanicEntry uintptr
-	minDuration  int64
-	sampleRate   = 1.0
-	jsonlPath    string
-	tracePath    string
-	reportTo     string
-	maxEvents    = 200000
-	eventsOn     bool
-	flusherOnce  sync.Once
+	off         bool         // TELEMETRY_INJECT_DISABLED: Start returns at once
+	sites       atomic.Value // map[string]*site, replaced (never changed) when a site is added
+	sitesMu     sync.Mutex
+	shared      hubAPI
+	hookCell    *atomic.Value
+	t0          = time.Now()
+	eventsOn    bool
+	watchPanics bool
+	gopanicPC   uintptr
 )
 
 // Start begins a call of the function named name.
 func Start(name string) Call {
-	if disabled {
+	if off {
 		return Call{}
 	}
-	c := Call{s: lookup(name)}
-	if h, _ := hook.Load().(Hook); h != nil {
-		c.end = h(name)
-	}
-	c.t = time.Now()
-	return c
+	return begin(name)
 }
 
 // End ends a call; deferred, it runs on every way out of the function.
 func End(c Call) {
-	if c.s == nil {
-		return
+	if c.s != nil {
+		finish(c)
 	}
-	d := int64(time.Since(c.t))
-	panicked := false
-	if watchPanics {
-		panicked = calledByPanic()
+}
+
+func begin(name string) Call {
+	s := lookup(name)
+	c := Call{s: s}
+	if h, _ := hookCell.Load().(func(string) func(bool)); h != nil {
+		c.end = callHook(h, name)
 	}
-	c.s.record(c.t, d, panicked)
+	c.t = int64(time.Since(t0))
+	return c
+}
+
+func callHook(h func(string) func(bool), name string) (end func(bool)) {
+	defer func() { _ = recover() }() // the hook's own panic; the caller never sees it
+	return h(name)
+}
+
+func finish(c Call) {
+	d := int64(time.Since(t0)) - c.t
+	if d <= 0 {
+		d = 1 // a call that took no measurable time still counts as the smallest
+	}
+	panicked := watchPanics && calledByPanic()
+	k := c.s.c
+	atomic.AddInt64(&k[0], 1)
+	atomic.AddInt64(&k[1], d)
+	for {
+		low := atomic.LoadInt64(&k[2])
+		if (low != 0 && low <= d) || atomic.CompareAndSwapInt64(&k[2], low, d) {
+			break
+		}
+	}
+	for {
+		high := atomic.LoadInt64(&k[3])
+		if high >= d || atomic.CompareAndSwapInt64(&k[3], high, d) {
+			break
+		}
+	}
+	kind := ""
+	if panicked {
+		atomic.AddInt64(&k[4], 1)
+		kind = "panic"
+	}
+	if eventsOn {
+		shared.Emit(c.s.name, c.t+t0.UnixNano(), d, kind)
+	}
 	if c.end != nil {
 		func() {
 			defer func() { _ = recover() }() // the hook's own panic; End's caller never sees it
 			c.end(panicked)
 		}()
+	}
+	if c.s.root {
+		Close() // main.main or TestMain is returning (or panicking out): the program ends
 	}
 }
 
@@ -154,32 +200,32 @@ func End(c Call) {
 // call running because of a panic), without recovering anything.
 func calledByPanic() bool {
 	var pcs [1]uintptr
-	if runtime.Callers(3, pcs[:]) < 1 {
+	if runtime.Callers(4, pcs[:]) < 1 {
 		return false
 	}
 	f := runtime.FuncForPC(pcs[0] - 1)
-	return f != nil && f.Entry() == gopanicEntry
+	return f != nil && f.Entry() == gopanicPC
 }
 
 func probePanic() {
 	var pcs [1]uintptr
 	if runtime.Callers(2, pcs[:]) > 0 {
 		if f := runtime.FuncForPC(pcs[0] - 1); f != nil && f.Name() == "runtime.gopanic" {
-			gopanicEntry = f.Entry()
+			gopanicPC = f.Entry()
 		}
 	}
 	_ = recover()
 }
 
 func lookup(name string) *site {
-	if current, _ := table.Load().(map[string]*site); current != nil {
+	if current, _ := sites.Load().(map[string]*site); current != nil {
 		if s := current[name]; s != nil {
 			return s
 		}
 	}
-	tableMu.Lock()
-	defer tableMu.Unlock()
-	current, _ := table.Load().(map[string]*site)
+	sitesMu.Lock()
+	defer sitesMu.Unlock()
+	current, _ := sites.Load().(map[string]*site)
 	if s := current[name]; s != nil {
 		return s
 	}
@@ -187,94 +233,103 @@ func lookup(name string) *site {
 	for k, v := range current {
 		next[k] = v
 	}
-	s := &site{name: name, main: name == "main.main"}
+	s := &site{c: shared.Counters(name), name: name,
+		root: name == "main.main" || strings.HasSuffix(name, ".TestMain")}
 	next[name] = s
-	table.Store(next)
+	sites.Store(next)
 	return s
 }
 
-func (s *site) record(start time.Time, d int64, panicked bool) {
-	if d <= 0 {
-		d = 1 // a call that took no measurable time still counts as the smallest
-	}
-	atomic.AddInt64(&s.count, 1)
-	atomic.AddInt64(&s.total, d)
-	for {
-		low := atomic.LoadInt64(&s.min)
-		if (low != 0 && low <= d) || atomic.CompareAndSwapInt64(&s.min, low, d) {
-			break
-		}
-	}
-	for {
-		high := atomic.LoadInt64(&s.max)
-		if high >= d || atomic.CompareAndSwapInt64(&s.max, high, d) {
-			break
-		}
-	}
-	kind := ""
-	if panicked {
-		atomic.AddInt64(&s.errors, 1)
-		kind = "panic"
-	}
-	if eventsOn {
-		emit(s.name, start, d, kind)
-	}
-	if s.main {
-		Close() // main.main is returning (or panicking out): the program ends
-	}
+// -- the hub: the state of the program, held by the first copy initialised -----------------
+
+type event struct {
+	name      string
+	start     int64 // ns since the Unix epoch
+	duration  int64
+	id        int64
+	exception string
 }
 
-func emit(name string, start time.Time, d int64, kind string) {
-	if d < minDuration {
+type hub struct {
+	mu       sync.Mutex
+	table    map[string]*counters
+	order    []string
+	hook     atomic.Value
+	pending  []event // events not yet written to the JSONL file
+	kept     []event // events kept for the trace
+	dropped  int64
+	nextID   int64
+	reported bool
+
+	minDuration int64
+	sampleRate  float64
+	jsonlPath   string
+	tracePath   string
+	reportTo    string
+	maxEvents   int
+}
+
+// hub is an image.Image only to be found through image.Decode.
+func (h *hub) ColorModel() color.Model { return color.AlphaModel }
+func (h *hub) Bounds() image.Rectangle { return image.Rectangle{} }
+func (h *hub) At(x, y int) color.Color { return color.Alpha{} }
+
+func (h *hub) Counters(name string) *[5]int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c := h.table[name]
+	if c == nil {
+		c = new(counters)
+		h.table[name] = c
+		h.order = append(h.order, name)
+	}
+	return c
+}
+
+func (h *hub) HookCell() *atomic.Value { return &h.hook }
+
+func (h *hub) Emit(name string, start, duration int64, kind string) {
+	if duration < h.minDuration {
 		return
 	}
-	if sampleRate < 1 && rand.Float64() >= sampleRate {
+	if h.sampleRate < 1 && rand.Float64() >= h.sampleRate {
 		return
 	}
-	mu.Lock()
-	nextID++
-	e := event{name: name, start: int64(start.Sub(processT0)), unix: start.UnixNano(), duration: d, id: nextID, exception: kind}
-	if jsonlPath != "" {
-		pending = append(pending, e)
+	h.mu.Lock()
+	h.nextID++
+	e := event{name: name, start: start, duration: duration, id: h.nextID, exception: kind}
+	if h.jsonlPath != "" {
+		h.pending = append(h.pending, e)
 	}
-	if tracePath != "" {
-		if len(kept) < maxEvents {
-			kept = append(kept, e)
+	if h.tracePath != "" {
+		if len(h.kept) < h.maxEvents {
+			h.kept = append(h.kept, e)
 		} else {
-			dropped++
+			h.dropped++
 		}
 	}
-	spill := len(pending) >= spillAt
-	mu.Unlock()
+	spill := len(h.pending) >= 4096
+	h.mu.Unlock()
 	if spill {
-		writeJSONL()
+		h.writeJSONL()
 	}
 }
 
-func expand(path string) string {
-	return strings.Replace(path, "{pid}", strconv.Itoa(pid), -1)
-}
-
-func quote(text string) string {
-	data, _ := json.Marshal(text)
-	return string(data)
-}
-
-func writeJSONL() {
-	mu.Lock()
-	batch := pending
-	pending = nil
-	path := jsonlPath
-	mu.Unlock()
+func (h *hub) writeJSONL() {
+	h.mu.Lock()
+	batch := h.pending
+	h.pending = nil
+	path := h.jsonlPath
+	h.mu.Unlock()
 	if len(batch) == 0 || path == "" {
 		return
 	}
 	var b strings.Builder
 	for _, e := range batch {
-		b.WriteString(`{"name":` + quote(e.name) + `,"module":"","start_ns":` + strconv.FormatInt(e.start, 10) +
-			`,"ts_ns":` + strconv.FormatInt(e.unix, 10) + `,"duration_ns":` + strconv.FormatInt(e.duration, 10) +
-			`,"pid":` + strconv.Itoa(pid) + `,"tid":0,"thread":"goroutines","id":` + strconv.FormatInt(e.id, 10) +
-			`,"parent":null,"test":null`)
+		b.WriteString(`{"name":` + quote(e.name) + `,"module":"","start_ns":` +
+			strconv.FormatInt(e.start-t0.UnixNano(), 10) + `,"ts_ns":` + strconv.FormatInt(e.start, 10) +
+			`,"duration_ns":` + strconv.FormatInt(e.duration, 10) + `,"pid":` + strconv.Itoa(os.Getpid()) +
+			`,"tid":0,"thread":"goroutines","id":` + strconv.FormatInt(e.id, 10) + `,"parent":null,"test":null`)
 		if e.exception != "" {
 			b.WriteString(`,"exception":` + quote(e.exception))
 		}
@@ -288,19 +343,58 @@ func writeJSONL() {
 	_ = f.Close()
 }
 
-// ChromeTrace is a Chrome trace event document of the kept events: "X" events in
-// microseconds; calls that overlap without nesting (goroutines) go to extra tracks.
-func chromeTrace() map[string]interface{} {
-	mu.Lock()
-	items := append([]event(nil), kept...)
-	lost := dropped
-	mu.Unlock()
+func (h *hub) Flush() {
+	h.writeJSONL()
+	h.writeTrace()
+}
+
+func (h *hub) Close() {
+	h.Flush()
+	h.writeReport()
+}
+
+func (h *hub) Reset() {
+	h.mu.Lock()
+	for _, c := range h.table {
+		for i := range c {
+			atomic.StoreInt64(&c[i], 0)
+		}
+	}
+	h.pending, h.kept, h.dropped = nil, nil, 0
+	h.mu.Unlock()
+}
+
+func (h *hub) SnapshotJSON() []byte {
+	h.mu.Lock()
+	rows := make([]Stats, 0, len(h.order))
+	for _, name := range h.order {
+		c := h.table[name]
+		row := Stats{Name: name, Count: atomic.LoadInt64(&c[0]), TotalNs: atomic.LoadInt64(&c[1]),
+			MinNs: atomic.LoadInt64(&c[2]), MaxNs: atomic.LoadInt64(&c[3]), Errors: atomic.LoadInt64(&c[4]),
+			Exceptions: map[string]int64{}}
+		if row.Errors > 0 {
+			row.Exceptions["panic"] = row.Errors
+		}
+		rows = append(rows, row)
+	}
+	h.mu.Unlock()
+	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
+	data, _ := json.Marshal(rows)
+	return data
+}
+
+func (h *hub) chromeTrace() map[string]interface{} {
+	h.mu.Lock()
+	items := append([]event(nil), h.kept...)
+	lost := h.dropped
+	h.mu.Unlock()
 	sort.SliceStable(items, func(i, j int) bool {
 		if items[i].start != items[j].start {
 			return items[i].start < items[j].start
 		}
 		return items[i].duration > items[j].duration
 	})
+	pid := os.Getpid()
 	out := []interface{}{map[string]interface{}{"name": "process_name", "ph": "M", "pid": pid, "tid": 0,
 		"args": map[string]interface{}{"name": fmt.Sprintf("%s (%d)", programName(), pid)}}}
 	type lane struct {
@@ -308,11 +402,13 @@ func chromeTrace() map[string]interface{} {
 		stack []int64
 	}
 	var lanes []*lane
+	base := t0.UnixNano()
 	for _, e := range items {
-		end := e.start + e.duration
+		start := e.start - base
+		end := start + e.duration
 		track := 0
 		for _, l := range lanes {
-			for len(l.stack) > 0 && l.stack[len(l.stack)-1] <= e.start {
+			for len(l.stack) > 0 && l.stack[len(l.stack)-1] <= start {
 				l.stack = l.stack[:len(l.stack)-1]
 			}
 			if len(l.stack) == 0 || end <= l.stack[len(l.stack)-1] {
@@ -339,11 +435,84 @@ func chromeTrace() map[string]interface{} {
 			args["exception"] = e.exception
 		}
 		out = append(out, map[string]interface{}{"name": e.name, "cat": "function", "ph": "X",
-			"ts": float64(e.start) / 1000, "dur": float64(e.duration) / 1000, "pid": pid, "tid": track, "args": args})
+			"ts": float64(start) / 1000, "dur": float64(e.duration) / 1000, "pid": pid, "tid": track, "args": args})
 	}
 	return map[string]interface{}{"traceEvents": out, "displayTimeUnit": "ms",
 		"otherData": map[string]interface{}{"producer": "pytest-telemetry-inject", "runtime": "go",
 			"runtime_version": RuntimeVersion, "dropped_events": lost}}
+}
+
+func (h *hub) writeTrace() {
+	if h.tracePath == "" {
+		return
+	}
+	data, err := json.Marshal(h.chromeTrace())
+	if err != nil {
+		return
+	}
+	path := expand(h.tracePath)
+	tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
+	if os.WriteFile(tmp, data, 0644) == nil {
+		_ = os.Rename(tmp, path)
+	}
+}
+
+func (h *hub) writeReport() {
+	if h.reportTo == "" {
+		return
+	}
+	var rows []Stats
+	if json.Unmarshal(h.SnapshotJSON(), &rows) != nil {
+		return
+	}
+	called := false
+	for _, r := range rows {
+		if r.Count > 0 {
+			called = true
+		}
+	}
+	if !called {
+		return
+	}
+	path := expand(h.reportTo)
+	if strings.HasSuffix(path, ".json") { // rewritten by every Close: the last one has it all
+		data, err := json.MarshalIndent(map[string]interface{}{"format": 1, "runtime": "go",
+			"runtime_version": RuntimeVersion, "functions": rows}, "", " ")
+		if err == nil {
+			tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
+			if os.WriteFile(tmp, data, 0644) == nil {
+				_ = os.Rename(tmp, path)
+			}
+		}
+		return
+	}
+	h.mu.Lock()
+	done := h.reported
+	h.reported = true
+	h.mu.Unlock()
+	if done { // a table is appended once
+		return
+	}
+	switch strings.ToLower(h.reportTo) {
+	case "1", "true", "yes", "on":
+		fmt.Fprintf(os.Stderr, "telemetry:\n%s\n", FormatReport(rows, 0))
+		return
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0644)
+	if err != nil {
+		return
+	}
+	_, _ = f.WriteString(FormatReport(rows, 0) + "\n")
+	_ = f.Close()
+}
+
+func expand(path string) string {
+	return strings.Replace(path, "{pid}", strconv.Itoa(os.Getpid()), -1)
+}
+
+func quote(text string) string {
+	data, _ := json.Marshal(text)
+	return string(data)
 }
 
 func programName() string {
@@ -353,35 +522,14 @@ func programName() string {
 	return "go"
 }
 
-func writeTrace() {
-	if tracePath == "" {
-		return
-	}
-	data, err := json.Marshal(chromeTrace())
-	if err != nil {
-		return
-	}
-	path := expand(tracePath)
-	tmp := fmt.Sprintf("%s.%d.tmp", path, pid)
-	if os.WriteFile(tmp, data, 0644) == nil {
-		_ = os.Rename(tmp, path)
-	}
-}
+// -- the API ----------------------------------------------------------------------------------
 
-// Snapshot returns the calls of every function so far.
+// Snapshot returns the calls of every function so far (of every instrumented package).
 func Snapshot() []Stats {
-	current, _ := table.Load().(map[string]*site)
-	rows := make([]Stats, 0, len(current))
-	for _, s := range current {
-		row := Stats{Name: s.name, Count: atomic.LoadInt64(&s.count), TotalNs: atomic.LoadInt64(&s.total),
-			MinNs: atomic.LoadInt64(&s.min), MaxNs: atomic.LoadInt64(&s.max), Errors: atomic.LoadInt64(&s.errors),
-			Exceptions: map[string]int64{}}
-		if row.Errors > 0 {
-			row.Exceptions["panic"] = row.Errors
-		}
-		rows = append(rows, row)
+	var rows []Stats
+	if json.Unmarshal(shared.SnapshotJSON(), &rows) != nil {
+		return nil
 	}
-	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
 	return rows
 }
 
@@ -448,8 +596,8 @@ func FormatReport(rows []Stats, top int) string {
 	return strings.Join(lines, "\n")
 }
 
-// SetHook sets the function called when each span starts (nil: none). A program that
-// uses OpenTelemetry can start its spans there:
+// SetHook sets the function called when each span starts (nil: none), for the spans of
+// every instrumented package. A program that uses OpenTelemetry can start its spans there:
 //
 //	telemetryinject.SetHook(func(name string) func(bool) {
 //		_, span := otel.Tracer("telemetry-inject").Start(context.Background(), name)
@@ -461,114 +609,100 @@ func FormatReport(rows []Stats, top int) string {
 //		}
 //	})
 func SetHook(h Hook) {
-	hook.Store(h)
+	hookCell.Store((func(string) func(bool))(h))
 }
 
 // Flush writes pending events to the JSONL file and rewrites the trace file.
 func Flush() {
-	writeJSONL()
-	writeTrace()
+	shared.Flush()
 }
 
 // Close flushes the sinks and writes the report (TELEMETRY_INJECT_REPORT); an
-// instrumented main.main does it when it returns.
+// instrumented main.main or TestMain does it when it returns. Call it before os.Exit.
 func Close() {
-	Flush()
-	writeReport()
+	shared.Close()
 }
 
 // Reset forgets every call and event.
 func Reset() {
-	tableMu.Lock()
-	table.Store(map[string]*site{})
-	tableMu.Unlock()
-	mu.Lock()
-	pending, kept, dropped = nil, nil, 0
-	mu.Unlock()
-}
-
-func writeReport() {
-	if reportTo == "" {
-		return
-	}
-	rows := Snapshot()
-	called := false
-	for _, r := range rows {
-		if r.Count > 0 {
-			called = true
-		}
-	}
-	if !called {
-		return
-	}
-	switch strings.ToLower(reportTo) {
-	case "1", "true", "yes", "on":
-		fmt.Fprintf(os.Stderr, "telemetry:\n%s\n", FormatReport(rows, 0))
-		return
-	}
-	path := expand(reportTo)
-	if strings.HasSuffix(path, ".json") {
-		data, err := json.MarshalIndent(map[string]interface{}{"format": 1, "runtime": "go",
-			"runtime_version": RuntimeVersion, "functions": rows}, "", " ")
-		if err == nil {
-			_ = os.WriteFile(path, data, 0644)
-		}
-		return
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0644)
-	if err != nil {
-		return
-	}
-	_, _ = f.WriteString(FormatReport(rows, 0) + "\n")
-	_ = f.Close()
+	shared.Reset()
 }
 
 func flag(name string) string {
 	return strings.ToLower(strings.TrimSpace(os.Getenv(name)))
 }
 
+func number(name string) (float64, bool) {
+	text := strings.TrimSpace(os.Getenv(name))
+	if text == "" {
+		return 0, false
+	}
+	v, err := strconv.ParseFloat(text, 64)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "telemetry: ignoring %s=%q (not a number)\n", name, text)
+		return 0, false
+	}
+	return v, true
+}
+
+// findHub is the hub of a copy initialised before this one (nil: this is the first).
+func findHub() hubAPI {
+	m, _, err := image.Decode(strings.NewReader(hubMagic))
+	if err != nil {
+		return nil
+	}
+	h, _ := m.(hubAPI)
+	return h
+}
+
+func newHub() *hub {
+	h := &hub{table: map[string]*counters{}, sampleRate: 1, maxEvents: 200000}
+	if v, ok := number("TELEMETRY_INJECT_MIN_DURATION"); ok {
+		h.minDuration = int64(v * 1e9)
+	}
+	if v, ok := number("TELEMETRY_INJECT_SAMPLE_RATE"); ok {
+		h.sampleRate = v
+	}
+	h.jsonlPath = strings.TrimSpace(os.Getenv("TELEMETRY_INJECT_JSONL"))
+	h.tracePath = strings.TrimSpace(os.Getenv("TELEMETRY_INJECT_TRACE"))
+	h.reportTo = strings.TrimSpace(os.Getenv("TELEMETRY_INJECT_REPORT"))
+	switch strings.ToLower(h.reportTo) {
+	case "0", "false", "no", "off":
+		h.reportTo = ""
+	}
+	h.hook.Store((func(string) func(bool))(nil))
+	image.RegisterFormat(hubFormat, hubMagic, func(io.Reader) (image.Image, error) { return h, nil },
+		func(io.Reader) (image.Config, error) { return image.Config{ColorModel: color.AlphaModel}, nil })
+	if h.jsonlPath != "" {
+		go func() {
+			for range time.Tick(time.Second) {
+				h.writeJSONL()
+			}
+		}()
+	}
+	return h
+}
+
 func init() {
 	switch flag("TELEMETRY_INJECT_DISABLED") {
 	case "1", "true", "yes", "on":
-		disabled = true
+		off = true
 	}
-	if text := strings.TrimSpace(os.Getenv("TELEMETRY_INJECT_MIN_DURATION")); text != "" {
-		if v, err := strconv.ParseFloat(text, 64); err == nil {
-			minDuration = int64(v * 1e9)
-		} else {
-			fmt.Fprintf(os.Stderr, "telemetry: ignoring TELEMETRY_INJECT_MIN_DURATION=%q (not a number)\n", text)
-		}
+	if found := findHub(); found != nil {
+		shared = found
+	} else {
+		shared = newHub()
 	}
-	if text := strings.TrimSpace(os.Getenv("TELEMETRY_INJECT_SAMPLE_RATE")); text != "" {
-		if v, err := strconv.ParseFloat(text, 64); err == nil {
-			sampleRate = v
-		} else {
-			fmt.Fprintf(os.Stderr, "telemetry: ignoring TELEMETRY_INJECT_SAMPLE_RATE=%q (not a number)\n", text)
-		}
-	}
+	hookCell = shared.HookCell()
+	sites.Store(map[string]*site{})
+	eventsOn = strings.TrimSpace(os.Getenv("TELEMETRY_INJECT_JSONL")) != "" ||
+		strings.TrimSpace(os.Getenv("TELEMETRY_INJECT_TRACE")) != ""
 	switch flag("TELEMETRY_INJECT_PANICS") {
 	case "1", "true", "yes", "on":
 		func() {
 			defer probePanic()
 			panic("telemetry: probe")
 		}()
-		watchPanics = gopanicEntry != 0
-	}
-	jsonlPath = strings.TrimSpace(os.Getenv("TELEMETRY_INJECT_JSONL"))
-	tracePath = strings.TrimSpace(os.Getenv("TELEMETRY_INJECT_TRACE"))
-	reportTo = strings.TrimSpace(os.Getenv("TELEMETRY_INJECT_REPORT"))
-	switch strings.ToLower(reportTo) {
-	case "0", "false", "no", "off":
-		reportTo = ""
-	}
-	eventsOn = jsonlPath != "" || tracePath != ""
-	if jsonlPath != "" {
-		flusherOnce.Do(func() {
-			go func() {
-				for range time.Tick(time.Second) {
-					writeJSONL()
-				}
-			}()
-		})
+		watchPanics = gopanicPC != 0
 	}
 }
