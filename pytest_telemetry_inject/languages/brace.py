@@ -287,8 +287,40 @@ class BraceLanguage(Language):
             pieces.append(data[at:match.start])
             at = match.end
         pieces.append(data[at:])
-        stripped = b"".join(pieces).decode("utf-8", "surrogatepass")
-        return StripResult(stripped, spans, header_removed)
+        rest = b"".join(pieces)
+        if only is None and self.leftover is not None and b"_telemetry" in rest:
+            self._check_leftovers(rest)
+        return StripResult(rest.decode("utf-8", "surrogatepass"), spans, header_removed)
+
+    leftover: re.Pattern[bytes] | None = None
+    """What this tool's code looks like when strip did not recognise it (moved, reformatted):
+    found in the code once everything recognised is cut out, it is an error."""
+    _NOT_CODE = frozenset({"comment", "html_comment", "string", "string_fragment", "template_string",
+                           "regex", "regex_pattern", "escape_sequence"})
+
+    def _check_leftovers(self, rest: bytes) -> None:
+        assert self.leftover is not None
+        found = list(self.leftover.finditer(rest))
+        if not found:
+            return
+        text = rest.decode("utf-8", "surrogatepass")
+        tree = self.parse_tree(rest, None)
+        root, offset = tree.root_node, 0
+        if root.has_error:
+            for prefix, suffix in self.wrappers[1:]:
+                other = self.parse_tree((prefix + text + suffix).encode("utf-8", "surrogatepass"), None)
+                if not other.root_node.has_error:
+                    root, offset = other.root_node, len(prefix.encode())
+                    break
+        for match in found:
+            node = root.descendant_for_byte_range(match.start() + offset, match.start() + offset + 1)
+            if node is None or node.type in self._NOT_CODE:
+                continue
+            row = rest.count(b"\n", 0, match.start()) + 1
+            line = rest.split(b"\n")[row - 1].decode("utf-8", "replace").strip()
+            raise UnrecognisedTelemetry(
+                f"cannot strip: telemetry at line {row} is not in a form this tool wrote ({line[:80]!r}); "
+                "remove it by hand or instrument again first")
 
     def _snippet_matches(self, text: str, data: bytes) -> tuple[list[Match], int]:
         """The markers of a whole file, or of a function's source parsed in a wrapper."""

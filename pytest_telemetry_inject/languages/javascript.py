@@ -42,6 +42,7 @@ from .brace import (
     REASON_INSTRUMENTED,
     REASON_OPT_OUT,
     REASON_TRIVIAL,
+    SKIP_FILE_COMMENT,
     TEMPLATE_VERSION,
     VENDORED,
     BraceLanguage,
@@ -76,7 +77,9 @@ HEADER_IMPORT_REQUIRE = 'import _telemetry = require("{spec}"); '
 _OPEN_RE = rb'const _telemetry_s = _telemetry\.span\(' + NAME_PATTERN + rb'\); try \{'
 _EXPR_OPEN_RE = rb'\{ const _telemetry_a = _telemetry\.span\(' + NAME_PATTERN + rb'\); try \{ return \('
 _CLOSE_RE = re.escape(CLOSE.encode())
-_SPEC = rb'"(?P<name>[^"\\\n]*)"'
+# The runtime import, as written and as formatters and import sorters leave it (another
+# quote, no semicolon, a line of its own): the runtime's own file name only.
+_SPEC = rb'(?P<q>["\'])(?P<name>(?:\.{1,2}/)[^"\'\\\n]*?telemetry_utils(?:\.[cm]js)?)(?P=q)'
 
 
 def _open_trim(match: re.Match) -> tuple[int, int]:
@@ -88,17 +91,38 @@ def _open_trim(match: re.Match) -> tuple[int, int]:
     return match.start(), match.end()
 
 
+def _header_trim(match: re.Match) -> tuple[int, int]:
+    """The import with the space written after it; alone on its line (moved there by a
+    formatter or an import sorter), the whole line."""
+    data, start, end = match.string, match.start(), match.end()
+    line_start = data.rfind(b"\n", 0, start) + 1
+    line_end = data.find(b"\n", end)
+    if line_end < 0:
+        line_end = len(data)
+    if not data[line_start:start].strip() and not data[end:line_end].strip():
+        return line_start, min(line_end + 1, len(data))
+    if data[end:end + 1] == b" ":
+        return start, end + 1
+    return start, end
+
+
 MARKERS = (
     Marker("open", "expr", _EXPR_OPEN_RE, "const", lambda m: m.start() + 2),
     Marker("close", "expr", re.escape(EXPR_CLOSE.encode()), "catch", lambda m: m.start() + 5),
     Marker("open", "block", rb"(?P<lead> )?" + _OPEN_RE + rb"(?P<trail> )?", "const",
            lambda m: m.start() + (1 if m.group("lead") else 0), _open_trim),
     Marker("close", "block", _CLOSE_RE, "catch", lambda m: m.start() + 2),
-    Marker("header", "require", rb"const _telemetry = require\(" + _SPEC + rb"\); ", "const", lambda m: m.start()),
-    Marker("header", "import", rb"import \* as _telemetry from " + _SPEC + rb"; ", "import", lambda m: m.start()),
-    Marker("header", "import-require", rb"import _telemetry = require\(" + _SPEC + rb"\); ", "import",
-           lambda m: m.start()),
+    Marker("header", "require", rb"const _telemetry = require\(" + _SPEC + rb"\);?", "const", lambda m: m.start(),
+           _header_trim),
+    Marker("header", "import", rb"import \* as _telemetry from " + _SPEC + rb";?", "import", lambda m: m.start(),
+           _header_trim),
+    Marker("header", "import-require", rb"import _telemetry = require\(" + _SPEC + rb"\);?", "import",
+           lambda m: m.start(), _header_trim),
 )
+# What is left of this tool's code when strip cannot recognise it (moved, reformatted).
+_LEFTOVER = re.compile(rb"\b_telemetry\.span\(|\b_telemetry_[sa]\.(?:end|error)\(|\bimport \* as _telemetry\b"
+                       rb"|\b_telemetry = require\(")
+_BINDING_TYPES = frozenset({"identifier", "shorthand_property_identifier", "shorthand_property_identifier_pattern"})
 
 RUNTIME_MARKER = "// telemetry-inject: vendored runtime."
 RUNTIME_STEM = "telemetry_utils"
@@ -115,7 +139,6 @@ _TRIVIAL_EXPRESSIONS = frozenset({"identifier", "number", "string", "true", "fal
 _FUNCTIONS = ("function_declaration", "generator_function_declaration", "function_expression",
               "generator_function", "arrow_function", "method_definition")
 _GENERATORS = frozenset({"generator_function_declaration", "generator_function"})
-_CJS_HINT = re.compile(r"\brequire\s*\(|\bmodule\.exports\b|\bexports\.[A-Za-z_$]")
 
 _JS_QUERY = """
 (function_declaration) @fn
@@ -131,6 +154,8 @@ _JS_QUERY = """
 (assignment_expression left: (_) @name right: (_) @value)
 (pair key: (_) @name value: (_) @value)
 (field_definition property: (_) @name value: (_) @value)
+(assignment_pattern left: (_) @name right: (_) @value)
+(object_assignment_pattern left: (_) @name right: (_) @value)
 (export_statement value: (_) @default)
 (variable_declaration) @var
 """
@@ -155,6 +180,41 @@ def _declared_names(data: bytes, node: Any) -> set[str]:
     return names
 
 
+_WRAPPERS = frozenset({"parenthesized_expression", "await_expression", "as_expression", "satisfies_expression",
+                       "non_null_expression", "type_assertion"})
+
+
+def _bound_functions(node: Any) -> list[Any]:
+    """The functions a bound value ends in (see ``parse``)."""
+    kind = node.type
+    if kind in _FUNCTIONS or kind in ("function", "class"):
+        return [node] if kind != "class" else []
+    if kind in _WRAPPERS:
+        inner = [c for c in node.named_children if c.type not in ("type_annotation", "type_arguments", "comment")]
+        return _bound_functions(inner[-1] if kind == "type_assertion" else inner[0]) if inner else []
+    if kind == "sequence_expression":
+        children = [c for c in node.named_children if c.type != "comment"]
+        return _bound_functions(children[-1]) if children else []
+    if kind == "ternary_expression":
+        found = []
+        for field in ("consequence", "alternative"):
+            child = node.child_by_field_name(field)
+            if child is not None:
+                found.extend(_bound_functions(child))
+        return found
+    if kind == "call_expression":
+        callee = node.child_by_field_name("function")
+        if callee is not None and callee.type in ("parenthesized_expression", "function_expression", "function"):
+            inner = _bound_functions(callee)
+            if inner:
+                return inner  # an IIFE
+        arguments = node.child_by_field_name("arguments")
+        candidates = [c for c in (arguments.named_children if arguments is not None else ())
+                      if c.type in _FUNCTIONS or c.type == "function"]
+        return candidates if len(candidates) == 1 else []
+    return []
+
+
 # Query captures that open a naming scope, and their tags in the scope walk: functions,
 # classes, object literals, namespaces.
 _SCOPE_TAGS = (("fn", "f"), ("class", "c"), ("object", "o"), ("namespace", "n"))
@@ -169,6 +229,7 @@ class JavaScriptLanguage(BraceLanguage):
     wrappers = (("", ""), ("class _ {\n", "\n}"), ("({\n", "\n})"), ("[\n", "\n]"), ("_(\n", "\n)"),
                 ("function _() {\n", "\n}"))
     own_name = re.compile(r"\b_telemetry(?:_s|_e|_a)?\b")
+    leftover = _LEFTOVER
     lang_label = "JavaScript"
 
     def __init__(self) -> None:
@@ -201,13 +262,14 @@ class JavaScriptLanguage(BraceLanguage):
         data = text.encode("utf-8", "surrogatepass")
         grammar = self.grammar_for(path)
         ts = self.grammars()
-        tree = ts.parsers[grammar].parse(data)
+        tree = self.parse_tree(data, path)
         root = tree.root_node
         if root.has_error:
             raise SourceSyntaxError(tree_error(root))
         lines = split_lines(text)
         matches = ts.QueryCursor(ts.queries[grammar]).matches(root)
         context: dict[tuple[int, int], str] = {}
+        bindings: list[tuple[Any, str]] = []
         events: list[tuple[int, int, str, Any]] = []
         declared_vars: list[Any] = []
         for _pattern, captures in matches:
@@ -225,6 +287,13 @@ class JavaScriptLanguage(BraceLanguage):
                 name = self._context_name(data, captures["name"][0])
                 if name:
                     context.setdefault((value.start_byte, value.end_byte), name)
+                    bindings.append((value, name))
+        # A function takes the name of the binding it ends up in, through parentheses, await,
+        # a conditional, a sequence, a TypeScript assertion, and a call that wraps it
+        # (``const h = wrap(async () => ...)``, an IIFE ``var f = (function () {...}())``).
+        for value, name in bindings:
+            for function in _bound_functions(value):
+                context.setdefault((function.start_byte, function.end_byte), name)
         for node in declared_vars:
             events.append((node.start_byte, node.end_byte, "v", node))
         events.sort(key=lambda e: (e[0], -e[1]))
@@ -271,9 +340,12 @@ class JavaScriptLanguage(BraceLanguage):
                 name_node = node.child_by_field_name("name")
                 segment = _text(data, name_node) if name_node is not None else None
                 stack.append([end, "n", safe_name(segment.strip("'\"")) if segment else None, False, None])
+        # Span names carry the module, as Python's do (module and qualname): the runtime
+        # reports them apart (``lodash/_baseGet.js`` and ``baseGet``).
+        module = module_name(path) + ":"
         for depth, node, qualname, name, is_method, root_super, nested_in, names in found:
-            record, where = self._record(node, qualname, name, is_method, root_super, data, lines, path,
-                                         settings, nested_in, names)
+            record, where = self._record(node, module + qualname, name, is_method, root_super, data, lines, path,
+                                         settings, module + nested_in if nested_in else None, names)
             records.append((depth, record))
             if where is not None:
                 positions[record.start_byte] = where
@@ -286,9 +358,30 @@ class JavaScriptLanguage(BraceLanguage):
         parsed = ParsedFile(self.name, path, text, lines, functions, header_row + 1 if header_row >= 0 else 0,
                             VENDORED if header_present else None)
         parsed.extra.update(positions=positions, header_at=(header_row, header_col), module_kind=module_kind,
-                            header_spec=header_spec)
+                            header_spec=header_spec,
+                            clash=not header_present and self._uses_own_names(data, root))
         parsed.file_skip_reason = self._file_skip(parsed, settings)
         return parsed
+
+    def _uses_own_names(self, data: bytes, root: Any) -> bool:
+        """Whether the code (not a comment or a string, not this tool's own recognised
+        texts) declares or uses a name this tool inserts."""
+        if b"_telemetry" not in data:
+            return False
+        ours = [(m.start, m.end) for m in self.find(data, root)]
+        for match in re.finditer(rb"\b_telemetry(?:_s|_e|_a)?\b", data):
+            if any(start <= match.start() < end for start, end in ours):
+                continue
+            node = root.descendant_for_byte_range(match.start(), match.end())
+            if node is not None and node.type in _BINDING_TYPES and node.start_byte == match.start():
+                return True
+        return False
+
+    def file_skip_reason(self, lines: Any, text: str, header_present: str | None, records: Any) -> str | None:
+        for line in lines[:30]:
+            if SKIP_FILE_COMMENT.search(line):
+                return "opted out (// telemetry: skip-file)"
+        return None
 
     @staticmethod
     def _early_skip(text: str, path: str) -> str | None:
@@ -303,14 +396,19 @@ class JavaScriptLanguage(BraceLanguage):
         if settings.target != VENDORED:
             return (f"{self.lang_label} supports only the vendored target (the runtime written into the project), "
                     f"not {settings.target!r}")
-        return self.file_skip_reason(parsed.lines, parsed.text, parsed.header_present, parsed.functions)
+        reason = self.file_skip_reason(parsed.lines, parsed.text, parsed.header_present, parsed.functions)
+        if reason is None and parsed.extra.get("clash"):
+            # Whatever else is instrumented: a second _telemetry would be declared.
+            reason = "the file already uses a name this tool inserts (_telemetry...)"
+        return reason
 
     @staticmethod
     def _context_name(data: bytes, node: Any) -> str | None:
         """The name a value gets from where it is put: a variable, an assignment target, an
         object key or a class field."""
         kind = node.type
-        if kind in ("identifier", "property_identifier", "private_property_identifier", "shorthand_property_identifier"):
+        if kind in ("identifier", "property_identifier", "private_property_identifier", "shorthand_property_identifier",
+                    "shorthand_property_identifier_pattern"):
             return _text(data, node)
         if kind in ("number",):
             return _text(data, node)
@@ -485,10 +583,27 @@ class JavaScriptLanguage(BraceLanguage):
                 seen_code = True
                 row = child.start_point.row
                 column = char_column(lines[row], child.start_point.column)
-        module_kind = "module" if esm else ""
-        if not esm and _CJS_HINT.search(data.decode("utf-8", "surrogatepass")):
-            module_kind = "commonjs"
-        return row, column, module_kind
+        # Only import/export declarations tell: a `require(` in a comment or a string says
+        # nothing, and an ES module may well call a require() it made (createRequire).
+        return row, column, "module" if esm else ""
+
+    # -- checks ----------------------------------------------------------------------------------
+
+    def validate_output(self, parsed: ParsedFile, text: str, new_rows: Any) -> str | None:
+        """The grammar's checks (``BraceLanguage.validate_output``), then the toolchain's
+        where it is installed: Node.js compiles the file as it will load it and the runtime
+        import is of that module system (``toolcheck``)."""
+        problem = super().validate_output(parsed, text, new_rows)
+        if problem is not None:
+            return problem
+        return self.toolchain_check(parsed, text)
+
+    def toolchain_check(self, parsed: ParsedFile, text: str) -> str | None:
+        from . import toolcheck
+
+        header = "import" if "import * as _telemetry from " in text else \
+            "require" if "const _telemetry = require(" in text else ""
+        return toolcheck.check_javascript(parsed.path, parsed.text, text, header)
 
     # -- templates -------------------------------------------------------------------------------
 
@@ -512,8 +627,9 @@ class JavaScriptLanguage(BraceLanguage):
     # -- header ----------------------------------------------------------------------------------
 
     def module_kind(self, parsed: ParsedFile, hint: str) -> str:
-        """``module`` (ES module) or ``commonjs`` for this file: by extension, then syntax,
-        then the nearest package.json (``hint``), else CommonJS (Node's default)."""
+        """``module`` (ES module) or ``commonjs`` for this file: by extension, then its
+        import/export declarations, then the ``type`` the nearest package.json states
+        (``hint``), else CommonJS (Node's default)."""
         ext = os.path.splitext(parsed.path)[1].lower()
         if ext == ".mjs":
             return "module"
@@ -544,7 +660,10 @@ class JavaScriptLanguage(BraceLanguage):
         by a relative specifier; the module kind of the package (its ``type``) goes along."""
         specifier, where, kind = _runtime_place(str(path.parent), str(root))
         files = tuple((Path(where) / name, runtime_source(name)) for name in RUNTIME_FILES)
-        return RuntimeFiles(f"{kind}:{specifier}" if kind else specifier, files)
+        # The module name is part of every span name: it goes into the import name, which
+        # is part of the memo's key.
+        name = f"{kind}:{specifier}" if kind else specifier
+        return RuntimeFiles(f"{name}#module={module_name(str(path))}", files)
 
     def is_runtime_file(self, path: str | os.PathLike[str]) -> bool:
         try:
@@ -557,6 +676,7 @@ class JavaScriptLanguage(BraceLanguage):
 def split_import_name(import_name: str) -> tuple[str, str]:
     """(module kind hint, specifier without extension) from the engine's import name:
     ``module:../telemetry_utils``; a bare name means ``./name``."""
+    import_name = import_name.partition("#module=")[0]
     hint = ""
     if ":" in import_name:
         hint, _, import_name = import_name.partition(":")
@@ -591,8 +711,8 @@ def _runtime_place(folder_name: str, root_name: str) -> tuple[str, str, str]:
 
 
 def package_type(folder: Path) -> str:
-    """The ``type`` of the nearest package.json (``module`` or ``commonjs``; '' when there
-    is none or it says nothing)."""
+    """The ``type`` the nearest package.json states (``module`` or ``commonjs``; '' when
+    there is none or it says nothing: Node's default, CommonJS, or the file's syntax)."""
     probe = folder.resolve()
     while True:
         candidate = probe / "package.json"
@@ -602,10 +722,46 @@ def package_type(folder: Path) -> str:
             except (OSError, ValueError):
                 return ""
             value = data.get("type") if isinstance(data, dict) else None
-            return value if value in ("module", "commonjs") else "commonjs"
+            return value if value in ("module", "commonjs") else ""
         if probe.parent == probe:
             return ""
         probe = probe.parent
+
+
+_HOME_MARKERS = (".git", "tsconfig.json", "jsconfig.json", "deno.json")
+
+
+@functools.lru_cache(maxsize=4096)
+def _module_home(folder: str) -> tuple[str, str]:
+    """(the folder module names are relative to, the package's name) for the files of
+    ``folder``: the nearest package.json's folder and ``name``, else the nearest project
+    root (.git, tsconfig.json...)."""
+    probe = Path(folder)
+    while True:
+        manifest = probe / "package.json"
+        if manifest.is_file():
+            try:
+                data = json.loads(manifest.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                data = None
+            name = data.get("name") if isinstance(data, dict) else None
+            return str(probe), name if isinstance(name, str) and name else probe.name
+        if any((probe / marker).exists() for marker in _HOME_MARKERS):
+            return str(probe), ""
+        if probe.parent == probe:
+            return "", ""
+        probe = probe.parent
+
+
+def module_name(path: str) -> str:
+    """The module part of a file's span names: ``<package name>/<path in the package>``
+    (``lodash/_baseGet.js``, ``express/lib/router/index.js``); without a package, the path
+    from the project's root, else the file name."""
+    absolute = os.path.abspath(path)
+    home, package = _module_home(os.path.dirname(absolute))
+    relative = os.path.relpath(absolute, home) if home else os.path.basename(absolute)
+    relative = relative.replace(os.sep, "/")
+    return safe_name(f"{package}/{relative}" if package else relative).replace(":", "_")
 
 
 _RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime" / "js"

@@ -37,8 +37,9 @@ def settings(**overrides) -> Settings:
 
 
 def records(text: str, path: str = "a.js") -> dict[str, object]:
+    """The functions by qualname, without their module (``a.js:``)."""
     parsed = JS.parse(text, path, settings())
-    return {r.qualname: r for r in parsed.functions}
+    return {r.qualname.partition(":")[2]: r for r in parsed.functions}
 
 
 def instrument_text(text: str, path: str = "a.js", import_name: str = "./telemetry_utils") -> str:
@@ -107,7 +108,7 @@ def test_qualnames_follow_the_documented_rules() -> None:
     assert found["Shape.load"].is_async and not found["Shape.load"].is_generator
     assert found["module.exports.helper"].is_async and found["module.exports.helper"].is_generator
     assert found["Shape.unit"].is_method and not found["top"].is_method
-    assert found["outer.inner"].nested_in == "outer"
+    assert found["outer.inner"].nested_in == "a.js:outer"
     assert found["empty"].skip_reason.startswith("trivial")
     assert found["ident"].skip_reason == "trivial body (a name or a constant)"
     assert found["skipped"].skip_reason == "opted out (// telemetry: skip)"
@@ -178,13 +179,13 @@ def test_the_inserted_text_exactly() -> None:
         }
     '''))
     assert out == src('''
-        const _telemetry = require("./telemetry_utils.cjs"); function add(a, b) { const _telemetry_s = _telemetry.span("add"); try {
+        const _telemetry = require("./telemetry_utils.cjs"); function add(a, b) { const _telemetry_s = _telemetry.span("a.js:add"); try {
           return a + b;
         } catch (_telemetry_e) { _telemetry_s.error(_telemetry_e); throw _telemetry_e; } finally { _telemetry_s.end(); } }
-        const twice = x => { const _telemetry_a = _telemetry.span("twice"); try { return (x * 2); } catch (_telemetry_e) { _telemetry_a.error(_telemetry_e); throw _telemetry_e; } finally { _telemetry_a.end(); } };
+        const twice = x => { const _telemetry_a = _telemetry.span("a.js:twice"); try { return (x * 2); } catch (_telemetry_e) { _telemetry_a.error(_telemetry_e); throw _telemetry_e; } finally { _telemetry_a.end(); } };
         function strict() {
           "use strict"
-          const _telemetry_s = _telemetry.span("strict"); try { return 1;
+          const _telemetry_s = _telemetry.span("a.js:strict"); try { return 1;
         } catch (_telemetry_e) { _telemetry_s.error(_telemetry_e); throw _telemetry_e; } finally { _telemetry_s.end(); } }
     ''')
 
@@ -210,8 +211,8 @@ def test_one_line_nesting_and_curried_arrows_compose() -> None:
     out = instrument_text(text)
     assert out.count("\n") == 1
     assert JS.strip(out).text == text
-    assert [name for _line, name in JS.strip(out).spans] == [
-        "add", "add.<anonymous#1>", "add.<anonymous#1>.<anonymous#1>", "f", "f.<anonymous#1>", "g", "g.<anonymous#1>"]
+    assert [name for _line, name in JS.strip(out).spans] == ["a.js:" + name for name in (
+        "add", "add.<anonymous#1>", "add.<anonymous#1>.<anonymous#1>", "f", "f.<anonymous#1>", "g", "g.<anonymous#1>")]
 
 
 def test_every_script_passes_its_generated_checks() -> None:
@@ -407,10 +408,10 @@ def test_the_runtime_api_and_one_state_for_every_copy(tmp_path: Path) -> None:
         import { createRequire } from "module";
         const require = createRequire(import.meta.url);
         const cjs = require("./b/telemetry_utils.cjs");
-        const s = esm.span("f"); s.end();
-        const t = cjs.span("f"); t.error(new TypeError("x")); t.end();
+        const s = esm.span("lib/a.js:f"); s.end();
+        const t = cjs.span("lib/a.js:f"); t.error(new TypeError("x")); t.end();
         const rows = cjs.snapshot();
-        console.log(JSON.stringify(rows.map(r => [r.name, r.count, r.errors, r.exceptions])));
+        console.log(JSON.stringify(rows.map(r => [r.module, r.name, r.count, r.errors, r.exceptions])));
         console.log(esm.formatReport().split("\\n").slice(-2).join("|"));
         cjs.configure({ disabled: true });
         esm.span("g").end();
@@ -420,9 +421,9 @@ def test_the_runtime_api_and_one_state_for_every_copy(tmp_path: Path) -> None:
     done = toolchains.run([toolchains.node(), "check.mjs"], tmp_path, env=toolchains.node_env())
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
-        '[["f",2,1,{"TypeError":1}]]',
-        "exceptions:|  f: 1 (TypeError x1)",
-        "1 2",
+        '[["lib/a.js","f",2,1,{"TypeError":1}]]',
+        "exceptions:|  lib/a.js:f: 1 (TypeError x1)",
+        "1 3",
         "TypeError",
     ]
 
@@ -470,7 +471,8 @@ def test_cli_instrument_check_strip_and_cache(tmp_path: Path) -> None:
     check = call("src", "--check", "--json")
     assert check.returncode == 1
     missing = json.loads(check.stdout)["missing"]
-    assert {m["qualname"] for m in missing} >= {"fib", "Account.deposit", "f", "g"}
+    assert {m["qualname"] for m in missing} >= {"p/src/a.js:fib", "p/src/a.js:Account.deposit", "p/src/b.mjs:f",
+                                                "p/src/b.mjs:g"}
     cold = call("src", "--in-place", "--json")
     assert cold.returncode == 0, cold.stderr
     data = json.loads(cold.stdout)

@@ -36,7 +36,8 @@ def settings(**overrides) -> Settings:
 
 
 def records(text: str, path: str = "a.ts") -> dict[str, object]:
-    return {r.qualname: r for r in TS.parse(text, path, settings()).functions}
+    """The functions by qualname, without their module (``a.ts:``)."""
+    return {r.qualname.partition(":")[2]: r for r in TS.parse(text, path, settings()).functions}
 
 
 def instrument_tree(root: Path, out: Path):

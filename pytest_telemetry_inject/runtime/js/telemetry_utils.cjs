@@ -24,15 +24,42 @@
  *   TELEMETRY_INJECT_SAMPLE_RATE=0..1   the share of calls emitted as events
  *
  * A PATH may contain {pid}. Sinks are written at process exit and by flush(). It never
- * throws into user code.
+ * throws into user code: what it needs of the language's globals (Date, Math, JSON, Map,
+ * Object...) is taken when it loads, so a program that deletes or fakes them later (a test
+ * suite that simulates ES5, fake timers) changes nothing here, and every entry point
+ * catches what it does not expect.
+ *
+ * Span names are "module:qualname" (the module is the file's path in its package, as the
+ * tool names it): the report, the events and OpenTelemetry get the two apart, as Python's.
  */
 
-const RUNTIME_VERSION = 2;
+const RUNTIME_VERSION = 3;
 // Every copy of this file in a process (each package gets its own) shares one state: the
 // first copy loaded makes it, the others use it, so a process has one set of counters,
 // one JSONL stream, one trace and one report.
 const SHARED = typeof Symbol === 'function' ? Symbol.for('pytest-telemetry-inject.runtime') : '__pytest_telemetry_inject_runtime__';
 const GLOBAL = typeof globalThis !== 'undefined' ? globalThis : {};
+
+// The globals the runtime uses, as they are when it loads.
+const G = {
+  dateNow: typeof Date === 'function' && typeof Date.now === 'function' ? Date.now.bind(Date) : () => 0,
+  round: Math.round, random: Math.random, isFinite: Number.isFinite || isFinite,
+  stringify: JSON.stringify, parse: JSON.parse, create: Object.create, assign: Object.assign,
+  keys: Object.keys, entries: Object.entries, String, Number, Map: typeof Map === 'function' ? Map : null,
+  Error: typeof Error === 'function' ? Error : null,
+};
+
+// A map of names to sites that needs no global Map.
+function table() {
+  if (G.Map !== null) return new G.Map();
+  const store = G.create(null);
+  return {
+    get: (key) => store[key],
+    set: (key, value) => { store[key] = value; },
+    clear: () => { for (const key of G.keys(store)) delete store[key]; },
+    values: () => G.keys(store).map((key) => store[key]),
+  };
+}
 
 function create() {
   const TRUE = ['1', 'true', 'yes', 'on'];
@@ -44,8 +71,9 @@ function create() {
   const proc = typeof process !== 'undefined' ? process : null;
   const env = (proc && proc.env) || {};
   const perf = typeof performance !== 'undefined' && performance && typeof performance.now === 'function' ? performance : null;
-  const now = perf ? () => perf.now() : () => Date.now();
-  const EPOCH_MS = perf && typeof perf.timeOrigin === 'number' ? perf.timeOrigin : Date.now() - now();
+  const perfNow = perf ? perf.now.bind(perf) : null; // the clock as it is now: fake timers come later
+  const now = perfNow || G.dateNow;
+  const EPOCH_MS = perf && typeof perf.timeOrigin === 'number' ? perf.timeOrigin : G.dateNow() - now();
   const pid = proc && typeof proc.pid === 'number' ? proc.pid : 0;
   let tid = 0;
   let threadName = 'main';
@@ -61,8 +89,11 @@ function create() {
   };
 
   class Site {
-    constructor(name) {
-      this.name = name;
+    constructor(key) {
+      // "module:qualname": the module is the file's path, which has no colon.
+      const at = key.indexOf(':');
+      this.module = at > 0 ? key.slice(0, at) : '';
+      this.name = at > 0 ? key.slice(at + 1) : key;
       this.count = 0;
       this.total = 0; // milliseconds (floats: perf.now())
       this.min = 0;
@@ -72,7 +103,7 @@ function create() {
     }
   }
 
-  const sites = new Map();
+  const sites = table();
   let pending = []; // JSONL lines not yet written
   let kept = []; // events kept for the trace and events()
   let dropped = 0;
@@ -85,12 +116,16 @@ function create() {
   const NOOP = { end() {}, error() {} };
 
   function exceptionName(error) {
-    if (error instanceof Error) {
-      return (error.constructor && error.constructor.name) || error.name || 'Error';
+    try {
+      if (G.Error !== null && error instanceof G.Error) {
+        return (error.constructor && error.constructor.name) || error.name || 'Error';
+      }
+      if (error === null) return 'null';
+      if (typeof error === 'object' && error.constructor && error.constructor.name) return error.constructor.name;
+      return typeof error;
+    } catch (e) {
+      return 'unknown';
     }
-    if (error === null) return 'null';
-    if (typeof error === 'object' && error.constructor && error.constructor.name) return error.constructor.name;
-    return typeof error;
   }
 
   class Span {
@@ -108,10 +143,9 @@ function create() {
     }
 
     end() {
-      const t1 = now();
-      const site = this.site;
-      const duration = t1 - this.t0;
       try {
+        const site = this.site;
+        const duration = now() - this.t0;
         if (site.count === 0 || duration < site.min) site.min = duration;
         if (duration > site.max) site.max = duration;
         site.count += 1;
@@ -119,7 +153,7 @@ function create() {
         if (this.hasError) {
           site.errors += 1;
           const kind = exceptionName(this.failed);
-          if (site.exceptions === null) site.exceptions = Object.create(null);
+          if (site.exceptions === null) site.exceptions = G.create(null);
           site.exceptions[kind] = (site.exceptions[kind] || 0) + 1;
         }
         if (this.ot !== null) endOtel(this.ot, this.hasError, this.failed);
@@ -130,30 +164,34 @@ function create() {
 
   function span(name) {
     if (config.disabled) return NOOP;
-    let site = sites.get(name);
-    if (site === undefined) {
-      site = new Site(name);
-      sites.set(name, site);
+    try {
+      let site = sites.get(name);
+      if (site === undefined) {
+        site = new Site(G.String(name));
+        sites.set(name, site);
+      }
+      const s = new Span(site);
+      if (otelMode !== false) {
+        const state = otelState || maybeOtel();
+        if (state !== null) s.ot = startOtel(state, site);
+      }
+      return s;
+    } catch (e) {
+      return NOOP; // never into user code
     }
-    const s = new Span(site);
-    if (otelMode !== false) {
-      const state = otelState || maybeOtel();
-      if (state !== null) s.ot = startOtel(state, name);
-    }
-    return s;
   }
 
   // -- events ----------------------------------------------------------------------------------
 
   function ns(ms) {
-    return Math.round(ms * 1e6);
+    return G.round(ms * 1e6);
   }
 
   function emit(s, duration) {
     if (duration < config.min_duration * 1000) return;
-    if (config.sample_rate < 1 && Math.random() >= config.sample_rate) return;
+    if (config.sample_rate < 1 && G.random() >= config.sample_rate) return;
     const event = {
-      name: s.site.name, module: '', start_ns: ns(s.t0), ts_us: Math.round((EPOCH_MS + s.t0) * 1000),
+      name: s.site.name, module: s.site.module, start_ns: ns(s.t0), ts_us: G.round((EPOCH_MS + s.t0) * 1000),
       duration_ns: ns(duration), pid, tid, thread: threadName, id: nextId++, parent: null, test: null,
       exception: s.hasError ? exceptionName(s.failed) : null,
     };
@@ -168,15 +206,15 @@ function create() {
   }
 
   function jsonLine(e) {
-    let line = `{"name":${JSON.stringify(e.name)},"module":"","start_ns":${e.start_ns},"ts_ns":${e.ts_us}000,` +
-      `"duration_ns":${e.duration_ns},"pid":${e.pid},"tid":${e.tid},"thread":${JSON.stringify(e.thread)},` +
-      `"id":${e.id},"parent":null,"test":null`;
-    if (e.exception !== null) line += `,"exception":${JSON.stringify(e.exception)}`;
+    let line = `{"name":${G.stringify(e.name)},"module":${G.stringify(e.module)},"start_ns":${e.start_ns},` +
+      `"ts_ns":${e.ts_us}000,"duration_ns":${e.duration_ns},"pid":${e.pid},"tid":${e.tid},` +
+      `"thread":${G.stringify(e.thread)},"id":${e.id},"parent":null,"test":null`;
+    if (e.exception !== null) line += `,"exception":${G.stringify(e.exception)}`;
     return line + '}\n';
   }
 
   function expand(path) {
-    let out = path.split('{pid}').join(String(pid));
+    let out = path.split('{pid}').join(G.String(pid));
     if (tid && path.indexOf('{pid}') < 0 && out === path) out = `${out}.thread${tid}`;
     return out;
   }
@@ -187,25 +225,25 @@ function create() {
     pending = [];
     if (fs === null || !config.jsonl) return;
     try {
-      fs.appendFileSync(config.jsonl.split('{pid}').join(String(pid)), data);
+      fs.appendFileSync(config.jsonl.split('{pid}').join(G.String(pid)), data);
     } catch (e) { /* a sink that fails loses its batch */ }
   }
 
   function chromeTrace(events, options) {
     const opts = options || {};
     const out = [];
-    const byThread = new Map();
+    const byThread = table();
     for (const e of events) {
       const key = `${e.pid}:${e.tid}`;
-      if (!byThread.has(key)) byThread.set(key, []);
+      if (byThread.get(key) === undefined) byThread.set(key, []);
       byThread.get(key).push(e);
     }
-    const named = new Set();
+    const named = table();
     let nextTrack = 1;
     for (const items of byThread.values()) {
       const first = items[0];
-      if (!named.has(first.pid)) {
-        named.add(first.pid);
+      if (named.get(first.pid) === undefined) {
+        named.set(first.pid, true);
         const label = opts.processName || `${(proc && proc.argv && proc.argv[1]) || 'node'} (${first.pid})`;
         out.push({ name: 'process_name', ph: 'M', pid: first.pid, tid: 0, args: { name: label } });
       }
@@ -249,7 +287,7 @@ function create() {
     try {
       const path = expand(config.trace);
       const tmp = `${path}.${pid}.tmp`;
-      fs.writeFileSync(tmp, JSON.stringify(chromeTrace(kept, { dropped })));
+      fs.writeFileSync(tmp, G.stringify(chromeTrace(kept, { dropped })));
       fs.renameSync(tmp, path);
     } catch (e) { /* a sink that fails is skipped */ }
   }
@@ -258,7 +296,7 @@ function create() {
 
   function maybeOtel() {
     if (otelMode === true) return (otelState = loadOtel(true));
-    const t = Date.now();
+    const t = G.dateNow();
     if (t - otelCheckedAt < 1000) return null;
     otelCheckedAt = t;
     otelState = loadOtel(false);
@@ -274,15 +312,17 @@ function create() {
         const real = provider && typeof provider.getDelegate === 'function' ? provider.getDelegate() : provider;
         if (!real || !real.constructor || real.constructor.name === 'NoopTracerProvider') return null;
       }
-      return { api, tracer: api.trace.getTracer('pytest-telemetry-inject', String(RUNTIME_VERSION)) };
+      return { api, tracer: api.trace.getTracer('pytest-telemetry-inject', G.String(RUNTIME_VERSION)) };
     } catch (e) {
       return null;
     }
   }
 
-  function startOtel(state, name) {
+  function startOtel(state, site) {
     try {
-      return { span: state.tracer.startSpan(name, { attributes: { 'code.function': name } }), api: state.api };
+      const attributes = { 'code.function': site.name };
+      if (site.module) attributes['code.namespace'] = site.module;
+      return { span: state.tracer.startSpan(site.name, { attributes }), api: state.api };
     } catch (e) {
       return null;
     }
@@ -291,7 +331,7 @@ function create() {
   function endOtel(ot, failed, error) {
     try {
       if (failed) {
-        if (error instanceof Error) ot.span.recordException(error);
+        if (G.Error !== null && error instanceof G.Error) ot.span.recordException(error);
         ot.span.setStatus({ code: ot.api.SpanStatusCode.ERROR, message: exceptionName(error) });
       }
       ot.span.end();
@@ -304,20 +344,20 @@ function create() {
     const rows = [];
     for (const site of sites.values()) {
       rows.push({
-        module: '', name: site.name, count: site.count, total_ns: ns(site.total), min_ns: ns(site.min),
+        module: site.module, name: site.name, count: site.count, total_ns: ns(site.total), min_ns: ns(site.min),
         max_ns: ns(site.max), errors: site.errors,
-        exceptions: site.exceptions ? Object.assign({}, site.exceptions) : {},
+        exceptions: site.exceptions ? G.assign({}, site.exceptions) : {},
       });
     }
     return rows;
   }
 
   function events() {
-    return kept.map((e) => Object.assign({}, e));
+    return kept.map((e) => G.assign({}, e));
   }
 
   function pad(text, width, right) {
-    const s = String(text);
+    const s = G.String(text);
     if (s.length >= width) return s;
     const fill = ' '.repeat(width - s.length);
     return right ? fill + s : s + fill;
@@ -345,7 +385,7 @@ function create() {
     if (failing.length) {
       lines.push('exceptions:');
       for (const r of failing.slice(0, limit)) {
-        const kinds = Object.entries(r.exceptions || {}).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} x${v}`);
+        const kinds = G.entries(r.exceptions || {}).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} x${v}`);
         lines.push(`  ${r.module ? `${r.module}:` : ''}${r.name}: ${r.errors} (${kinds.join(', ')})`);
       }
     }
@@ -372,14 +412,14 @@ function create() {
   }
 
   function configure(settings) {
-    const known = Object.keys(config);
-    for (const key of Object.keys(settings || {})) {
+    const known = G.keys(config);
+    for (const key of G.keys(settings || {})) {
       if (known.indexOf(key) < 0) throw new TypeError(`configure() got an unknown setting: ${key}`);
     }
     flush();
-    Object.assign(config, settings || {});
+    G.assign(config, settings || {});
     apply();
-    return Object.assign({}, config);
+    return G.assign({}, config);
   }
 
   function writeReport() {
@@ -394,7 +434,7 @@ function create() {
     if (fs === null) return;
     const path = expand(where);
     if (path.endsWith('.json')) {
-      fs.writeFileSync(path, JSON.stringify({ format: 1, runtime: 'javascript', runtime_version: RUNTIME_VERSION,
+      fs.writeFileSync(path, G.stringify({ format: 1, runtime: 'javascript', runtime_version: RUNTIME_VERSION,
         functions: rows }, null, 1));
       return;
     }
@@ -407,21 +447,21 @@ function create() {
   }
 
   function readEnvironment() {
-    const flag = (name) => String(env[name] || '').trim().toLowerCase();
+    const flag = (name) => G.String(env[name] || '').trim().toLowerCase();
     config.disabled = TRUE.indexOf(flag('TELEMETRY_INJECT_DISABLED')) >= 0;
     for (const [name, key] of [['TELEMETRY_INJECT_MIN_DURATION', 'min_duration'], ['TELEMETRY_INJECT_SAMPLE_RATE', 'sample_rate']]) {
-      const text = String(env[name] || '').trim();
+      const text = G.String(env[name] || '').trim();
       if (text) {
-        const value = Number(text);
-        if (Number.isFinite(value)) config[key] = value;
-        else if (proc && proc.stderr) proc.stderr.write(`telemetry: ignoring ${name}=${JSON.stringify(text)} (not a number)\n`);
+        const value = G.Number(text);
+        if (G.isFinite(value)) config[key] = value;
+        else if (proc && proc.stderr) proc.stderr.write(`telemetry: ignoring ${name}=${G.stringify(text)} (not a number)\n`);
       }
     }
-    config.jsonl = String(env.TELEMETRY_INJECT_JSONL || '').trim();
-    config.trace = String(env.TELEMETRY_INJECT_TRACE || '').trim();
+    config.jsonl = G.String(env.TELEMETRY_INJECT_JSONL || '').trim();
+    config.trace = G.String(env.TELEMETRY_INJECT_TRACE || '').trim();
     const otel = flag('TELEMETRY_INJECT_OTEL');
     config.otel = TRUE.indexOf(otel) >= 0 ? true : FALSE.indexOf(otel) >= 0 ? false : 'auto';
-    const report = String(env.TELEMETRY_INJECT_REPORT || '').trim();
+    const report = G.String(env.TELEMETRY_INJECT_REPORT || '').trim();
     config.report = FALSE.indexOf(report.toLowerCase()) >= 0 ? '' : report;
   }
 
