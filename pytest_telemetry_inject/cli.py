@@ -269,6 +269,8 @@ def _report(summary, args: argparse.Namespace, options) -> int:  # type: ignore[
                     print(f"{'':>14}{f.line:>6}  {f.status:<12} {f.qualname}  {detail}")
         for message in summary.vendored:
             print(f"{PROG}: vendored module: {message}")
+        for message in summary.left_out:
+            print(f"{PROG}: left out {message}")
         _print_summary(data, options)
     if errors or summary.errors:
         return EXIT_ERRORS

@@ -24,7 +24,50 @@ SKIP_DIRS = frozenset({
     "build", "dist", ".eggs", ".tox", ".nox", ".venv", ".mypy_cache", ".pytest_cache",
     ".ruff_cache", ".telemetry_cache", ".idea", ".vscode",
 })
+BUILD_DIRS = frozenset({"build", "dist"})
+"""Build output, left out unless the package.json beside it names a file in it as an entry
+point (``"main": "dist/index.js"``: for many npm packages the code that runs). Either way
+the run says so (``ScanResult.left_out``)."""
 VENDORED_REASON = "the vendored telemetry module"
+
+
+class ScanResult(list):
+    """The files found (a list of ScanItem), and the folders left out that a reader of the
+    output would miss: (folder relative to its PATH argument, why)."""
+
+    left_out: list[tuple[str, str]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left_out = []
+
+
+def _entry_points(folder: str) -> list[str]:
+    """The files the package.json in ``folder`` names as entry points (main, module,
+    browser, bin, exports), relative to it ('' when there is none)."""
+    import json
+
+    try:
+        with open(os.path.join(folder, "package.json"), encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return []
+    found: list[str] = []
+
+    def collect(value: object) -> None:
+        if isinstance(value, str):
+            found.append(os.path.normpath(value.replace("\\", "/")).replace(os.sep, "/"))
+        elif isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item)
+
+    if isinstance(data, dict):
+        for key in ("main", "module", "browser", "bin", "exports"):
+            collect(data.get(key))
+    return found
 
 
 @dataclass(frozen=True)
@@ -54,17 +97,19 @@ def _git_files(folder: str) -> set[str] | None:
 
 
 def scan(paths: Iterable[str | os.PathLike[str]], settings: Settings, *, project_root: Path,
-         exclude_dirs: Iterable[Path] = (), languages: Iterable[str] | None = None) -> list[ScanItem]:
+         exclude_dirs: Iterable[Path] = (), languages: Iterable[str] | None = None) -> ScanResult:
     """Every file under ``paths`` with its language (None: not a source file). With
     ``languages``, only the files found in folders whose extension is one of theirs (the
-    pytest plugin wants Python modules: no other language is loaded, no file is read)."""
+    pytest plugin wants Python modules: no other language is loaded, no file is read). A
+    ``build`` or ``dist`` folder is scanned when the package.json beside it names an entry
+    point in it, else left out and listed in ``left_out``."""
     wanted = None if languages is None else {ext for name in languages for ext in get_language(name).extensions}
     excluded = {os.path.realpath(p) for p in exclude_dirs}
     excluded.add(os.path.realpath(project_root / settings.cache_dir))
     excluded_names = {os.path.basename(p) for p in excluded}
     vendored_name = (settings.vendored_module.rpartition(".")[2] or DEFAULT_MODULE) + ".py"
     root_real = os.path.realpath(project_root)
-    items: list[ScanItem] = []
+    items = ScanResult()
     for raw in paths:
         arg = Path(raw)
         if not arg.exists() and not arg.is_symlink():
@@ -92,7 +137,15 @@ def scan(paths: Iterable[str | os.PathLike[str]], settings: Settings, *, project
                 name = entry.name
                 relative = relative_dir + name
                 if entry.is_dir(follow_symlinks=False):
-                    if name not in SKIP_DIRS and not name.endswith(".egg-info") and (
+                    if name in BUILD_DIRS and (name not in excluded_names or
+                                               os.path.realpath(entry.path) not in excluded):
+                        if any(p.split("/", 1)[0] == name for p in _entry_points(folder)):
+                            subfolders.append((relative + "/", entry.path))  # the code that runs
+                        else:
+                            items.left_out.append((relative + "/", "build output (no entry point of a package.json "
+                                                                   "beside it leads there; name it as a PATH to "
+                                                                   "include it)"))
+                    elif name not in SKIP_DIRS and not name.endswith(".egg-info") and (
                             name not in excluded_names or os.path.realpath(entry.path) not in excluded):
                         subfolders.append((relative + "/", entry.path))
                     continue

@@ -75,6 +75,8 @@ class RunSummary:
     workers: int = 1
     cache_path: str = ""
     cache_warning: str = ""
+    left_out: list[str] = field(default_factory=list)
+    """Folders the scan left out (build output no entry point leads to), with the reason."""
 
     def function_counts(self) -> Counter:
         total: Counter = Counter()
@@ -121,6 +123,7 @@ class RunSummary:
                       "script_misses": counters.script_misses, "corrupt_entries": counters.corrupt,
                       "write_errors": counters.write_errors, "warning": self.cache_warning},
             "vendored_modules": self.vendored,
+            "left_out": self.left_out,
             "errors": self.errors,
             "skipped": [{"path": r.path, "qualname": f.qualname, "line": f.line, "reason": f.reason}
                         for r in self.files for f in r.functions if f.status in ("skipped", "failed")]
@@ -395,6 +398,7 @@ def run(paths: Iterable[str], settings: Settings, options: RunOptions, *, projec
     summary = RunSummary(options.mode)
     exclude = [options.output_dir] if options.output_dir is not None else []
     items = scan(paths, settings, project_root=project_root, exclude_dirs=exclude)
+    summary.left_out = [f"{folder} ({why})" for folder, why in getattr(items, "left_out", ())]
     if cache is None and settings.use_cache:
         cache = ScriptCache(project_root / settings.cache_dir)
     summary.cache_path = str(cache.root) if cache else ""

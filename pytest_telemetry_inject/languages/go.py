@@ -591,7 +591,7 @@ class GoLanguage(BraceLanguage):
         row = parsed.extra["header_at"]
         if row < 0:
             return []
-        path = import_name.partition(";")[0]
+        path = import_name.rpartition(":")[2]  # after the "init=N:" the file's first init number
         problem = parsed.extra.get("header_place_problem")
         if not problem and (not path or not _IMPORT_PATH.fullmatch(path)):
             problem = (f"cannot name the runtime package (import path {path!r}): no go.mod above the file, "
@@ -666,7 +666,8 @@ class GoLanguage(BraceLanguage):
                     pass
             number = init_offset(str(path), "")
             if number:
-                import_name += f";init={number}"
+                # The import path stays last (what the pre-commit hook looks for in the file).
+                import_name = f"init={number}:{import_name}"
         return RuntimeFiles(import_name, tuple(files))
 
     def is_runtime_file(self, path: str | os.PathLike[str]) -> bool:

@@ -663,7 +663,8 @@ class JavaScriptLanguage(BraceLanguage):
         # The module name is part of every span name: it goes into the import name, which
         # is part of the memo's key.
         name = f"{kind}:{specifier}" if kind else specifier
-        return RuntimeFiles(f"{name}#module={module_name(str(path))}", files)
+        # Kept last, the specifier is what the pre-commit hook looks for in the file.
+        return RuntimeFiles(f"module={module_name(str(path))}:{name}", files)
 
     def is_runtime_file(self, path: str | os.PathLike[str]) -> bool:
         try:
@@ -676,7 +677,8 @@ class JavaScriptLanguage(BraceLanguage):
 def split_import_name(import_name: str) -> tuple[str, str]:
     """(module kind hint, specifier without extension) from the engine's import name:
     ``module:../telemetry_utils``; a bare name means ``./name``."""
-    import_name = import_name.partition("#module=")[0]
+    if import_name.startswith("module="):  # the file's module name (a part of the memo's key)
+        import_name = import_name.partition(":")[2]
     hint = ""
     if ":" in import_name:
         hint, _, import_name = import_name.partition(":")

@@ -187,7 +187,7 @@ def test_init_functions_are_numbered_across_the_package(tmp_path: Path) -> None:
     # The number enters the import name, hence the memo's key: b.go's result depends on a.go.
     (tmp_path / "go.mod").write_text("module example.com/p\n\ngo 1.18\n")
     assert GO.vendored_runtime(tmp_path / "b.go", tmp_path, settings()).import_name == \
-        "example.com/p/telemetryinject;init=2"
+        "init=2:example.com/p/telemetryinject"
 
 
 def test_files_left_alone() -> None:

@@ -491,3 +491,236 @@ def test_cli_instrument_check_strip_and_cache(tmp_path: Path) -> None:
     again = json.loads(call("src", "--in-place", "--json").stdout)
     assert again["files"]["instrumented"] == 2 and again["cache"]["memo_misses"] == 0
     assert (project / "src" / "a.js").read_text() == instrumented
+
+
+# -- module kinds, the import and the names, as real packages have them ------------------------------
+
+def test_an_es_module_that_mentions_require_gets_an_import(tmp_path: Path) -> None:
+    """"type": "module" and no import/export declaration: a `require(` in a comment or a
+    string says nothing (it used to give the file a require() that Node.js refuses)."""
+    toolchains.require("node")
+    package = tmp_path / "esm"
+    package.mkdir()
+    (package / "package.json").write_text('{"name": "esm", "type": "module"}')
+    text = src('''
+        // Unlike require(), this file runs as an ES module.
+        const note = "see require('x')";
+        function shout(s) {
+          const t = s.toUpperCase();
+          return t + "!";
+        }
+        console.log(shout(note));
+    ''')
+    (package / "tool.js").write_text(text)
+    out = tmp_path / "out"
+    instrument_tree(package, out)
+    written = (out / "tool.js").read_text()
+    assert written.splitlines()[1].startswith('import * as _telemetry from "./telemetry_utils.mjs"; const note')
+    report = tmp_path / "report.json"
+    before = toolchains.run([toolchains.node(), package / "tool.js"], package, env=toolchains.node_env())
+    after = toolchains.run([toolchains.node(), "tool.js"], out, env=toolchains.node_env(TELEMETRY_INJECT_REPORT=str(report)))
+    assert before.returncode == after.returncode == 0, after.stderr
+    assert after.stdout == before.stdout == "SEE REQUIRE('X')!\n"
+    rows = json.loads(report.read_text())["functions"]
+    assert [(r["module"], r["name"], r["count"]) for r in rows] == [("esm/tool.js", "shout", 1)]
+
+
+def test_an_import_a_formatter_moved_is_not_added_twice(tmp_path: Path) -> None:
+    """After the project's own formatter or import sorter (the import on a line of its own,
+    other quotes, no semicolon), a new run adds no second import; strip removes it."""
+    toolchains.require("node")
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "package.json").write_text('{"name": "p", "type": "module"}')
+    (project / "util.js").write_text("export const base = 10;\n")
+    text = src('''
+        import { base } from "./util.js";
+        export function area(w, h) {
+          const a = w * h;
+          return a + base;
+        }
+        console.log(area(2, 3));
+    ''')
+    (project / "main.js").write_text(text)
+    instrument_tree(project, None)
+    first = (project / "main.js").read_text()
+    assert first.startswith('import * as _telemetry from "./telemetry_utils.mjs"; import { base }')
+    # The import sorter's work: the import on a line of its own, after the others, single quotes.
+    sorted_text = first.replace('import * as _telemetry from "./telemetry_utils.mjs"; ', "").replace(
+        'import { base } from "./util.js";\n',
+        "import { base } from './util.js'\nimport * as _telemetry from './telemetry_utils.mjs'\n")
+    # and a function added since, which the next run instruments
+    sorted_text += "export function perimeter(w, h) {\n  const p = 2 * (w + h);\n  return p;\n}\n"
+    (project / "main.js").write_text(sorted_text)
+    parsed = JS.parse(sorted_text, str(project / "main.js"), settings())
+    assert parsed.header_present == "vendored" and parsed.file_skip_reason is None
+    instrument_tree(project, None)
+    second = (project / "main.js").read_text()
+    assert second.count("_telemetry from") == 1 and 'span("p/main.js:perimeter")' in second
+    assert toolchains.node_check([project / "main.js"], project) == []
+    done = toolchains.run([toolchains.node(), "main.js"], project, env=toolchains.node_env())
+    assert (done.returncode, done.stdout) == (0, "16\n"), done.stderr
+    stripped = JS.strip(second).text
+    assert "_telemetry" not in stripped
+    assert stripped == ("import { base } from './util.js'\n" + text.split("\n", 1)[1]
+                        + "export function perimeter(w, h) {\n  const p = 2 * (w + h);\n  return p;\n}\n")
+
+
+def test_a_file_that_declares_the_tools_name_is_left_alone() -> None:
+    """The runtime imported in a form this tool did not write (another file name): a second
+    import would be declared twice. Instrumented spans elsewhere in the file change nothing."""
+    text = ('const _telemetry = require("./vendor/telemetry.js");\n'
+            'function done() { const _telemetry_s = _telemetry.span("a.js:done"); try {\n  return 1;\n'
+            '} catch (_telemetry_e) { _telemetry_s.error(_telemetry_e); throw _telemetry_e; } finally '
+            '{ _telemetry_s.end(); } }\nfunction fresh(x) {\n  const y = x + 1;\n  return y * 2;\n}\n')
+    parsed = JS.parse(text, "a.js", settings())
+    assert parsed.header_present is None and any(r.instrumented for r in parsed.functions)
+    assert parsed.file_skip_reason == "the file already uses a name this tool inserts (_telemetry...)"
+    # In a comment or a string the name is no clash.
+    fine = JS.parse('// _telemetry\nconst s = "_telemetry_s";\nfunction f(x) { return x + s; }\n', "a.js", settings())
+    assert fine.file_skip_reason is None
+
+
+def test_node_refuses_what_the_grammar_lets_through(tmp_path: Path) -> None:
+    """Where Node.js is installed a written file must compile as Node.js will load it, with
+    the runtime import of its module system: else it is left unchanged, with the reason."""
+    toolchains.require("node")
+    from pytest_telemetry_inject.languages import toolcheck
+
+    package = tmp_path / "esm"
+    package.mkdir()
+    (package / "package.json").write_text('{"type": "module"}')
+    text = "function twice(x) {\n  const y = x * 2;\n  return y;\n}\nconsole.log(twice(2));\n"
+    (package / "a.js").write_text(text)
+    # An import name that asks for CommonJS (as a wrong setting would): tree-sitter sees
+    # nothing wrong with require() in an ES module; Node.js would throw when it runs.
+    result = Engine(settings()).instrument(text.encode(), str(package / "a.js"), import_name="commonjs:./telemetry_utils")
+    assert result.status == "error" and result.output is None
+    assert "an ES module for Node.js" in result.reason and "left unchanged" in result.reason
+    # A name declared twice (what a second import does) is an early error only Node.js sees.
+    (tmp_path / "b.js").write_text(text)
+    twice = 'const _telemetry = require("./telemetry_utils.cjs"); ' * 2 + text
+    assert JS.check_syntax(twice, "b.js") is None
+    problem = toolcheck.check_javascript(str(tmp_path / "b.js"), text, twice, "require")
+    assert problem == "node: line 1: Identifier '_telemetry' has already been declared"
+    assert toolcheck.check_javascript(str(tmp_path / "b.js"), text, text, "") is None
+
+
+DELETES_GLOBALS = src(r'''
+    "use strict";
+    function work(n) {
+      let s = 0;
+      for (let i = 0; i < n; i++) s += i;
+      return s;
+    }
+    const seen = [work(10)];
+    delete globalThis.Date;            // a test suite that simulates ES5
+    seen.push(work(100), typeof Date);
+    globalThis.Date = class { static now() { return 0; } };   // fake timers
+    performance.now = () => 0;
+    delete globalThis.Map;
+    delete globalThis.Symbol;
+    seen.push(work(1000));
+    console.log(seen.join(" "));
+''')
+
+
+def test_the_runtime_survives_a_program_that_deletes_or_fakes_its_globals(tmp_path: Path) -> None:
+    toolchains.require("node")
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "package.json").write_text('{"name": "p"}')
+    (tmp_path / "p" / "main.js").write_text(DELETES_GLOBALS)
+    out = tmp_path / "out"
+    instrument_tree(tmp_path / "p", out)
+    report, events = tmp_path / "report.json", tmp_path / "events.jsonl"
+    done = toolchains.run([toolchains.node(), "main.js"], out, env=toolchains.node_env(
+        TELEMETRY_INJECT_REPORT=str(report), TELEMETRY_INJECT_JSONL=str(events)))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "45 4950 undefined 499500\n"
+    rows = {r["name"]: r for r in json.loads(report.read_text())["functions"]}
+    assert rows["work"]["count"] == 3 and rows["work"]["module"] == "p/main.js"
+    # The clock is the one the runtime took when it loaded: the fakes do not stop it.
+    assert rows["work"]["total_ns"] > 0 and rows["work"]["min_ns"] >= 0
+    assert [json.loads(line)["name"] for line in events.read_text().splitlines()] == ["work"] * 3
+
+
+def test_span_names_carry_the_module_and_the_binding(tmp_path: Path) -> None:
+    """Anonymous functions of two files of a package are two spans, not one, and a function
+    takes the name of the binding it ends in (through a wrapping call, an IIFE)."""
+    toolchains.require("node")
+    package = tmp_path / "lib"
+    (package / "sub").mkdir(parents=True)
+    (package / "package.json").write_text('{"name": "lib", "main": "index.js"}')
+    body = src('''
+        const wrap = (f) => f;
+        exports.run = function () {
+          return [1, 2, 3].map(function (x) {
+            const y = x * 2;
+            return y + 1;
+          });
+        };
+        const handler = wrap(function (v) {
+          const w = v + 1;
+          return w;
+        });
+        const once = (function () {
+          const made = [];
+          return function () {
+            made.push(1);
+            return made.length;
+          };
+        })();
+        exports.handler = handler;
+        exports.once = once;
+    ''')
+    (package / "index.js").write_text(body)
+    (package / "sub" / "index.js").write_text(body)
+    out = tmp_path / "out"
+    instrument_tree(package, out)
+    (out / "use.js").write_text(src('''
+        const a = require("./index.js"), b = require("./sub/index.js");
+        console.log(a.run().join(","), b.run().join(","), a.handler(1), b.once(), b.once());
+    '''))
+    report = tmp_path / "report.json"
+    done = toolchains.run([toolchains.node(), "use.js"], out, env=toolchains.node_env(TELEMETRY_INJECT_REPORT=str(report)))
+    assert (done.returncode, done.stdout) == (0, "3,5,7 3,5,7 2 1 2\n"), done.stderr
+    rows = {(r["module"], r["name"]): r["count"] for r in json.loads(report.read_text())["functions"]}
+    assert rows == {
+        ("lib/index.js", "exports.run"): 1, ("lib/index.js", "exports.run.<anonymous#1>"): 3,
+        ("lib/sub/index.js", "exports.run"): 1, ("lib/sub/index.js", "exports.run.<anonymous#1>"): 3,
+        ("lib/index.js", "handler"): 1, ("lib/sub/index.js", "once.<anonymous#1>"): 2,
+        ("lib/index.js", "once"): 1, ("lib/sub/index.js", "once"): 1,
+    }
+
+
+def test_the_code_that_runs_is_not_left_out(tmp_path: Path) -> None:
+    """`-o` follows a package's entry points into dist/ (the code that runs), and says what
+    build output it leaves out, and why."""
+    toolchains.require("node")
+    import subprocess
+    import sys
+
+    package = tmp_path / "pkg"
+    for folder in ("dist", "build", "src"):
+        (package / folder).mkdir(parents=True)
+    (package / "package.json").write_text('{"name": "pkg", "main": "./dist/index.js"}')
+    code = "function greet(who) {\n  const text = 'hi ' + who;\n  return text;\n}\nmodule.exports = { greet };\n"
+    (package / "dist" / "index.js").write_text(code)
+    (package / "build" / "tmp.js").write_text(code)
+    (package / "src" / "index.js").write_text(code)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "pytest_telemetry_inject.cli", str(package), "-o", str(out), "--json",
+                           "--no-cache"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["files"]["instrumented"] == 2  # src/ and dist/
+    assert data["left_out"] == ["build/ (build output (no entry point of a package.json beside it leads there; "
+                                "name it as a PATH to include it))"]
+    assert 'span("pkg/dist/index.js:greet")' in (out / "dist" / "index.js").read_text()
+    assert not (out / "build").exists()
+    ran = toolchains.run([toolchains.node(), "-e", "console.log(require('./').greet('you'))"], out,
+                         env=toolchains.node_env())
+    assert (ran.returncode, ran.stdout) == (0, "hi you\n"), ran.stderr
+    text = subprocess.run([sys.executable, "-m", "pytest_telemetry_inject.cli", str(package), "-o", str(out),
+                           "--no-cache"], capture_output=True, text=True, timeout=120)
+    assert "telemetry-inject: left out build/ (build output" in text.stdout

@@ -277,3 +277,67 @@ def test_the_es_module_entry_is_typed(tmp_path: Path, config: str) -> None:
     assert good.returncode == 0, good.stdout + good.stderr
     bad = toolchains.run([toolchains.tsc(), *options, "bad.mts"], tmp_path, timeout=300)
     assert "'nosuch' does not exist" in bad.stdout and "not assignable to type 'string'" in bad.stdout, bad.stdout
+
+
+VARIANCE = src('''
+    export interface Box<out T> { readonly value: T }
+    export interface Sink<in T> { put(item: T): void }
+
+    export class Cell<in out T> implements Box<T>, Sink<T> {
+      constructor(public value: T) {}
+      put(item: T): void {
+        const old = this.value;
+        this.value = item;
+        void old;
+      }
+    }
+
+    export function fill<T>(sink: Sink<T>, items: readonly T[]): number {
+      let n = 0;
+      for (const item of items) {
+        sink.put(item);
+        n++;
+      }
+      return n;
+    }
+''')
+
+
+def test_variance_annotations_are_parsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`interface Box<out T>` (TypeScript 4.7), which tree-sitter-typescript refuses: the
+    file is instrumented (not skipped as a syntax error), tsc accepts it, strip is exact."""
+    toolchains.require("tsc")
+    monkeypatch.setenv("TELEMETRY_INJECT_TYPESCRIPT", str(toolchains.NODE_MODULES / "typescript"))
+    found = records(VARIANCE, "box.ts")
+    assert {q: r.skip_reason for q, r in found.items()} == {
+        "Cell.constructor": "trivial body (empty)", "Cell.put": None, "fill": None}
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "box.ts").write_text(VARIANCE)
+    out = tmp_path / "out"
+    summary = instrument_tree(tmp_path / "src", out)
+    assert summary.function_counts()["instrumented"] == 2  # the constructor is empty
+    written = (out / "box.ts").read_text()
+    assert 'span("box.ts:Cell.put")' in written and "export interface Box<out T>" in written
+    done = toolchains.run([toolchains.tsc(), "--noEmit", "--strict", "--target", "es2022", "--module", "commonjs",
+                           "box.ts"], out, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert TS.strip(written).text == VARIANCE
+
+
+def test_the_typescript_parser_checks_each_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the compiler is installed, its own parser reads every output: an error it
+    finds that tree-sitter does not is the output's, when the original has none."""
+    toolchains.require("tsc", "node")
+    monkeypatch.setenv("TELEMETRY_INJECT_TYPESCRIPT", str(toolchains.NODE_MODULES / "typescript"))
+    from pytest_telemetry_inject.languages import toolcheck
+
+    original = "export function f(x: number): number {\n  const y = x + 1;\n  return y;\n}\n"
+    (tmp_path / "a.ts").write_text(original)
+    broken = original.replace("x + 1", "x + 010")
+    assert TS.check_syntax(broken, "a.ts") is None  # tree-sitter sees nothing wrong
+    assert toolcheck.check_typescript(str(tmp_path / "a.ts"), original, broken) == \
+        "typescript: line 2: Octal literals are not allowed. Use the syntax '0o10'."
+    assert toolcheck.check_typescript(str(tmp_path / "a.ts"), broken, broken + "\n") is None  # not the output's
+    out = Engine(settings()).instrument(original.encode(), str(tmp_path / "a.ts"), import_name="./telemetry_utils")
+    assert out.status == "instrumented" and toolcheck.check_typescript(str(tmp_path / "a.ts"), original,
+                                                                         out.output.decode()) is None

@@ -199,13 +199,13 @@ def test_javascript_commits_touch_only_the_changed_functions(git_hook_repo) -> N
     committed = repo.head("geo.mjs")
     assert committed.count(b"\n") == js.count("\n")
     assert committed.startswith(b'import * as _telemetry from "./telemetry_utils.mjs"; export function area')
-    assert b'span("keep")' in committed and b'span("area")' not in committed
+    assert b'span("geo.mjs:keep")' in committed and b'span("geo.mjs:area")' not in committed
     # Changing keep again (its telemetry is there): area stays as it is.
     repo.write("geo.mjs", committed.replace(b"return x + 1;", b"return x + 2;"))
     repo.git("add", "geo.mjs")
     done = repo.commit("change keep again")
     assert done.returncode == 0, repo.text(done)
-    assert b'span("area")' not in repo.head("geo.mjs")
+    assert b'span("geo.mjs:area")' not in repo.head("geo.mjs")
     assert repo.status() == ""
     # Changing area now instruments it.
     repo.write("geo.mjs", repo.read("geo.mjs").replace(b"return r * r;", b"return r * r * 1;"))
