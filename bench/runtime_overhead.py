@@ -68,14 +68,14 @@ OTEL_BY_HAND = ("from opentelemetry import trace\n_tracer = trace.get_tracer(__n
                 "def f(x):\n    with _tracer.start_as_current_span(\"f\"):\n        return x + 1\n")
 # The same, carrying what the runtime's spans carry: the three code attributes.
 OTEL_BY_HAND_CODE = ("from opentelemetry import trace\n_tracer = trace.get_tracer(__name__)\n"
-                     "_code = {\"code.function\": \"f\", \"code.filepath\": __file__, \"code.lineno\": 5}\n\n"
+                     "_code = {\"code.function.name\": __name__ + \".f\", \"code.file.path\": __file__, \"code.line.number\": 5}\n\n"
                      "def f(x):\n    with _tracer.start_as_current_span(\"f\", attributes=_code):\n"
                      "        return x + 1\n")
 
 # The least any sink can do with the SDK and still carry the three attributes and make the
 # span current (children nest under it): the SDK's calls alone, inline, no bookkeeping.
 OTEL_SINK_FLOOR = ("from opentelemetry import context, trace\n_tracer = trace.get_tracer(__name__)\n"
-                   "_code = {\"code.function\": \"f\", \"code.filepath\": __file__, \"code.lineno\": 7}\n"
+                   "_code = {\"code.function.name\": __name__ + \".f\", \"code.file.path\": __file__, \"code.line.number\": 7}\n"
                    "_attach, _detach, _current = context.attach, context.detach, trace.set_span_in_context\n\n"
                    "def f(x):\n    span = _tracer.start_span(\"f\", attributes=_code)\n"
                    "    token = _attach(_current(span))\n    try:\n        return x + 1\n"

@@ -50,6 +50,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--telemetry-otel", action="store_true", dest="telemetry_otel", default=False,
                     help="send spans over OTLP (configured by the standard OTEL_* variables), a session "
                          "span and a span per test as parents of the function spans")
+    group.addoption("--telemetry-top", dest="telemetry_top", type=int, metavar="N",
+                    help="functions listed in the terminal summary (default: the telemetry_summary_top ini, 15)")
+    group.addoption("--telemetry-sort", dest="telemetry_sort", choices=("calls", "total", "self", "mean", "errors"),
+                    help="order of the summary's functions: calls, total (default), self, mean or errors")
+    group.addoption("--telemetry-max-events", dest="telemetry_max_events", type=int, metavar="N",
+                    help="events (one per call) kept for the HTML flame charts and the trace; the calls past it "
+                         "are still counted (default: the telemetry_max_events ini, 200000)")
     group.addoption("--telemetry-recheck", action="store_true", dest="telemetry_recheck", default=False,
                     help="run every generated test of the insertion scripts, also those that passed "
                          "before with the same script, function and versions")
@@ -67,6 +74,45 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("telemetry_html", "default for --telemetry-html", default="")
     parser.addini("telemetry_trace", "default for --telemetry-trace", default="")
     parser.addini("telemetry_summary_top", "functions listed in the terminal summary", default="15")
+    _add_gate_options(parser)
+
+
+GATE_OPTIONS = ("telemetry_save", "telemetry_compare", "telemetry_affected")
+"""The gate's options (docs/ci-gate.md); save and compare imply --inject-telemetry."""
+
+
+def _add_gate_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("telemetry-gate", "telemetry baselines, comparisons and affected tests "
+                            "(pytest-telemetry-inject; docs/ci-gate.md)")
+    group.addoption("--telemetry-save", dest="telemetry_save", nargs="?", const="", default=None,
+                    metavar="NAME|PATH",
+                    help="save this run's per-test telemetry as a baseline (default name: the telemetry_baseline "
+                         "ini, 'default': .telemetry/baselines/NAME.json.gz); implies --inject-telemetry")
+    group.addoption("--telemetry-compare", dest="telemetry_compare", nargs="?", const="", default=None,
+                    metavar="NAME|PATH",
+                    help="compare this run with a baseline: call counts (exact), new and vanished functions, "
+                         "exceptions, timing beyond the noise; implies --inject-telemetry")
+    group.addoption("--telemetry-fail-on", dest="telemetry_fail_on", metavar="RULES",
+                    help="fail the run when the comparison finds these, e.g. calls:+10%%,time:+50%%,exceptions,new "
+                         "(ini: telemetry_fail_on)")
+    group.addoption("--telemetry-affected", dest="telemetry_affected", nargs="?", const="", default=None,
+                    metavar="GIT_REF",
+                    help="run only the tests that called a function changed since GIT_REF (default: the merge base "
+                         "with the default branch), by the baseline's per-test calls, and new and changed tests")
+    group.addoption("--telemetry-compare-md", dest="telemetry_compare_md", metavar="FILE.md",
+                    help="write the comparison as Markdown (for CI step summaries)")
+    group.addoption("--telemetry-compare-html", dest="telemetry_compare_html", metavar="FILE.html",
+                    help="write the comparison as a self-contained HTML page")
+    parser.addini("telemetry_baseline", "the baseline name (or path) --telemetry-save, --telemetry-compare and "
+                  "--telemetry-affected use when given none", default="default")
+    parser.addini("telemetry_fail_on", "default --telemetry-fail-on rules when comparing", type="linelist", default=[])
+    parser.addini("telemetry_compare_md", "default for --telemetry-compare-md", default="")
+    parser.addini("telemetry_compare_html", "default for --telemetry-compare-html", default="")
+    parser.addini("telemetry_step_summary", "append the comparison's Markdown to $GITHUB_STEP_SUMMARY when that is "
+                  "set (true/false)", default="true")
+    parser.addini("telemetry_affected_ignore", "globs of changed files --telemetry-affected ignores (they select no "
+                  "test); default: documentation and repository metadata", type="linelist", default=[])
+    parser.addini("telemetry_max_events", "events kept for the HTML flame charts and the trace", default="200000")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -74,7 +120,9 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
                                   args: list[str]) -> Iterator[None]:
     # The earliest moment with the command line parsed and no conftest imported yet (the
     # moment pytest-cov starts coverage).
-    if getattr(early_config.known_args_namespace, "inject_telemetry", False):
+    known = early_config.known_args_namespace
+    if getattr(known, "inject_telemetry", False) or getattr(known, "telemetry_save", None) is not None \
+            or getattr(known, "telemetry_compare", None) is not None:
         _not_rewritten(early_config.pluginmanager)
         from .plugin_session import TelemetrySession
 
@@ -104,6 +152,11 @@ def _not_rewritten(pluginmanager: pytest.PytestPluginManager) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "telemetry: the generated tests of a file's insertion scripts")
+    if any(config.getoption(name, None) is not None for name in GATE_OPTIONS) \
+            or config.getoption("telemetry_fail_on", None) is not None:
+        from .gate.plugin import NAME, GatePlugin
+
+        config.pluginmanager.register(GatePlugin(config), NAME)
 
 
 def active_session(config: pytest.Config) -> "TelemetrySession | None":

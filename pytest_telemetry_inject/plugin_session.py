@@ -20,6 +20,7 @@ from .engine.pipeline import Engine
 from .engine.runner import FileReport, RunOptions, run
 from .engine.testgen import parse_cases
 from .importhook import TelemetryFinder
+from .otlp import OtelSession
 from .settings import Settings
 
 # The files of tools (packaging, task runners, Sphinx) that are never the project's code
@@ -51,6 +52,9 @@ class TelemetrySession:
             # calls an importable runtime.
             self.settings.target = "runtime"
         self.summary_top = _ini_count(config, "telemetry_summary_top")
+        if self.option("telemetry_top") is not None:
+            self.summary_top = self.option("telemetry_top")
+        self.summary_sort = self.option("telemetry_sort") or "total"
         try:
             self.cache = ScriptCache(self.root / self.settings.cache_dir) if self.settings.use_cache else None
         except CacheError as exc:  # a cache with a symbolic link in it, or a file in its place
@@ -75,6 +79,8 @@ class TelemetrySession:
         self.items_corrupt = 0
         self._ledger = ""
         self._ledger_dir: Any = None
+        self.otel_note = ""
+        self.otel_counter_session: OtelSession | None = None
 
     def option(self, name: str) -> Any:
         """A command-line option; before conftests load only the known args are parsed."""
@@ -165,10 +171,57 @@ class TelemetrySession:
                                             f"{path}: {exc.strerror or exc}") from None
         # Events (one per call) only when something draws them: the HTML flame charts, the trace.
         self.keep_events = bool(self.report_path("html") or self.report_path("trace"))
-        runtime.configure(min_duration=min_duration, keep_events=self.keep_events)
+        max_events = self.option("telemetry_max_events")
+        if max_events is None:
+            max_events = _ini_count(self.config, "telemetry_max_events")
+        elif max_events < 0:
+            raise pytest.UsageError(f"--inject-telemetry: --telemetry-max-events must be >= 0, not {max_events}")
+        self._max_events = max_events
+        runtime.configure(min_duration=min_duration, keep_events=self.keep_events, max_events=max_events)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """OpenTelemetry starts here, after the conftest files have loaded: a tracer
+        provider one of them (or a plugin, or the environment) set up is the one used."""
+        from . import runtime
+
         if self.option("telemetry_otel"):
             self.otel = OtelSession.start(self.config)
-            runtime.configure(otel=True, otel_provider=self.otel.provider)
+            runtime.configure(**self.otel.runtime_settings())
+        if self.settings.target == "otel":
+            self._count_otel_target()
+
+    def _count_otel_target(self) -> None:
+        """``telemetry_target = otel``: the instrumented code calls OpenTelemetry's API, not
+        this runtime; its spans are counted for the summary from the provider, if any."""
+        from .otlp import OtelSession as _Session
+
+        if self.otel is None:
+            try:
+                from opentelemetry import trace
+            except ImportError:
+                self.otel_note = "telemetry_target = otel, but OpenTelemetry is not installed: nothing is recorded"
+                return
+            provider = trace.get_tracer_provider()
+            if not hasattr(provider, "add_span_processor"):
+                self.otel_note = ("telemetry_target = otel: the instrumented code calls OpenTelemetry's API, and no SDK "
+                                  "tracer provider is set up, so nothing is recorded (use --telemetry-otel, or set "
+                                  "one up in conftest.py)")
+                return
+            self.otel_counter_session = _Session(self.config, provider, None)
+            session = self.otel_counter_session
+        else:
+            session = self.otel
+            try:  # the instrumented code asks the global provider for its tracers
+                from opentelemetry import trace
+
+                if session.processor is not None:
+                    trace.set_tracer_provider(session.provider)
+            except Exception:
+                pass
+        modules = {_module_name(Path(path), self.root) for path, report in self.reports.items()
+                   if report.tally[0].get("instrumented")}
+        session.count_spans_of(modules)
 
     def report_path(self, kind: str) -> str:
         """Where to write the ``json``/``html``/``trace`` report (option, else ini), or ''."""
@@ -203,13 +256,21 @@ class TelemetrySession:
         from . import runtime
 
         runtime.set_current_test(item.nodeid)
-        test_span = self.otel.start_test(item.nodeid) if self.otel is not None else None
+        test_span = self.otel.start_test(item) if self.otel is not None else None
         try:
             return (yield)
         finally:
             if test_span is not None:
-                self.otel.end_test(test_span)  # type: ignore[union-attr]
+                self.otel.end_test(item.nodeid, test_span)  # type: ignore[union-attr]
             runtime.set_current_test(None)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+        report = yield
+        if self.otel is not None:
+            excinfo = call.excinfo
+            self.otel.report(report, excinfo.value if excinfo is not None and report.failed else None)
+        return report
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -246,18 +307,17 @@ class TelemetrySession:
 
         runtime.flush()
         if self.is_worker:
-            self.config.workeroutput["telemetry"] = json.dumps(self.local_payload())  # type: ignore[attr-defined]
             if self.otel is not None:
-                self.otel.finish()
+                self.otel.finish()  # first: its counts go home with the rest
+            self.config.workeroutput["telemetry"] = json.dumps(self.local_payload())  # type: ignore[attr-defined]
             return
         output = self.option("telemetry_output")
         if output:
             manifest = self.write_output(Path(output))
             self.written.append(f"instrumented sources ({len(manifest['files'])} files) and a manifest in {output}")
-        self.write_reports()
         if self.otel is not None:
             self.otel.finish()
-            self.written.append("spans over OTLP (a session span, a span per test, the function spans)")
+        self.write_reports()
 
     def write_reports(self) -> None:
         from . import runtime
@@ -267,9 +327,9 @@ class TelemetrySession:
         if not any(paths.values()):
             return
         data = self.merged()
-        built = report.build_report(data["functions"], tests=data["tests"], events=data["events"],
-                                    instrumented=self.instrumented_names(),
-                                    meta={"llm_requests": data["llm_requests"]})
+        built = report.build_report(data["functions"] or data.get("otel_rows") or [], tests=data["tests"],
+                                    events=data["events"], instrumented=self.instrumented_names(),
+                                    events_dropped=data["dropped"], meta={"llm_requests": data["llm_requests"]})
         if paths["json"]:
             report.write_json(paths["json"], built)
             self.written.append(f"the JSON report to {paths['json']}")
@@ -278,8 +338,42 @@ class TelemetrySession:
             self.written.append(f"the HTML report to {paths['html']}")
         if paths["trace"]:
             with open(paths["trace"], "w", encoding="utf-8") as handle:
-                json.dump(runtime.chrome_trace(data["events"]), handle)
+                json.dump(runtime.chrome_trace(data["events"], dropped=data["dropped"]), handle)
             self.written.append(f"the Chrome trace to {paths['trace']}")
+
+    def _otlp_counts(self) -> dict | None:
+        """This process's spans sent over OTLP (the session's and tests' through the SDK, the
+        functions' through the runtime's sink): ended, delivered, lost."""
+        from . import runtime
+
+        processor = self.otel.processor if self.otel is not None else None
+        if processor is None:
+            return None
+        sink = runtime.otlp_counts() or {"sent": 0, "delivered": 0, "lost": 0, "error": ""}
+        return {"ended": processor.ended + sink["sent"], "delivered": processor.delivered + sink["delivered"],
+                "lost": processor.lost + sink["lost"], "error": sink["error"] or processor.last_error}
+
+    def _otel_rows(self) -> list:
+        session = self.otel if self.otel is not None and self.otel.counter is not None else self.otel_counter_session
+        return session.counter.snapshot() if session is not None and session.counter is not None else []
+
+    def otel_lines(self, data: dict) -> list[str]:
+        """What the summary says of OpenTelemetry: where the spans went, and how many of them
+        arrived (every process's count: pytest-xdist workers export their own)."""
+        lines = []
+        if self.otel is not None:
+            counts = data.get("otlp")
+            if counts:
+                line = (f"spans over OTLP: {counts['ended']} ended, {counts['delivered']} delivered, "
+                        f"{counts['lost']} lost")
+                if counts["lost"]:
+                    line += f" ({counts['error'] or 'the exporter failed'})"
+                lines.append(line)
+            else:
+                lines.extend(self.otel.summary())
+        if self.otel_note:
+            lines.append(self.otel_note)
+        return lines
 
     def llm_lines(self, requests: int) -> list[str]:
         """The LLM budget's summary line(s) when a model was asked (or refused by the
@@ -430,6 +524,8 @@ class TelemetrySession:
         return {"functions": runtime.snapshot(), "tests": runtime.snapshot(per_test=True) if full else [],
                 "events": runtime.events(clear=True) if self.keep_events and full else [],
                 "dropped": runtime.dropped_events(), "llm_requests": self.llm_requests,
+                "otlp": self._otlp_counts(),
+                "otel_rows": self._otel_rows(),
                 "corrupt_cache_entries": self.items_corrupt + (finder.state.corrupt if finder else 0)
                 + sum(r.counters.corrupt for r in self.reports.values()),
                 "problems": {**self.loaded_elsewhere(), **(finder.state.problems if finder else {})},
@@ -453,6 +549,8 @@ class TelemetrySession:
                 "dropped": sum(p["dropped"] for p in parts), "problems": problems,
                 "llm_requests": sum(p["llm_requests"] for p in parts),
                 "corrupt_cache_entries": sum(p.get("corrupt_cache_entries", 0) for p in parts),
+                "otlp": _sum_counts([p.get("otlp") for p in parts]),
+                "otel_rows": runtime.merge_snapshots([p.get("otel_rows") or [] for p in parts]),
                 "instrumented_modules": sorted({m for p in parts for m in p["instrumented_modules"]})}
 
     # -- summary --------------------------------------------------------------------------------
@@ -463,18 +561,14 @@ class TelemetrySession:
         data = self.merged(full=False)
         write = terminalreporter.write_line
         terminalreporter.section("telemetry")
-        rows = sorted((r for r in data["functions"] if r["count"]), key=lambda r: r["total_ns"], reverse=True)
+        source = data["functions"] if any(r["count"] for r in data["functions"]) else data.get("otel_rows") or []
+        rows = [r for r in source if r["count"]]
         files = sum(1 for r in self.reports.values() if r.tally[0].get("instrumented"))
         functions = sum(r.tally[0].get("instrumented", 0) for r in self.reports.values())
         write(f"{functions} functions instrumented in {files} files (prepared in {self.prepare_seconds:.2f} s); "
               f"{len(rows)} called, {sum(r['count'] for r in rows)} calls; LLM requests: {data['llm_requests']}")
-        top = self.summary_top
-        if rows:
-            write(f"{'function':<60} {'calls':>8} {'total ms':>10} {'mean us':>9} {'errors':>6}")
-            for row in rows[:top]:
-                name = f"{row['module']}:{row['name']}"
-                write(f"{name[-60:]:<60} {row['count']:>8} {row['total_ns'] / 1e6:>10.3f} "
-                      f"{row['total_ns'] / row['count'] / 1e3:>9.2f} {row['errors']:>6}")
+        for line in summary_table(rows, top=self.summary_top, sort=self.summary_sort):
+            write(line)
         for line in self.written:
             write(f"wrote {line}")
         if data["corrupt_cache_entries"]:
@@ -488,6 +582,12 @@ class TelemetrySession:
             write(f"cache: {cache_state}")
         for line in self.llm_lines(data["llm_requests"]):
             write(line)
+        for line in self.otel_lines(data):
+            write(line)
+        if data.get("dropped") and self.keep_events:
+            write(f"events: {data['dropped']} calls have no event in the HTML flame charts and the trace (the cap "
+                  f"is {self._max_events} events a process: --telemetry-max-events); the per-test and per-function "
+                  "figures count every call")
         for module, reason in sorted(data["problems"].items()):
             write(f"not instrumented: {module}: {reason}")
         for name in self.early:
@@ -639,84 +739,47 @@ class TelemetryItem(pytest.Item):
         return self.path, None, f"{self.name}: generated tests of the insertion scripts"
 
 
-class OtelSession:
-    """``--telemetry-otel``: a session span, and one span per test made current while the test
-    runs, so the runtime's function spans nest under them. Exported over OTLP as the standard
-    ``OTEL_*`` variables say, unless the process already has an SDK tracer provider. A
-    pytest-xdist worker's tests go under the controller's session span (its W3C traceparent
-    comes in the worker's input, which exists only once the worker runs: hence lazily)."""
+NAME_WIDTH = 60
+SORT_KEYS = {
+    "calls": lambda r: r["count"],
+    "total": lambda r: r["total_ns"],
+    "self": lambda r: r.get("self_ns", r["total_ns"]),
+    "mean": lambda r: r["total_ns"] / r["count"],
+    "errors": lambda r: r["errors"],
+}
 
-    def __init__(self, config: pytest.Config, provider: Any) -> None:
-        self.config = config
-        self.provider = provider
-        self.tracer = provider.get_tracer("pytest_telemetry_inject.plugin")
-        self.session_span: Any = None
-        self._parent: Any = None
 
-    @classmethod
-    def start(cls, config: pytest.Config) -> "OtelSession":
-        try:
-            from opentelemetry import trace
-            from opentelemetry.sdk.resources import Resource
-            from opentelemetry.sdk.trace import TracerProvider
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        except ImportError:
-            raise pytest.UsageError("--telemetry-otel needs OpenTelemetry: "
-                                    "pip install 'pytest-telemetry-inject[otel]'") from None
-        provider = trace.get_tracer_provider()
-        if not isinstance(provider, TracerProvider):  # none configured: OTLP from the OTEL_* variables
-            try:
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-            except ImportError:
-                raise pytest.UsageError("--telemetry-otel needs the OTLP exporter: "
-                                        "pip install 'pytest-telemetry-inject[otel]'") from None
-            provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get(
-                "OTEL_SERVICE_NAME", "pytest")}))
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        return cls(config, provider)
+def summary_table(rows: list[dict], *, top: int, sort: str) -> list[str]:
+    """The terminal summary's table: the ``top`` functions by ``sort``, self time beside
+    total time (a function's own cost, its callees' taken off), names longer than the
+    column shortened from the left behind a visible ``…``."""
+    if not rows or not top:
+        return []
+    key = SORT_KEYS[sort]
+    ordered = sorted(rows, key=lambda r: (-key(r), r["module"], r["name"]))[:top]
+    has_self = any("self_ns" in r for r in rows)
+    head = f"{'function':<{NAME_WIDTH}} {'calls':>8} {'total ms':>10}" + (f" {'self ms':>10}" if has_self else "")
+    lines = [head + f" {'mean us':>9} {'errors':>6}   (by {sort})"]
+    for row in ordered:
+        name = f"{row['module']}:{row['name']}"
+        if len(name) > NAME_WIDTH:
+            name = "…" + name[-(NAME_WIDTH - 1):]
+        line = f"{name:<{NAME_WIDTH}} {row['count']:>8} {row['total_ns'] / 1e6:>10.3f}"
+        if has_self:
+            line += f" {row.get('self_ns', row['total_ns']) / 1e6:>10.3f}"
+        lines.append(line + f" {row['total_ns'] / row['count'] / 1e3:>9.2f} {row['errors']:>6}")
+    if len(rows) > top:
+        lines.append(f"(and {len(rows) - top} more functions: --telemetry-top N shows more)")
+    return lines
 
-    def parent(self) -> Any:
-        """The context test spans go under: the controller's session span (from a worker's
-        input), else this process's own session span, started now."""
-        if self._parent is None:
-            from opentelemetry import context, propagate, trace
 
-            workerinput = getattr(self.config, "workerinput", None) or {}
-            if workerinput.get("telemetry_traceparent"):
-                self._parent = propagate.extract({"traceparent": workerinput["telemetry_traceparent"]})
-            else:
-                self.session_span = self.tracer.start_span(
-                    "pytest session", attributes={"pytest.rootdir": str(self.config.rootpath)})
-                self._parent = trace.set_span_in_context(self.session_span, context.get_current())
-        return self._parent
-
-    def traceparent(self) -> str:
-        from opentelemetry import propagate
-
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=self.parent())
-        return carrier.get("traceparent", "")
-
-    def start_test(self, nodeid: str) -> tuple[Any, Any]:
-        from opentelemetry import context, trace
-
-        span = self.tracer.start_span(f"test {nodeid}", context=self.parent(), attributes={"pytest.nodeid": nodeid})
-        return span, context.attach(trace.set_span_in_context(span))
-
-    def end_test(self, handle: tuple[Any, Any]) -> None:
-        from opentelemetry import context
-
-        span, token = handle
-        context.detach(token)
-        span.end()
-
-    def finish(self) -> None:
-        if self.session_span is not None:
-            self.session_span.end()
-        try:
-            self.provider.force_flush()
-        except Exception:  # an exporter that cannot reach its collector: the run goes on
-            pass
+def _sum_counts(parts: list[dict | None]) -> dict | None:
+    """The OTLP counts of several processes, added up (None when none exported)."""
+    found = [p for p in parts if p]
+    if not found:
+        return None
+    return {"ended": sum(p["ended"] for p in found), "delivered": sum(p["delivered"] for p in found),
+            "lost": sum(p["lost"] for p in found), "error": next((p["error"] for p in found if p["error"]), "")}
 
 
 def ini_origin(config: pytest.Config, name: str) -> str:

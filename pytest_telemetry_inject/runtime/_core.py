@@ -59,6 +59,7 @@ __all__ = [
     "current_test",
     "dropped_events",
     "events",
+    "otlp_counts",
     "flush",
     "format_report",
     "merge_snapshots",
@@ -133,7 +134,7 @@ class _Config:
     """The settings (``configure()`` and the environment)."""
 
     __slots__ = ("disabled", "min_duration", "sample_rate", "jsonl", "trace", "otel", "otel_provider",
-                 "report", "keep_events", "max_events", "collector")
+                 "report", "keep_events", "max_events", "collector", "otlp")
 
     def __init__(self) -> None:
         self.disabled = False
@@ -147,6 +148,7 @@ class _Config:
         self.keep_events = False
         self.max_events = 200_000
         self.collector = False
+        self.otlp: dict | None = None  # the OTLP sink's settings (runtime/_otlp.py), or None
 
     def as_dict(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -179,15 +181,15 @@ class _Site:
         self._attrs: dict | None = None
 
     def otel_attributes(self) -> dict:
-        """OpenTelemetry code attributes, computed once per site."""
+        """OpenTelemetry code attributes, by the current semantic conventions (``code.function.name``
+        fully qualified, ``code.file.path``, ``code.line.number``: the names ``code.function``,
+        ``code.filepath`` and ``code.lineno`` are deprecated), computed once per site."""
         if self._attrs is None:
-            # The module is the tracer's (instrumentation scope's) name: no code.namespace,
-            # each attribute costs the SDK about a microsecond per span to validate.
-            attrs: dict = {"code.function": self.name}
+            attrs: dict = {"code.function.name": f"{self.module}.{self.name}"}
             if self.file:
-                attrs["code.filepath"] = self.file
+                attrs["code.file.path"] = self.file
             if self.line:
-                attrs["code.lineno"] = self.line
+                attrs["code.line.number"] = self.line
             self._attrs = attrs
         return self._attrs
 
@@ -1121,7 +1123,7 @@ def _wanted_mode() -> str:
     if otel is True or (otel == "auto" and (cfg.otel_provider is not None or _otel_configured())):
         if _load_otel():
             return "otel"
-    if cfg.jsonl or cfg.trace or cfg.keep_events:
+    if cfg.jsonl or cfg.trace or cfg.keep_events or cfg.otlp:
         return "ev"
     return "agg"
 
@@ -1136,8 +1138,8 @@ def _apply() -> None:
         import random
 
         _random = random.random
-    _ev_on = bool(cfg.jsonl or cfg.trace or cfg.keep_events)
-    _parents = bool(cfg.jsonl or cfg.keep_events)
+    _ev_on = bool(cfg.jsonl or cfg.trace or cfg.keep_events or cfg.otlp)
+    _parents = bool(cfg.jsonl or cfg.keep_events or cfg.otlp)
     _mode = _wanted_mode()
     for tr in list(_tracers.values()):
         _install(tr)
@@ -1268,6 +1270,19 @@ def _set_sinks() -> None:
         _sinks.setdefault("keep", _KeepSink())
     else:
         _sinks.pop("keep", None)
+    otlp = _sinks.get("otlp")
+    if cfg.otlp and (otlp is None or otlp.settings is not cfg.otlp):
+        if otlp is not None:
+            otlp.write()
+        from ._otlp import OtlpSink  # (not in a vendored copy: it forwards to the collector's)
+
+        settings = dict(cfg.otlp)
+        sink = OtlpSink(settings.pop("url"), epoch_ns=_EPOCH_NS, **settings)
+        sink.settings = cfg.otlp
+        _sinks["otlp"] = sink
+    elif not cfg.otlp and otlp is not None:
+        otlp.write()
+        del _sinks["otlp"]
 
 
 def _spill() -> None:
@@ -1341,7 +1356,8 @@ def configure(**settings: object) -> dict:
     (path or ""), ``otel`` (True, False or "auto"), ``report`` ("", "1" or a path),
     ``otel_provider`` (a TracerProvider to use instead of the global one), ``keep_events``
     (bool: keep events in memory for ``events()``), ``max_events`` (int), ``collector``
-    (bool: make this runtime the one vendored copies forward to).
+    (bool: make this runtime the one vendored copies forward to), ``otlp`` (a dict of the
+    OTLP sink's settings, ``url`` and the keywords of ``_otlp.OtlpSink``; None: off).
     A path may contain ``{pid}``. Unknown keywords raise TypeError."""
     unknown = set(settings) - set(_Config.__slots__)
     if unknown:
@@ -1366,6 +1382,8 @@ def configure(**settings: object) -> dict:
             elif key == "otel_provider":
                 for site in list(_sites.values()):
                     site.ot = None  # tracers of the old provider
+            elif key == "otlp":
+                value = dict(value) if value else None  # type: ignore[call-overload]
             else:
                 value = bool(value)
             setattr(_config, key, value)
@@ -1494,6 +1512,15 @@ def dropped_events() -> int:
     """Events not kept because ``max_events`` was reached."""
     keep = _sinks.get("keep")
     return keep.dropped if keep is not None else 0
+
+
+def otlp_counts() -> dict | None:
+    """The OTLP sink's spans: handed over, delivered, lost (and the last reason), or None
+    when it is off. Call ``flush()`` first for final figures."""
+    sink = _sinks.get("otlp")
+    if sink is None:
+        return None
+    return {"sent": sink.sent, "delivered": sink.delivered, "lost": sink.lost, "error": sink.error}
 
 
 def reset() -> None:
@@ -1688,6 +1715,18 @@ def _after_fork_in_child() -> None:
     trace = _sinks.get("trace")
     if trace is not None:
         trace.forked = True
+    if _sinks.pop("otlp", None) is not None and _config.otlp:
+        # Its sending thread stayed in the parent: the child sends through one of its own
+        # (a new random id prefix, its spans never clash with the parent's).
+        try:
+            from ._otlp import OtlpSink
+
+            settings = dict(_config.otlp)
+            sink = OtlpSink(settings.pop("url"), epoch_ns=_EPOCH_NS, **settings)
+            sink.settings = _config.otlp
+            _sinks["otlp"] = sink
+        except Exception:
+            pass
     try:
         _current.set(None)
     except Exception:

@@ -159,4 +159,4 @@ def test_otel_session_test_and_function_spans(project: pytest.Pytester, otlp, wo
     assert by_id[next(s for s in adds if s not in under_total).parent_span_id].name == "test tests/test_calc.py::test_add"
     (broken,) = [span for _, span in spans if span.name == "broken"]
     assert broken.status.code == 2  # STATUS_CODE_ERROR
-    assert {a.key for a in broken.attributes} >= {"code.function", "code.filepath", "code.lineno"}
+    assert {a.key for a in broken.attributes} >= {"code.function.name", "code.file.path", "code.line.number"}

@@ -150,8 +150,8 @@ def test_opentelemetry_spans_nest_under_the_current_span(kit, otel) -> None:
     consumer_leaves = [s for s in spans if s.name == "leaf" and s.parent.span_id == consume.context.span_id]
     assert len(consumer_leaves) == 2, "the generator's span became current for its consumer"
     attributes = outer.attributes
-    assert attributes["code.function"] == "outer" and attributes["code.filepath"] == m.__file__
-    assert attributes["code.lineno"] == m.outer.__code__.co_firstlineno and len(attributes) == 3
+    assert attributes["code.function.name"] == f"{m.__name__}.outer" and attributes["code.file.path"] == m.__file__
+    assert attributes["code.line.number"] == m.outer.__code__.co_firstlineno and len(attributes) == 3
     assert outer.instrumentation_scope.name == m.__name__
 
 

@@ -171,7 +171,8 @@ def test_opentelemetry_spans_are_named_nested_and_carry_the_code_attributes(tmp_
     assert outer.parent.span_id == test_span.get_span_context().span_id
     leaves = [s for s in spans if s.name == "leaf"]
     assert len(leaves) == 2 and all(s.parent.span_id == outer.context.span_id for s in leaves)
-    assert outer.attributes["code.function"] == "outer" and outer.attributes["code.filepath"] == m.__file__
+    assert outer.attributes["code.function.name"] == f"{m.__name__}.outer"
+    assert outer.attributes["code.file.path"] == m.__file__
     failed = next(s for s in spans if s.name == "fails")
     assert failed.status.status_code is StatusCode.ERROR
     assert any(e.name == "exception" for e in failed.events)
@@ -208,7 +209,7 @@ def test_opentelemetry_spans_of_later_calls_start_under_their_own_names(tmp_path
     by_id = {s.context.span_id: s for s in spans}
     parents = [by_id[s.parent.span_id].name if s.parent else None for s in spans if s.name == "leaf"]
     assert parents.count("outer") == 12 and parents.count("coro") == 3  # outer(4) and coro(3), 3 times
-    assert all(s.attributes["code.function"] == s.name for s in spans)
+    assert all(s.attributes["code.function.name"] == f"{s.instrumentation_scope.name}.{s.name}" for s in spans)
     # After the first round every span began under its own name.
     first_round = len(spans) // 3
     assert set(started[first_round:]) <= set(names), set(started[first_round:]) - set(names)

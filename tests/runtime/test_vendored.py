@@ -119,7 +119,7 @@ def test_forwarded_spans_reach_opentelemetry(tmp_path: Path, cleanup_modules) ->
         module.g()
     spans = {s.name: s for s in exporter.get_finished_spans()}
     assert spans["f"].parent.span_id == test_span.get_span_context().span_id
-    assert spans["g"].attributes["code.filepath"] == module.__file__
+    assert spans["g"].attributes["code.file.path"] == module.__file__
 
 
 def test_an_incompatible_module_is_not_adopted(tmp_path: Path, cleanup_modules) -> None:
