@@ -15,7 +15,9 @@ code, strip the copy and compare it with the original byte for byte.
 - Python: a sample of the standard library, same runner and settings, for the speed figures.
 
 Speeds are milliseconds per instrumented function, one process (no workers), so the
-languages compare. Prints a table (``--json``: the figures as JSON).
+languages compare; "of which checks" is the part of the cold figure the toolchain checks of
+the written files take (``languages/toolcheck.py``: Node.js, TypeScript's parser, gofmt,
+go vet; cold runs only). Prints a table (``--json``: the figures as JSON).
 
     python bench/languages_realcode.py [--workdir DIR] [--quick] [--only NAME,...] [--json]
 """
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pytest_telemetry_inject.engine.runner import RunOptions, run
+from pytest_telemetry_inject.languages import toolcheck
 from pytest_telemetry_inject.settings import Settings
 from pytest_telemetry_inject.testkit import import_path
 
@@ -72,10 +75,11 @@ def tally(summary: Any) -> dict[str, Any]:
 
 
 def sources(root: Path) -> dict[str, bytes]:
+    """The source files, less those the tool writes (the runtimes, Go's TestMain)."""
     found = {}
     for path in root.rglob("*"):
         if path.is_file() and path.suffix in SOURCE_SUFFIXES and "telemetry_utils" not in path.name \
-                and "telemetryinject" not in path.parts:
+                and "telemetryinject" not in path.parts and path.name != "telemetry_inject_main_test.go":
             found[str(path.relative_to(root))] = path.read_bytes()
     return found
 
@@ -92,8 +96,14 @@ def round_trip(name: str, work: Path, prepare: Callable[[Path], list[Path]], roo
     shutil.copytree(pristine, inst, symlinks=True)
     shutil.copytree(pristine, again, symlinks=True)
     paths = _paths(prepare, inst)
+    checks_before = dict(toolcheck.STATS)
     summary, cold = instrument(paths, root_of(inst), cache)
     figures = tally(summary)
+    # The toolchain checks of the written files (node, TypeScript's parser, gofmt and go
+    # vet): cold runs only, part of the cold figure.
+    figures["check_ms"] = (toolcheck.STATS["seconds"] - checks_before["seconds"]) * 1000 / max(
+        figures["instrumented"], 1)
+    figures["checks"] = toolcheck.STATS["checks"] - checks_before["checks"]
     warm_summary, warm = instrument(_paths(prepare, again), root_of(again), cache)
     figures["memo_hits"] = warm_summary.counters().memo_hits
     figures["cold_ms"] = cold * 1000 / max(figures["instrumented"], 1)
@@ -380,6 +390,11 @@ def warm_up() -> None:
 
 
 def run_cases(work: Path, only: list[str] | None = None, quick: bool = False) -> list[dict[str, Any]]:
+    if toolchains.npm_package("typescript") is not None:
+        # The TypeScript compiler the output checks use (toolcheck.typescript_module).
+        import os
+
+        os.environ.setdefault("TELEMETRY_INJECT_TYPESCRIPT", str(toolchains.NODE_MODULES / "typescript"))
     warm_up()
     rows = []
     for case in CASES:
@@ -411,14 +426,15 @@ def run_cases(work: Path, only: list[str] | None = None, quick: bool = False) ->
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     head = (f"{'package':<34} {'lang':<10} {'files':>5} {'instr':>6} {'skip':>5} {'cold ms/fn':>10} "
-            f"{'warm ms/fn':>10}  {'strip':<5}  toolchain")
+            f"{'of which checks':>15} {'warm ms/fn':>10}  {'strip':<5}  toolchain")
     lines = [head, "-" * len(head)]
     for row in rows:
         if "unavailable" in row:
             lines.append(f"{row['package']:<34} not run: {row['unavailable']}")
             continue
         lines.append(f"{row['package']:<34} {row['language']:<10} {row['files']:>5} {row['instrumented']:>6} "
-                     f"{row['skipped']:>5} {row['cold_ms']:>10.3f} {row['warm_ms']:>10.4f}  "
+                     f"{row['skipped']:>5} {row['cold_ms']:>10.3f} {row.get('check_ms', 0.0):>15.3f} "
+                     f"{row['warm_ms']:>10.4f}  "
                      f"{'exact' if row['strip_exact'] else 'DIFF':<5}  {row['toolchain']}")
         for problem in row.get("check_failures") or ():
             lines.append(f"{'':<36}! {problem}")

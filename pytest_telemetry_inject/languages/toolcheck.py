@@ -348,7 +348,9 @@ def check_go(path: str, original: str, output: str, import_path: str) -> str | N
                 return None
             before, _ = _format(gofmt, original)
             return _rejected(f"gofmt: {error}") if before is not None else None
-        before, _ = _format(gofmt, original)
+        # A gofmt-clean output strips to the original, which is then gofmt-clean too (the
+        # telemetry's lines are gofmt's own): one gofmt run suffices for the common case.
+        before, _ = (original, "") if formatted == output else _format(gofmt, original)
         if before is not None:
             from . import get_language
 
