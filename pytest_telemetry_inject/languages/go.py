@@ -303,8 +303,10 @@ class GoLanguage(BraceLanguage):
             self._check_leftovers(stripped, text)
         return StripResult(stripped.decode("utf-8", "surrogatepass"), spans, header_removed)
 
-    def _check_leftovers(self, stripped: bytes, text: str) -> None:
-        """Telemetry still in the code once every recognised text is cut out: say where."""
+    def _check_leftovers(self, stripped: bytes, text: str, *, any_use: bool = False) -> None:
+        """Telemetry still in the code once every recognised text is cut out (the runtime's
+        package used, ``_telemetry.End(...)``, or imported under the name): say where.
+        ``any_use``: any use of the name in the code counts (a name clash)."""
         if b"_telemetry" not in stripped:
             return
         if text.startswith(GENERATED_PREFIX):
@@ -320,8 +322,13 @@ class GoLanguage(BraceLanguage):
                     break
         for match in _LEFTOVER.finditer(stripped):
             node = root.descendant_for_byte_range(match.start() + offset, match.end() + offset)
-            if node is not None and node.type in ("identifier", "package_identifier") \
-                    and node.start_byte == match.start() + offset:
+            if node is None or node.type not in ("identifier", "package_identifier") \
+                    or node.start_byte != match.start() + offset:
+                continue
+            parent = node.parent
+            ours = parent is not None and (parent.type == "import_spec" or (
+                parent.type == "selector_expression" and parent.child_by_field_name("operand") == node))
+            if ours or any_use:
                 row = stripped.count(b"\n", 0, match.start()) + 1
                 line = stripped.split(b"\n")[row - 1].decode("utf-8", "replace").strip()
                 raise UnrecognisedTelemetry(
@@ -431,8 +438,8 @@ class GoLanguage(BraceLanguage):
             if SKIP_FILE_COMMENT.search(line):
                 return "opted out (// telemetry: skip-file)"
         if header_present is None and "_telemetry" in text:
-            try:
-                self.strip(text)  # what is left once this tool's texts are cut out: code?
+            try:  # what is left once this tool's texts are cut out: code that uses the name?
+                self._check_leftovers(self.strip(text).text.encode("utf-8", "surrogatepass"), text, any_use=True)
             except UnrecognisedTelemetry:
                 return "the file already uses a name this tool inserts (_telemetry)"
         return None

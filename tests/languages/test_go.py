@@ -199,9 +199,10 @@ def test_files_left_alone() -> None:
     runtime = GO.parse(runtime_source().decode(), "telemetryinject.go", settings())
     assert runtime.file_skip_reason == "the vendored telemetry runtime"
     assert "supports only the vendored target" in GO.parse("package p\n", "x.go", settings(target="otel")).file_skip_reason
-    clash = GO.parse("package p\n\nvar _telemetry = 1\n\nfunc F() int {\n\tx := _telemetry\n\treturn x\n}\n",
-                     "x.go", settings())
+    clash_text = "package p\n\nvar _telemetry = 1\n\nfunc F() int {\n\tx := _telemetry\n\treturn x\n}\n"
+    clash = GO.parse(clash_text, "x.go", settings())
     assert clash.file_skip_reason == "the file already uses a name this tool inserts (_telemetry)"
+    assert GO.strip(clash_text).text == clash_text  # a name of the file's own: nothing to strip, no error
     # The name in a comment or a string is no clash.
     fine = GO.parse('package p\n\n// _telemetry is ours.\nvar s = "_telemetry"\n', "x.go", settings())
     assert fine.file_skip_reason is None
@@ -839,3 +840,59 @@ def test_toolchain_rejects_what_the_grammar_lets_through(tmp_path: Path) -> None
     assert "go build: names.go:3: _telemetry already declared through import" in report.reason, report.reason
     assert "left unchanged" in report.reason
     assert (tmp_path / "out" / "work.go").read_text() == (tmp_path / "work.go").read_text()
+
+
+def test_init_span_names_are_the_names_go_gives(tmp_path: Path) -> None:
+    """Two files with init functions (and one in a test file): the spans are named as
+    runtime.FuncForPC names the functions, init.0, init.1, init.2."""
+    toolchains.require("go")
+    (tmp_path / "go.mod").write_text("module example.com/inits\n\ngo 1.18\n")
+    (tmp_path / "names.go").write_text(src('''
+        package main
+
+        import (
+        	"fmt"
+        	"runtime"
+        	"strings"
+        )
+
+        var seen []string
+
+        func record() {
+        	pc, _, _, _ := runtime.Caller(1)
+        	name := runtime.FuncForPC(pc).Name()
+        	seen = append(seen, strings.TrimPrefix(name, "main."))
+        }
+
+        func init() {
+        	for i := 0; i < 1; i++ {
+        		record()
+        	}
+        }
+
+        func main() {
+        	fmt.Println(strings.Join(seen, " "))
+        }
+    '''))
+    (tmp_path / "other.go").write_text(src('''
+        package main
+
+        func init() {
+        	for i := 0; i < 1; i++ {
+        		record()
+        	}
+        }
+
+        func init() {
+        	for i := 0; i < 1; i++ {
+        		record()
+        	}
+        }
+    '''))
+    run([str(tmp_path)], settings(), RunOptions(in_place=True), project_root=tmp_path)
+    report = tmp_path / "report.json"
+    done = go(["run", "."], tmp_path, TELEMETRY_INJECT_REPORT=str(report))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["init.0", "init.1", "init.2"]
+    rows = {r["name"] for r in json.loads(report.read_text())["functions"]}
+    assert {"main.init.0", "main.init.1", "main.init.2", "main.main"} <= rows

@@ -724,3 +724,18 @@ def test_the_code_that_runs_is_not_left_out(tmp_path: Path) -> None:
     text = subprocess.run([sys.executable, "-m", "pytest_telemetry_inject.cli", str(package), "-o", str(out),
                            "--no-cache"], capture_output=True, text=True, timeout=120)
     assert "telemetry-inject: left out build/ (build output" in text.stdout
+
+
+def test_strip_refuses_telemetry_it_does_not_recognise() -> None:
+    """A span opening a formatter spread over lines is no longer this tool's text: strip
+    says where it is instead of leaving half of the telemetry behind."""
+    from pytest_telemetry_inject.errors import SourceSyntaxError
+
+    text = "function f(x) {\n  const y = x + 1;\n  return y;\n}\nmodule.exports = { f };\n"
+    out = instrument_text(text)
+    reformatted = out.replace('{ const _telemetry_s = _telemetry.span("a.js:f"); try {',
+                              '{\n  const _telemetry_s = _telemetry.span("a.js:f");\n  try {')
+    assert reformatted != out
+    with pytest.raises(SourceSyntaxError, match=r"cannot strip: telemetry at line 2 is not in a form this tool wrote"):
+        JS.strip(reformatted)
+    assert JS.strip(out).text == text
