@@ -110,6 +110,8 @@ def _add_gate_options(parser: pytest.Parser) -> None:
     parser.addini("telemetry_compare_html", "default for --telemetry-compare-html", default="")
     parser.addini("telemetry_step_summary", "append the comparison's Markdown to $GITHUB_STEP_SUMMARY when that is "
                   "set (true/false)", default="true")
+    parser.addini("telemetry_seed_random", "with --telemetry-save or --telemetry-compare, seed the random module "
+                  "before each test from its nodeid, so that call counts repeat (true/false)", default="true")
     parser.addini("telemetry_affected_ignore", "globs of changed files --telemetry-affected ignores (they select no "
                   "test); default: documentation and repository metadata", type="linelist", default=[])
     parser.addini("telemetry_max_events", "events kept for the HTML flame charts and the trace", default="200000")
