@@ -1,41 +1,22 @@
 """Compile instrumented source as if it were the original: every position the interpreter
 records (tracebacks, coverage's line and arc events, debuggers, ``inspect``) is the original
-one, and a tracer sees the original function's line events.
+one, a tracer sees the original function's events, and the function sees its own frame as it
+was. docs/plugin.md (On-the-fly compilation) tells the why; in short:
 
-The instrumented text is parsed, each node's line is mapped through the line map (inserted
-lines take the line they were inserted before) and its columns moved back by what the
-indentation added. Then each wrapped function is rebuilt for running, not for reading:
+- positions: each node's line is mapped through the line map (inserted lines take the line
+  they were inserted before) and its columns moved back by what the indentation added;
+- each wrapped function is rebuilt for running, not for reading: its body ends every path
+  that falls off it with its own line-less ``return``, and copies small returns where CPython
+  copies them (:func:`_closed`, :func:`_rewrite_returns`), so that the wrapper's exit code,
+  which has no line, runs with the line of the statement that ran last on its path;
+- the runtime's try and with styles compile to the try form without its local (the start
+  time stays on the value stack: ``bytecode.hide_slot``), OpenTelemetry's tracer and the
+  functions the edit does not fit to the with form (whose ``return`` statements compile on
+  stand-in lines, given back after: :func:`_stand_in_returns`); the entry code loses its line
+  in the compiled table (``bytecode.unline``);
+- a one-line body the text decorates gets the frameless form (:func:`_decorated_one_liners`).
 
-- **The way out.** The wrapper's code that runs as the function returns (the try form's
-  ``finally`` block, the with form's exit) has no line. The interpreter gives line-less code
-  the line of the instruction before it in its basic block, or, for a block reached from
-  several places, copies it once per jump that carries a line; a block reached only through
-  a line-less jump (the jump over an ``else``, the end of a nested ``if``) gets the line of
-  whatever block precedes it in the code's layout (``if`` ending a branch of an ``if/else``
-  showed the ``else`` branch's last line as run). So every path that falls off the end of
-  the body gets its own ``return`` without a line (:func:`_closed`): at the end of each
-  branch of a final ``if``/``else``, ``try``/``except``, ``match`` or loop ``else``, and
-  after the body. Each copy of the exit code then follows, in one block, the statement that
-  ran last on its path, or is reached by a conditional jump with the test's line: the lines
-  CPython gives its own implicit ``return None``.
-- **The try form keeps no local.** The text's ``_telemetry_t = _telemetry.start()`` local
-  would show in ``locals()``, ``dir()``, ``co_varnames`` and ``inspect.getgeneratorlocals``.
-  On the fly the start time stays on the frame's value stack instead, and the ``finally``
-  block's exception path leaves from the line that raised (``bytecode.py``); the text's
-  ``except`` clause and ``fail()`` call are not compiled (the exception path calls
-  ``raised()``). Where the bytecode cannot be edited (Python 3.10, an interpreter this was
-  not checked on, a function with more names than an opcode's byte indexes) the function
-  gets the with form instead, which needs no local.
-- **No extra frame.** A function the text instruments with the decorator because its body
-  has no line of its own (``def f(): return 1``, a statement sharing the docstring's line)
-  gets the frameless form of the session's style instead: ``warnings.warn(stacklevel=2)``,
-  ``sys._getframe(1)`` and ``__code__`` see the function itself.
-
-The with form's ``with`` statement and call have no line either (Python 3.13 would give the
-exit the call's line); entering keeps the line of the call's name and arguments, the first
-line of the body. On the way out by an exception it leaves from the line that raised, as the
-interpreter does for every ``with`` block. The wrappers are the ones the Python language's
-strip finds.
+The wrappers are the ones the Python language's strip finds.
 """
 
 from __future__ import annotations
