@@ -57,6 +57,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--telemetry-max-events", dest="telemetry_max_events", type=int, metavar="N",
                     help="events (one per call) kept for the HTML flame charts and the trace; the calls past it "
                          "are still counted (default: the telemetry_max_events ini, 200000)")
+    group.addoption("--telemetry-self-time", dest="telemetry_self_time", type=float, metavar="MS",
+                    help="sample each function's self time every MS milliseconds (0: off; default: the "
+                         "telemetry_self_time ini, 1)")
     group.addoption("--telemetry-recheck", action="store_true", dest="telemetry_recheck", default=False,
                     help="run every generated test of the insertion scripts, also those that passed "
                          "before with the same script, function and versions")
@@ -115,6 +118,7 @@ def _add_gate_options(parser: pytest.Parser) -> None:
     parser.addini("telemetry_affected_ignore", "globs of changed files --telemetry-affected ignores (they select no "
                   "test); default: documentation and repository metadata", type="linelist", default=[])
     parser.addini("telemetry_max_events", "events kept for the HTML flame charts and the trace", default="200000")
+    parser.addini("telemetry_self_time", "milliseconds between self-time samples (0: off)", default="1")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -465,8 +465,8 @@ class _Analysis:
         if self._index is not None:
             return self._index
         index = []
-        out = self.repo.git("ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "*.py", "*.pyw")
-        for name in sorted({os.fsdecode(p) for p in out.split(b"\0") if p}):
+        out = self.repo.git("ls-files", "-z", "--cached", "--others", "--exclude-standard")
+        for name in sorted({os.fsdecode(p) for p in out.split(b"\0") if p.endswith((b".py", b".pyw"))}):
             rel = self.relative(name)
             if rel.startswith("../") or not (self.top / name).is_file() or self.ignored(rel, name) \
                     or (PurePosixPath(rel).name in TOOL_FILES and not (self.top / name).with_name("__init__.py").exists()):
