@@ -43,7 +43,7 @@ def generate(folder: Path, tests: int, modules: int) -> None:
             elif f == 2:
                 lines.append(f"def f{f}(x):\n    try:\n        return f1(x)\n    except ValueError:\n        return -1\n")
             else:
-                lines.append(f"def f{f}(x):\n    return f{f - 1}(x + 1) if x % 3 else f{f - 2}(x) + {f}\n")
+                lines.append(f"def f{f}(x):\n    return f{f - 1}(x + 1) if x % 3 else f{max(f - 2, 2)}(x) + {f}\n")
         lines.append("class Thing:\n    def __init__(self, n):\n        self.n = n\n\n"
                      "    def value(self):\n        return f2(self.n) + f5(self.n)\n")
         (package / f"mod{m}.py").write_text("\n\n".join(lines))

@@ -178,6 +178,7 @@ class _Analysis:
             for fn in fixture.calls:
                 self.callers.setdefault(fn, set()).update(users.get(key, ()))
         self._index: list | None = None
+        self._by_file: dict[str, list[str]] | None = None
         self.inifile: Path | None = None
         self.names: dict[str, set[tuple[str, str]]] = {}
         for fn in self.callers:
@@ -248,8 +249,7 @@ class _Analysis:
             folder = str(PurePosixPath(rel).parent)
             folder = "" if folder == "." else folder
             if any(fnmatch.fnmatch(name, g) for g in self.test_globs if g != "conftest.py"):
-                self.sel.files.setdefault(rel, f"its file changed ({rel})")
-                self.sel.changes.append(f"test file {rel} {kind}")
+                self.test_module(commit, top_path, rel, kind)
             else:
                 self.sel.folders.setdefault(folder, f"{rel} changed (tests under {folder or 'the rootdir'})")
                 self.sel.changes.append(f"{rel} {kind}: every test under {folder or 'the rootdir'}")
@@ -279,6 +279,63 @@ class _Analysis:
             self.sel.changes.append(f"{rel} deleted: {count} tests called its functions")
             return
         self.python_file(commit, top_path, rel, module, kind, changes or FileChanges(whole=True))
+
+    # -- a test module ------------------------------------------------------------------------------
+
+    def test_module(self, commit: str, top_path: str, rel: str, kind: str) -> None:
+        """A changed test module: only the tests whose own function changed (comments and
+        formatting aside), when nothing else in the file did; else every test of the file.
+        (Tests the file did not have are new, and run anyway.)"""
+        whole = f"its file changed ({rel})"
+        trees = self._trees(commit, top_path, rel) if kind == "modified" else None
+        if trees is None:
+            self.sel.files.setdefault(rel, whole)
+            self.sel.changes.append(f"test file {rel} {kind}")
+            return
+        old_tree, new_tree = trees
+        old_defs, new_defs = _definitions(old_tree), _definitions(new_tree)
+        added = set(new_defs) - set(old_defs)
+        deleted = set(old_defs) - set(new_defs)
+        changed = {q for q in set(old_defs) & set(new_defs) if _dump(old_defs[q]) != _dump(new_defs[q])} | deleted
+        (before, _n1), (after, _n2) = _statements(old_tree, deleted), _statements(new_tree, added)
+
+        def test_name(qualname: str) -> bool:
+            return qualname.partition(".<locals>.")[0].rpartition(".")[2].startswith("test")
+
+        others = sorted(q for q in changed | added if not test_name(q))
+        if before != after or others:
+            why = f"a helper, fixture or module-level code of it changed ({', '.join(others[:3]) or 'module level'})"
+            self.sel.files.setdefault(rel, f"its file changed ({rel}: {why})")
+            self.sel.changes.append(f"test file {rel}: {why}: all its tests")
+            return
+        outer = {q.partition(".<locals>.")[0] for q in changed}
+        count = 0
+        for nodeid in self.tests_of_file().get(rel, ()):
+            qualname = ".".join(nodeid.split("::")[1:]).partition("[")[0]
+            if qualname in outer:
+                self.sel.tests.setdefault(nodeid, f"its test function changed ({rel}::{qualname})")
+                count += 1
+            elif qualname not in new_defs:
+                # Inherited from a class elsewhere, or generated: not reasoned about here.
+                self.sel.tests.setdefault(nodeid, f"its file changed ({rel}) and its function is not defined there")
+                count += 1
+        self.sel.changes.append(f"test file {rel}: {len(outer)} test functions changed, {len(added)} added: "
+                                f"{count} tests")
+
+    def tests_of_file(self) -> dict[str, list[str]]:
+        if self._by_file is None:
+            self._by_file = {}
+            for nodeid in self.baseline.tests:
+                self._by_file.setdefault(nodeid.split("::", 1)[0], []).append(nodeid)
+        return self._by_file
+
+    def _trees(self, commit: str, top_path: str, rel: str) -> tuple[ast.Module, ast.Module] | None:
+        try:
+            new = ast.parse(_decode((self.top / top_path).read_bytes()), rel)
+            old = ast.parse(_decode(self.repo.git("show", f"{commit}:{top_path}")), rel)
+        except (OSError, GitError, SyntaxError, ValueError):
+            return None
+        return old, new
 
     # -- a Python source module -------------------------------------------------------------------
 

@@ -193,9 +193,18 @@ def test_changed_decorators_and_class_bases_run_everything(repo: Path) -> None:
 def test_new_tests_and_changed_test_files(repo: Path) -> None:
     edit(repo, "tests/test_other.py", "def test_nothing():", "def test_new():\n    assert 1\n\ndef test_nothing():")
     selection, decisions = run(repo)
-    assert chosen(decisions) == {"test_doubled", "test_unrelated", "test_nothing"}
+    assert chosen(decisions) == set()  # only a new test: it runs as new
     assert selection.decide("tests/test_other.py::test_new") == "new test (not in the baseline)"
     assert selection.decide("tests/test_brand_new.py::test_x") == "new test (not in the baseline)"
+    edit(repo, "tests/test_other.py", "    assert other.unrelated() == 0", "    assert other.unrelated() != 1  # sure")
+    edit(repo, "tests/test_other.py", "    assert True", "    assert True  # a comment only")
+    _, decisions = run(repo)
+    assert chosen(decisions) == {"test_unrelated"}
+    assert decisions["tests/test_other.py::test_unrelated"] == \
+        "its test function changed (tests/test_other.py::test_unrelated)"
+    edit(repo, "tests/test_other.py", "from shop import other", "from shop import other\nLIMIT = 2")
+    _, decisions = run(repo)
+    assert chosen(decisions) == {"test_doubled", "test_unrelated", "test_nothing", "test_new"} - {"test_new"}
 
 
 def test_a_test_that_did_not_pass_in_the_baseline_runs(repo: Path) -> None:
