@@ -604,8 +604,8 @@ class GoLanguage(BraceLanguage):
             problem = (f"cannot name the runtime package (import path {path!r}): no go.mod above the file, "
                        "and it is not under a GOPATH src folder")
         if problem:
-            parsed.extra["header_problem"] = problem
-            return [insert_after(row + 1, "")]
+            parsed.extra["header_problem"] = problem  # validation says it: the file is an error
+            return [insert_text(row + 1, 0, "")]
         return [insert_after(row + 1, ""), insert_after(row + 1, HEADER_MAP),
                 insert_after(row + 1, HEADER.format(path=path, line=row + 1))]
 
@@ -615,7 +615,7 @@ class GoLanguage(BraceLanguage):
         """The output parses, strips back to the original byte for byte, every //line
         directive gives the next line its original number; and where Go is installed,
         gofmt reads it (and formatting it then stripping gives what formatting the original
-        gives), and ``go vet`` finds nothing new in its package (see ``toolcheck``)."""
+        gives), and its package and tests compile with it (see ``toolcheck``)."""
         problem = parsed.extra.get("header_problem")
         if problem:
             return problem

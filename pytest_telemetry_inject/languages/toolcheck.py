@@ -12,9 +12,10 @@ when it was made), it must also pass what its own toolchain checks:
 - TypeScript: the TypeScript compiler's own parser (``ts.createSourceFile``) reports no
   syntax error.
 - Go: ``gofmt`` reads it, formatting it then stripping the telemetry gives what formatting
-  the original gives (and a gofmt-clean original stays gofmt-clean), and ``go vet`` on its
-  package (the instrumented file and the runtime laid over the tree with ``-overlay``,
-  nothing written) finds nothing new: once per package and process.
+  the original gives (and a gofmt-clean original stays gofmt-clean), and its package
+  compiles (the instrumented file and the runtime laid over the tree with ``-overlay``,
+  nothing written or linked) with no error the original does not have: once per package
+  and process.
 
 Where the original itself fails a check the toolchain cannot vouch for the output, and the
 check is passed (the grammar checks still hold). A toolchain that is missing, times out or
@@ -334,7 +335,7 @@ def _format(gofmt: str, text: str) -> tuple[str | None, str]:
 
 
 def check_go(path: str, original: str, output: str, import_path: str) -> str | None:
-    """None when gofmt and go vet accept ``output`` (the instrumented ``original`` at
+    """None when gofmt and the compiler accept ``output`` (the instrumented ``original`` at
     ``path``) or cannot vouch for it; else a one-line reason."""
     if not enabled():
         return None
@@ -381,29 +382,27 @@ def _findings(text: str) -> set[str]:
 
 
 def _vet(path: str, output: str, import_path: str) -> str | None:
-    """The package of ``path`` type-checked and vetted with the output and the runtime laid
-    over the tree (``-overlay``, nothing written): new findings are the output's problem.
-    ``go vet`` where the runtime's folder exists (vet works in each package's folder),
-    else ``go build`` (``go test -c`` for a test file). Once per package and process."""
+    """The package of ``path`` compiled with the output and the runtime laid over the tree
+    (``go list -export -overlay``: the compiler reads overlays, nothing is written or
+    linked), and with its tests when ``path`` is a test file: an error the original does not
+    have is the output's. Once per package and process: what a compilation finds here (the
+    runtime's import path, a name that clashes with it) is the package's. (``go vet``'s
+    analyzers read the files on disk, not the overlay, in the Go versions this was written
+    for: its type check is this compilation.)"""
     from .go import RUNTIME_FILE, TEST_MAIN_FILE, find_module, runtime_source, test_main_source
 
     folder = os.path.dirname(os.path.abspath(path))
-    is_test = path.endswith("_test.go")
+    tests = path.endswith("_test.go")
     go = shutil.which("go")
-    if go is None or (folder, is_test) in _VETTED:
+    if go is None or (folder, tests) in _VETTED or (folder, False) in _VETTED:
         return None
     module_dir, module_path = find_module(Path(folder))
     if module_dir is None or not module_path or not (import_path == module_path or
                                                      import_path.startswith(module_path + "/")):
         return None  # GOPATH mode, or a path outside the module: go build will say
     runtime_dir = module_dir / import_path[len(module_path):].lstrip("/")
-    with tempfile.TemporaryDirectory(prefix="telemetry-vet-") as scratch:
-        if runtime_dir.is_dir():
-            label, command = "go vet", [go, "vet"]
-        elif is_test:
-            label, command = "go test -c", [go, "test", "-c", "-vet=off", "-o", os.path.join(scratch, "pkg.test")]
-        else:
-            label, command = "go build", [go, "build", "-o", os.devnull]
+    command = [go, "list", *(["-test"] if tests else []), "-export", "-f", "{{.ImportPath}}"]
+    with tempfile.TemporaryDirectory(prefix="telemetry-check-") as scratch:
         replace = {}
         for name, content, target in (
                 ("output.go", output.encode("utf-8", "surrogatepass"), os.path.abspath(path)),
@@ -422,7 +421,7 @@ def _vet(path: str, output: str, import_path: str) -> str | None:
             after = subprocess.run([*command, "-overlay", overlay, "."], cwd=folder, capture_output=True, text=True,
                                    timeout=300, env=_go_env())
             if after.returncode == 0:
-                _VETTED.add((folder, is_test))
+                _VETTED.add((folder, tests))
                 return None
             before = subprocess.run([*command, "."], cwd=folder, capture_output=True, text=True, timeout=300,
                                     env=_go_env())
@@ -430,6 +429,6 @@ def _vet(path: str, output: str, import_path: str) -> str | None:
             return None
     new = sorted(_findings(after.stderr + after.stdout) - _findings(before.stderr + before.stdout))
     if not new:
-        _VETTED.add((folder, is_test))
+        _VETTED.add((folder, tests))
         return None
-    return _rejected(f"{label}: {new[0]}")
+    return _rejected(f"go: {new[0]}")

@@ -829,7 +829,7 @@ def test_a_librarys_telemetry_reaches_a_programs_report(tmp_path: Path) -> None:
 
 def test_toolchain_rejects_what_the_grammar_lets_through(tmp_path: Path) -> None:
     """A package-level name _telemetry in another file of the package: each file parses,
-    but go vet refuses the package; the file is left unchanged, with go vet's reason."""
+    but the package does not compile; the file is left unchanged, with the compiler's reason."""
     toolchains.require("go")
     (tmp_path / "go.mod").write_text("module example.com/clash\n\ngo 1.18\n")
     (tmp_path / "names.go").write_text("package clash\n\nvar _telemetry = 1\n")
@@ -837,7 +837,7 @@ def test_toolchain_rejects_what_the_grammar_lets_through(tmp_path: Path) -> None
     summary = run([str(tmp_path / "work.go")], settings(), RunOptions(output_dir=tmp_path / "out"), project_root=tmp_path)
     report = summary.files[0]
     assert report.status == "error", (report.status, report.reason)
-    assert "go build: names.go:3: _telemetry already declared through import" in report.reason, report.reason
+    assert "go: names.go:3: _telemetry already declared through import" in report.reason, report.reason
     assert "left unchanged" in report.reason
     assert (tmp_path / "out" / "work.go").read_text() == (tmp_path / "work.go").read_text()
 
