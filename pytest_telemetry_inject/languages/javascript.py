@@ -18,9 +18,11 @@ directives (``"use strict"``) gets its opening after them, so they stay directiv
 The runtime import goes at the start of the first statement's line (after a ``#!`` line
 and the file's directives): ``import * as _telemetry from "./telemetry_utils.mjs"; `` in an
 ES module, ``const _telemetry = require("./telemetry_utils.cjs"); `` in CommonJS (by
-extension, then by the file's syntax, then by the ``type`` of the nearest package.json).
+extension, then by the file's import/export declarations, then by the ``type`` the nearest
+package.json states). It is recognised again as formatters and import sorters leave it.
 
-Qualnames: see docs/languages.md.
+Span names are ``module:qualname`` (``lodash/_baseGet.js:baseGet``); qualnames, and the
+bindings anonymous functions are named after: see docs/languages.md.
 """
 
 from __future__ import annotations

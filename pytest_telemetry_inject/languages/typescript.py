@@ -7,7 +7,8 @@ runtime import is ``import * as _telemetry from "./telemetry_utils.cjs"; `` (typ
 ``import _telemetry = require("./telemetry_utils.cjs"); `` in ``.cts`` files and files that
 already use ``import x = require(...)`` / ``export =``.
 
-Left alone: overload signatures, abstract and ambient declarations (they have no body),
+Variance annotations (``interface Box<out T>``), which the tree-sitter grammar does not
+know, are read past (``parse_tree``). Left alone: overload signatures, abstract and ambient declarations (they have no body),
 constructors of derived classes (TypeScript wants their ``super()`` call at the top level
 of the body), and script files (no ``import``/``export``: an import would turn a script's
 global declarations into a module's).
