@@ -177,7 +177,28 @@ class TelemetrySession:
         elif max_events < 0:
             raise pytest.UsageError(f"--inject-telemetry: --telemetry-max-events must be >= 0, not {max_events}")
         self._max_events = max_events
-        runtime.configure(min_duration=min_duration, keep_events=self.keep_events, max_events=max_events)
+        self.self_time_ms = self._self_time_ms()
+        if self.summary_sort == "self" and not self.self_time_ms:
+            raise pytest.UsageError("--inject-telemetry: --telemetry-sort self needs self time, which "
+                                    "--telemetry-self-time 0 turned off")
+        runtime.configure(min_duration=min_duration, keep_events=self.keep_events, max_events=max_events,
+                          self_time=self.self_time_ms / 1000)
+
+    def _self_time_ms(self) -> float:
+        """Milliseconds between self-time samples (0: off), from the option or the ini."""
+        value: Any = self.option("telemetry_self_time")
+        origin = "--telemetry-self-time"
+        if value is None:
+            value = str(self.config.getini("telemetry_self_time") or "0").strip()
+            origin = ini_origin(self.config, "telemetry_self_time")
+        try:
+            ms = float(value)
+        except ValueError:
+            ms = -1.0
+        if not 0 <= ms <= 60_000:
+            raise pytest.UsageError(f"--inject-telemetry: telemetry_self_time must be milliseconds from 0 to "
+                                    f"60000, not {value!r} ({origin})")
+        return ms
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
@@ -329,7 +350,8 @@ class TelemetrySession:
         data = self.merged()
         built = report.build_report(data["functions"] or data.get("otel_rows") or [], tests=data["tests"],
                                     events=data["events"], instrumented=self.instrumented_names(),
-                                    events_dropped=data["dropped"], meta={"llm_requests": data["llm_requests"]})
+                                    events_dropped=data["dropped"], meta={"llm_requests": data["llm_requests"]},
+                                    self_time=data.get("self_time"))
         if paths["json"]:
             report.write_json(paths["json"], built)
             self.written.append(f"the JSON report to {paths['json']}")
@@ -338,7 +360,8 @@ class TelemetrySession:
             self.written.append(f"the HTML report to {paths['html']}")
         if paths["trace"]:
             with open(paths["trace"], "w", encoding="utf-8") as handle:
-                json.dump(runtime.chrome_trace(data["events"], dropped=data["dropped"]), handle)
+                json.dump(runtime.chrome_trace(data["events"], dropped=data["dropped"], functions=data["functions"],
+                                               self_time=data.get("self_time")), handle)
             self.written.append(f"the Chrome trace to {paths['trace']}")
 
     def _otlp_counts(self) -> dict | None:
@@ -524,7 +547,7 @@ class TelemetrySession:
         return {"functions": runtime.snapshot(), "tests": runtime.snapshot(per_test=True) if full else [],
                 "events": runtime.events(clear=True) if self.keep_events and full else [],
                 "dropped": runtime.dropped_events(), "llm_requests": self.llm_requests,
-                "otlp": self._otlp_counts(),
+                "otlp": self._otlp_counts(), "self_time": runtime.self_time(),
                 "otel_rows": self._otel_rows(),
                 "corrupt_cache_entries": self.items_corrupt + (finder.state.corrupt if finder else 0)
                 + sum(r.counters.corrupt for r in self.reports.values()),
@@ -550,6 +573,7 @@ class TelemetrySession:
                 "llm_requests": sum(p["llm_requests"] for p in parts),
                 "corrupt_cache_entries": sum(p.get("corrupt_cache_entries", 0) for p in parts),
                 "otlp": _sum_counts([p.get("otlp") for p in parts]),
+                "self_time": _sum_counts([p.get("self_time") for p in parts]),
                 "otel_rows": runtime.merge_snapshots([p.get("otel_rows") or [] for p in parts]),
                 "instrumented_modules": sorted({m for p in parts for m in p["instrumented_modules"]})}
 
@@ -567,8 +591,14 @@ class TelemetrySession:
         functions = sum(r.tally[0].get("instrumented", 0) for r in self.reports.values())
         write(f"{functions} functions instrumented in {files} files (prepared in {self.prepare_seconds:.2f} s); "
               f"{len(rows)} called, {sum(r['count'] for r in rows)} calls; LLM requests: {data['llm_requests']}")
-        for line in summary_table(rows, top=self.summary_top, sort=self.summary_sort):
+        sampled = data.get("self_time")
+        for line in summary_table(rows, top=self.summary_top, sort=self.summary_sort, with_self=bool(sampled)):
             write(line)
+        if sampled and rows and self.summary_top:
+            write(f"self ms: the function's own time, its instrumented callees' taken off, sampled every "
+                  f"{self.self_time_ms:g} ms ({sampled['samples']} samples, an estimate: reliable from a few ms up); "
+                  f"{sampled['tool_ns'] / 1e6:.1f} ms sampled in the telemetry runtime itself is charged to no "
+                  "function")
         for line in self.written:
             write(f"wrote {line}")
         if data["corrupt_cache_entries"]:
@@ -743,21 +773,21 @@ NAME_WIDTH = 60
 SORT_KEYS = {
     "calls": lambda r: r["count"],
     "total": lambda r: r["total_ns"],
-    "self": lambda r: r.get("self_ns", r["total_ns"]),
+    "self": lambda r: r.get("self_ns") or 0,
     "mean": lambda r: r["total_ns"] / r["count"],
     "errors": lambda r: r["errors"],
 }
 
 
-def summary_table(rows: list[dict], *, top: int, sort: str) -> list[str]:
+def summary_table(rows: list[dict], *, top: int, sort: str, with_self: bool = True) -> list[str]:
     """The terminal summary's table: the ``top`` functions by ``sort``, self time beside
-    total time (a function's own cost, its callees' taken off), names longer than the
-    column shortened from the left behind a visible ``…``."""
+    total time when it was sampled (a function's own cost, its instrumented callees' taken
+    off), names longer than the column shortened from the left behind a visible ``…``."""
     if not rows or not top:
         return []
     key = SORT_KEYS[sort]
     ordered = sorted(rows, key=lambda r: (-key(r), r["module"], r["name"]))[:top]
-    has_self = any("self_ns" in r for r in rows)
+    has_self = with_self and any("self_ns" in r for r in rows)
     head = f"{'function':<{NAME_WIDTH}} {'calls':>8} {'total ms':>10}" + (f" {'self ms':>10}" if has_self else "")
     lines = [head + f" {'mean us':>9} {'errors':>6}   (by {sort})"]
     for row in ordered:
@@ -766,7 +796,7 @@ def summary_table(rows: list[dict], *, top: int, sort: str) -> list[str]:
             name = "…" + name[-(NAME_WIDTH - 1):]
         line = f"{name:<{NAME_WIDTH}} {row['count']:>8} {row['total_ns'] / 1e6:>10.3f}"
         if has_self:
-            line += f" {row.get('self_ns', row['total_ns']) / 1e6:>10.3f}"
+            line += f" {(row.get('self_ns') or 0) / 1e6:>10.3f}"
         lines.append(line + f" {row['total_ns'] / row['count'] / 1e3:>9.2f} {row['errors']:>6}")
     if len(rows) > top:
         lines.append(f"(and {len(rows) - top} more functions: --telemetry-top N shows more)")
@@ -774,12 +804,19 @@ def summary_table(rows: list[dict], *, top: int, sort: str) -> list[str]:
 
 
 def _sum_counts(parts: list[dict | None]) -> dict | None:
-    """The OTLP counts of several processes, added up (None when none exported)."""
+    """Counts of several processes (the OTLP export's, the self-time sampler's), added up;
+    a text or a setting is the first process's that has one. None when no process has any."""
     found = [p for p in parts if p]
     if not found:
         return None
-    return {"ended": sum(p["ended"] for p in found), "delivered": sum(p["delivered"] for p in found),
-            "lost": sum(p["lost"] for p in found), "error": next((p["error"] for p in found if p["error"]), "")}
+    out: dict = {}
+    for part in found:
+        for key, value in part.items():
+            if isinstance(value, int) and not isinstance(value, bool) and key in out:
+                out[key] += value
+            elif not out.get(key):
+                out[key] = value
+    return out
 
 
 def ini_origin(config: pytest.Config, name: str) -> str:

@@ -24,6 +24,7 @@ memory for reports. It never raises into user code. Environment variables (read 
 - ``TELEMETRY_INJECT_MIN_DURATION=SECONDS``: shorter calls are counted but not emitted.
 - ``TELEMETRY_INJECT_SAMPLE_RATE=0..1``: the share of calls emitted as events.
 - ``TELEMETRY_INJECT_REPORT=1`` (or ``=PATH``): a table of calls at exit (stderr or PATH).
+- ``TELEMETRY_INJECT_SELF_TIME=MS``: sample self time every MS milliseconds (see ``_Sampler``).
 
 How the hot path stays cheap (figures in docs/runtime.md):
 
@@ -36,10 +37,12 @@ How the hot path stays cheap (figures in docs/runtime.md):
   count/total/min/max in batches under a lock: counting is exact under threads without
   a lock per call.
 - Contextvars (parent spans) are only touched by the sinks that record parents.
+- Self time is sampled by a thread of its own (``_Sampler``), never computed per call.
 """
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import contextvars
 import functools
@@ -65,6 +68,7 @@ __all__ = [
     "merge_snapshots",
     "no_telemetry",
     "reset",
+    "self_time",
     "set_current_test",
     "snapshot",
     "tracer",
@@ -134,7 +138,7 @@ class _Config:
     """The settings (``configure()`` and the environment)."""
 
     __slots__ = ("disabled", "min_duration", "sample_rate", "jsonl", "trace", "otel", "otel_provider",
-                 "report", "keep_events", "max_events", "collector", "otlp")
+                 "report", "keep_events", "max_events", "collector", "otlp", "self_time")
 
     def __init__(self) -> None:
         self.disabled = False
@@ -149,6 +153,7 @@ class _Config:
         self.max_events = 200_000
         self.collector = False
         self.otlp: dict | None = None  # the OTLP sink's settings (runtime/_otlp.py), or None
+        self.self_time = 0.0  # seconds between self-time samples; 0: not sampled
 
     def as_dict(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -175,7 +180,8 @@ class _Site:
         # (floats: perf_counter() and float arithmetic are the interpreter's cheapest).
         self.n, self.total, self.low, self.high = _NOTHING_PENDING
         self.errs: list[type] = []  # exception types not yet folded
-        # test -> [count, total, min, max, errors, {exception name: count} or None]
+        # test -> [count, total, min, max, errors, {exception name: count} or None,
+        #          sampled self time in ns, self-time samples] (see _new_stats)
         self.stats: dict = {}
         self.ot = None  # the module's OpenTelemetry tracer, when that sink is on
         self._attrs: dict | None = None
@@ -237,6 +243,12 @@ def _take(site: _Site) -> tuple:
     return pending
 
 
+def _new_stats() -> list:
+    """A site's aggregate for one test: count, total ns, min ns, max ns, errors, exception
+    names (a dict, or None before the first), sampled self ns, self-time samples."""
+    return [0, 0, 0, 0, 0, None, 0, 0]
+
+
 def _drain(site: _Site) -> None:
     """Fold the site's pending calls and errors into the current test's aggregate.
     The caller holds ``_lock``. Counting goes on meanwhile: the pending figures are read
@@ -249,7 +261,7 @@ def _drain(site: _Site) -> None:
         return
     stats = site.stats.get(_test)
     if stats is None:
-        stats = site.stats[_test] = [0, 0, 0, 0, 0, None]
+        stats = site.stats[_test] = _new_stats()
     if n:
         low_ns, high_ns = _ns(low), _ns(high)
         if not stats[0] or low_ns < stats[2]:
@@ -285,6 +297,177 @@ def _drain_all() -> None:
     for site in list(_sites.values()):
         if site.n or site.errs:
             _drain(site)
+
+
+# -- self time: sampled ------------------------------------------------------------------------
+#
+# A function's self time is its total time less the time of the instrumented calls it made.
+# Measured per call it would need bookkeeping at every start and end (a per-thread stack:
+# about 60% more instructions on the aggregate's hot path, which is the figure the runtime
+# is judged by), and it would still charge the runtime's own cost around each nested call to
+# the caller. So it is sampled: a thread of the runtime's own wakes every ``self_time``
+# seconds, looks at every other thread's stack and charges the time since its last look to
+# the innermost instrumented function there; when the innermost frame that is either an
+# instrumented function or the runtime's own code is the runtime's, the time is the tool's
+# and charged to nobody. Code the instrumented function calls that is not instrumented
+# (the standard library, C calls) is its self time, as in a profiler. The thread starts
+# through ``_thread`` (``threading.enumerate()`` and ``active_count()`` do not list it, and
+# ``threading.settrace`` hooks do not trace it), holds no frame between samples and stops at
+# exit. Figures (what a sample costs, how close the estimate comes): docs/reports.md.
+
+_UNKNOWN = object()
+_TOOL = object()  # a code object of the runtime itself
+# The package runtime's folder holds only runtime code (its sinks, the reports); a vendored
+# copy's folder is the project's, where only the copy itself is the tool's.
+_HERE = os.path.abspath(globals().get("__file__") or "<runtime>")
+_RUNTIME_DIR = os.path.dirname(_HERE) if __name__ == _MAIN_NAME else None
+_MAX_WALK = 400  # frames looked at per thread and sample; deeper stacks are not charged
+_sampler = None  # the running _Sampler, or None
+# samples taken, samples charged to a function, samples in the runtime, ns in the runtime
+_self_counts = [0, 0, 0, 0]
+
+
+class _Sampler:
+    """The self-time sampler's thread and what it knows: code object -> site (or ``_TOOL``,
+    or None for code that is neither), and (file, first line) -> site for the sites made so
+    far (``_site`` records where each function's code starts)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.codes: dict = {}
+        self.where: dict = {}
+        self.seen = 0  # sites indexed in ``where``
+        self.ident = None
+        self.tool_files = {os.path.normcase(_HERE)}
+        self.stop = _thread.allocate_lock()
+        self.stop.acquire()  # released by close(): the sleep ends early
+        self.done = _thread.allocate_lock()
+        self.done.acquire()  # released when the thread has left its loop
+        _thread.start_new_thread(self._run, ())
+
+    def close(self, wait: float = 1.0) -> None:
+        try:
+            self.stop.release()
+        except RuntimeError:  # closed already
+            return
+        self.done.acquire(True, wait)
+
+    def _run(self) -> None:
+        try:
+            sys.settrace(None)
+            sys.setprofile(None)
+            self.ident = _get_ident()
+            stop = self.stop
+            last = _clock()
+            while not stop.acquire(True, self.interval):
+                now = _clock()
+                try:
+                    self.sample(now - last)
+                except Exception:
+                    pass
+                last = _clock()  # the sample's own time is charged to nobody
+        finally:
+            self.done.release()
+
+    def _index(self) -> None:
+        """Learn the sites made since the last sample (and forget the code objects that
+        matched none before: one of the new sites may be theirs)."""
+        sites = list(_sites.values())
+        for site in sites[self.seen:]:
+            if site.file is not None and site.line is not None:
+                self.where[(site.file, site.line)] = site
+        self.seen = len(sites)
+        for code in [c for c, known in self.codes.items() if known is None]:
+            del self.codes[code]
+
+    def site_of(self, code: object) -> object:
+        """What a code object is: an instrumented function's site, ``_TOOL``, or None."""
+        filename = code.co_filename  # type: ignore[attr-defined]
+        if (os.path.normcase(os.path.abspath(filename)) in self.tool_files
+                or os.path.dirname(filename) == _RUNTIME_DIR):
+            return _TOOL
+        site = self.where.get((filename, code.co_firstlineno))  # type: ignore[attr-defined]
+        if site is not None and site.name.rpartition(".")[2] == code.co_name:  # type: ignore[attr-defined]
+            return site
+        return None
+
+    def sample(self, weight: int) -> None:
+        """Charge ``weight`` ns to the innermost instrumented function of every other
+        thread (or to the runtime, when its code is innermost)."""
+        if len(_sites) != self.seen:
+            self._index()
+        codes = self.codes
+        me = self.ident
+        frame = None
+        frames = sys._current_frames()
+        try:
+            with _lock:
+                counts = _self_counts
+                for ident, frame in frames.items():
+                    if ident == me:
+                        continue
+                    counts[0] += 1
+                    steps = 0
+                    while frame is not None and steps < _MAX_WALK:
+                        code = frame.f_code
+                        known = codes.get(code, _UNKNOWN)
+                        if known is _UNKNOWN:
+                            known = codes[code] = self.site_of(code)
+                        if known is _TOOL:
+                            counts[2] += 1
+                            counts[3] += weight
+                            break
+                        if known is not None:
+                            stats = known.stats.get(_test)
+                            if stats is None:
+                                stats = known.stats[_test] = _new_stats()
+                            stats[6] += weight
+                            stats[7] += 1
+                            counts[1] += 1
+                            break
+                        frame = frame.f_back
+                        steps += 1
+        finally:
+            del frames, frame  # no frame is held between samples
+
+
+def _set_sampler() -> None:
+    """Start, restart or stop the sampler as ``_config.self_time`` says (``_lock`` held)."""
+    global _sampler
+    interval = _config.self_time
+    if _sampler is not None and (_sampler.interval != interval or _sampler_pid != os.getpid()):
+        if _sampler_pid == os.getpid():
+            _sampler.close()
+        _sampler = None
+    if interval > 0 and _sampler is None and _getframe is not None and hasattr(sys, "_current_frames"):
+        _start_sampler(interval)
+
+
+_sampler_pid = 0
+_self_every = [0.0]  # the last sampler's interval (self_time() reports it after it stopped)
+
+
+def _start_sampler(interval: float) -> None:
+    global _sampler, _sampler_pid
+    _sampler = _Sampler(interval)
+    _self_every[0] = interval
+    _sampler_pid = os.getpid()
+    for module in _copies:  # samples in vendored copies' code are the tool's too
+        where = getattr(module, "__file__", None)
+        if where:
+            _sampler.tool_files.add(os.path.normcase(os.path.abspath(where)))
+
+
+def self_time() -> dict | None:
+    """How self time was sampled: ``interval_s``, ``samples`` (threads looked at),
+    ``charged`` (samples charged to an instrumented function), ``tool_samples`` and
+    ``tool_ns`` (samples, and their time, in the runtime's own code: charged to nobody);
+    None when it was not sampled since the last ``reset()``."""
+    if not _self_counts[0] and _sampler is None:
+        return None
+    return {"interval_s": _sampler.interval if _sampler is not None else _self_every[0],
+            "samples": _self_counts[0], "charged": _self_counts[1], "tool_samples": _self_counts[2],
+            "tool_ns": _self_counts[3]}
 
 
 # -- spans ---------------------------------------------------------------------------------
@@ -1247,7 +1430,9 @@ class _TraceSink(_KeepSink):
         if self.forked and "{pid}" not in self.path:  # a forked child: do not clobber the parent's
             stem, dot, suffix = path.rpartition(".")
             path = f"{stem}.{_pid}.{suffix}" if dot and "/" not in suffix else f"{path}.{_pid}"
-        document = chrome_trace([_event_dict(e) for e in self.kept], dropped=self.dropped)
+        # flush() holds _lock and has folded the buffers: the aggregate is exact here.
+        document = chrome_trace([_event_dict(e) for e in self.kept], dropped=self.dropped, functions=_rows(False),
+                                self_time=self_time())
         tmp = f"{path}.{_pid}.tmp"
         with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(document, handle, separators=(",", ":"))
@@ -1300,10 +1485,14 @@ def _spill() -> None:
             pass
 
 
-def chrome_trace(events: list, *, dropped: int = 0, process_name: str | None = None) -> dict:
+def chrome_trace(events: list, *, dropped: int = 0, process_name: str | None = None,
+                 functions: list | None = None, self_time: dict | None = None) -> dict:
     """A Chrome trace event document (opens in Perfetto and chrome://tracing) from event
     dicts (``events()``, JSONL lines). Spans of one thread that overlap without nesting
-    (asyncio tasks, generators) go to extra tracks, so every track nests properly."""
+    (asyncio tasks, generators) go to extra tracks, so every track nests properly.
+    ``dropped``: the calls that have no event (the cap). ``functions``: snapshot rows, kept
+    in ``otherData.functions`` (every call counted, with total and self time, whatever the
+    cap); ``self_time``: how self time was sampled."""
     out: list = []
     by_thread: dict = {}
     for event in events:
@@ -1342,9 +1531,14 @@ def chrome_trace(events: list, *, dropped: int = 0, process_name: str | None = N
             out.append({"name": event["name"], "cat": event.get("module") or "function", "ph": "X",
                         "ts": start / 1000, "dur": event["duration_ns"] / 1000, "pid": pid, "tid": track,
                         "args": args})
-    return {"traceEvents": out, "displayTimeUnit": "ms",
-            "otherData": {"producer": "pytest-telemetry-inject", "runtime_version": RUNTIME_VERSION,
-                          "dropped_events": dropped}}
+    other: dict = {"producer": "pytest-telemetry-inject", "runtime_version": RUNTIME_VERSION,
+                   "dropped_events": dropped}
+    if functions is not None:
+        other["functions"] = [{"name": f"{r['module']}:{r['name']}", "count": r["count"], "total_ns": r["total_ns"],
+                               "self_ns": r.get("self_ns") or 0, "errors": r["errors"]}
+                              for r in sorted(functions, key=lambda r: -r["total_ns"]) if r["count"]]
+        other["self_time"] = self_time
+    return {"traceEvents": out, "displayTimeUnit": "ms", "otherData": other}
 
 
 # -- the API for the pytest plugin and for users ----------------------------------------------
@@ -1357,7 +1551,8 @@ def configure(**settings: object) -> dict:
     ``otel_provider`` (a TracerProvider to use instead of the global one), ``keep_events``
     (bool: keep events in memory for ``events()``), ``max_events`` (int), ``collector``
     (bool: make this runtime the one vendored copies forward to), ``otlp`` (a dict of the
-    OTLP sink's settings, ``url`` and the keywords of ``_otlp.OtlpSink``; None: off).
+    OTLP sink's settings, ``url`` and the keywords of ``_otlp.OtlpSink``; None: off),
+    ``self_time`` (seconds between self-time samples; 0: off; see ``self_time()``).
     A path may contain ``{pid}``. Unknown keywords raise TypeError."""
     unknown = set(settings) - set(_Config.__slots__)
     if unknown:
@@ -1373,6 +1568,10 @@ def configure(**settings: object) -> dict:
         for key, value in settings.items():
             if key in ("min_duration", "sample_rate"):
                 value = float(value)  # type: ignore[arg-type]
+            elif key == "self_time":
+                value = float(value) if value else 0.0  # type: ignore[arg-type]
+                if not value >= 0:
+                    raise ValueError(f"self_time must be 0 or more seconds, not {value!r}")
             elif key in ("jsonl", "trace", "report"):
                 value = "" if value in (None, False) else str(value)
             elif key == "otel":
@@ -1391,6 +1590,7 @@ def configure(**settings: object) -> dict:
     _apply()
     if "collector" in settings:
         _set_collecting(bool(settings["collector"]))
+    _set_sampler()  # not under _lock: a sample being taken holds it, and close() waits for it
     return _config.as_dict()
 
 
@@ -1416,9 +1616,11 @@ def current_test() -> str | None:
 
 
 def _row(site: _Site, stats: list, test: object = None, per_test: bool = False) -> dict:
+    # Sampled self time is an estimate: never more than the measured total.
     row = {"module": site.module, "name": site.name, "file": site.file, "line": site.line,
            "count": stats[0], "total_ns": stats[1], "min_ns": stats[2], "max_ns": stats[3],
-           "errors": stats[4], "exceptions": dict(stats[5] or {})}
+           "errors": stats[4], "exceptions": dict(stats[5] or {}),
+           "self_ns": min(stats[6], stats[1]), "self_samples": stats[7]}
     if per_test:
         row["test"] = test
     return row
@@ -1432,6 +1634,9 @@ def _fold(into: list, stats: list) -> None:
     into[0] += stats[0]
     into[1] += stats[1]
     into[4] += stats[4]
+    if len(stats) > 6:
+        into[6] += stats[6]
+        into[7] += stats[7]
     if stats[5]:
         kinds = into[5] if into[5] is not None else {}
         for key, count in stats[5].items():
@@ -1444,21 +1649,28 @@ def snapshot(per_test: bool = False) -> list:
 
     ``per_test=False``: one row per function seen (called or not since ``reset()``) with
     ``module``, ``name``, ``file``, ``line``, ``count``, ``total_ns``, ``min_ns``, ``max_ns``
-    (0 when not called), ``errors`` and ``exceptions`` ({exception name: count}).
+    (0 when not called), ``errors``, ``exceptions`` ({exception name: count}), ``self_ns``
+    (sampled self time, at most ``total_ns``; 0 when not sampled: see ``self_time()``) and
+    ``self_samples``.
     ``per_test=True``: one row per (test, function) with calls, with ``test`` added (the
     nodeid, or None for calls outside any test)."""
     with _lock:
         _drain_all()
-        rows = []
-        for site in list(_sites.values()):
-            if per_test:
-                for test, stats in list(site.stats.items()):
-                    rows.append(_row(site, stats, test, True))
-            else:
-                total = [0, 0, 0, 0, 0, None]
-                for stats in list(site.stats.values()):
-                    _fold(total, stats)
-                rows.append(_row(site, total))
+        return _rows(per_test)
+
+
+def _rows(per_test: bool) -> list:
+    """``snapshot()``'s rows (the caller holds ``_lock`` and has folded the buffers)."""
+    rows = []
+    for site in list(_sites.values()):
+        if per_test:
+            for test, stats in list(site.stats.items()):
+                rows.append(_row(site, stats, test, True))
+        else:
+            total = _new_stats()
+            for stats in list(site.stats.values()):
+                _fold(total, stats)
+            rows.append(_row(site, total))
     return rows
 
 
@@ -1472,10 +1684,10 @@ def merge_snapshots(snapshots) -> list:  # type: ignore[no-untyped-def]
             key = (row["module"], row["name"], "test" in row, row.get("test"))
             seen = merged.get(key)
             stats = [row["count"], row["total_ns"], row["min_ns"], row["max_ns"], row["errors"],
-                     row.get("exceptions") or None]
+                     row.get("exceptions") or None, row.get("self_ns") or 0, row.get("self_samples") or 0]
             if seen is None:
                 out = dict(row)
-                total = [0, 0, 0, 0, 0, None]
+                total = _new_stats()
                 _fold(total, stats)
                 merged[key] = (out, total)
                 continue
@@ -1487,7 +1699,7 @@ def merge_snapshots(snapshots) -> list:  # type: ignore[no-untyped-def]
     result = []
     for out, total in merged.values():
         out.update(count=total[0], total_ns=total[1], min_ns=total[2], max_ns=total[3], errors=total[4],
-                   exceptions=dict(total[5] or {}))
+                   exceptions=dict(total[5] or {}), self_ns=min(total[6], total[1]), self_samples=total[7])
         result.append(out)
     return result
 
@@ -1527,6 +1739,7 @@ def reset() -> None:
     """Forget every call and event (sites, settings and sinks stay)."""
     with _lock:
         _reset_state()
+        _self_counts[:] = [0, 0, 0, 0]
 
 
 def _reset_state() -> None:
@@ -1564,22 +1777,28 @@ def flush() -> None:
 
 
 def format_report(rows: list | None = None, *, top: int = 25, instrumented=None,  # type: ignore[no-untyped-def]
-                  width: int = 60) -> str:
+                  width: int = 60, with_self: bool | None = None) -> str:
     """A plain-text table of the functions with the most total time (``rows``: a snapshot;
     default: this runtime's). ``instrumented``: names (``module:qualname``) of every
-    instrumented function; those never called are listed after the table."""
+    instrumented function; those never called are listed after the table. ``with_self``:
+    add the sampled self time as a last column (default: when this runtime sampled it)."""
+    if with_self is None:
+        with_self = rows is None and self_time() is not None
     if rows is None:
         rows = snapshot()
     called = sorted((r for r in rows if r["count"]), key=lambda r: (-r["total_ns"], r["module"], r["name"]))
     # Columns as in version 1 (scripts split these lines): function, calls, total ms,
     # mean us, max us, errors. The smallest durations are in the JSON and HTML reports.
-    lines = [f"{'function':<{width}} {'calls':>9} {'total ms':>10} {'mean us':>10} {'max us':>10} {'errors':>6}"]
+    # Sampled self time (version 2) comes last, so that those columns keep their places.
+    lines = [f"{'function':<{width}} {'calls':>9} {'total ms':>10} {'mean us':>10} {'max us':>10} {'errors':>6}"
+             + (f" {'self ms':>10}" if with_self else "")]
     for row in called[:top]:
         name = f"{row['module']}:{row['name']}"
         if len(name) > width:
             name = "..." + name[-(width - 3):]
         lines.append(f"{name:<{width}} {row['count']:>9} {row['total_ns'] / 1e6:>10.3f} "
-                     f"{row['total_ns'] / row['count'] / 1e3:>10.2f} {row['max_ns'] / 1e3:>10.2f} {row['errors']:>6}")
+                     f"{row['total_ns'] / row['count'] / 1e3:>10.2f} {row['max_ns'] / 1e3:>10.2f} {row['errors']:>6}"
+                     + (f" {(row.get('self_ns') or 0) / 1e6:>10.3f}" if with_self else ""))
     if len(called) > top:
         lines.append(f"... and {len(called) - top} more functions called")
     total_calls = sum(r["count"] for r in called)
@@ -1702,6 +1921,12 @@ def _read_environment() -> None:
     cfg.otel = True if otel in _TRUE else False if otel in _FALSE else "auto"
     report = env.get("TELEMETRY_INJECT_REPORT", "").strip()
     cfg.report = "" if report.lower() in _FALSE else report
+    every = env.get("TELEMETRY_INJECT_SELF_TIME", "").strip()
+    if every:
+        try:
+            cfg.self_time = max(0.0, float(every) / 1000) if every.lower() not in _FALSE else 0.0
+        except ValueError:
+            sys.stderr.write(f"telemetry: ignoring TELEMETRY_INJECT_SELF_TIME={every!r} (not milliseconds)\n")
 
 
 def _after_fork_in_child() -> None:
@@ -1731,6 +1956,11 @@ def _after_fork_in_child() -> None:
         _current.set(None)
     except Exception:
         pass
+    _self_counts[:] = [0, 0, 0, 0]
+    try:
+        _set_sampler()  # the parent's sampling thread did not come along
+    except Exception:
+        pass
 
 
 def _write_report() -> None:
@@ -1740,8 +1970,9 @@ def _write_report() -> None:
     rows = snapshot()
     if not any(r["count"] for r in rows):
         return
+    sampled = self_time() is not None
     if where.lower() in _TRUE:
-        sys.stderr.write("telemetry:\n" + format_report(rows) + "\n")
+        sys.stderr.write("telemetry:\n" + format_report(rows, with_self=sampled) + "\n")
         return
     path = _expand(where)
     if path.endswith((".json", ".html")):
@@ -1753,10 +1984,12 @@ def _write_report() -> None:
             _report_module.write_from_runtime(path, sys.modules[__name__])
             return
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(format_report(rows) + "\n")
+        handle.write(format_report(rows, with_self=sampled) + "\n")
 
 
 def _at_exit() -> None:
+    if _sampler is not None and _sampler_pid == os.getpid():
+        _sampler.close()
     flush()
     try:
         _write_report()
@@ -1768,6 +2001,7 @@ try:
     _read_environment()
     _set_sinks()
     _apply()
+    _set_sampler()
 except Exception:  # a broken environment must not break the import of user code
     pass
 if hasattr(os, "register_at_fork"):

@@ -30,10 +30,13 @@ FORMAT = "telemetry-inject-report"
 # what changed (coverage.py style):
 #
 # 1: first version: meta, totals, functions, tests, never_called, events, events_dropped.
-VERSION = 1
+# 2: self_ns and self_samples on functions and on tests' functions; self_time (how it was
+#    sampled, or null); per test, events_kept (calls of the test that have an event).
+VERSION = 2
 
 MAX_EVENTS_PER_TEST = 2000  # in the HTML flame charts (the longest calls are kept)
 MAX_TESTS_CHARTED = 300
+MAX_TABLE_ROWS = 200  # functions in a test's table (when its chart misses calls); the JSON has all
 
 
 def _function_key(row: dict) -> str:
@@ -42,13 +45,14 @@ def _function_key(row: dict) -> str:
 
 def build_report(functions: Sequence[dict], *, tests: Sequence[dict] | None = None,
                  events: Sequence[dict] | None = None, instrumented: Iterable[str] | None = None,
-                 events_dropped: int = 0, meta: dict | None = None) -> dict:
+                 events_dropped: int = 0, meta: dict | None = None, self_time: dict | None = None) -> dict:
     """The report (version ``VERSION``) from snapshot rows.
 
     ``functions``: ``snapshot()`` rows (merged with ``merge_snapshots`` when there are
     several processes). ``tests``: ``snapshot(per_test=True)`` rows. ``events``: event dicts.
     ``instrumented``: ``module:qualname`` of every instrumented function, to list those never
-    called. ``meta``: anything JSON-serialisable to keep with it."""
+    called. ``meta``: anything JSON-serialisable to keep with it. ``self_time``: how self
+    time was sampled (``_core.self_time()``), None when it was not."""
     per_test: dict[Any, list[dict]] = {}
     for row in tests or ():
         if row.get("count"):
@@ -65,15 +69,21 @@ def build_report(functions: Sequence[dict], *, tests: Sequence[dict] | None = No
             "module": row["module"], "name": row["name"], "file": row.get("file"), "line": row.get("line"),
             "count": count, "total_ns": row["total_ns"], "mean_ns": row["total_ns"] // count if count else 0,
             "min_ns": row["min_ns"], "max_ns": row["max_ns"], "errors": row["errors"],
-            "exceptions": dict(row.get("exceptions") or {}), "tests": tests_of.get(_function_key(row), 0)})
+            "exceptions": dict(row.get("exceptions") or {}), "tests": tests_of.get(_function_key(row), 0),
+            "self_ns": row.get("self_ns") or 0, "self_samples": row.get("self_samples") or 0})
+    kept: dict[Any, int] = {}
+    for event in events or ():
+        kept[event.get("test")] = kept.get(event.get("test"), 0) + 1
     out_tests = []
     for test, rows in per_test.items():
         rows = sorted(rows, key=lambda r: -r["total_ns"])
         out_tests.append({
             "test": test, "calls": sum(r["count"] for r in rows), "total_ns": sum(r["total_ns"] for r in rows),
-            "errors": sum(r["errors"] for r in rows),
+            "errors": sum(r["errors"] for r in rows), "events_kept": kept.get(test, 0),
             "functions": [{"module": r["module"], "name": r["name"], "count": r["count"], "total_ns": r["total_ns"],
-                           "min_ns": r["min_ns"], "max_ns": r["max_ns"], "errors": r["errors"]} for r in rows]})
+                           "min_ns": r["min_ns"], "max_ns": r["max_ns"], "errors": r["errors"],
+                           "self_ns": r.get("self_ns") or 0, "self_samples": r.get("self_samples") or 0}
+                          for r in rows]})
     out_tests.sort(key=lambda t: (t["test"] is None, -t["total_ns"]))
     called = [f for f in out_functions if f["count"]]
     never = None
@@ -96,6 +106,7 @@ def build_report(functions: Sequence[dict], *, tests: Sequence[dict] | None = No
         "never_called": never,
         "events": list(events or ()),
         "events_dropped": events_dropped,
+        "self_time": self_time,
     }
 
 
@@ -103,8 +114,10 @@ def from_runtime(runtime: Any = None, *, instrumented: Iterable[str] | None = No
                  meta: dict | None = None) -> dict:
     """The report of a live runtime module (default: this package's)."""
     runtime = runtime or _core
+    sampled = getattr(runtime, "self_time", None)
     return build_report(runtime.snapshot(), tests=runtime.snapshot(per_test=True), events=runtime.events(),
-                        instrumented=instrumented, events_dropped=runtime.dropped_events(), meta=meta)
+                        instrumented=instrumented, events_dropped=runtime.dropped_events(), meta=meta,
+                        self_time=sampled() if sampled is not None else None)
 
 
 def write_from_runtime(path: str, runtime: Any = None) -> None:
@@ -186,7 +199,8 @@ def format_terminal(report: dict, *, top: int = 25, width: int = 60) -> str:
     if report.get("never_called") is not None:
         called = {_function_key(f) for f in report["functions"] if f["count"]}
         instrumented = called | set(report["never_called"])
-    text = _core.format_report(report["functions"], top=top, instrumented=instrumented, width=width)
+    text = _core.format_report(report["functions"], top=top, instrumented=instrumented, width=width,
+                               with_self=bool(report.get("self_time")))
     tests = [t for t in report.get("tests") or () if t["test"] is not None]
     if tests:
         lines = [text, f"slowest tests (time inside instrumented functions, {len(tests)} tests):"]
@@ -222,14 +236,25 @@ def _chart_events(report: dict) -> dict:
 
 def render_html(report: dict, *, title: str = "Telemetry report") -> str:
     """The report as one self-contained HTML page (no network access)."""
+    charts = _chart_events(report)
+    tests = []
+    for t in report.get("tests") or ():
+        shown = len(charts.get("" if t["test"] is None else t["test"]) or ())
+        rows = None
+        if shown < t["calls"]:  # the chart misses calls (the cap, or no events): the table has them all
+            rows = [[f"{f['module']}:{f['name']}", f["count"], f["total_ns"], f.get("self_ns") or 0, f["errors"]]
+                    for f in t.get("functions") or ()]
+        tests.append([t["test"], t["calls"], t["total_ns"], t["errors"], shown,
+                      rows[:MAX_TABLE_ROWS] if rows is not None else None,
+                      len(rows) - MAX_TABLE_ROWS if rows is not None and len(rows) > MAX_TABLE_ROWS else 0])
     data = {"meta": report.get("meta", {}), "totals": report.get("totals", {}),
             "functions": [[f["module"], f["name"], f["count"], f["total_ns"], f["mean_ns"], f["min_ns"], f["max_ns"],
                            f["errors"], f["tests"], f.get("file"), f.get("line"),
-                           ", ".join(f"{k} x{v}" for k, v in sorted(f.get("exceptions", {}).items()))]
+                           ", ".join(f"{k} x{v}" for k, v in sorted(f.get("exceptions", {}).items())),
+                           f.get("self_ns") or 0]
                           for f in report["functions"]],
-            "never": report.get("never_called"),
-            "tests": [[t["test"], t["calls"], t["total_ns"], t["errors"]] for t in report.get("tests") or ()],
-            "charts": _chart_events(report), "dropped": report.get("events_dropped", 0)}
+            "never": report.get("never_called"), "self": report.get("self_time"),
+            "tests": tests, "charts": charts, "dropped": report.get("events_dropped", 0)}
     # JSON inside <script>: escape what could end the element or open a comment.
     payload = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e") \
         .replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
@@ -288,6 +313,7 @@ ul.never { columns: 2; font-family: ui-monospace, monospace; font-size: 12px; }
 <table id="functions">
 <thead><tr>
 <th data-key="name" data-type="text">Function</th><th data-key="count">Calls</th><th data-key="total">Total ms</th>
+<th data-key="self" class="self" title="sampled: the function's own time, its instrumented callees' taken off">Self ms</th>
 <th data-key="mean">Mean &micro;s</th><th data-key="min">Min &micro;s</th><th data-key="max">Max &micro;s</th>
 <th data-key="errors">Errors</th><th data-key="tests">Tests</th>
 </tr></thead>
@@ -302,7 +328,9 @@ ul.never { columns: 2; font-family: ui-monospace, monospace; font-size: 12px; }
 (function () {
   "use strict";
   var data = JSON.parse(document.getElementById("telemetry-data").textContent);
-  var COL = {name: 1, count: 2, total: 3, mean: 4, min: 5, max: 6, errors: 7, tests: 8};
+  var COL = {name: 1, count: 2, total: 3, mean: 4, min: 5, max: 6, errors: 7, tests: 8, self: 12};
+  var hasSelf = !!data.self;
+  if (!hasSelf) { var selfHead = document.querySelector("#functions th.self"); selfHead.parentNode.removeChild(selfHead); }
   function el(tag, attrs, text) {
     var node = document.createElement(tag);
     for (var k in attrs || {}) node.setAttribute(k, attrs[k]);
@@ -318,6 +346,7 @@ ul.never { columns: 2; font-family: ui-monospace, monospace; font-size: 12px; }
     (meta.generated_unix ? new Date(meta.generated_unix * 1000).toISOString() : "");
   var cards = [["Functions called", t.functions_called], ["Calls", t.calls], ["Exceptions", t.errors],
                ["Time in functions", ms(t.total_ns || 0) + " ms"]];
+  if (data.dropped) cards.push(["Calls without an event (cap)", data.dropped]);
   if (t.instrumented !== null && t.instrumented !== undefined) {
     cards.push(["Never called", t.never_called + " / " + t.instrumented]);
   }
@@ -346,7 +375,8 @@ ul.never { columns: 2; font-family: ui-monospace, monospace; font-size: 12px; }
         first.appendChild(el("br"));
         first.appendChild(el("small", null, f[9] + (f[10] ? ":" + f[10] : "")));
       }
-      cell(tr, String(f[2])); cell(tr, ms(f[3])); cell(tr, us(f[4])); cell(tr, us(f[5])); cell(tr, us(f[6]));
+      cell(tr, String(f[2])); cell(tr, ms(f[3])); if (hasSelf) cell(tr, ms(f[12]));
+      cell(tr, us(f[4])); cell(tr, us(f[5])); cell(tr, us(f[6]));
       var e = cell(tr, String(f[7]), f[7] ? "err" : null); if (f[11]) e.title = f[11];
       cell(tr, String(f[8]));
       tbody.appendChild(tr);
@@ -419,7 +449,9 @@ ul.never { columns: 2; font-family: ui-monospace, monospace; font-size: 12px; }
   }
   var testsBox = document.getElementById("tests"), charted = 0;
   document.getElementById("tests-note").textContent = data.tests.length + " tests with calls" +
-    (data.dropped ? "; " + data.dropped + " events were dropped (max_events)" : "") +
+    (data.dropped ? "; " + data.dropped + " calls have no event (the cap: --telemetry-max-events); " +
+      "tests whose charts miss calls show every call in a table" : "") +
+    (hasSelf ? "; self time sampled every " + (data.self.interval_s * 1000) + " ms" : "") +
     (Object.keys(data.charts).length ? ""
       : "; no events were recorded (flame charts need events: keep_events, JSONL or trace)");
   data.tests.forEach(function (test, index) {
@@ -430,6 +462,23 @@ ul.never { columns: 2; font-family: ui-monospace, monospace; font-size: 12px; }
                      (test[3] ? ", " + test[3] + " raised" : "")));
     var events = data.charts[test[0] === null ? "" : test[0]];
     if (events && events.length) { d.appendChild(chart(events)); charted++; }
+    if (test[5]) {
+      // The chart misses calls: every call of the test, per function, as a table.
+      d.appendChild(el("div", {"class": "muted"}, (events && events.length ? test[4] + " of " + test[1] +
+        " calls charted; " : "no flame chart for this test; ") + "all " + test[1] + " calls by function:"));
+      var tt = el("table", {"class": "test-functions"}), head = el("tr");
+      ["Function", "Calls", "Total ms"].concat(hasSelf ? ["Self ms"] : []).concat(["Errors"]).forEach(
+        function (h) { head.appendChild(el("th", null, h)); });
+      tt.appendChild(head);
+      test[5].forEach(function (r) {
+        var tr = el("tr");
+        cell(tr, r[0]); cell(tr, String(r[1])); cell(tr, ms(r[2])); if (hasSelf) cell(tr, ms(r[3]));
+        cell(tr, String(r[4]), r[4] ? "err" : null);
+        tt.appendChild(tr);
+      });
+      d.appendChild(tt);
+      if (test[6]) d.appendChild(el("div", {"class": "muted"}, "and " + test[6] + " more functions (in the JSON report)"));
+    }
     testsBox.appendChild(d);
   });
   testsBox.setAttribute("data-charted", String(charted));

@@ -78,12 +78,20 @@ def test_json_report_is_versioned_and_validated(sample, tmp_path: Path) -> None:
     path = tmp_path / "report.json"
     report.write_json(path, data)
     loaded = report.load_json(path)
-    assert loaded["format"] == report.FORMAT and loaded["version"] == report.VERSION == 1
+    assert loaded["format"] == report.FORMAT and loaded["version"] == report.VERSION == 2
     assert loaded["totals"]["calls"] == 2 + 8 + 1 and loaded["totals"]["never_called"] == 1
     busy = loaded["functions"][0]
     assert busy["name"] == "busy" and busy["tests"] == 2 and busy["mean_ns"] == busy["total_ns"] // 2
     assert [t["test"] for t in loaded["tests"]] == ["tests/test_a.py::test_one", "tests/test_a.py::test_two"]
     assert len(loaded["events"]) == 11
+    # A version 1 report (no self time, no events_kept) is still read, and drawn.
+    old = {k: v for k, v in loaded.items() if k != "self_time"}
+    old["version"] = 1
+    old["functions"] = [{k: v for k, v in f.items() if not k.startswith("self")} for f in old["functions"]]
+    path.write_text(json.dumps(old))
+    assert report.load_json(path)["version"] == 1
+    assert "busy" in report.format_terminal(report.load_json(path))
+    assert "busy" in report.render_html(report.load_json(path))
     for broken, message in (({"format": "other"}, "not a telemetry-inject-report"),
                             ({"format": report.FORMAT, "version": 99}, "report version 99")):
         path.write_text(json.dumps(broken))

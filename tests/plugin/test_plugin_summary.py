@@ -1,0 +1,126 @@
+"""The terminal summary's table (top, sort, shortened names) and self time in the summary and
+the reports, through real pytest runs (and real xdist workers)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .test_plugin_config import _one_line_usage_error
+
+MODULE = '''
+import time
+
+
+def worker():
+    time.sleep(0.003)
+
+
+def boss():
+    time.sleep(0.001)
+    for _ in range(3):
+        worker()
+
+
+def a_function_with_a_name_long_enough_to_need_shortening_in_the_table():
+    return 1
+'''
+TESTS = '''
+from pkg.core import boss, a_function_with_a_name_long_enough_to_need_shortening_in_the_table as long
+
+
+def test_boss():
+    for _ in range(30):
+        boss()
+
+
+def test_long():
+    for _ in range(50):
+        long()
+'''
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    (pytester.path / "pkg").mkdir()
+    (pytester.path / "pkg" / "__init__.py").write_text("")
+    (pytester.path / "pkg" / "core.py").write_text(MODULE)
+    pytester.makepyfile(test_core=TESTS)
+    return pytester
+
+
+def _table(result: pytest.RunResult) -> list[str]:
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if line.startswith("function "))
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i].startswith(("pkg.", "…"))), len(lines))
+    return lines[start:end]
+
+
+def _ms(row: str, column: int) -> float:
+    return float(row.split()[column])
+
+
+def test_the_summary_shows_sampled_self_time_beside_total(project: pytest.Pytester) -> None:
+    result = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-p", "no:randomly")
+    assert result.ret == 0, result.stdout.str()
+    table = _table(result)
+    assert table[0].split()[:6] == ["function", "calls", "total", "ms", "self", "ms"]
+    rows = {line.split()[0]: line for line in table[1:]}
+    boss, worker = rows["pkg.core:boss"], rows["pkg.core:worker"]
+    assert boss.split()[1] == "30" and worker.split()[1] == "90"
+    # total ms, self ms: boss's total holds worker's; its self time does not
+    assert _ms(boss, 2) > _ms(worker, 2) > _ms(boss, 3)
+    assert _ms(worker, 3) > 2 * _ms(boss, 3)
+    result.stdout.fnmatch_lines(["self ms: the function's own time, its instrumented callees' taken off, sampled "
+                                 "every 1 ms (* samples*"])
+
+
+def test_top_sort_and_shortened_names(project: pytest.Pytester) -> None:
+    result = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "--telemetry-sort",
+                                          "calls", "--telemetry-top", "2")
+    table = _table(result)
+    assert "(by calls)" in table[0]
+    assert table[1].split()[0] == "pkg.core:worker" and table[1].split()[1] == "90"
+    assert table[2].startswith("…") and table[2].split()[0].endswith("need_shortening_in_the_table")
+    assert len(table[2].split()[0]) == 60
+    result.stdout.fnmatch_lines(["(and 1 more functions: --telemetry-top N shows more)"])
+    by_self = _table(project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider",
+                                                  "--telemetry-sort", "self"))
+    assert by_self[1].split()[0] == "pkg.core:worker"
+
+
+def test_self_time_can_be_turned_off(project: pytest.Pytester) -> None:
+    result = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "--telemetry-self-time", "0")
+    assert result.ret == 0
+    assert "self" not in _table(result)[0] and "sampled every" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["-o", "telemetry_self_time=often"], ("telemetry_self_time must be milliseconds from 0 to 60000, not 'often'",
+                                           "(-o telemetry_self_time)")),
+    (["--telemetry-self-time", "-1"], ("not -1.0", "(--telemetry-self-time)")),
+    (["--telemetry-sort", "self", "--telemetry-self-time", "0"], ("--telemetry-sort self needs self time",)),
+])
+def test_bad_self_time_settings_are_one_line(project: pytest.Pytester, args: list[str],
+                                             needles: tuple[str, ...]) -> None:
+    _one_line_usage_error(project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", *args),
+                          *needles)
+
+
+def test_xdist_workers_self_time_reaches_the_reports(project: pytest.Pytester) -> None:
+    result = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-n", "2",
+                                          "--telemetry-report", "out/report.json", "--telemetry-trace", "out/trace.json",
+                                          "--telemetry-max-events", "20")
+    assert result.ret == 0, result.stdout.str()
+    data = json.loads((project.path / "out" / "report.json").read_text())
+    assert data["version"] == 2 and data["self_time"]["samples"] > 0
+    functions = {f["name"]: f for f in data["functions"]}
+    assert functions["worker"]["self_ns"] > functions["boss"]["self_ns"] > 0
+    assert all(f["self_ns"] <= f["total_ns"] for f in functions.values())
+    boss_test = next(t for t in data["tests"] if t["test"].endswith("test_boss"))
+    assert boss_test["calls"] == 120 and boss_test["events_kept"] <= 20
+    trace = json.loads((project.path / "out" / "trace.json").read_text())
+    counted = {f["name"]: f for f in trace["otherData"]["functions"]}
+    assert counted["pkg.core:worker"]["count"] == 90 and counted["pkg.core:worker"]["self_ns"] > 0
+    assert trace["otherData"]["dropped_events"] == 170 - sum(1 for e in trace["traceEvents"] if e["ph"] == "X")

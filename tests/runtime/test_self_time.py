@@ -1,0 +1,191 @@
+"""Self time: sampled by a thread of the runtime's own, charged to the innermost instrumented
+function of each thread, never to the runtime's own code, and shown in every report."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+
+import pytest
+
+from pytest_telemetry_inject.runtime import _core
+from pytest_telemetry_inject.runtime import report
+
+from .conftest import rows_of
+
+SOURCE = '''
+    import time
+    def spin(seconds):
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+    def leaf():
+        _telemetry_t = _telemetry.start()
+        try:
+            spin(0.004)
+        finally:
+            _telemetry.end("leaf", _telemetry_t)
+    def outer():
+        _telemetry_t = _telemetry.start()
+        try:
+            spin(0.002)
+            for _ in range(2):
+                leaf()
+        finally:
+            _telemetry.end("outer", _telemetry_t)
+    def tiny():
+        _telemetry_t = _telemetry.start()
+        try:
+            return 1
+        finally:
+            _telemetry.end("tiny", _telemetry_t)
+    def caller_of_tiny(n):
+        _telemetry_t = _telemetry.start()
+        try:
+            for _ in range(n):
+                tiny()
+        finally:
+            _telemetry.end("caller_of_tiny", _telemetry_t)
+'''
+
+
+def _sampled(kit, every: float = 0.001):  # type: ignore[no-untyped-def]
+    _core.configure(self_time=every)
+    return kit.load(SOURCE)
+
+
+def test_self_time_splits_a_callers_time_from_its_callees(kit) -> None:
+    m = _sampled(kit)
+    _core.set_current_test("t::split")
+    for _ in range(40):
+        m.outer()  # 2 ms of its own, 8 ms in leaf() per call
+    _core.configure(self_time=0)
+    rows = rows_of(m)
+    outer, leaf = rows["outer"], rows["leaf"]
+    assert outer["count"] == 40 and leaf["count"] == 80
+    # A caller's self time leaves out its instrumented callees; a leaf's is most of its total
+    # (its own plain-Python helper, spin(), counts as its own).
+    assert outer["self_ns"] < 0.5 * outer["total_ns"], outer
+    assert leaf["self_ns"] > 0.6 * leaf["total_ns"], leaf
+    assert leaf["self_ns"] > 2 * outer["self_ns"], (leaf, outer)
+    assert outer["self_samples"] and leaf["self_samples"]
+    info = _core.self_time()
+    assert info is not None and info["interval_s"] == 0.001 and info["samples"] >= info["charged"] > 0
+    per_test = rows_of(m, per_test=True)
+    assert per_test[("t::split", "leaf")]["self_ns"] > 0
+
+
+def test_self_time_is_never_more_than_the_total(kit) -> None:
+    m = _sampled(kit)
+    for _ in range(30):
+        m.leaf()
+    _core.configure(self_time=0)
+    for row in _core.snapshot() + _core.snapshot(per_test=True):
+        assert 0 <= row["self_ns"] <= row["total_ns"]
+    merged = _core.merge_snapshots([_core.snapshot(), _core.snapshot()])
+    assert all(r["self_ns"] <= r["total_ns"] for r in merged)
+    twice = next(r for r in merged if r["name"] == "leaf" and r["module"] == m.__name__)
+    assert rows_of(m)["leaf"]["self_ns"] * 2 == twice["self_ns"] > 0
+
+
+def test_the_runtimes_own_time_is_charged_to_no_function(kit) -> None:
+    """A caller of a tiny instrumented function spends much of its time in the runtime's
+    end(): those samples count as the tool's, not as the caller's self time."""
+    m = _sampled(kit)
+    deadline = time.perf_counter() + 0.6
+    while time.perf_counter() < deadline:
+        m.caller_of_tiny(20000)
+    _core.configure(self_time=0)
+    info = _core.self_time()
+    assert info["tool_samples"] > 0 and info["tool_ns"] > 0, info
+    rows = rows_of(m)
+    charged = rows["caller_of_tiny"]["self_ns"] + rows["tiny"]["self_ns"]
+    assert charged + info["tool_ns"] <= rows["caller_of_tiny"]["total_ns"] * 1.5
+
+
+def test_threads_are_sampled_each_on_its_own(kit) -> None:
+    m = _sampled(kit)
+    worker = threading.Thread(target=lambda: [m.leaf() for _ in range(50)])
+    worker.start()
+    for _ in range(15):
+        m.outer()
+    worker.join()
+    _core.configure(self_time=0)
+    rows = rows_of(m)
+    assert rows["leaf"]["count"] == 50 + 30
+    assert rows["leaf"]["self_ns"] > rows["outer"]["self_ns"]
+
+
+def _threads_become(count: int) -> int:
+    deadline = time.monotonic() + 5
+    while len(sys._current_frames()) != count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return len(sys._current_frames())
+
+
+def test_the_sampler_is_invisible_to_threading_and_stops(kit) -> None:
+    count, listed = len(sys._current_frames()), threading.active_count()
+    _core.configure(self_time=0.001)
+    assert _threads_become(count + 1) == count + 1  # a thread of its own...
+    assert threading.active_count() == listed  # ...that threading does not list
+    assert all("telemetry" not in t.name for t in threading.enumerate())
+    _core.configure(self_time=0.002)  # a new interval: the old thread stops, a new one starts
+    assert _threads_become(count + 1) == count + 1
+    _core.configure(self_time=0)
+    assert _threads_become(count) == count
+
+
+def test_self_time_off_by_default_and_none_reported(kit) -> None:
+    m = kit.load(SOURCE)
+    m.leaf()
+    assert _core.self_time() is None
+    assert rows_of(m)["leaf"]["self_ns"] == 0
+    assert "self ms" not in _core.format_report()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_samples_with_a_thread_of_its_own(kit, tmp_path) -> None:
+    m = _sampled(kit)
+    out = tmp_path / "child.json"
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            for _ in range(20):
+                m.leaf()
+            rows = rows_of(m)
+            out.write_text(json.dumps({"leaf": rows["leaf"], "info": _core.self_time()}))
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    _core.configure(self_time=0)
+    child = json.loads(out.read_text())
+    assert child["leaf"]["count"] == 20 and child["leaf"]["self_ns"] > 0 and child["info"]["samples"] > 0
+
+
+def test_every_report_carries_self_time(kit, tmp_path) -> None:
+    m = _sampled(kit)
+    _core.configure(keep_events=True, max_events=10)
+    _core.set_current_test("t::one")
+    for _ in range(10):
+        m.outer()
+    _core.set_current_test(None)
+    _core.configure(self_time=0)
+    built = report.from_runtime()
+    outer = next(f for f in built["functions"] if f["name"] == "outer" and f["module"] == m.__name__)
+    assert outer["self_ns"] > 0 and built["self_time"]["samples"] > 0
+    test = next(t for t in built["tests"] if t["test"] == "t::one")
+    assert test["calls"] == 30 and test["events_kept"] == 10
+    assert {f["name"]: f["count"] for f in test["functions"]}.items() >= {"outer": 10, "leaf": 20}.items()
+    assert "self ms" in report.format_terminal(built).splitlines()[0]
+    page = report.render_html(built)
+    data = json.loads(page.split('id="telemetry-data">', 1)[1].split("</script>", 1)[0])
+    charted = next(t for t in data["tests"] if t[0] == "t::one")
+    assert charted[4] < charted[1] and {r[0].split(":")[1]: r[1] for r in charted[5]}["leaf"] == 20
+    trace = _core.chrome_trace(_core.events(), dropped=_core.dropped_events(), functions=_core.snapshot(),
+                               self_time=_core.self_time())
+    counted = {f["name"]: f for f in trace["otherData"]["functions"]}
+    assert counted[f"{m.__name__}:leaf"]["count"] == 20 and counted[f"{m.__name__}:outer"]["self_ns"] > 0
+    assert trace["otherData"]["dropped_events"] == 20
