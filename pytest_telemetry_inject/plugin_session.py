@@ -547,7 +547,7 @@ class TelemetrySession:
         return {"functions": runtime.snapshot(), "tests": runtime.snapshot(per_test=True) if full else [],
                 "events": runtime.events(clear=True) if self.keep_events and full else [],
                 "dropped": runtime.dropped_events(), "llm_requests": self.llm_requests,
-                "otlp": self._otlp_counts(), "self_time": runtime.self_time(),
+                "otlp": self._otlp_counts(), "self_time": runtime.self_time(), "losses": runtime.sink_losses(),
                 "otel_rows": self._otel_rows(),
                 "corrupt_cache_entries": self.items_corrupt + (finder.state.corrupt if finder else 0)
                 + sum(r.counters.corrupt for r in self.reports.values()),
@@ -574,6 +574,8 @@ class TelemetrySession:
                 "corrupt_cache_entries": sum(p.get("corrupt_cache_entries", 0) for p in parts),
                 "otlp": _sum_counts([p.get("otlp") for p in parts]),
                 "self_time": _sum_counts([p.get("self_time") for p in parts]),
+                "losses": {key: _sum_counts([(p.get("losses") or {}).get(key) for p in parts])
+                           for key in sorted({k for p in parts for k in p.get("losses") or {}})},
                 "otel_rows": runtime.merge_snapshots([p.get("otel_rows") or [] for p in parts]),
                 "instrumented_modules": sorted({m for p in parts for m in p["instrumented_modules"]})}
 
@@ -618,6 +620,8 @@ class TelemetrySession:
             write(f"events: {data['dropped']} calls have no event in the HTML flame charts and the trace (the cap "
                   f"is {self._max_events} events a process: --telemetry-max-events); the per-test and per-function "
                   "figures count every call")
+        for key, loss in sorted((data.get("losses") or {}).items()):
+            write(f"events: {loss['lost']} could not be written to the {key} sink: {loss['error']}")
         for module, reason in sorted(data["problems"].items()):
             write(f"not instrumented: {module}: {reason}")
         for name in self.early:

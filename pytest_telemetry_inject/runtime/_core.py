@@ -70,6 +70,7 @@ __all__ = [
     "reset",
     "self_time",
     "set_current_test",
+    "sink_losses",
     "snapshot",
     "tracer",
 ]
@@ -1442,6 +1443,20 @@ class _TraceSink(_KeepSink):
 _sinks: dict = {}  # "jsonl" | "trace" | "keep" -> sink
 
 
+def _write_sinks() -> None:
+    """Have each sink write what it holds (``_lock`` held); a failure is counted."""
+    for key, sink in list(_sinks.items()):
+        try:
+            sink.write()
+            if key in _losses and isinstance(sink, _KeepSink) and _losses[key][1].startswith("write: "):
+                del _losses[key]  # written since: the earlier failure lost nothing in the end
+        except Exception as exc:
+            if isinstance(sink, _KeepSink):  # the file holds them all: a failed write loses them all
+                _losses[key] = [len(sink.kept), f"write: {type(exc).__name__}: {exc}"]
+            else:
+                _lost(key, 0, exc)
+
+
 def _set_sinks() -> None:
     """Make the sinks match the settings (the caller spilled pending events first)."""
     cfg = _config
@@ -1478,11 +1493,27 @@ def _spill() -> None:
         return
     batch = _events[:n]
     del _events[:n]
-    for sink in list(_sinks.values()):
+    for key, sink in list(_sinks.items()):
         try:
             sink.take(batch)
-        except Exception:
-            pass
+        except Exception as exc:  # counted and said (sink_losses()), never raised into user code
+            _lost(key, len(batch), exc)
+
+
+_losses: dict = {}  # sink key -> [events lost, the last error]
+
+
+def _lost(key: str, count: int, exc: BaseException) -> None:
+    entry = _losses.setdefault(key, [0, ""])
+    entry[0] += count
+    entry[1] = f"{type(exc).__name__}: {exc}"
+
+
+def sink_losses() -> dict:
+    """Events a sink could not take or write ({"jsonl"|"trace"|...: {"lost": events,
+    "error": the last error}}); empty when none was lost. A trace file that cannot be
+    written loses every event it holds."""
+    return {key: {"lost": lost, "error": error} for key, (lost, error) in _losses.items()}
 
 
 def chrome_trace(events: list, *, dropped: int = 0, process_name: str | None = None,
@@ -1560,11 +1591,7 @@ def configure(**settings: object) -> dict:
     with _lock:
         _drain_all()
         _spill()
-        for sink in list(_sinks.values()):
-            try:
-                sink.write()
-            except Exception:
-                pass
+        _write_sinks()
         for key, value in settings.items():
             if key in ("min_duration", "sample_rate"):
                 value = float(value)  # type: ignore[arg-type]
@@ -1748,6 +1775,7 @@ def _reset_state() -> None:
         del site.errs[:]
         site.stats.clear()
     del _events[:]
+    _losses.clear()
     for sink in list(_sinks.values()):
         if isinstance(sink, _KeepSink):
             sink.kept = []
@@ -1761,11 +1789,7 @@ def flush() -> None:
         with _lock:
             _drain_all()
             _spill()
-            for sink in list(_sinks.values()):
-                try:
-                    sink.write()
-                except Exception:
-                    pass
+            _write_sinks()
         _maybe_otel()
         if _mode == "otel" and _otel is not None:
             _otel.force_flush()
@@ -1993,6 +2017,13 @@ def _at_exit() -> None:
     flush()
     try:
         _write_report()
+    except Exception:
+        pass
+    try:
+        for key, loss in sink_losses().items():
+            where = getattr(_sinks.get(key), "path", "") or key
+            sys.stderr.write(f"telemetry: {loss['lost']} events could not be written to the {key} sink ({where}): "
+                             f"{loss['error']}\n")
     except Exception:
         pass
 

@@ -124,3 +124,11 @@ def test_xdist_workers_self_time_reaches_the_reports(project: pytest.Pytester) -
     counted = {f["name"]: f for f in trace["otherData"]["functions"]}
     assert counted["pkg.core:worker"]["count"] == 90 and counted["pkg.core:worker"]["self_ns"] > 0
     assert trace["otherData"]["dropped_events"] == 170 - sum(1 for e in trace["traceEvents"] if e["ph"] == "X")
+
+
+def test_a_sink_that_cannot_write_is_said_in_the_summary(project: pytest.Pytester,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TELEMETRY_INJECT_JSONL", str(project.path / "missing" / "events.jsonl"))
+    result = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-n", "2")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["events: 170 could not be written to the jsonl sink: FileNotFoundError: *"])

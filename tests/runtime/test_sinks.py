@@ -235,3 +235,45 @@ def test_opentelemetry_is_never_imported_when_off(kit) -> None:
         print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "opentelemetry")))
     ''')
     assert kit.last_json(result) == []
+
+
+def test_a_sink_that_cannot_write_counts_what_it_lost_and_says_so(kit, tmp_path) -> None:
+    """A JSONL file in a folder that does not exist, a trace file over a folder: the calls
+    are still counted, the events lost are counted per sink with the error, and a process
+    says so on stderr at exit."""
+    from pytest_telemetry_inject.runtime import _core
+
+    (tmp_path / "a-folder.json").mkdir()
+    _core.configure(jsonl=str(tmp_path / "missing" / "events.jsonl"), trace=str(tmp_path / "a-folder.json"))
+    m = kit.load('''
+        def f(x):
+            with _telemetry.span("f"):
+                return x
+    ''')
+    for i in range(10):
+        m.f(i)
+    _core.flush()
+    losses = _core.sink_losses()
+    assert losses["jsonl"]["lost"] == 10 and "FileNotFoundError" in losses["jsonl"]["error"]
+    assert losses["trace"]["lost"] == 10 and "write: " in losses["trace"]["error"]
+    assert [r["count"] for r in _core.snapshot() if r["module"] == m.__name__] == [10]
+    _core.configure(jsonl="", trace="")
+    _core.reset()
+    assert _core.sink_losses() == {}
+
+    script = tmp_path / "lose.py"
+    script.write_text(
+        "from pytest_telemetry_inject import runtime\n"
+        "t = runtime.tracer('m')\n"
+        "for i in range(3):\n"
+        "    with t.span('f'):\n"
+        "        pass\n")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TELEMETRY_INJECT_JSONL": str(tmp_path / "missing" / "x.jsonl")}
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 0
+    assert "telemetry: 3 events could not be written to the jsonl sink" in run.stderr, run.stderr
+    assert run.stderr.count("\n") == 1
