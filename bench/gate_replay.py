@@ -175,8 +175,9 @@ class Replay:
         if self.baselines.exists():
             shutil.rmtree(self.baselines)
         self.baselines.mkdir(parents=True)
-        for stale in self.repo.glob(".testmondata*"):
-            stale.unlink()
+        for stale in [*self.repo.glob(".testmondata*"), self.workdir / "rows.jsonl"]:
+            if stale.exists():
+                stale.unlink()
         rows = []
         first, _ = commits[0]
         self.checkout(first)
@@ -205,6 +206,8 @@ class Replay:
                    "findings": findings.group(1) if findings else "",
                    "seconds": {"full": round(t_full, 2), "affected": round(t_aff, 2), "testmon": round(t_mon, 2)}}
             rows.append(row)
+            with open(self.workdir / "rows.jsonl", "a") as handle:  # partial results survive a stop
+                handle.write(json.dumps(row) + "\n")
             print(f"{index:>4} {message[:48]:<48} tests {row['tests']:>4} failed {row['failed']:>3} | affected "
                   f"{row['affected_run']:>4} missed {len(row['missed_by_affected'])} | testmon {row['testmon_run']:>4} "
                   f"missed {len(row['missed_by_testmon'])} | {row['findings'] or '-'}", flush=True)

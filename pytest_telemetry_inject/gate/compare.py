@@ -12,10 +12,15 @@ noise, judged by this rule (:class:`TimingModel`):
    12 bins: short calls are noisier than long ones). Each bin's median ``x`` is the drift of
    the run against the baseline at that size (a slower or faster machine), and 1.4826 times
    its median absolute deviation is the noise ``sigma`` of one pair at that size.
-3. A function's pairs are standardised, ``z = (x - drift) / sigma``; the function's score is
-   the median ``z`` times ``sqrt(n) / 1.2533`` (the standard error of a median of ``n``), its
-   ratio ``exp(median(x - drift))``.
-4. It is a finding when the score is beyond ``Z = 5`` (more than five standard errors), the
+3. A function's residual is ``m = median(x - drift)`` over its ``n`` pairs, its ratio
+   ``exp(m)``. Its noise has two parts: the pairs' own, ``1.2533 sigma / sqrt(n)`` (the standard
+   error of a median of ``n``), and the whole function's, ``tau``: all of a function's pairs
+   move together from run to run (where its code landed, the branch predictor, the collector),
+   which no number of pairs averages away. ``tau`` is 1.4826 times the median absolute
+   deviation of the judged functions' residuals (most functions did not change; at least 5%;
+   20% when fewer than 10 functions are judged). The score is
+   ``m / sqrt(tau^2 + (1.2533 sigma / sqrt(n))^2)``.
+4. It is a finding when the score is beyond ``Z = 5`` (more than five standard deviations), the
    ratio beyond ``MIN_RATIO`` (1.25) or its inverse, and the time it adds or saves over the run
    at least ``MIN_DELTA_NS`` (1 ms). With fewer than ``MIN_PAIRS`` (20) timed pairs there is no
    noise estimate, and timing is not judged (the summary says so).
@@ -45,6 +50,10 @@ MIN_DELTA_NS = 1_000_000
 MIN_PAIRS = 20
 BIN_PAIRS = 50
 MAX_BINS = 12
+MIN_FUNCTIONS = 10
+TAU_FLOOR = 0.05
+TAU_DEFAULT = 0.2
+"""tau when fewer than MIN_FUNCTIONS functions are judged (no estimate): 20%."""
 SIGMA_FLOOR = 0.01
 """Below this spread (1%) a bin's sigma is taken as 1%: a bin of identical timings (a clock's
 resolution) must not make every difference infinitely significant."""
@@ -161,6 +170,7 @@ class TimingModel:
     """(upper bound of the baseline's pair time in ns, drift, sigma) per bin."""
     judged: bool = False
     min_function_pairs: int = 3
+    tau: float = 0.0
 
     def describe(self) -> str:
         if not self.judged:
@@ -170,7 +180,8 @@ class TimingModel:
         sigmas = [b[2] for b in self.bins]
         return (f"timing ({self.metric} per call) judged on {self.pairs} pairs in {len(self.bins)} bins: this run "
                 f"x{math.exp(statistics.median(drifts)):.2f} the baseline overall (drift {_range(drifts, True)}), "
-                f"noise of one pair sigma {_range(sigmas, False)}; a finding needs > {Z:g} standard errors, "
+                f"noise of one pair sigma {_range(sigmas, False)}, of one function tau {self.tau * 100:.0f}%; "
+                f"a finding needs > {Z:g} standard deviations, "
                 f"a ratio beyond {MIN_RATIO:g}, {MIN_DELTA_NS / 1e6:g} ms over the run and {self.min_function_pairs} pairs")
 
 
@@ -320,21 +331,31 @@ def judge_timing(baseline: Baseline, current: Baseline,
         bin_of.extend([(drift, sigma)] * len(chunk))
     by_function: dict[tuple[str, str], list[tuple[float, float, Stat, Stat]]] = {}
     for (fn, x, _ns, b, a), (drift, sigma) in zip(ordered, bin_of):
-        by_function.setdefault(fn, []).append(((x - drift) / sigma, x - drift, b, a))
+        by_function.setdefault(fn, []).append((sigma, x - drift, b, a))
     slower, faster = [], []
     processes = max(int(baseline.meta.get("processes") or 1), int(current.meta.get("processes") or 1), 1)
     model.min_function_pairs = 2 * processes + 1
-    for fn, items in sorted(by_function.items()):
+    judged = {fn: items for fn, items in by_function.items() if len(items) >= model.min_function_pairs}
+    # The noise of a whole function: all its pairs move together from run to run (where its code
+    # landed in memory, the branch predictor, the collector), which no number of pairs averages
+    # away. Its spread, tau, is that of the functions' median residuals (most did not change).
+    medians = [statistics.median(r for _s, r, _b, _a in items) for items in judged.values()]
+    if len(medians) >= MIN_FUNCTIONS:
+        center = statistics.median(medians)
+        model.tau = max(1.4826 * statistics.median(abs(m - center) for m in medians), TAU_FLOOR)
+    else:
+        model.tau = TAU_DEFAULT
+    for fn, items in sorted(judged.items()):
         n = len(items)
-        if n < model.min_function_pairs:
-            continue
-        score = statistics.median(z for z, _r, _b, _a in items) * math.sqrt(n) / 1.2533
-        ratio = math.exp(statistics.median(r for _z, r, _b, _a in items))
+        residual = statistics.median(r for _s, r, _b, _a in items)
+        error = 1.2533 * statistics.median(s for s, _r, _b, _a in items) / math.sqrt(n)
+        score = residual / math.sqrt(model.tau ** 2 + error ** 2)
+        ratio = math.exp(residual)
         # The time this change adds (or saves) over the run, at this run's call counts.
         delta = sum(a.total_ns - a.total_ns / math.exp(r) for _z, r, _b, a in items)
         if abs(score) <= Z or abs(delta) < MIN_DELTA_NS:
             continue
-        note = (f"{score:+.1f} standard errors over {n} pair{'s' if n != 1 else ''}, "
+        note = (f"{score:+.1f} standard deviations over {n} pair{'s' if n != 1 else ''}, "
                 f"{delta / 1e6:+.1f} ms over the run, drift removed")
         if score > Z and ratio >= MIN_RATIO:
             slower.append(Finding("time", _key(fn), None, 1.0, ratio, note, score=score))
