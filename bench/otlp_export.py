@@ -162,6 +162,31 @@ def run(project: Path, *args: str, env: dict | None = None) -> tuple[float, subp
     return elapsed, done
 
 
+def check_reports(project: Path, calls: int) -> bool:
+    """One more run (not timed) with the JSON, HTML and trace reports and -n 2: each holds
+    every call the summary counts, or says how many have no event."""
+    _, done = run(project, "--inject-telemetry", "-n", "2", "--telemetry-report=all.json",
+                  "--telemetry-html=all.html", "--telemetry-trace=all-trace.json")
+    summary = next(line for line in done.stdout.splitlines() if " calls; LLM requests" in line)
+    counted = int(re.search(r"(\d+) calls;", summary).group(1))
+    data = json.loads((project / "all.json").read_text())
+    trace = json.loads((project / "all-trace.json").read_text())
+    page = (project / "all.html").read_text()
+    island = json.loads(page.split('id="telemetry-data">', 1)[1].split("</script>", 1)[0])
+    spans = sum(1 for e in trace["traceEvents"] if e["ph"] == "X")
+    per_test = sum(t["calls"] for t in data["tests"])
+    tabled = [t for t in island["tests"] if t[4] < t[1]]
+    print(f"reports (-n 2): summary {counted} calls; JSON totals {data['totals']['calls']}, per test {per_test}, "
+          f"events {len(data['events'])} + dropped {data['events_dropped']}; trace {spans} events + dropped "
+          f"{trace['otherData']['dropped_events']}, otherData.functions {sum(f['count'] for f in trace['otherData']['functions'])}; "
+          f"HTML {sum(t[1] for t in island['tests'])} calls in {len(island['tests'])} tests, {len(tabled)} with a table "
+          f"({sum(1 for t in tabled if t[5])} filled)")
+    return (counted == calls == data["totals"]["calls"] == per_test
+            == len(data["events"]) + data["events_dropped"] == spans + trace["otherData"]["dropped_events"]
+            == sum(f["count"] for f in trace["otherData"]["functions"]) == sum(t[1] for t in island["tests"])
+            and all(t[5] for t in tabled))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tests", type=int, default=500)
@@ -189,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 received = receiver.spans()
         report = json.loads((project / "otel.json").read_text())
         calls = report["totals"]["calls"]
+        reports_ok = check_reports(project, calls)
         summary = [line for line in otlp_done.stdout.splitlines() if "OTLP" in line or "spans" in line]
         best = {kind: min(values) for kind, values in times.items()}
         ratio = best["otlp"] / best["instrumented"]
@@ -201,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spans received: {received} of {expected} expected ({expected - received} missing)")
         for line in summary:
             print(f"summary: {line.strip()}")
-        ok = ratio <= TARGET_RATIO and (received == expected or any(re.search(r"\blost\b|\bdropped\b", l)
+        ok = reports_ok and ratio <= TARGET_RATIO and (received == expected or any(re.search(r"\blost\b|\bdropped\b", l)
                                                                    for l in summary))
         print("PASS" if ok else "FAIL")
         return 0 if ok else 1

@@ -15,6 +15,7 @@ usual, and the problem is recorded for the session's report.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -29,10 +30,15 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     from .engine.pipeline import Engine, FileResult
 
-# The form of the compiled code (2: the wrappers' exit code has no line, engine/compiler.py)
+# The form of the compiled code (``engine.compiler.CODE_FORM``: its docstring lists them)
 # and the interpreter's bytecode version: a cached code object of another form is compiled
 # again. (The cache adds its own magic and this machine's seal around it.)
-_CODE_MAGIC = b"TI-CODE2" + importlib.util.MAGIC_NUMBER
+# (Read when first needed: the compiler's import is not paid by a session that compiles nothing.)
+@functools.lru_cache(maxsize=None)
+def _code_magic() -> bytes:
+    from .engine.compiler import CODE_FORM
+
+    return f"TI-CODE{CODE_FORM}".encode() + importlib.util.MAGIC_NUMBER
 
 
 @dataclass
@@ -147,7 +153,7 @@ class TelemetryFinder:
                 if line_map is None:
                     self.state.problems[fullname] = "no line map"
                     return None
-                code = compile_mapped(text.lstrip("\ufeff"), line_map, path)
+                code = compile_mapped(text.lstrip("\ufeff"), line_map, path, style=self.engine.settings.style)
                 self._store_code(key, code)
             self.state.instrumented[fullname] = path
             return code
@@ -160,7 +166,7 @@ class TelemetryFinder:
         from . import __version__
 
         parts = (__version__, self.engine.settings.output_fingerprint(), sys.implementation.cache_tag or "",
-                 _CODE_MAGIC.decode("latin-1"), hashlib.sha256(data).hexdigest(), hashlib.sha256(output).hexdigest())
+                 _code_magic().decode("latin-1"), hashlib.sha256(data).hexdigest(), hashlib.sha256(output).hexdigest())
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
     def _load_code(self, key: str, path: str) -> CodeType | None:
@@ -175,10 +181,11 @@ class TelemetryFinder:
         data = cache.read_code(key)
         self.state.corrupt += cache.counters.corrupt - before
         cache.counters.corrupt = before  # counted here, not again with the next file's result
-        if data is None or not data.startswith(_CODE_MAGIC):
+        magic = _code_magic()
+        if data is None or not data.startswith(magic):
             return None
         try:
-            code = marshal.loads(data[len(_CODE_MAGIC):])
+            code = marshal.loads(data[len(magic):])
         except (ValueError, EOFError, TypeError):
             return None
         if not isinstance(code, CodeType):
@@ -188,7 +195,7 @@ class TelemetryFinder:
     def _store_code(self, key: str, code: CodeType) -> None:
         cache = self.engine.cache
         if cache is not None:
-            cache.write_code(key, _CODE_MAGIC + marshal.dumps(code))
+            cache.write_code(key, _code_magic() + marshal.dumps(code))
 
 
 def _fix_filename(code: CodeType, path: str) -> CodeType:

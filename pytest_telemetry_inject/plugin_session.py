@@ -455,6 +455,9 @@ class TelemetrySession:
         if self.finder is None:
             return found
         names = {os.path.basename(c) for c in self.candidates}
+        # An alias of a module the hook instrumented (toolz's tlz package copies toolz's
+        # modules under its own names: the functions are the instrumented ones) is not one.
+        through_hook = {os.path.realpath(p) for p in self.finder.state.instrumented.values()}
         for name, module in list(sys.modules.items()):
             origin = getattr(module, "__file__", None) or ""
             if os.path.basename(origin) not in names or name in self.finder.state.instrumented or name in self.early:
@@ -464,6 +467,8 @@ class TelemetrySession:
             loader = getattr(getattr(module, "__spec__", None), "loader", None)
             if isinstance(loader, TelemetryLoader):
                 continue  # through the hook, and left as it is for a reason it recorded
+            if os.path.realpath(origin) in through_hook:
+                continue
             found[name] = (f"imported by {type(loader).__name__ if loader is not None else 'an unknown loader'} "
                            "without going through the telemetry import hook")
         return found

@@ -167,11 +167,28 @@ def test_a_module_loaded_around_the_hook_is_named_in_the_summary(project: pytest
             sys.modules["pkg.loose"] = module
             spec.loader.exec_module(module)
             assert module.loose(1) == 2
+
+
+        def test_an_alias_of_an_instrumented_module():
+            # as toolz's tlz package does: the module's namespace under another name, by a
+            # loader of its own (the functions are the instrumented ones: not a module left out)
+            import importlib.machinery
+            import sys
+            import types
+            import pkg.core
+
+            alias = types.ModuleType("pkg_alias")
+            alias.__dict__.update(pkg.core.__dict__)
+            alias.__name__ = "pkg_alias"
+            alias.__spec__ = importlib.machinery.ModuleSpec("pkg_alias", object(), origin=pkg.core.__file__)
+            sys.modules["pkg_alias"] = alias
+            assert alias.double(2) == 4
         '''))
     result = project.runpytest_subprocess("--inject-telemetry")
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=5)
     result.stdout.fnmatch_lines(["not instrumented: pkg.loose: imported by SourceFileLoader without going through "
                                  "the telemetry import hook"])
+    assert "pkg_alias" not in result.stdout.str()
 
 
 def test_the_collection_header_counts_the_telemetry_items(project: pytest.Pytester) -> None:
