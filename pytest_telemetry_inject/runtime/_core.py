@@ -46,6 +46,7 @@ import _thread
 import atexit
 import contextvars
 import functools
+import gc
 import itertools
 import os
 import sys
@@ -117,6 +118,20 @@ _cv_set = _current.set
 _cv_reset = _current.reset
 _next_id = itertools.count(1).__next__
 _get_ident = threading.get_ident
+# CPython 3.11 and older may run the cyclic GC inside ContextVar.set (a HAMT node
+# allocation starts it); a generator or coroutine it finalises runs its ``finally``, and
+# a span's exit there (ContextVar.reset, or set) swaps the context's HAMT that the outer
+# set is still copying: a use-after-free, a segfault at ``_cv_set`` (python/cpython
+# gh-148891; reproduced with a suspended generator holding a span in a reference cycle).
+# So a span closed by GeneratorExit while this thread collects leaves the variable alone
+# (later spans of that context may name the dead span as parent). 3.12 runs the GC only
+# between bytecodes: nothing to do there.
+_gc_thread = [None]  # the thread collecting now, or None
+if sys.version_info < (3, 12):
+    def _gc_watch(phase: str, info: dict) -> None:
+        _gc_thread[0] = _get_ident() if phase == "start" else None
+
+    gc.callbacks.append(_gc_watch)
 _pid = os.getpid()
 
 # Settings the hot path reads (module globals: the cheapest lookup there is).
@@ -590,7 +605,7 @@ class _EvSpan(_AggSpan):
                 _emit(site, self._t, duration, self._tid, self._id, self._parent, error, self._test)
         except Exception:
             pass
-        if token is not None:
+        if token is not None and (et is not GeneratorExit or _gc_thread[0] != _get_ident()):
             try:
                 _cv_reset(token)
             except Exception:  # e.g. a span used across contexts: leave the var alone
@@ -683,7 +698,7 @@ class _OtSpan(_AggSpan):
             pass
         if span is not None:
             try:
-                if token is not None:
+                if token is not None and (et is not GeneratorExit or _gc_thread[0] != _get_ident()):
                     _otel.detach(token)
                 if error is not None:
                     span.record_exception(ev)
@@ -1235,8 +1250,8 @@ def _stepped(gen, enter, leave):  # type: ignore[no-untyped-def]
             leave(token)
         try:
             value = yield item
-        except GeneratorExit:
-            token = enter()
+        except GeneratorExit:  # (no context change while the GC runs: see _gc_thread)
+            token = enter() if _gc_thread[0] != _get_ident() else None
             try:
                 gen.close()
             finally:
