@@ -265,8 +265,14 @@ def main() -> int:
     parser.add_argument("--python", default=None,
                         help="interpreter with this package, pytest-xdist and pytest-testmon installed "
                              "(default: a virtualenv made in the work folder)")
+    parser.add_argument("--summarize", action="store_true",
+                        help="print the summary of the rows a (maybe stopped) replay kept in rows.jsonl")
     args = parser.parse_args()
     workdir = args.workdir.resolve()
+    if args.summarize:
+        rows = [json.loads(line) for line in (workdir / "rows.jsonl").read_text().splitlines() if line.strip()]
+        print(json.dumps(summarize(rows), indent=1))
+        return 0
     workdir.mkdir(parents=True, exist_ok=True)
     python = args.python
     if python is None:
@@ -282,11 +288,18 @@ def main() -> int:
     print(f"{len(commits)} commits")
     result = replay.run(commits)
     result["synthetic"] = replay.synthetic(commits[-1][0])
-    rows = result["rows"]
+    summary = summarize(result["rows"])
+    result["summary"] = summary
+    (workdir / "replay.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(summary, indent=1))
+    return 0 if summary["missed_by_affected"] == 0 else 1
+
+
+def summarize(rows: list[dict]) -> dict:
     full = sum(r["tests"] for r in rows)
     aff = sum(r["affected_run"] for r in rows)
     mon = sum(r["testmon_run"] for r in rows)
-    summary = {
+    return {
         "commits": len(rows), "tests_full": full, "tests_affected": aff, "tests_testmon": mon,
         "commits_failing": sum(1 for r in rows if r["failed"]),
         "failures_full": sum(r["failed"] for r in rows),
@@ -295,11 +308,10 @@ def main() -> int:
         "affected_more_than_testmon": sum(1 for r in rows if r["affected_run"] > r["testmon_run"]),
         "affected_everything": sum(1 for r in rows if r["everything"]),
         "commits_with_findings": sum(1 for r in rows if r["findings"]),
+        "commits_affected_ran_more": [r["message"] for r in rows if r["affected_run"] > r["testmon_run"]],
+        "commits_testmon_missed": [r["message"] for r in rows if r["missed_by_testmon"]],
+        "commits_full_failed": [r["message"] for r in rows if r["failed"]],
     }
-    result["summary"] = summary
-    (workdir / "replay.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps(summary, indent=1))
-    return 0 if summary["missed_by_affected"] == 0 else 1
 
 
 if __name__ == "__main__":

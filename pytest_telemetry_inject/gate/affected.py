@@ -453,8 +453,11 @@ class _Analysis:
             bound = _binds(statement)
             if bound is None:
                 line = getattr(statement, "lineno", None)
+                what = {"Assign": "an assignment that calls something", "AnnAssign": "an assignment that calls something",
+                        "AugAssign": "an assignment that calls something", "Expr": "an expression statement (a call)"}
                 self.everything(f"module-level code of {rel} changed{f' (line {line})' if line else ''}: "
-                                f"a {type(statement).__name__} statement runs at import, every test may see it")
+                                f"{what.get(type(statement).__name__, 'a ' + type(statement).__name__ + ' statement')} "
+                                "runs at import, every test may see it")
                 return False
             names |= bound
         if names:
