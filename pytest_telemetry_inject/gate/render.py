@@ -236,7 +236,7 @@ ul { margin: 4px 0; }
       var tr = el("tr", {"data-function": f.function, "data-kind": f.kind});
       if (f.rules.length) tr.className = "violation"; else if (f.moved) tr.className = "moved";
       var change = f.kind === "time" || f.kind === "faster" ? "x" + (f.after / f.before).toFixed(2)
-        : f.change === null ? "new here" : (f.change * 100).toFixed(1) + "%";
+        : f.change === null ? "new here" : (f.change > 0 ? "+" : "") + (f.change * 100).toFixed(1) + "%";
       [[f.kind + (f.moved ? " (moved)" : ""), "l"], [f.function, "l"], [f.test, "l"], [change], [f.kind === "time" || f.kind === "faster" ? "" : num(f.before)],
        [f.kind === "time" || f.kind === "faster" ? "" : num(f.after)], [f.note + (f.rules.length ? " [fails " + f.rules.join(", ") + "]" : ""), "l"]]
         .forEach(function (c) { tr.appendChild(el("td", c[1] ? {"class": c[1]} : {}, c[0])); });
