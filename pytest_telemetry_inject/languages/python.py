@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 TEMPLATE_VERSION = 1
+# The otel target's templates: 2 adds the code attributes (OTEL_ATTRIBUTES).
+OTEL_TEMPLATE_VERSION = 2
 STYLES = ("with", "try", "decorator")
 
 _QUERY = """
@@ -57,8 +59,14 @@ _MULTILINE_STRING_HINT = re.compile(rb'"""|' + rb"'''|\\\r?\n")
 
 _WS = " \t\x0c"
 _NAME = r'"([^"\\\n]*)"'
-WITH_MARK = re.compile(r"with _telemetry\.(span|generator_span|start_as_current_span|start_span)\(" + _NAME + r"\):")
-DECO_MARK = re.compile(r"@_telemetry\.(instrument|start_as_current_span)\(" + _NAME + r"\)")
+# The otel target's spans carry the semantic conventions' code attributes (the function's
+# fully qualified name, its file), written so that they stay true when the code moves: no
+# line number, which an edit above the function would make wrong without touching it.
+OTEL_ATTRIBUTES = ', attributes={{"code.function.name": __name__ + ".{name}", "code.file.path": __file__}}'
+_ATTRS = r'(?:, attributes=\{"code\.function\.name": __name__ \+ "\.\2", "code\.file\.path": __file__\})?'
+WITH_MARK = re.compile(r"with _telemetry\.(span|generator_span|start_as_current_span|start_span)\(" + _NAME + _ATTRS
+                       + r"\):")
+DECO_MARK = re.compile(r"@_telemetry\.(instrument|start_as_current_span)\(" + _NAME + _ATTRS + r"\)")
 LOG_PROLOGUE = "_telemetry_t0 = _telemetry_clock()"
 _LOG_NAME = re.compile(r'_telemetry\.debug\("%s took %\.6f s", ' + _NAME + r", _telemetry_clock\(\) - _telemetry_t0\)")
 SKIP_COMMENT = re.compile(r"#\s*telemetry:\s*skip\b(?!-)")
@@ -266,7 +274,9 @@ class PythonLanguage(Language):
     extensions, interpreters = BUILTIN["python"][2:]  # the registry's table
 
     def __init__(self) -> None:
-        self._templates = {(style, target): Template(f"python.{style}.{target}", TEMPLATE_VERSION, style, target)
+        self._templates = {(style, target): Template(f"python.{style}.{target}",
+                                                     OTEL_TEMPLATE_VERSION if target == "otel" else TEMPLATE_VERSION,
+                                                     style, target)
                            for style in STYLES for target in HEADERS}
 
     # -- parsing -----------------------------------------------------------------------
@@ -586,7 +596,7 @@ class PythonLanguage(Language):
         if target == "otel":
             if record.is_async or record.is_generator:
                 raise TemplateNotApplicable("OpenTelemetry's decorator does not cover async functions or generators")
-            text = f'@_telemetry.start_as_current_span("{name}")'
+            text = f'@_telemetry.start_as_current_span("{name}"{OTEL_ATTRIBUTES.format(name=name)})'
         else:
             text = f'@_telemetry.instrument("{name}")'
         return [insert(record.relative(record.def_line), record.indent + text)]
@@ -596,11 +606,13 @@ class PythonLanguage(Language):
         if target == "logging":
             return self._plan_body(record, parsed, [LOG_PROLOGUE, "try:"], _log_epilogue(name))
         generator = record.is_generator
+        attributes = ""
         if target == "otel":
             call = "start_span" if generator else "start_as_current_span"
+            attributes = OTEL_ATTRIBUTES.format(name=name)
         else:
             call = "generator_span" if generator else "span"
-        return self._plan_body(record, parsed, [f'with _telemetry.{call}("{name}"):'], [])
+        return self._plan_body(record, parsed, [f'with _telemetry.{call}("{name}"{attributes}):'], [])
 
     def _plan_body(self, record: FunctionRecord, parsed: ParsedFile, prologue: list[str],
                    epilogue: list[tuple[int, str]]) -> list[Edit]:

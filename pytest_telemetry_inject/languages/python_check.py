@@ -47,13 +47,16 @@ OK, CORRUPT, UNSURE = "ok", "corrupt", "unsure"
 _WS = " \t\x0c"
 _NAME = r'"([A-Za-z_][\w.<>]*)"'
 """A qualname as the templates write it: identifiers and ``<locals>`` joined by dots."""
+# The otel templates' code attributes (languages/python.py OTEL_ATTRIBUTES), naming the same
+# function as the span, or none (the form before them).
+_OTEL_ATTRS = r'(?:, attributes=\{"code\.function\.name": __name__ \+ "\.\1", "code\.file\.path": __file__\})?'
 _WITH = {
     "runtime": re.compile(r"with _telemetry\.(?:span|generator_span)\(" + _NAME + r"\):"),
-    "otel": re.compile(r"with _telemetry\.(?:start_as_current_span|start_span)\(" + _NAME + r"\):"),
+    "otel": re.compile(r"with _telemetry\.(?:start_as_current_span|start_span)\(" + _NAME + _OTEL_ATTRS + r"\):"),
 }
 _DECORATOR = {
     "runtime": re.compile(r"@_telemetry\.instrument\(" + _NAME + r"\)"),
-    "otel": re.compile(r"@_telemetry\.start_as_current_span\(" + _NAME + r"\)"),
+    "otel": re.compile(r"@_telemetry\.start_as_current_span\(" + _NAME + _OTEL_ATTRS + r"\)"),
 }
 _TRY_PROLOGUE = {
     "runtime": re.compile(r"_telemetry_t = _telemetry\.(?:start|start_generator)\(\)"),

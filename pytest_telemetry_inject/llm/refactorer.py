@@ -255,10 +255,19 @@ def _probe(target: str, generator: bool, is_async: bool) -> tuple[tuple[str, str
     return tuple(found)
 
 
+_PROBE_USES = re.compile(r'([".])' + PROBE_NAME + '"')
+
+
+def _named(text: str, span_name: str) -> str:
+    """``text`` (a probe's telemetry) naming ``span_name``: the span's name and, in the otel
+    target's code attributes, the qualname after the module (``__name__ + ".NAME"``)."""
+    return _PROBE_USES.sub(lambda match: f'{match.group(1)}{span_name}"', text)
+
+
 def telemetry_examples(target: str, span_name: str, source: str) -> list[tuple[str, str]]:
     """(style, example) of every form the templates write for this target and kind of function."""
     generator, is_async = _function_kind(source)
-    return [(style, example.replace(f'"{PROBE_NAME}"', f'"{span_name}"'))
+    return [(style, _named(example, span_name))
             for style, example, _lines in _probe(target, generator, is_async)]
 
 
@@ -278,7 +287,7 @@ def target_problem(language: str, target: str, span_name: str, source: str, edit
     from ..scriptlib import Insert, InsertAfter
 
     generator, is_async = _function_kind(source)
-    allowed = {line.replace(f'"{PROBE_NAME}"', f'"{span_name}"')
+    allowed = {_named(line, span_name)
                for _style, _example, lines in _probe(target, generator, is_async) for line in lines}
     for edit in edits:
         if isinstance(edit, (Insert, InsertAfter)):

@@ -305,8 +305,9 @@ def test_qualnames_and_kinds_of_span() -> None:
     decorated = instrument(CASES["basics"], "decorator", "runtime").output.decode()
     assert '    @property\n    @_telemetry.instrument("Shape.area")\n    def area(self):' in decorated
     otel = instrument(CASES["basics"], "with", "otel").output.decode()
-    assert 'with _telemetry.start_as_current_span("add"):' in otel
-    assert 'with _telemetry.start_span("countdown"):' in otel
+    assert ('with _telemetry.start_as_current_span("add", attributes={"code.function.name": __name__ + ".add", '
+            '"code.file.path": __file__}):') in otel
+    assert 'with _telemetry.start_span("countdown", attributes={"code.function.name": __name__ + ".countdown", ' in otel
 
 
 def test_fallback_to_the_other_style_and_reasons() -> None:

@@ -257,3 +257,23 @@ def test_the_instruction_count_child_calls_its_variant(kit) -> None:
     assert subprocess.run([*bench, "runtime: default aggregator", "50"], capture_output=True, timeout=300).returncode == 0
     unknown = subprocess.run([*bench, "no such row", "50"], capture_output=True, text=True, timeout=300)
     assert unknown.returncode != 0 and "ValueError" in unknown.stderr
+
+
+@needs_chromium
+def test_html_self_column_and_a_table_for_tests_whose_chart_misses_calls(kit, tmp_path: Path) -> None:
+    runtime.configure(keep_events=True, max_events=3, self_time=0.001)
+    m = kit.load(SOURCE)
+    runtime.set_current_test("tests/test_a.py::test_one")
+    m.busy(5)
+    runtime.set_current_test(None)
+    runtime.configure(self_time=0)
+    data = report.from_runtime()
+    page = tmp_path / "capped.html"
+    report.write_html(page, data)
+    dom = _chromium(page.as_uri(), tmp_path, "--dump-dom").stdout
+    assert 'data-ready="1"' in dom
+    assert ">Self ms</th>" in dom.split('id="functions"', 1)[1].split("</thead>", 1)[0]
+    section = dom.split('data-test="tests/test_a.py::test_one"', 1)[1].split("</details>", 1)[0]
+    assert "3 of 7 calls charted" in section and 'class="test-functions"' in section
+    cells = re.findall(r"<tr><td>([^<]+)</td><td>(\d+)</td>", section)
+    assert {name.split(":")[1]: int(calls) for name, calls in cells} == {"busy": 1, "light": 5, "fail": 1}

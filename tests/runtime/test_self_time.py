@@ -119,23 +119,34 @@ def test_threads_are_sampled_each_on_its_own(kit) -> None:
     assert rows["leaf"]["self_ns"] > rows["outer"]["self_ns"]
 
 
-def _threads_become(count: int) -> int:
+def _running(ident: int | None, expected: bool) -> bool:
+    """Whether the thread ``ident`` runs (waiting up to 5 s for it to be as ``expected``)."""
     deadline = time.monotonic() + 5
-    while len(sys._current_frames()) != count and time.monotonic() < deadline:
+    while (ident in sys._current_frames()) != expected and time.monotonic() < deadline:
         time.sleep(0.01)
-    return len(sys._current_frames())
+    return ident in sys._current_frames()
+
+
+def _sampler_ident() -> int | None:
+    deadline = time.monotonic() + 5
+    while _core._sampler is not None and _core._sampler.ident is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return _core._sampler.ident if _core._sampler is not None else None
 
 
 def test_the_sampler_is_invisible_to_threading_and_stops(kit) -> None:
-    count, listed = len(sys._current_frames()), threading.active_count()
     _core.configure(self_time=0.001)
-    assert _threads_become(count + 1) == count + 1  # a thread of its own...
-    assert threading.active_count() == listed  # ...that threading does not list
+    first = _sampler_ident()
+    assert first is not None and _running(first, True)  # a thread of its own...
+    assert first not in {t.ident for t in threading.enumerate()}  # ...that threading does not list
     assert all("telemetry" not in t.name for t in threading.enumerate())
     _core.configure(self_time=0.002)  # a new interval: the old thread stops, a new one starts
-    assert _threads_become(count + 1) == count + 1
+    second = _sampler_ident()
+    assert second is not None and _running(second, True)
+    if second != first:  # (the system may give the new thread the old one's id)
+        assert not _running(first, False)
     _core.configure(self_time=0)
-    assert _threads_become(count) == count
+    assert _core._sampler is None and not _running(second, False)
 
 
 def test_self_time_off_by_default_and_none_reported(kit) -> None:
