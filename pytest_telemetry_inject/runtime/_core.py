@@ -351,6 +351,7 @@ class _Sampler:
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self.codes: dict = {}
+        self.entries: dict = {}  # code object -> the offset of its entry instruction (_entry_offset)
         self.where: dict = {}
         self.seen = 0  # sites indexed in ``where``
         self.ident = None
@@ -413,6 +414,7 @@ class _Sampler:
         if len(_sites) != self.seen:
             self._index()
         codes = self.codes
+        entries = self.entries
         me = self.ident
         frame = None
         frames = sys._current_frames()
@@ -426,6 +428,19 @@ class _Sampler:
                     steps = 0
                     while frame is not None and steps < _MAX_WALK:
                         code = frame.f_code
+                        entry = entries.get(code)
+                        if entry is None:
+                            entry = entries[code] = _entry_offset(code)
+                        if frame.f_lasti == entry:
+                            # At its first instruction: the frame has done nothing yet. A
+                            # thread hands over the GIL where the interpreter checks for it,
+                            # at a function's entry among others, so the time that passed
+                            # (in C calls of the caller, say) is the caller's, not this new
+                            # frame's: without this, the runtime's end(), entered right
+                            # after such work, would be charged with it.
+                            frame = frame.f_back
+                            steps += 1
+                            continue
                         known = codes.get(code, _UNKNOWN)
                         if known is _UNKNOWN:
                             known = codes[code] = self.site_of(code)
@@ -445,6 +460,17 @@ class _Sampler:
                         steps += 1
         finally:
             del frames, frame  # no frame is held between samples
+
+
+def _entry_offset(code: object) -> int:
+    """The offset of the code's RESUME, where a frame waits when it is entered and hands over
+    the GIL (CPython 3.11+); -2 (no frame is there) before 3.11."""
+    import dis
+
+    for instruction in dis.get_instructions(code):  # type: ignore[arg-type]
+        if instruction.opname == "RESUME":
+            return instruction.offset
+    return -2
 
 
 def _set_sampler() -> None:
