@@ -42,6 +42,12 @@ SOURCE = '''
             return 1
         finally:
             _telemetry.end("tiny", _telemetry_t)
+    def c_work():
+        _telemetry_t = _telemetry.start()
+        try:
+            return sorted(range(200000, 0, -1))[0]
+        finally:
+            _telemetry.end("c_work", _telemetry_t)
     def caller_of_tiny(n):
         _telemetry_t = _telemetry.start()
         try:
@@ -92,18 +98,23 @@ def test_self_time_is_never_more_than_the_total(kit) -> None:
 
 
 def test_the_runtimes_own_time_is_charged_to_no_function(kit) -> None:
-    """A caller of a tiny instrumented function spends much of its time in the runtime's
-    end(): those samples count as the tool's, not as the caller's self time."""
+    """Time in the runtime's code is the tool's (counted apart, charged to no function), and
+    time a function spends in C calls is its own, though the thread hands over the GIL only
+    when the next function (the runtime's end(), say) is entered."""
     m = _sampled(kit)
+    rows_before = _core.self_time()
     deadline = time.perf_counter() + 0.6
     while time.perf_counter() < deadline:
         m.caller_of_tiny(20000)
+        m.c_work()
     _core.configure(self_time=0)
     info = _core.self_time()
-    assert info["tool_samples"] > 0 and info["tool_ns"] > 0, info
+    assert info is not None and rows_before is not None
     rows = rows_of(m)
+    assert rows["c_work"]["self_ns"] > 0.5 * rows["c_work"]["total_ns"], rows["c_work"]
     charged = rows["caller_of_tiny"]["self_ns"] + rows["tiny"]["self_ns"]
-    assert charged + info["tool_ns"] <= rows["caller_of_tiny"]["total_ns"] * 1.5
+    assert charged <= rows["caller_of_tiny"]["total_ns"]
+    assert info["tool_ns"] < 0.5 * rows["c_work"]["total_ns"], info
 
 
 def test_threads_are_sampled_each_on_its_own(kit) -> None:
