@@ -8,7 +8,8 @@ is not changed. A test is selected when:
 
 - it called a changed or deleted function (in its setup, call or teardown, or in the setup of
   a shared fixture it used);
-- it is not in the baseline (new), or did not pass there;
+- it is not in the baseline (new), or failed there (a skipped test is judged as a passed
+  one: what decides its skip is in its file or in code it calls);
 - its own file changed (test modules, and source modules for their doctests), or a
   ``conftest.py`` or another non-test Python file in a test folder above it changed;
 - a new function may override or shadow one it called (same name);
@@ -37,11 +38,12 @@ from typing import Iterable
 from ..gitdiff import FileChanges, GitError, Repository
 from .baseline import Baseline
 
-DEFAULT_IGNORE = ("*.md", "*.rst", "*.txt", "docs/*", "doc/*", "LICENSE*", "COPYING*", "AUTHORS*", "CHANGES*",
+DEFAULT_IGNORE = ("*.md", "*.rst", "requirements*.txt", "docs/*", "doc/*", "LICENSE*", "COPYING*", "AUTHORS*", "CHANGES*",
                   "CHANGELOG*", "HISTORY*", "NEWS*", ".gitignore", ".gitattributes", ".github/*", ".gitlab-ci.yml",
                   ".pre-commit-config.yaml", ".readthedocs.y*ml", ".coveragerc", ".editorconfig", "MANIFEST.in",
-                  "setup.cfg", "tox.ini", "pyproject.toml", ".telemetry/*")
-"""Changed files that select no test: documentation, repository and packaging metadata. The
+                  "setup.cfg", "tox.ini", "pyproject.toml", "*.pyi", "py.typed", ".telemetry/*")
+"""Changed files that select no test: documentation, repository and packaging metadata, type
+stubs (``.pyi``, ``py.typed``: nothing imports them at run time). The
 file pytest read its configuration from (``setup.cfg``, ``tox.ini``, ``pyproject.toml``,
 ``pytest.ini``) always runs every test, whatever these globs say."""
 TEST_DIRS = {"tests", "test", "testing"}
@@ -79,7 +81,7 @@ class Selection:
             return self.tests[nodeid]
         if nodeid not in self.known:
             return "new test (not in the baseline)"
-        if self.known[nodeid] != "passed":
+        if self.known[nodeid] not in ("passed", "skipped"):
             return f"{self.known[nodeid]} in the baseline"
         file = nodeid.split("::", 1)[0]
         if file in self.files:
@@ -229,8 +231,22 @@ class _Analysis:
         absolute = self.top / top_path
         return Path(os.path.relpath(absolute, self.rootdir)).as_posix()
 
+    def pytest_section_same(self, commit: str, top_path: str) -> bool:
+        """Whether the pytest configuration in pytest's configuration file is the same as at
+        ``commit`` (the rest of a ``pyproject.toml``, ``setup.cfg`` or ``tox.ini`` is other tools')."""
+        try:
+            new = (self.top / top_path).read_bytes()
+            old = self.repo.git("show", f"{commit}:{top_path}")
+        except (OSError, GitError):
+            return False
+        before, after = _pytest_section(top_path, old), _pytest_section(top_path, new)
+        return before is not None and before == after
+
     def ignored(self, rel: str, top_path: str) -> bool:
-        return any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(top_path, g) for g in self.ignore)
+        """A glob without a ``/`` matches a file's name in any folder (as in ``.gitignore``)."""
+        name = PurePosixPath(rel).name
+        return any(fnmatch.fnmatch(rel, g) or fnmatch.fnmatch(top_path, g) or ("/" not in g and fnmatch.fnmatch(name, g))
+                   for g in self.ignore)
 
     def is_test_file(self, rel: str) -> bool:
         path = PurePosixPath(rel)
@@ -239,6 +255,9 @@ class _Analysis:
     def file(self, commit: str, top_path: str, kind: str, changes: FileChanges | None) -> None:
         rel = self.relative(top_path)
         if self.inifile is not None and Path(os.path.realpath(self.top / top_path)) == self.inifile:
+            if self.pytest_section_same(commit, top_path):
+                self.sel.changes.append(f"{rel} changed, not its pytest configuration")
+                return
             self.everything(f"{rel} changed: pytest reads its configuration from it")
             return
         if self.ignored(rel, top_path):
@@ -250,7 +269,7 @@ class _Analysis:
             folder = "" if folder == "." else folder
             if any(fnmatch.fnmatch(name, g) for g in self.test_globs if g != "conftest.py"):
                 self.test_module(commit, top_path, rel, kind)
-            else:
+            elif not self.test_helper(commit, top_path, rel, folder, kind):
                 self.sel.folders.setdefault(folder, f"{rel} changed (tests under {folder or 'the rootdir'})")
                 self.sel.changes.append(f"{rel} {kind}: every test under {folder or 'the rootdir'}")
             return
@@ -308,19 +327,46 @@ class _Analysis:
             self.sel.files.setdefault(rel, f"its file changed ({rel}: {why})")
             self.sel.changes.append(f"test file {rel}: {why}: all its tests")
             return
-        outer = {q.partition(".<locals>.")[0] for q in changed}
+        # (A test its class inherits from another file is unchanged: that file did not change,
+        # or its own rule selects it; one defined here now, shadowing it, is added.)
+        outer = {q.partition(".<locals>.")[0] for q in changed | added}
         count = 0
         for nodeid in self.tests_of_file().get(rel, ()):
             qualname = ".".join(nodeid.split("::")[1:]).partition("[")[0]
             if qualname in outer:
                 self.sel.tests.setdefault(nodeid, f"its test function changed ({rel}::{qualname})")
                 count += 1
-            elif qualname not in new_defs:
-                # Inherited from a class elsewhere, or generated: not reasoned about here.
-                self.sel.tests.setdefault(nodeid, f"its file changed ({rel}) and its function is not defined there")
-                count += 1
         self.sel.changes.append(f"test file {rel}: {len(outer)} test functions changed, {len(added)} added: "
                                 f"{count} tests")
+
+    def test_helper(self, commit: str, top_path: str, rel: str, folder: str, kind: str) -> bool:
+        """A changed helper module of the tests (not conftest.py): when only test methods
+        changed (a mixin's, which test classes elsewhere inherit) and nothing else in it, the
+        tests of those names under its folder; False when that cannot be said."""
+        if PurePosixPath(rel).name == "conftest.py" or kind != "modified":
+            return False
+        trees = self._trees(commit, top_path, rel)
+        if trees is None:
+            return False
+        old_tree, new_tree = trees
+        old_defs, new_defs = _definitions(old_tree), _definitions(new_tree)
+        added, deleted = set(new_defs) - set(old_defs), set(old_defs) - set(new_defs)
+        changed = {q for q in set(old_defs) & set(new_defs) if _dump(old_defs[q]) != _dump(new_defs[q])}
+        if _statements(old_tree, deleted)[0] != _statements(new_tree, added)[0]:
+            return False
+        touched = {q.partition(".<locals>.")[0] for q in changed | added | deleted}
+        names = {q.rpartition(".")[2] for q in touched}
+        if not all(name.startswith("test") for name in names):
+            return False
+        count = 0
+        prefix = folder.rstrip("/") + "/" if folder else ""
+        for nodeid in self.baseline.tests:
+            if nodeid.startswith(prefix) and nodeid.split("::")[-1].partition("[")[0] in names:
+                self.sel.tests.setdefault(nodeid, f"its test method changed in {rel} "
+                                                  f"({nodeid.split('::')[-1].partition('[')[0]})")
+                count += 1
+        self.sel.changes.append(f"{rel}: test methods {', '.join(sorted(names)) or '(none)'} changed: {count} tests")
+        return True
 
     def tests_of_file(self) -> dict[str, list[str]]:
         if self._by_file is None:
@@ -569,6 +615,35 @@ class _Analysis:
 
 
 # -- syntax trees ---------------------------------------------------------------------------------
+
+
+def _pytest_section(name: str, data: bytes) -> str | None:
+    """The pytest part of a configuration file, comparable; None when it cannot be read (or for
+    ``pytest.ini``, which is all pytest's)."""
+    import configparser
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if name.endswith(".toml"):
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10: not judged
+            return None
+        try:
+            return repr(tomllib.loads(text).get("tool", {}).get("pytest"))
+        except ValueError:
+            return None
+    if name.endswith((".cfg", ".ini")) and not name.endswith("pytest.ini"):
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read_string(text)
+        except configparser.Error:
+            return None
+        section = "tool:pytest" if name.endswith(".cfg") else "pytest"
+        return repr(sorted(parser.items(section))) if parser.has_section(section) else repr(None)
+    return None
 
 
 def _decode(data: bytes) -> str:

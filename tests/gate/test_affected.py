@@ -342,3 +342,55 @@ def test_the_selection_travels_as_json(repo: Path) -> None:
     selection, decisions = run(repo)
     again = Selection.from_json(json.loads(json.dumps(selection.to_json())))
     assert {t: again.decide(t) for t in CALLS} == decisions
+
+
+def test_pytests_configuration_file_counts_only_for_its_pytest_part(repo: Path) -> None:
+    (repo / "pyproject.toml").write_text('[project]\nname = "shop"\n\n[tool.pytest.ini_options]\naddopts = "-q"\n')
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "config")
+    inifile = repo / "pyproject.toml"
+    edit(repo, "pyproject.toml", 'name = "shop"', 'name = "shop"\nversion = "2"')
+    selection = select(baseline(repo), repo, "HEAD", test_globs=["test_*.py"], inifile=inifile)
+    assert selection.everything is None
+    assert "pyproject.toml changed, not its pytest configuration" in selection.changes
+    edit(repo, "pyproject.toml", 'addopts = "-q"', 'addopts = "-q -x"')
+    selection = select(baseline(repo), repo, "HEAD", test_globs=["test_*.py"], inifile=inifile)
+    assert selection.everything == "pyproject.toml changed: pytest reads its configuration from it"
+
+
+def test_mixin_test_methods_and_inherited_tests(repo: Path) -> None:
+    (repo / "tests" / "mixins.py").write_text("class Checks:\n    def test_shared(self):\n        assert 1\n\n"
+                                              "    def helper(self):\n        return 1\n")
+    (repo / "tests" / "test_classes.py").write_text(
+        "from tests.mixins import Checks\n\n\nclass TestA(Checks):\n    def test_own(self):\n        assert 1\n\n\n"
+        "class TestB(Checks):\n    pass\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "classes")
+    extra = {"tests/test_classes.py::TestA::test_own": [], "tests/test_classes.py::TestA::test_shared": [],
+             "tests/test_classes.py::TestB::test_shared": []}
+    CALLS.update(extra)
+    try:
+        edit(repo, "tests/mixins.py", "    def test_shared(self):\n        assert 1", "    def test_shared(self):\n        assert 2")
+        selection, decisions = run(repo)
+        assert {t for t, why in decisions.items() if why} == {"tests/test_classes.py::TestA::test_shared",
+                                                              "tests/test_classes.py::TestB::test_shared"}
+        git(repo, "checkout", "-q", "--", ".")
+        edit(repo, "tests/mixins.py", "        return 1", "        return 2")  # a helper: every test under tests
+        _, decisions = run(repo)
+        assert all(decisions.values())
+        git(repo, "checkout", "-q", "--", ".")
+        edit(repo, "tests/test_classes.py", "    def test_own(self):\n        assert 1", "    def test_own(self):\n        assert 3")
+        _, decisions = run(repo)  # the inherited tests of the file did not change
+        assert {t for t, why in decisions.items() if why} == {"tests/test_classes.py::TestA::test_own"}
+    finally:
+        for key in extra:
+            CALLS.pop(key)
+
+
+def test_skipped_tests_and_stubs(repo: Path) -> None:
+    _, decisions = run(repo, baseline(repo, outcomes={"tests/test_other.py::test_nothing": "skipped"}))
+    assert not any(decisions.values())
+    (repo / "shop" / "cart.pyi").write_text("def price(n: int) -> int: ...\n")
+    (repo / "shop" / "py.typed").write_text("")
+    selection, decisions = run(repo)
+    assert selection.everything is None and not any(decisions.values())
