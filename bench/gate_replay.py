@@ -223,9 +223,9 @@ class Replay:
             ("comment only", lambda text: text.replace("    def __setitem__(self, key, value):\n",
                                                       "    def __setitem__(self, key, value):\n"
                                                       "        # a comment, nothing else\n", 1)),
-            ("more work", lambda text: text.replace("            itemsize = self.getsizeof(value)\n",
-                                                   "            itemsize = max(self.getsizeof(value), "
-                                                   "self.getsizeof(value))\n", 1)),
+            ("more work", lambda text: re.sub(r"^( +)(item)?size = self\.getsizeof\(value\)$",
+                                              r"\1\2size = max(self.getsizeof(value), self.getsizeof(value))",
+                                              text, count=1, flags=re.M)),
         ]
         parent = last
         for name, edit in cases:
@@ -234,6 +234,7 @@ class Replay:
             changed = edit(text)
             if changed == text:
                 results.append({"case": name, "error": "the edit found nothing to change"})
+                print(f"synthetic {name}: the edit found nothing to change", flush=True)
                 continue
             module.write_text(changed)
             sh(*GIT, "commit", "-q", "-am", f"synthetic: {name}", cwd=self.repo)
