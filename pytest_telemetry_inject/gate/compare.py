@@ -17,7 +17,7 @@ noise, judged by this rule (:class:`TimingModel`):
    error of a median of ``n``), and the whole function's, ``tau``: all of a function's pairs
    move together from run to run (where its code landed, the branch predictor, the collector),
    which no number of pairs averages away. ``tau`` is 1.4826 times the median absolute
-   deviation of the judged functions' residuals (most functions did not change; at least 5%;
+   deviation of the judged functions' residuals (most functions did not change; at least 10%;
    20% when fewer than 10 functions are judged). The score is
    ``m / sqrt(tau^2 + (1.2533 sigma / sqrt(n))^2)``.
 4. It is a finding when the score is beyond ``Z = 5`` (more than five standard deviations), the
@@ -51,7 +51,7 @@ MIN_PAIRS = 20
 BIN_PAIRS = 50
 MAX_BINS = 12
 MIN_FUNCTIONS = 10
-TAU_FLOOR = 0.05
+TAU_FLOOR = 0.10
 TAU_DEFAULT = 0.2
 """tau when fewer than MIN_FUNCTIONS functions are judged (no estimate): 20%."""
 SIGMA_FLOOR = 0.01
