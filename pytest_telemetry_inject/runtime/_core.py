@@ -338,6 +338,31 @@ _TOOL = object()  # a code object of the runtime itself
 _HERE = os.path.abspath(globals().get("__file__") or "<runtime>")
 _RUNTIME_DIR = os.path.dirname(_HERE) if __name__ == _MAIN_NAME else None
 _MAX_WALK = 400  # frames looked at per thread and sample; deeper stacks are not charged
+# CPython 3.11 makes a frame's Python object lazily (``f_back``, ``sys._current_frames()``)
+# and may run the cyclic GC inside that allocation, before the new object is tied to its
+# frame. A finalizer the collection runs can hand the GIL to the frame's own thread, which
+# returns from the frame meanwhile; the object is then tied to freed memory and reading it
+# crashes the interpreter (what sampling profilers on 3.11 hit; reproduced here with a
+# finalizer that sleeps while the sampler walks a deep stack). So on 3.11 the sampler makes
+# room first: when the next allocations could start a collection, it runs that (young)
+# collection itself, where no frame is half made. 3.12 runs the GC only between bytecodes.
+_GC_IN_FRAME_ALLOC = sys.implementation.name == "cpython" and sys.version_info[:2] == (3, 11)
+_gc_count = gc.get_count
+_gc_threshold = gc.get_threshold
+_gc_enabled = gc.isenabled
+_gc_collect = gc.collect
+
+
+def _gc_room(need: int) -> int:
+    """(CPython 3.11) Make sure ``need`` more allocations start no collection; return the
+    young generation's count at which the next one could (``need`` being the margin), or a
+    count never reached when the GC is off."""
+    threshold = _gc_threshold()[0]
+    if not threshold or not _gc_enabled():
+        return 1 << 62
+    if _gc_count()[0] + need + 2 >= threshold:  # (+2: the tuples these calls return)
+        _gc_collect(0)
+    return threshold - 3
 _sampler = None  # the running _Sampler, or None
 # samples taken, samples charged to a function, samples in the runtime, ns in the runtime
 _self_counts = [0, 0, 0, 0]
@@ -355,6 +380,7 @@ class _Sampler:
         self.where: dict = {}
         self.seen = 0  # sites indexed in ``where``
         self.ident = None
+        self.threads = 1  # threads seen by the last sample
         self.tool_files = {os.path.normcase(_HERE)}
         self.stop = _thread.allocate_lock()
         self.stop.acquire()  # released by close(): the sleep ends early
@@ -417,9 +443,14 @@ class _Sampler:
         entries = self.entries
         me = self.ident
         frame = None
+        guard = _GC_IN_FRAME_ALLOC
+        if guard:  # a frame object for each thread's top frame, and the dict
+            _gc_room(max(self.threads, threading.active_count()) + 8)
         frames = sys._current_frames()
+        self.threads = len(frames)
         try:
             with _lock:
+                limit = _gc_room(1) if guard else 0
                 counts = _self_counts
                 for ident, frame in frames.items():
                     if ident == me:
@@ -438,6 +469,8 @@ class _Sampler:
                             # (in C calls of the caller, say) is the caller's, not this new
                             # frame's: without this, the runtime's end(), entered right
                             # after such work, would be charged with it.
+                            if guard and _gc_count()[0] >= limit:
+                                limit = _gc_room(1)
                             frame = frame.f_back
                             steps += 1
                             continue
@@ -456,6 +489,8 @@ class _Sampler:
                             stats[7] += 1
                             counts[1] += 1
                             break
+                        if guard and _gc_count()[0] >= limit:
+                            limit = _gc_room(1)
                         frame = frame.f_back
                         steps += 1
         finally:
@@ -481,7 +516,9 @@ def _set_sampler() -> None:
         if _sampler_pid == os.getpid():
             _sampler.close()
         _sampler = None
-    if interval > 0 and _sampler is None and _getframe is not None and hasattr(sys, "_current_frames"):
+    # (A free-threaded build lets the frames' threads run while they are read: not sampled.)
+    if (interval > 0 and _sampler is None and _getframe is not None and not _FREE_THREADED
+            and hasattr(sys, "_current_frames")):
         _start_sampler(interval)
 
 

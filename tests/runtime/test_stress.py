@@ -148,3 +148,57 @@ def test_an_xdist_session_with_every_report_never_crashes(pytester: pytest.Pytes
     assert functions["spin"]["count"] >= 6 * 5
     assert json.loads((pytester.path / "out" / "t.json").read_text())["traceEvents"]
     assert (pytester.path / "out" / "x.html").stat().st_size > 0
+
+
+# CPython 3.11 may collect garbage inside the allocation of a frame's Python object, the
+# one the self-time sampler asks for when it walks another thread's stack (f_back); a
+# finalizer that hands over the GIL there lets that thread return from the frame, and the
+# new object points at freed memory. This workload makes that likely: a deep recursion (its
+# frames have no Python objects yet, and cross data-stack chunks that are freed on return)
+# while cycles wait to be collected whose finalizer sleeps when another thread runs it.
+# Before the sampler made room for its allocations, 3.11 crashed in 4 of 6 runs of 3 s.
+SLEEPY_FINALIZERS = '''
+import sys, threading, time
+sys.setrecursionlimit(10000)
+MAIN = threading.get_ident()
+from pytest_telemetry_inject.runtime import _core
+_core.configure(self_time=0.001)
+
+
+class Finalized:
+    def __del__(self):
+        if threading.get_ident() != MAIN:  # collected by the sampler: the hazard
+            time.sleep(0.002)
+
+
+def cycle():
+    a, b = Finalized(), Finalized()
+    a.other, b.other = b, a
+
+
+def deep(n):
+    return 0 if n == 0 else deep(n - 1) + 1
+
+
+start = time.monotonic()
+rounds = 0
+while time.monotonic() - start < float(sys.argv[1]):
+    assert deep(1500) == 1500
+    rounds += 1
+    if rounds % 30 == 0:
+        cycle()
+info = _core.self_time()
+assert info and info["samples"] > 0, info
+print("sleepy: ok", rounds, info["samples"])
+'''
+
+
+@pytest.mark.parametrize("run", range(max(2, RUNS // 5) if RUNS else 2))
+def test_the_sampler_survives_finalizers_that_hand_over_the_gil(tmp_path: Path, run: int) -> None:
+    script = tmp_path / "sleepy.py"
+    script.write_text(SLEEPY_FINALIZERS)
+    result = subprocess.run([sys.executable, "-X", "faulthandler", str(script), "3"],
+                            capture_output=True, text=True, env=_env(), timeout=120)
+    assert "Fatal Python error" not in result.stderr, result.stderr
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    assert "sleepy: ok" in result.stdout
