@@ -545,12 +545,13 @@ class TelemetrySession:
 
     def local_payload(self, *, full: bool = True) -> dict:
         """This process's telemetry, plain JSON (a pytest-xdist worker sends it home);
-        ``full=False``: without the per-test rows and the events (the terminal summary's)."""
+        ``full=False``: without the per-test rows and the events (the terminal summary's).
+        It reads and never clears: any plugin may call it (or ``merged()``) in any order."""
         from . import runtime
 
         finder = self.finder
         return {"functions": runtime.snapshot(), "tests": runtime.snapshot(per_test=True) if full else [],
-                "events": runtime.events(clear=True) if self.keep_events and full else [],
+                "events": runtime.events() if self.keep_events and full else [],
                 "dropped": runtime.dropped_events(), "llm_requests": self.llm_requests,
                 "otlp": self._otlp_counts(), "self_time": runtime.self_time(), "losses": runtime.sink_losses(),
                 "otel_rows": self._otel_rows(),

@@ -6,9 +6,10 @@ when telemetry is on, attributes the calls made while a fixture of a wider scope
 function is set up to a pseudo-test of that fixture (so a test's calls do not depend on
 whether it happened to be the first to use a session fixture in its worker). Workers send that
 home in ``workeroutput``; the controller reads the merged telemetry from the session
-(``TelemetrySession.merged()``) in its ``pytest_sessionfinish``, after the session's own
-(``trylast``: every worker has reported by then), saves and compares, and sets the exit
-status before the terminal summary is written.
+(``TelemetrySession.merged()``, which reads without clearing: the reports see the same data)
+in its ``pytest_sessionfinish``, after the session's own (``trylast``: the runtime's buffers
+are flushed by then), saves and compares, and sets the exit status before the terminal
+summary is written.
 """
 
 from __future__ import annotations

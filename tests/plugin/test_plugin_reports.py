@@ -67,6 +67,28 @@ def run_reports(project: pytest.Pytester, *extra: str) -> tuple[dict, dict, str]
     return report, trace, (project.path / "r.html").read_text()
 
 
+def test_reading_the_telemetry_first_takes_nothing_from_the_reports(project: pytest.Pytester) -> None:
+    # Another plugin (the gate's, say) reads the merged telemetry before the reports are written.
+    project.makeconftest('''
+import pytest
+from pytest_telemetry_inject.plugin import active_session
+
+READ = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session):
+    READ.append(active_session(session.config).merged())
+    READ.append(active_session(session.config).merged())
+    first, second = READ
+    assert first["events"] and first["events"] == second["events"], (len(first["events"]), len(second["events"]))
+''')
+    report, trace, _ = run_reports(project)
+    names = [event["name"] for event in trace["traceEvents"] if event.get("ph") == "X"]
+    assert names.count("add") == 4 and "broken" in names
+    assert by_name(report)["add"]["count"] == 4
+
+
 def by_name(report: dict) -> dict:
     return {row["name"]: row for row in report["functions"]}
 
