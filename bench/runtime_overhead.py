@@ -51,6 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 BARE = "def f(x):\n    return x + 1\n"
+HEADER = ("from pytest_telemetry_inject import runtime as _telemetry_runtime\n"
+          "_telemetry = _telemetry_runtime.tracer(__name__)\n")
 
 
 def instrumented_source(style: str) -> str:
@@ -323,6 +325,80 @@ def count_instructions() -> int:
     return 0
 
 
+# -- the per-test switch -----------------------------------------------------------------------
+#
+# The plugin calls set_current_test() before and after every test: it folds the calls counted
+# since the last switch into the test they belong to. It must cost what the test called, not
+# what the project has: timed with 100, 1,000 and 10,000 instrumented functions in the process,
+# 10 of them called between two switches (in one process, in that order).
+
+SWITCH_SITES = (100, 1_000, 10_000)
+SWITCH_CALLED = 10
+TARGET_SWITCH_RATIO = 2.0  # 10,000 sites against 100: at most this many times the cost
+
+
+def switch_module(work: Path, sites: int) -> object:
+    body = "".join(f'''
+def g{i}(x):
+    _telemetry_t = _telemetry.start()
+    try:
+        return x + {i}
+    except BaseException:
+        _telemetry_t = _telemetry.fail("g{i}", _telemetry_t)
+        raise
+    finally:
+        _telemetry.end("g{i}", _telemetry_t)
+''' for i in range(sites))
+    name = f"bench_switch_{sites}"
+    (work / f"{name}.py").write_text(HEADER + body)
+    return importlib.import_module(name)
+
+
+def switch_costs(work: Path, switches: int = 2_000) -> list[tuple[int, float, float]]:
+    """(functions in the process, smallest and median µs of one switch). The functions are
+    made in steps (100, then 1,000, then 10,000: a site, once made, stays for the process's
+    life), each step timed over ``switches`` switches."""
+    from pytest_telemetry_inject import runtime
+
+    if str(work) not in sys.path:
+        sys.path.insert(0, str(work))
+    runtime.configure(disabled=False, jsonl="", trace="", otel=False, keep_events=False, min_duration=0.0,
+                      sample_rate=1.0)
+    module = switch_module(work, max(SWITCH_SITES))
+    functions = [getattr(module, f"g{i}") for i in range(max(SWITCH_SITES))]
+    clock = time.perf_counter
+    rows = []
+    made = 0
+    for n in SWITCH_SITES:
+        for function in functions[made:n]:  # their first calls make the sites
+            function(1)
+        made = n
+        called = functions[:n:n // SWITCH_CALLED][:SWITCH_CALLED]
+        timings = []
+        for k in range(switches):
+            for function in called:
+                function(1)
+            start = clock()
+            runtime.set_current_test(f"t{n}_{k}")
+            timings.append(clock() - start)
+        rows.append((n, min(timings) * 1e6, statistics.median(timings) * 1e6))
+    runtime.set_current_test(None)
+    runtime.reset()
+    return rows
+
+
+def print_switch_costs(work: Path) -> list[tuple[int, float, float]]:
+    rows = switch_costs(work)
+    print(f"\nper-test switch (set_current_test), {SWITCH_CALLED} functions called per test:")
+    for sites, low, median in rows:
+        print(f"  {sites:>6,} functions in the process: {low:7.2f} µs (median {median:7.2f})")
+    ratio = rows[-1][2] / rows[0][2]
+    verdict = "PASS" if ratio <= TARGET_SWITCH_RATIO else "FAIL"
+    print(f"  {rows[-1][0]:,} against {rows[0][0]:,} functions: {ratio:.2f} x (medians; "
+          f"target <= {TARGET_SWITCH_RATIO} x: the cost does not grow with the project) {verdict}")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (default 9)")
@@ -332,8 +408,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instructions", action="store_true",
                         help="count instructions per call under valgrind (callgrind) instead of timing: "
                              "the same figures on a busy machine, for the rows with targets")
+    parser.add_argument("--switch", action="store_true", help="only the per-test switch's cost")
     parser.add_argument("--run-calls", nargs=2, metavar=("LABEL", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.switch:
+        work = Path(tempfile.mkdtemp(prefix="ti-bench-"))
+        try:
+            print_switch_costs(work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     if args.quick:
         args.rounds, args.max_number = 3, 20_000
     if args.run_calls:
@@ -419,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(note)
 
+    switch_rows = print_switch_costs(work)
     runtime.flush()
     shutil.rmtree(work, ignore_errors=True)
     pkg_us, core_us = import_time_us()
@@ -428,7 +513,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({
             "python": platform.python_version(), "bare_ns": bare_ns, "import_ms": pkg_us / 1000,
             "rows": [{"variant": r[0], "ns_above_bare_min": r[1], "ns_above_bare_median": r[2], "calls_per_batch": r[3],
-                      "target": r[4], "result": r[5]} for r in rows]}, indent=1))
+                      "target": r[4], "result": r[5]} for r in rows],
+            "switch": [{"sites": n, "us_min": low, "us_median": median} for n, low, median in switch_rows]},
+            indent=1))
     return 0
 
 

@@ -109,6 +109,7 @@ _lock = threading.Lock()  # folds buffers, spills events, snapshots; replaced af
 _FREE_THREADED = not getattr(sys, "_is_gil_enabled", lambda: True)()
 _acc_lock = threading.Lock()
 _sites: dict = {}  # (module, name) -> _Site
+_recent: list = []  # sites with calls or errors counted since their last fold (_drain_recent)
 _tracers: dict = {}  # module -> Tracer
 _events: list = []  # event tuples not yet handed to the sinks
 _thread_names: dict = {}  # thread ident -> name, for events
@@ -229,6 +230,8 @@ def _account(site: _Site, seconds: float) -> None:
         site.high = seconds
     if seconds < site.low:
         site.low = seconds
+        if site.n == 1:  # the first call since the last fold (low was infinite then)
+            _recent.append(site)
 
 
 if _FREE_THREADED:
@@ -243,6 +246,8 @@ def _error(site: _Site, kind: type) -> None:
     """Count one error (after its call was counted, or before, by the try form's fail())."""
     errs = site.errs
     errs.append(kind)
+    if len(errs) == 1:  # (an error counted before its call: the try form's fail())
+        _recent.append(site)
     if len(errs) > _DRAIN_AT:
         _drain_soon(site)
 
@@ -289,6 +294,8 @@ def _drain(site: _Site) -> None:
     if m:
         chunk = errs[:m]
         del errs[:m]
+        if errs:  # errors counted meanwhile: the next fold takes them
+            _recent.append(site)
         kinds = stats[5] if stats[5] is not None else {}
         for kind in chunk:
             key = _exception_name(kind)
@@ -310,9 +317,30 @@ def _drain_soon(site: _Site) -> None:
 
 
 def _drain_all() -> None:
+    """Fold every site's pending calls (snapshots, flush, configure)."""
+    global _recent
+    _recent = []
     for site in list(_sites.values()):
         if site.n or site.errs:
             _drain(site)
+
+
+def _drain_recent() -> None:
+    """Fold the sites called since the last fold, and no other: the per-test switch costs
+    what the test called, not what the project has. A site joins ``_recent`` on its first
+    call after a fold, where its minimum (infinite after the fold) is always beaten: a
+    branch the hot path takes anyway, so counting a call costs nothing more. With a GIL no
+    thread switch happens between a call's count and that append (no call, no backward
+    jump in between), nor inside the swap below; a free-threaded build counts under
+    ``_acc_lock``. A site folded twice is no harm (nothing pending: nothing done)."""
+    global _recent
+    batch, _recent = _recent, []
+    for site in batch:
+        _drain(site)
+
+
+if _FREE_THREADED:  # (there neither the appends nor the swap are atomic: every site is looked at)
+    _drain_recent = _drain_all  # noqa: F811
 
 
 # -- self time: sampled ------------------------------------------------------------------------
@@ -586,6 +614,8 @@ class _AggSpan:
                 site.high = seconds
             if seconds < site.low:
                 site.low = seconds
+                if site.n == 1:  # the first call since the last fold: see _recent
+                    _recent.append(site)
             # After the call is counted: a fold in between must never see more errors
             # than calls.
             if et is not None and not issubclass(et, _NOT_ERRORS):
@@ -910,6 +940,8 @@ class Tracer:
                 site.high = seconds
             if seconds < site.low:
                 site.low = seconds
+                if site.n == 1:  # the first call since the last fold: see _recent
+                    _recent.append(site)
         except Exception:  # the first call of the site, an error, or a state of another mode
             self._end_other(name, state)
 
@@ -1706,7 +1738,7 @@ def set_current_test(nodeid: str | None) -> None:
     global _test
     try:
         with _lock:
-            _drain_all()
+            _drain_recent()
             _test = nodeid
         if not _collecting:
             _set_collecting(True)
@@ -1848,6 +1880,8 @@ def reset() -> None:
 
 
 def _reset_state() -> None:
+    global _recent
+    _recent = []
     for site in list(_sites.values()):
         _take(site)
         del site.errs[:]

@@ -125,3 +125,68 @@ def test_reset_forgets_calls_but_keeps_sites(kit) -> None:
     assert row["count"] == 0 and row["min_ns"] == 0 and runtime.events() == []
     m.f()
     assert kit.rows_of(m)["f"]["count"] == 1
+
+
+MANY = "\n".join(f'''
+    def g{i}(fail=False):
+        _telemetry_t = _telemetry.start()
+        try:
+            if fail:
+                raise KeyError({i})
+            return {i}
+        except BaseException:
+            _telemetry_t = _telemetry.fail("g{i}", _telemetry_t)
+            raise
+        finally:
+            _telemetry.end("g{i}", _telemetry_t)
+''' for i in range(300))
+
+
+def test_the_switch_folds_the_sites_called_since_the_last_one_and_no_other(kit) -> None:
+    from pytest_telemetry_inject.runtime import _core
+
+    m = kit.load(MANY)
+    runtime.set_current_test("t::all")
+    for i in range(300):
+        getattr(m, f"g{i}")()
+    assert len(_core._recent) == 300  # every site, once, on its first call
+    runtime.set_current_test("t::three")
+    assert _core._recent == []
+    for _ in range(5):
+        m.g1(), m.g7(), m.g250()
+    try:
+        m.g7(fail=True)
+    except KeyError:
+        pass
+    # (g7 twice: its first call, its first error since the fold; a second fold of it is free)
+    assert sorted(site.name for site in _core._recent) == ["g1", "g250", "g7", "g7"]
+    runtime.set_current_test(None)
+    per_test = {(row["test"], row["name"]): row for row in runtime.snapshot(per_test=True)}
+    assert sum(1 for (test, _) in per_test if test == "t::all") == 300
+    three = {name: row["count"] for (test, name), row in per_test.items() if test == "t::three"}
+    assert three == {"g1": 5, "g7": 6, "g250": 5}
+    assert per_test[("t::three", "g7")]["exceptions"] == {"KeyError": 1}
+
+
+def test_an_error_counted_before_the_switch_and_its_call_after_are_both_kept(kit) -> None:
+    # The try form counts an escaping exception in fail() and the call in end(): a switch in
+    # between folds the error into the first test, the call into the next.
+    m = kit.load(MANY)
+    tracer = m._telemetry
+    runtime.set_current_test("t::one")
+    m.g3()
+    runtime.set_current_test("t::two")
+    state = tracer.start()
+    try:
+        raise KeyError(3)
+    except KeyError:
+        state = tracer.fail("g3", state)
+    runtime.set_current_test("t::three")  # the error alone is pending
+    tracer.end("g3", state)
+    runtime.set_current_test(None)
+    rows = {(row["test"], row["name"]): row for row in runtime.snapshot(per_test=True)}
+    assert rows[("t::one", "g3")]["count"] == 1 and rows[("t::one", "g3")]["errors"] == 0
+    assert rows[("t::two", "g3")]["errors"] == 1
+    assert rows[("t::three", "g3")]["count"] == 1
+    total = {row["name"]: row for row in runtime.snapshot()}["g3"]
+    assert total["count"] == 2 and total["errors"] == 1

@@ -538,7 +538,8 @@ _RACE = '''
         n, seen = 0, None
         while not done.is_set():
             runtime.set_current_test("t%d" % n)  # never the same test twice
-            runtime.snapshot()
+            if {snapshots}:
+                runtime.snapshot()
             n += 1
             if halfway.is_set():
                 if seen is None:
@@ -555,23 +556,30 @@ _RACE = '''
         thread.join()
     done.set()
     folder.join()
+    # A test switch folds only the functions called since the previous one: none may be
+    # left with calls or errors pending after it.
+    runtime.set_current_test("last")
+    pending = sum(s.n + len(s.errs) for s in list(_core._sites.values()) if s.module == "race")
     rows = [r for r in runtime.snapshot(per_test=True) if r["module"] == "race"]
     print(json.dumps({{"locked": _core._FREE_THREADED, "count": sum(r["count"] for r in rows),
                       "errors": sum(r["errors"] for r in rows), "caught": sum(caught),
-                      "tests": len(rows), "min": min(r["min_ns"] for r in rows),
+                      "tests": len(rows), "pending": pending, "min": min(r["min_ns"] for r in rows),
                       "max": max(r["max_ns"] for r in rows)}}))
 '''
 
 
+@pytest.mark.parametrize("snapshots", [True, False], ids=["switches-and-snapshots", "switches"])
 @pytest.mark.parametrize("style", ["try", "with"])
 @pytest.mark.parametrize("locked", [False, True], ids=["gil", "free-threaded-paths"])
-def test_counts_stay_exact_while_folds_race_with_calls(kit, style: str, locked: bool) -> None:
+def test_counts_stay_exact_while_folds_race_with_calls(kit, style: str, locked: bool, snapshots: bool) -> None:
     # The aggregate counts a call with unlocked attribute updates (atomic under the GIL);
     # a free-threaded build counts under a lock. The second case forces that choice (the
     # interpreter here has a GIL) so that the locked paths are proved too.
     prelude = "sys._is_gil_enabled = lambda: False" if locked else ""
-    result = kit.last_json(kit.run_python(_RACE.format(prelude=prelude, style=style), timeout=240))
+    result = kit.last_json(kit.run_python(_RACE.format(prelude=prelude, style=style, snapshots=snapshots),
+                                          timeout=240))
     assert result["locked"] is locked
+    assert result["pending"] == 0
     assert result["count"] == 6 * 6000
     assert result["errors"] == result["caught"] == 6 * 6000 // 50
     assert result["tests"] >= 2, "the folds did switch tests during the run"
