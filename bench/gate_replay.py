@@ -18,6 +18,7 @@ Then two commits are added on top of the last release: a comment-only change (th
 find nothing) and a change that makes an algorithm do more work (it must flag calls).
 
     python bench/gate_replay.py [--workdir DIR] [--project cachetools] [--first 3.1.0] [--limit N]
+    python bench/gate_replay.py --gate-only ...     # the gate alone on every commit (faster)
 
 Prints one line per commit and a summary; writes ``replay.json`` in the work folder.
 """
@@ -170,7 +171,7 @@ class Replay:
         sh("git", "checkout", "-q", "--force", commit, cwd=self.repo)
         sh("git", "clean", "-q", "-fd", cwd=self.repo)  # untracked files only; ignored ones stay
 
-    def run(self, commits: list[tuple[str, str]]) -> dict:
+    def run(self, commits: list[tuple[str, str]], gate_only: bool = False) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.baselines.exists():
             shutil.rmtree(self.baselines)
@@ -182,10 +183,14 @@ class Replay:
         first, _ = commits[0]
         self.checkout(first)
         self.pytest("save", f"--telemetry-save={self.baselines / (first + '.json.gz')}")
-        self.pytest("testmon", "--testmon")
+        if not gate_only:
+            self.pytest("testmon", "--testmon")
         for index, (commit, message) in enumerate(commits[1:], 1):
             parent = commits[index - 1][0]
             self.checkout(commit)
+            if gate_only:
+                rows.append(self.gate_row(index, commit, message, parent))
+                continue
             full, t_full, _ = self.pytest("full")
             affected, t_aff, aff_out = self.pytest("affected", f"--telemetry-affected={parent}",
                                                    "-o", f"telemetry_baseline={self.baselines / (parent + '.json.gz')}")
@@ -212,6 +217,18 @@ class Replay:
                   f"{row['affected_run']:>4} missed {len(row['missed_by_affected'])} | testmon {row['testmon_run']:>4} "
                   f"missed {len(row['missed_by_testmon'])} | {row['findings'] or '-'}", flush=True)
         return {"rows": rows}
+
+    def gate_row(self, index: int, commit: str, message: str, parent: str) -> dict:
+        """(``--gate-only``) The gate alone: compared with the parent's baseline, saved."""
+        compared, _t, out = self.pytest("compare", f"--telemetry-compare={self.baselines / (parent + '.json.gz')}",
+                                        f"--telemetry-save={self.baselines / (commit + '.json.gz')}")
+        findings = re.search(r"^findings: (.*)$", out, re.M)
+        row = {"commit": commit[:10], "message": message, "tests": len(compared),
+               "code": _changes_code(message), "findings": findings.group(1) if findings else ""}
+        with open(self.workdir / "gate_rows.jsonl", "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        print(f"{index:>4} {message[:48]:<48} tests {row['tests']:>4} | {row['findings'] or '-'}", flush=True)
+        return row
 
     def synthetic(self, last: str) -> list[dict]:
         """A comment-only commit and a more-work commit on top of the last one, each compared
@@ -266,13 +283,17 @@ def main() -> int:
     parser.add_argument("--python", default=None,
                         help="interpreter with this package, pytest-xdist and pytest-testmon installed "
                              "(default: a virtualenv made in the work folder)")
+    parser.add_argument("--gate-only", action="store_true",
+                        help="only the gate (--telemetry-compare against the parent's baseline) on every commit: "
+                             "which commits it reports findings on, those that change no code above all")
     parser.add_argument("--summarize", action="store_true",
                         help="print the summary of the rows a (maybe stopped) replay kept in rows.jsonl")
     args = parser.parse_args()
     workdir = args.workdir.resolve()
     if args.summarize:
-        rows = [json.loads(line) for line in (workdir / "rows.jsonl").read_text().splitlines() if line.strip()]
-        print(json.dumps(summarize(rows), indent=1))
+        name, summary = ("gate_rows.jsonl", summarize_gate) if args.gate_only else ("rows.jsonl", summarize)
+        rows = [json.loads(line) for line in (workdir / name).read_text().splitlines() if line.strip()]
+        print(json.dumps(summary(rows), indent=1))
         return 0
     workdir.mkdir(parents=True, exist_ok=True)
     python = args.python
@@ -287,6 +308,13 @@ def main() -> int:
     replay = Replay(workdir, python)
     commits = build_history(releases, replay.repo, args.limit)
     print(f"{len(commits)} commits")
+    if args.gate_only:
+        stale = workdir / "gate_rows.jsonl"
+        if stale.exists():
+            stale.unlink()
+        gate = summarize_gate(replay.run(commits, gate_only=True)["rows"])
+        print(json.dumps(gate, indent=1))
+        return 0 if not gate["without_code_with_findings"] else 1
     result = replay.run(commits)
     result["synthetic"] = replay.synthetic(commits[-1][0])
     summary = summarize(result["rows"])
@@ -294,6 +322,19 @@ def main() -> int:
     (workdir / "replay.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(summary, indent=1))
     return 0 if summary["missed_by_affected"] == 0 else 1
+
+
+def _changes_code(message: str) -> bool:
+    """Whether a replayed commit (message ``VERSION: PATH``) changed Python code."""
+    return message.split(": ", 1)[-1].endswith(".py")
+
+
+def summarize_gate(rows: list[dict]) -> dict:
+    return {"commits": len(rows), "with_findings": sum(1 for r in rows if r["findings"]),
+            "code_commits": sum(1 for r in rows if r["code"]),
+            "without_code": sum(1 for r in rows if not r["code"]),
+            "without_code_with_findings": [f"{r['message']}: {r['findings']}" for r in rows
+                                           if not r["code"] and r["findings"]]}
 
 
 def summarize(rows: list[dict]) -> dict:
