@@ -266,6 +266,8 @@ def _report(summary, args: argparse.Namespace, options) -> int:  # type: ignore[
             if args.verbose > 1:
                 for f in report.functions:
                     detail = f.reason or f.template
+                    if f.status == "instrumented" and f.reason and f.template:
+                        detail = f"{f.template}  ({f.reason})"
                     print(f"{'':>14}{f.line:>6}  {f.status:<12} {f.qualname}  {detail}")
         for message in summary.vendored:
             print(f"{PROG}: vendored module: {message}")

@@ -27,6 +27,11 @@ class TemplateNotApplicable(TelemetryInjectError):
     """A template cannot instrument this function; the reason says why."""
 
 
+class FormNotAvailable(TemplateNotApplicable):
+    """The template's style has no form for its target at all (the otel target has no try
+    form): nothing about the function, so not worth a note when another style fits."""
+
+
 class ValidationError(TelemetryInjectError):
     """An insertion script failed a check (syntax, security, equivalence, its test)."""
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .. import __version__
-from ..errors import SourceError, TemplateNotApplicable
+from ..errors import FormNotAvailable, SourceError, TemplateNotApplicable
 from ..languages import Language, language_for
 from ..languages.base import FunctionRecord, ParsedFile, Template
 from ..scriptlib import Edit, ScriptMismatch, apply, sha256 as text_sha256
@@ -148,6 +148,9 @@ class _Plan:
     key: str = ""
     entry: IndexEntry | None = None
     failures: list[str] = field(default_factory=list)
+    unfit: list[str] = field(default_factory=list)
+    """The failures that are this function's (not a style the target lacks): the note of a
+    function instrumented by a later template says them."""
     tried: int = 0
     origin: str = "template"
     script: str = ""
@@ -356,9 +359,11 @@ class Engine:
         return result
 
     def _plan(self, language: Language, parsed: ParsedFile, record: FunctionRecord,
-              start: int = 0, failures: Sequence[str] = (), failing_script: str = "") -> _Plan:
+              start: int = 0, failures: Sequence[str] = (), failing_script: str = "",
+              unfit: Sequence[str] = ()) -> _Plan:
         plan = _Plan(record)
         plan.failures.extend(failures)
+        plan.unfit.extend(unfit)
         for template in language.templates(record, self.settings)[start:]:
             key = self.function_key(record, template)
             entry = self.cache.lookup(key) if self.cache is not None else None
@@ -368,10 +373,12 @@ class Engine:
                     self.cache.counters.script_hits += 1
                     plan.template, plan.key, plan.entry, plan.edits = template, key, entry, edits
                     plan.script = self._rendered.pop(key, "")
+                    plan.note = _in_place_of(plan.unfit)
                     return plan
                 entry = None  # not this template's edits for this function: made anew
             if entry is not None:
                 plan.failures.append(f"{template.id}: {entry.reason}")
+                plan.unfit.append(plan.failures[-1])
                 # -- LLM repairs (llm/refactorer.record_fix): a template that failed (for the
                 # pytest plugin, its generated test) and was repaired by a model is replaced by
                 # that repair from then on, before the next template is tried.
@@ -384,10 +391,13 @@ class Engine:
                 edits = language.plan(template, record, parsed)
             except TemplateNotApplicable as exc:
                 plan.failures.append(f"{template.id}: {exc}")
+                if not isinstance(exc, FormNotAvailable):
+                    plan.unfit.append(plan.failures[-1])
                 continue
             if self.cache is not None:
                 self.cache.counters.script_misses += 1
             plan.template, plan.key, plan.edits, plan.tried = template, key, edits, 1
+            plan.note = _in_place_of(plan.unfit)
             return plan
         return self._plan_llm(language, parsed, plan, failing_script)
 
@@ -569,7 +579,8 @@ class Engine:
                     templates = language.templates(plan.record, self.settings)
                     _entry, script = self._make_entry(language, parsed, plan)
                     replacement = self._plan(language, parsed, plan.record, templates.index(failed_template) + 1,
-                                             failures=plan.failures + [reason], failing_script=script)
+                                             failures=plan.failures + [reason], failing_script=script,
+                                             unfit=plan.unfit + [reason])
                     plans[plans.index(plan)] = replacement
             if not culprits:
                 # Each new script passes alone but the file does not: drop new LLM fixes first.
@@ -685,6 +696,12 @@ class Engine:
                                                         "no telemetry"))
         result.elapsed = time.perf_counter() - started
         return result
+
+
+def _in_place_of(failures: Sequence[str]) -> str:
+    """An instrumented function's note when the style asked for did not fit and another did
+    (say, a body that ends the file without a line ending gets the with style): why."""
+    return f"in place of {'; '.join(failures)}" if failures else ""
 
 
 def _skipped(result: FileResult, reason: str) -> FileResult:

@@ -33,7 +33,7 @@ import tokenize
 import warnings
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from ..errors import SourceSyntaxError, TemplateNotApplicable
+from ..errors import FormNotAvailable, SourceSyntaxError, TemplateNotApplicable
 from ..scriptlib import Edit, indent, insert, insert_after, is_blank, split_lines
 from . import BUILTIN
 from .base import FunctionRecord, Language, OutputVerdict, ParsedFile, StripResult, Template, tree_error
@@ -585,14 +585,14 @@ class PythonLanguage(Language):
             return self._plan_decorator(template, record)
         if template.style == "try":
             if template.target not in ("runtime", "vendored"):
-                raise TemplateNotApplicable(f"the {template.target} target has no try form")
+                raise FormNotAvailable(f"the {template.target} target has no try form")
             return self._plan_body(record, parsed, _try_prologue(record), _try_epilogue(record.qualname))
         return self._plan_with(template, record, parsed)
 
     def _plan_decorator(self, template: Template, record: FunctionRecord) -> list[Edit]:
         target, name = template.target, record.qualname
         if target == "logging":
-            raise TemplateNotApplicable("the logging target has no decorator form")
+            raise FormNotAvailable("the logging target has no decorator form")
         if target == "otel":
             if record.is_async or record.is_generator:
                 raise TemplateNotApplicable("OpenTelemetry's decorator does not cover async functions or generators")

@@ -322,6 +322,25 @@ def test_fallback_to_the_other_style_and_reasons() -> None:
                for f in logging.functions)
     shared = instrument(CASES["docstring_shares_line"], "with", "runtime")
     assert [f.template for f in shared.functions] == ["python.decorator.runtime/1"]
+    # The style asked for did not fit: the outcome says why beside the template that did.
+    assert [f.reason for f in result.functions] == [
+        "in place of python.with.runtime: the body is on the def line; python.try.runtime: the body is on the def line"] * 3
+    assert [f.reason for f in shared.functions] == [
+        "in place of python.with.runtime: no statement after the docstring on a line of its own; "
+        "python.try.runtime: no statement after the docstring on a line of its own"]
+
+
+def test_a_body_ending_the_file_without_a_line_ending_says_why_it_got_another_style() -> None:
+    data = b"def f(x):\n    y = x + 1\n    return y"
+    result = instrument(data, "try", "runtime")
+    (outcome,) = result.functions
+    assert outcome.template == "python.with.runtime/1"
+    assert outcome.reason == "in place of python.try.runtime: the body ends the file without a line ending"
+    ending = instrument(data + b"\n", "try", "runtime")
+    assert [(f.template, f.reason) for f in ending.functions] == [("python.try.runtime/1", "")]
+    # A style the target has no form of at all is no news about the function.
+    otel = instrument(data + b"\n", "try", "otel")
+    assert [(f.template, f.reason) for f in otel.functions] == [("python.with.otel/2", "")]
 
 
 def test_skip_reasons() -> None:
