@@ -179,8 +179,8 @@ class TelemetrySession:
         self._max_events = max_events
         self.self_time_ms = self._self_time_ms()
         if self.summary_sort == "self" and not self.self_time_ms:
-            raise pytest.UsageError("--inject-telemetry: --telemetry-sort self needs self time, which "
-                                    "--telemetry-self-time 0 turned off")
+            raise pytest.UsageError("--inject-telemetry: --telemetry-sort self needs self time, which is off: "
+                                    "sample it with --telemetry-self-time MS (1, say)")
         runtime.configure(min_duration=min_duration, keep_events=self.keep_events, max_events=max_events,
                           self_time=self.self_time_ms / 1000)
 
@@ -554,6 +554,7 @@ class TelemetrySession:
                 "events": runtime.events() if self.keep_events and full else [],
                 "dropped": runtime.dropped_events(), "llm_requests": self.llm_requests,
                 "otlp": self._otlp_counts(), "self_time": runtime.self_time(), "losses": runtime.sink_losses(),
+                "faults": runtime.internal_faults(),
                 "otel_rows": self._otel_rows(),
                 "corrupt_cache_entries": self.items_corrupt + (finder.state.corrupt if finder else 0)
                 + sum(r.counters.corrupt for r in self.reports.values()),
@@ -582,6 +583,7 @@ class TelemetrySession:
                 "self_time": _sum_counts([p.get("self_time") for p in parts]),
                 "losses": {key: _sum_counts([(p.get("losses") or {}).get(key) for p in parts])
                            for key in sorted({k for p in parts for k in p.get("losses") or {}})},
+                "faults": _merge_faults([p.get("faults") or {} for p in parts]),
                 "otel_rows": runtime.merge_snapshots([p.get("otel_rows") or [] for p in parts]),
                 "instrumented_modules": sorted({m for p in parts for m in p["instrumented_modules"]})}
 
@@ -628,10 +630,23 @@ class TelemetrySession:
                   "figures count every call")
         for key, loss in sorted((data.get("losses") or {}).items()):
             write(f"events: {loss['lost']} could not be written to the {key} sink: {loss['error']}")
+        for where, fault in sorted((data.get("faults") or {}).items()):
+            write(f"runtime: {fault['count']} internal fault(s) in {where}, swallowed (the tests went on; "
+                  f"calls there may be missing from the figures): first {fault['first']}; please report it")
         for module, reason in sorted(data["problems"].items()):
             write(f"not instrumented: {module}: {reason}")
         for name in self.early:
             write(f"imported before telemetry could be injected (it runs without it): {name}: {self.early_why(name)}")
+
+
+def _merge_faults(parts: list[dict]) -> dict:
+    """The runtime's internal faults of every process: counts added, the first text kept."""
+    merged: dict = {}
+    for part in parts:
+        for where, fault in part.items():
+            entry = merged.setdefault(where, {"count": 0, "first": fault.get("first", "")})
+            entry["count"] += int(fault.get("count", 0))
+    return merged
 
 
 class TelemetryFile(pytest.File):

@@ -9,3 +9,14 @@ from . import _core
 from ._core import *  # noqa: F403 (exactly the names of _core.__all__)
 
 __all__ = list(_core.__all__)
+
+
+def _write_report_file(path: str, core: object) -> None:
+    """``TELEMETRY_INJECT_REPORT=PATH.json`` (or ``.html``) at exit: the report module, imported
+    then (it imports ``_core``; ``_core`` never imports it)."""
+    from . import report
+
+    report.write_from_runtime(path, core)
+
+
+_core._report_writer = _write_report_file

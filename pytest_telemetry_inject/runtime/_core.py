@@ -25,6 +25,8 @@ memory for reports. It never raises into user code. Environment variables (read 
 - ``TELEMETRY_INJECT_SAMPLE_RATE=0..1``: the share of calls emitted as events.
 - ``TELEMETRY_INJECT_REPORT=1`` (or ``=PATH``): a table of calls at exit (stderr or PATH).
 - ``TELEMETRY_INJECT_SELF_TIME=MS``: sample self time every MS milliseconds (see ``_Sampler``).
+- ``TELEMETRY_INJECT_RAISE_FAULTS=1``: an internal fault is raised instead of swallowed (the
+  runtime's own tests; see ``internal_faults()``).
 
 How the hot path stays cheap (figures in docs/runtime.md):
 
@@ -69,6 +71,7 @@ __all__ = [
     "merge_snapshots",
     "no_telemetry",
     "reset",
+    "internal_faults",
     "self_time",
     "set_current_test",
     "sink_losses",
@@ -155,7 +158,7 @@ class _Config:
     """The settings (``configure()`` and the environment)."""
 
     __slots__ = ("disabled", "min_duration", "sample_rate", "jsonl", "trace", "otel", "otel_provider",
-                 "report", "keep_events", "max_events", "collector", "otlp", "self_time")
+                 "report", "keep_events", "max_events", "collector", "otlp", "self_time", "raise_faults")
 
     def __init__(self) -> None:
         self.disabled = False
@@ -171,12 +174,43 @@ class _Config:
         self.collector = False
         self.otlp: dict | None = None  # the OTLP sink's settings (runtime/_otlp.py), or None
         self.self_time = 0.0  # seconds between self-time samples; 0: not sampled
+        self.raise_faults = False  # raise internal faults instead of swallowing them (its own tests)
 
     def as_dict(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
 _config = _Config()
+
+# Internal faults. The runtime never raises into user code: where something of its own (or
+# of the OpenTelemetry SDK it calls) fails, the call goes on. But a fault swallowed without
+# a trace is data lost without a word: each is counted by where it happened, with the first
+# exception's text, reported by ``internal_faults()``, the pytest plugin's summary and a
+# line on stderr at exit; under the runtime's own tests (``raise_faults``) it is raised.
+_faults: dict = {}  # where -> [count, "Type: message" of the first]
+
+
+def _fault(where: str, reraise: bool = True) -> None:
+    """Count the exception being handled as an internal fault at ``where``; raise it again
+    when ``raise_faults`` is on (and ``reraise``: not in a thread of the runtime's own or
+    at exit, where nobody would see it). Call it only from an ``except`` block."""
+    try:
+        entry = _faults.get(where)
+        if entry is None:
+            kind, error = sys.exc_info()[:2]
+            _faults[where] = [1, _describe(kind, error) if kind is not None else ""]
+        else:
+            entry[0] += 1
+    except Exception:
+        pass
+    if reraise and _config.raise_faults:
+        raise  # noqa: PLE0704  (the exception being handled by the caller)
+
+
+def internal_faults() -> dict:
+    """The faults the runtime swallowed since the last ``reset()``: ``{where: {"count": n,
+    "first": "Type: message"}}``, in the order they first happened (empty when none)."""
+    return {where: {"count": entry[0], "first": entry[1]} for where, entry in list(_faults.items())}
 
 
 # -- sites and their aggregate ---------------------------------------------------------------
@@ -435,7 +469,7 @@ class _Sampler:
                 try:
                     self.sample(now - last)
                 except Exception:
-                    pass
+                    _fault("self-time sample", reraise=False)
                 last = _clock()  # the sample's own time is charged to nobody
         finally:
             self.done.release()
@@ -621,7 +655,7 @@ class _AggSpan:
             if et is not None and not issubclass(et, _NOT_ERRORS):
                 _error(site, et)
         except Exception:  # the runtime never raises into user code
-            pass
+            _fault("span end")
 
     if _FREE_THREADED:
         def __exit__(self, et: type | None, ev: BaseException | None, tb: object) -> None:  # noqa: F811
@@ -631,7 +665,7 @@ class _AggSpan:
                 if et is not None and not issubclass(et, _NOT_ERRORS):
                     _error(site, et)
             except Exception:
-                pass
+                _fault("span end")
 
 
 def _describe(kind: type, error: object) -> str:
@@ -697,7 +731,7 @@ class _EvSpan(_AggSpan):
             if duration >= _min_ns and (_rate >= 1.0 or _random() < _rate):
                 _emit(site, self._t, duration, self._tid, self._id, self._parent, error, self._test)
         except Exception:
-            pass
+            _fault("span end (events)")
         if token is not None and (et is not GeneratorExit or _gc_thread[0] != _get_ident()):
             try:
                 _cv_reset(token)
@@ -728,6 +762,7 @@ class _EvGenSpan(_EvSpan):
         try:
             return _cv_set(self._id) if self._id is not None else None
         except Exception:
+            _fault("generator step")
             return None
 
     def _exit_step(self, token: object) -> None:
@@ -766,6 +801,7 @@ class _OtSpan(_AggSpan):
             self._tok = otel.attach(otel.set_span_in_context(span))
         except Exception:  # a failing exporter or processor: still count the call
             self._o = self._tok = None
+            _fault("OpenTelemetry span start")
         try:
             self._t = _clock()
         except BaseException:  # never leave a span current (or open) that will not end
@@ -788,7 +824,7 @@ class _OtSpan(_AggSpan):
             if error is not None:
                 _error(site, et)
         except Exception:
-            pass
+            _fault("span end (OpenTelemetry)")
         if span is not None:
             try:
                 if token is not None and (et is not GeneratorExit or _gc_thread[0] != _get_ident()):
@@ -797,12 +833,12 @@ class _OtSpan(_AggSpan):
                     span.record_exception(ev)
                     span.set_status(_otel.error_status(_describe(et, ev)))
             except Exception:
-                pass
+                _fault("OpenTelemetry span end", reraise=False)  # (the span must still end)
             finally:
                 try:
                     span.end()
                 except Exception:
-                    pass
+                    _fault("OpenTelemetry span end")
         if _ev_on and duration is not None:
             try:
                 if duration >= _min_ns and (_rate >= 1.0 or _random() < _rate):
@@ -812,7 +848,7 @@ class _OtSpan(_AggSpan):
                         parent = span.parent.span_id if span.parent is not None else None
                     _emit(self._site, self._t, duration, self._tid, span_id, parent, error, self._test)
             except Exception:
-                pass
+                _fault("span end (events)")
 
 
 class _OtGenSpan(_OtSpan):
@@ -833,6 +869,7 @@ class _OtGenSpan(_OtSpan):
             self._o = _otel_tracer(site).start_span(site.name, attributes=site.otel_attributes())
         except Exception:
             self._o = None
+            _fault("OpenTelemetry span start")
         try:
             self._t = _clock()
         except BaseException:
@@ -846,6 +883,7 @@ class _OtGenSpan(_OtSpan):
             span = self._o
             return None if span is None else _otel.attach(_otel.set_span_in_context(span))
         except Exception:
+            _fault("generator step")
             return None
 
     def _exit_step(self, token: object) -> None:
@@ -958,7 +996,7 @@ class Tracer:
                         return state
                 return (state, kind)  # the site's first call: end() makes the site
         except Exception:
-            pass
+            _fault("fail")
         return state
 
     def _placeholder(self) -> _Site:
@@ -981,6 +1019,7 @@ class Tracer:
             site = self._by_code.get(_getframe(1).f_code) if _getframe is not None else None
             return span._begin(site if site is not None else self._placeholder())
         except Exception:
+            _fault("start")
             return None
 
     def _start_generator_span(self) -> object:
@@ -989,6 +1028,7 @@ class Tracer:
             span._err = None
             return span._begin(self._caller_site())
         except Exception:
+            _fault("start")
             return None
 
     def _end_span(self, name: str, state: object) -> None:
@@ -1019,7 +1059,7 @@ class Tracer:
                         otel_span.update_name(site.name)
                         otel_span.set_attributes(site.otel_attributes())
                     except Exception:
-                        pass
+                        _fault("OpenTelemetry span name")
                 if _getframe is not None:  # the user's function: its next start() knows the site
                     self._by_code[_getframe(depth).f_code] = site
             error = getattr(state, "_err", None)
@@ -1028,7 +1068,7 @@ class Tracer:
             else:
                 state.__exit__(type(error), error, error.__traceback__)
         except Exception:
-            pass
+            _fault("end")
 
     def _fail_span(self, name: str, state: object) -> object:
         try:
@@ -1036,7 +1076,7 @@ class Tracer:
             if isinstance(state, _AggSpan) and error is not None:
                 state._err = error
         except Exception:
-            pass
+            _fault("fail")
         return state
 
     def _raised(self, name: str, state: object) -> None:
@@ -1061,7 +1101,7 @@ class Tracer:
             if error is not None and not isinstance(error, _NOT_ERRORS):
                 _error(site, type(error))
         except Exception:
-            pass
+            _fault("end (raised)")
 
     def _end_other(self, name: str, state: object) -> None:
         """``end`` off its fast path: the site's first call, a span of another mode (the mode
@@ -1085,7 +1125,7 @@ class Tracer:
             if kind is not None:
                 _error(site, kind)
         except Exception:
-            pass
+            _fault("end")
 
     def _end_counted(self, name: str, state: object) -> None:
         """``end`` of the aggregate mode on a free-threaded build: every call through
@@ -1099,6 +1139,7 @@ class Tracer:
             site = self._by_name[name] = self._site(name, 3)
             return self._kinds[generator]()._begin(site)
         except Exception:
+            _fault("first call")
             return _OFF
 
     def _site(self, name: str, depth: int) -> _Site:
@@ -1137,6 +1178,7 @@ class Tracer:
             try:
                 return _wrap(self, name, func)
             except Exception:
+                _fault("instrument")
                 return func
 
         return decorate
@@ -1229,7 +1271,7 @@ def _install(tr: Tracer) -> None:
         try:
             follower._follow(tr)
         except Exception:
-            pass
+            _fault("vendored copy")
 
 
 def tracer(module: str) -> Tracer:
@@ -1244,6 +1286,7 @@ def tracer(module: str) -> Tracer:
                 lead._attach_follower(found)
         except Exception:
             found = _tracers.get(module) or Tracer(module)
+            _fault("tracer", reraise=False)
     return found
 
 
@@ -1693,7 +1736,9 @@ def configure(**settings: object) -> dict:
     (bool: keep events in memory for ``events()``), ``max_events`` (int), ``collector``
     (bool: make this runtime the one vendored copies forward to), ``otlp`` (a dict of the
     OTLP sink's settings, ``url`` and the keywords of ``_otlp.OtlpSink``; None: off),
-    ``self_time`` (seconds between self-time samples; 0: off; see ``self_time()``).
+    ``self_time`` (seconds between self-time samples; 0: off; see ``self_time()``),
+    ``raise_faults`` (bool: raise internal faults instead of counting and swallowing them;
+    for the runtime's own tests, see ``internal_faults()``).
     A path may contain ``{pid}``. Unknown keywords raise TypeError."""
     unknown = set(settings) - set(_Config.__slots__)
     if unknown:
@@ -1744,7 +1789,7 @@ def set_current_test(nodeid: str | None) -> None:
             _set_collecting(True)
         _maybe_otel()
     except Exception:
-        pass
+        _fault("test switch")
 
 
 def current_test() -> str | None:
@@ -1877,6 +1922,7 @@ def reset() -> None:
     with _lock:
         _reset_state()
         _self_counts[:] = [0, 0, 0, 0]
+        _faults.clear()
 
 
 def _reset_state() -> None:
@@ -1906,7 +1952,7 @@ def flush() -> None:
         if _mode == "otel" and _otel is not None:
             _otel.force_flush()
     except Exception:
-        pass
+        _fault("flush", reraise=False)
 
 
 # -- the terminal table --------------------------------------------------------------------
@@ -2005,7 +2051,7 @@ def _adopt(main) -> None:  # type: ignore[no-untyped-def]
             else:
                 main._attach_follower(tr)
         except Exception:
-            pass
+            _fault("vendored copy")
 
 
 def _set_collecting(on: bool) -> None:
@@ -2024,13 +2070,13 @@ def _set_collecting(on: bool) -> None:
                     namespace["_adopt"](me)
                     _copies.append(module)
                 except Exception:
-                    pass
+                    _fault("vendored copy")
     else:
         for module in _copies:
             try:
                 module._adopt(None)
             except Exception:
-                pass
+                _fault("vendored copy")
         del _copies[:]
         for tr in list(_tracers.values()):
             del tr._followers[:]
@@ -2057,6 +2103,7 @@ def _read_environment() -> None:
     cfg.otel = True if otel in _TRUE else False if otel in _FALSE else "auto"
     report = env.get("TELEMETRY_INJECT_REPORT", "").strip()
     cfg.report = "" if report.lower() in _FALSE else report
+    cfg.raise_faults = env.get("TELEMETRY_INJECT_RAISE_FAULTS", "").strip().lower() in _TRUE
     every = env.get("TELEMETRY_INJECT_SELF_TIME", "").strip()
     if every:
         try:
@@ -2087,7 +2134,7 @@ def _after_fork_in_child() -> None:
             sink.settings = _config.otlp
             _sinks["otlp"] = sink
         except Exception:
-            pass
+            _fault("OTLP sink start", reraise=False)
     try:
         _current.set(None)
     except Exception:
@@ -2096,7 +2143,12 @@ def _after_fork_in_child() -> None:
     try:
         _set_sampler()  # the parent's sampling thread did not come along
     except Exception:
-        pass
+        _fault("self-time sampler", reraise=False)
+
+
+# (The package runtime) writes a JSON or HTML report: set by runtime/__init__.py, so that this
+# module never imports the report module, which imports it.
+_report_writer = None
 
 
 def _write_report() -> None:
@@ -2112,12 +2164,14 @@ def _write_report() -> None:
         return
     path = _expand(where)
     if path.endswith((".json", ".html")):
-        try:
-            from pytest_telemetry_inject.runtime import report as _report_module
-        except Exception:
-            _report_module = None
-        if _report_module is not None:
-            _report_module.write_from_runtime(path, sys.modules[__name__])
+        writer = _report_writer
+        if writer is None and __name__ != _MAIN_NAME:  # a vendored copy: the package's writer, if installed
+            try:
+                writer = __import__("pytest_telemetry_inject.runtime.report", fromlist=["_"]).write_from_runtime
+            except Exception:
+                writer = None
+        if writer is not None:
+            writer(path, sys.modules[__name__])
             return
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(format_report(rows, with_self=sampled) + "\n")
@@ -2130,12 +2184,18 @@ def _at_exit() -> None:
     try:
         _write_report()
     except Exception:
-        pass
+        _fault("report at exit", reraise=False)
     try:
         for key, loss in sink_losses().items():
             where = getattr(_sinks.get(key), "path", "") or key
             sys.stderr.write(f"telemetry: {loss['lost']} events could not be written to the {key} sink ({where}): "
                              f"{loss['error']}\n")
+        faults = internal_faults()
+        if faults:
+            total = sum(f["count"] for f in faults.values())
+            where, first = next(iter(faults.items()))
+            sys.stderr.write(f"telemetry: {total} internal fault(s) of the runtime were swallowed, the program went on "
+                             f"(first, in {where}: {first['first']}); please report them\n")
     except Exception:
         pass
 

@@ -62,7 +62,8 @@ def _ms(row: str, column: int) -> float:
 
 
 def test_the_summary_shows_sampled_self_time_beside_total(project: pytest.Pytester) -> None:
-    result = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-p", "no:randomly")
+    result = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-p", "no:randomly",
+                                          "--telemetry-self-time", "1")
     assert result.ret == 0, result.stdout.str()
     table = _table(result)
     assert table[0].split()[:6] == ["function", "calls", "total", "ms", "self", "ms"]
@@ -86,14 +87,45 @@ def test_top_sort_and_shortened_names(project: pytest.Pytester) -> None:
     assert len(table[2].split()[0]) == 60
     result.stdout.fnmatch_lines(["(and 1 more functions: --telemetry-top N shows more)"])
     by_self = _table(project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider",
-                                                  "--telemetry-sort", "self"))
+                                                  "--telemetry-sort", "self", "--telemetry-self-time", "1"))
     assert by_self[1].split()[0] == "pkg.core:worker"
 
 
-def test_self_time_can_be_turned_off(project: pytest.Pytester) -> None:
-    result = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "--telemetry-self-time", "0")
+@pytest.mark.parametrize("args", [[], ["--telemetry-self-time", "0"], ["-o", "telemetry_self_time=0"]],
+                         ids=["default", "option", "ini"])
+def test_self_time_is_off_unless_asked_for(project: pytest.Pytester, args: list[str]) -> None:
+    result = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", *args)
     assert result.ret == 0
     assert "self" not in _table(result)[0] and "sampled every" not in result.stdout.str()
+
+
+def test_a_suite_that_counts_the_gc_objects_passes(pytester: pytest.Pytester) -> None:
+    # markupsafe's test_markup_leaks: len(gc.get_objects()) may take at most two values over a
+    # loop. The self-time sampler gives the frames it walks Python frame objects (which the GC
+    # tracks), so it is off by default; the instrumented calls themselves allocate nothing
+    # that outlives them.
+    (pytester.path / "pkg").mkdir()
+    (pytester.path / "pkg" / "__init__.py").write_text("")
+    (pytester.path / "pkg" / "core.py").write_text("def escape(s):\n    return s.replace('<', '&lt;')\n\n\n"
+                                                 "def twice(s):\n    return escape(escape(s))\n")
+    pytester.makepyfile(test_leak='''
+import gc
+from pkg.core import escape, twice
+
+
+def test_no_leak():
+    counts = set()
+    gc.collect()
+    for _ in range(20):
+        for _ in range(1000):
+            escape("foo")
+            twice("<foo>")
+        counts.add(len(gc.get_objects()))
+    assert len(counts) < 3, counts
+''')
+    for _ in range(3):
+        result = pytester.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider")
+        result.assert_outcomes(passed=2)  # the test and pkg/core.py::telemetry
 
 
 @pytest.mark.parametrize(("args", "needles"), [
@@ -110,6 +142,7 @@ def test_bad_self_time_settings_are_one_line(project: pytest.Pytester, args: lis
 
 def test_xdist_workers_self_time_reaches_the_reports(project: pytest.Pytester) -> None:
     result = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-n", "2",
+                                          "--telemetry-self-time", "1",
                                           "--telemetry-report", "out/report.json", "--telemetry-trace", "out/trace.json",
                                           "--telemetry-max-events", "20")
     assert result.ret == 0, result.stdout.str()
@@ -132,3 +165,28 @@ def test_a_sink_that_cannot_write_is_said_in_the_summary(project: pytest.Pyteste
     result = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-n", "2")
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["events: 170 could not be written to the jsonl sink: FileNotFoundError: *"])
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["single", "xdist"])
+def test_faults_of_the_runtime_are_shown_not_swallowed_silently(pytester: pytest.Pytester, workers) -> None:
+    (pytester.path / "pkg").mkdir()
+    (pytester.path / "pkg" / "__init__.py").write_text("")
+    (pytester.path / "pkg" / "core.py").write_text("def one():\n    return 1\n\n\ndef two():\n    return 2\n")
+    pytester.makepyfile(test_core='''
+from pytest_telemetry_inject.runtime import _core
+from pkg.core import one, two
+
+
+def test_break_and_call():
+    assert one() == 1  # the site exists now
+    _core._sites[("pkg.core", "one")].total = None  # a broken record: counting it fails
+    for _ in range(5):
+        assert one() == 1  # the test goes on
+    assert two() == 2
+''')
+    result = pytester.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", *workers)
+    result.assert_outcomes(passed=2)  # the test and pkg/core.py::telemetry
+    lines = [line for line in result.stdout.lines if line.startswith("runtime: ")]
+    assert lines and all(" internal fault(s) in " in line and "swallowed" in line and "first TypeError: " in line
+                         for line in lines), result.stdout.str()
+    assert sum(int(line.split()[1]) for line in lines) >= 5  # every broken call, from whichever worker

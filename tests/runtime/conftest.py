@@ -29,8 +29,12 @@ def clean_runtime():
     runtime is process-wide state shared with the other tests of an xdist worker)."""
     before = _core.configure()
     _core.set_current_test(None)  # (this makes the runtime the collector: undone below)
+    # raise_faults: a fault of the runtime's own fails the test that meets it (in a program
+    # it is counted and swallowed: internal_faults()); a test that makes faults on purpose
+    # turns it off.
     _core.configure(disabled=False, min_duration=0.0, sample_rate=1.0, jsonl="", trace="", otel=False,
-                    otel_provider=None, report="", keep_events=False, max_events=200_000, collector=False)
+                    otel_provider=None, report="", keep_events=False, max_events=200_000, collector=False,
+                    raise_faults=True)
     _core.reset()
     yield
     _core.set_current_test(None)
@@ -65,6 +69,7 @@ def run_python(code: str, *, env: dict | None = None, cwd: Path | None = None, i
     """Run ``code`` in a fresh interpreter (the project importable); check it succeeded."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_INJECT_")}
     full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), full_env.get("PYTHONPATH", "")])
+    full_env["TELEMETRY_INJECT_RAISE_FAULTS"] = "1"  # (see clean_runtime)
     full_env.update(env or {})
     command = [sys.executable, *(["-I", "-S"] if isolated else []), "-c", textwrap.dedent(code)]
     result = subprocess.run(command, capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout)

@@ -4,7 +4,9 @@ changes what the user's function returns or raises."""
 from __future__ import annotations
 
 import os
+import re
 import sys
+import textwrap
 import traceback
 
 import pytest
@@ -110,6 +112,7 @@ def _check_unchanged(m) -> None:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("mode", ["agg", "events", "otel"])
 def test_corrupted_internals_never_reach_user_code(kit, mode: str) -> None:
+    runtime.configure(raise_faults=False)  # faults on purpose: counted and swallowed, as in a program
     if mode == "events":
         runtime.configure(keep_events=True)
     if mode == "otel":
@@ -121,9 +124,12 @@ def test_corrupted_internals_never_reach_user_code(kit, mode: str) -> None:
     tracer = m._telemetry
     site = tracer._by_name["f"]
 
+    assert runtime.internal_faults() == {}
     site.total = None  # counting fails inside __exit__ / end()
     _check_unchanged(m)
     site.total = 0.0
+    faults = runtime.internal_faults()
+    assert faults and all(f["count"] >= 1 and "TypeError" in f["first"] for f in faults.values()), faults
     saved_events = _core._events
     _core._events = None  # the event store is gone
     _check_unchanged(m)
@@ -143,6 +149,7 @@ def test_corrupted_internals_never_reach_user_code(kit, mode: str) -> None:
         _core._clock, _core._seconds = saved_clocks
     _check_unchanged(m)
     assert kit.rows_of(m)["f"]["count"] >= 2, "the runtime works again once repaired"
+    assert sum(f["count"] for f in runtime.internal_faults().values()) >= 6, runtime.internal_faults()
     assert _core._current.get() is None, "a failed span was left current"
     if mode == "otel":
         from opentelemetry import trace
@@ -177,6 +184,7 @@ def test_failing_opentelemetry_processors_do_not_reach_user_code(kit) -> None:
             if self.where == "end":
                 raise RuntimeError("processor on_end")
 
+    runtime.configure(raise_faults=False)  # faults on purpose: counted and swallowed, as in a program
     for where in ("start", "end"):
         provider = TracerProvider()
         provider.add_span_processor(Raising(where))
@@ -188,4 +196,42 @@ def test_failing_opentelemetry_processors_do_not_reach_user_code(kit) -> None:
         rows = kit.rows_of(m)
         assert rows["f"]["count"] == 4 and rows["f"]["errors"] == 2, where
         assert rows["deco"]["count"] == 4 and rows["gen"]["count"] == 2, where
+        faults = runtime.internal_faults()
+        key = "OpenTelemetry span start" if where == "start" else "OpenTelemetry span end"
+        assert faults[key]["count"] >= 8 and faults[key]["first"] == f"RuntimeError: processor on_{where}", faults
     assert sys.exc_info() == (None, None, None)
+
+
+def test_a_fault_is_raised_under_the_runtimes_own_tests(kit) -> None:
+    # clean_runtime turns raise_faults on: a fault fails the test that meets it.
+    m = kit.load(SOURCE)
+    _check_unchanged(m)
+    site = m._telemetry._by_name["f"]
+    site.total = None
+    try:
+        with pytest.raises(TypeError):
+            m.f(3)
+    finally:
+        site.total = 0.0
+    assert runtime.internal_faults()["span end"]["count"] == 1
+
+
+def test_faults_swallowed_in_a_program_are_said_at_exit(kit) -> None:
+    (kit.tmp_path / "faulty.py").write_text(kit.header + textwrap.dedent(SOURCE))
+    result = kit.run_python(f'''
+        import sys
+        sys.path.insert(0, {str(kit.tmp_path)!r})
+        from pytest_telemetry_inject import runtime
+        import faulty
+        assert faulty.f(3) == [3, 6]
+        faulty._telemetry._by_name["f"].total = None
+        for _ in range(3):
+            assert faulty.f(3) == [3, 6]  # the program goes on
+        faults = runtime.internal_faults()
+        assert faults["span end"]["count"] == 3 and faults["span end"]["first"].startswith("TypeError"), faults
+        print("ok")
+    ''', env={"TELEMETRY_INJECT_RAISE_FAULTS": "0"})
+    assert result.stdout.strip().endswith("ok")
+    # (at exit, flush() meets the broken record too: one more)
+    assert re.search(r"telemetry: [34] internal fault\(s\) of the runtime were swallowed, the program went on "
+                     r"\(first, in span end: TypeError: ", result.stderr), result.stderr

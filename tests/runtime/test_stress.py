@@ -138,7 +138,7 @@ def test_an_xdist_session_with_every_report_never_crashes(pytester: pytest.Pytes
     (pytester.path / "pkg" / "core.py").write_text(textwrap.dedent(MODULE))
     pytester.makepyfile(test_core=TESTS)
     result = pytester.runpytest_subprocess(
-        "--inject-telemetry", "-p", "no:cacheprovider", "-n", "2",
+        "--inject-telemetry", "-p", "no:cacheprovider", "-n", "2", "--telemetry-self-time", "1",
         "--telemetry-report", "out/x.json", "--telemetry-html", "out/x.html", "--telemetry-trace", "out/t.json")
     output = result.stdout.str() + result.stderr.str()
     assert "Fatal Python error" not in output and "crashed" not in output, output
