@@ -455,9 +455,15 @@ class TelemetrySession:
         if self.finder is None:
             return found
         names = {os.path.basename(c) for c in self.candidates}
-        # An alias of a module the hook instrumented (toolz's tlz package copies toolz's
-        # modules under its own names: the functions are the instrumented ones) is not one.
+        # An alias of a module that went through the hook (toolz's tlz package copies toolz's
+        # modules under its own names: the functions are the instrumented ones, and a module
+        # the hook left as it was, with nothing to instrument, has none) is not one.
         through_hook = {os.path.realpath(p) for p in self.finder.state.instrumented.values()}
+        for module in list(sys.modules.values()):
+            if isinstance(getattr(getattr(module, "__spec__", None), "loader", None), TelemetryLoader):
+                origin = getattr(module, "__file__", None)
+                if origin:
+                    through_hook.add(os.path.realpath(origin))
         for name, module in list(sys.modules.items()):
             origin = getattr(module, "__file__", None) or ""
             if os.path.basename(origin) not in names or name in self.finder.state.instrumented or name in self.early:

@@ -183,12 +183,27 @@ def test_a_module_loaded_around_the_hook_is_named_in_the_summary(project: pytest
             alias.__spec__ = importlib.machinery.ModuleSpec("pkg_alias", object(), origin=pkg.core.__file__)
             sys.modules["pkg_alias"] = alias
             assert alias.double(2) == 4
+
+
+        def test_an_alias_of_a_module_with_nothing_to_instrument():
+            # (tlz.compatibility: toolz/compatibility.py has no function: the hook left it as it was)
+            import importlib.machinery
+            import sys
+            import types
+            import pkg.consts
+
+            alias = types.ModuleType("consts_alias")
+            alias.__dict__.update(pkg.consts.__dict__)
+            alias.__spec__ = importlib.machinery.ModuleSpec("consts_alias", object(), origin=pkg.consts.__file__)
+            sys.modules["consts_alias"] = alias
+            assert alias.VALUE == 1
         '''))
+    (project.path / "pkg" / "consts.py").write_text("VALUE = 1\n")
     result = project.runpytest_subprocess("--inject-telemetry")
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=6)
     result.stdout.fnmatch_lines(["not instrumented: pkg.loose: imported by SourceFileLoader without going through "
                                  "the telemetry import hook"])
-    assert "pkg_alias" not in result.stdout.str()
+    assert "pkg_alias" not in result.stdout.str() and "consts_alias" not in result.stdout.str()
 
 
 def test_the_collection_header_counts_the_telemetry_items(project: pytest.Pytester) -> None:
