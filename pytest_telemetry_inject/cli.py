@@ -18,58 +18,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
+from .arguments import PROG, configure_trace
+from .arguments import main_parser as _parser
 from .errors import ConfigError, TelemetryInjectError
-from .llm.options import add_llm_arguments, configure_trace
-from .settings import STYLES, TARGETS, Settings, find_project_root
+from .settings import Settings, find_project_root
 
 EXIT_OK, EXIT_CHECK, EXIT_USAGE, EXIT_ERRORS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-PROG = "telemetry-inject"
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Put function-level telemetry (a span per call) into source files, "
-                    "deterministically, verified and cached.",
-        epilog="Also: 'telemetry-inject cache stats|clear|prune', 'telemetry-inject models' (LLM models that can "
-               "be reached; --list-models where a path is named models). Exit codes: 0 done, 1 --check found "
-               "functions without telemetry, 2 usage error, 3 some file could not be processed.")
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="files or folders to process")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("-o", "--output", metavar="DIR", type=Path,
-                       help="write every file under DIR at its path relative to its PATH argument")
-    where.add_argument("--in-place", action="store_true",
-                       help="rewrite the files where they are (a symbolic link's target; the link stays)")
-    parser.add_argument("--write-read-only", action="store_true",
-                        help="with --in-place: also rewrite files that are read-only (refused by default, "
-                             "as editors do), keeping their mode")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--strip", action="store_true", help="remove the telemetry this tool inserted")
-    mode.add_argument("--check", action="store_true",
-                      help="change nothing; exit 1 when an eligible function has no telemetry")
-    parser.add_argument("--dry-run", action="store_true", help="write nothing; report what would change")
-    parser.add_argument("--diff", action="store_true", help="print a unified diff of every change")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="list files (-v) and functions (-vv)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
-    parser.add_argument("--style", choices=STYLES, help="with: wrap the body; decorator: one added line")
-    parser.add_argument("--target", choices=TARGETS, help="what the inserted code calls")
-    parser.add_argument("--validate", action=argparse.BooleanOptionalAction, default=None,
-                        help="check every new insertion script before using it (default: on)")
-    parser.add_argument("--max-parallel", type=int, metavar="N", help="worker processes (default: one per CPU)")
-    parser.add_argument("--no-parallel", action="store_true", help="process files in this process only")
-    parser.add_argument("--cache-dir", metavar="DIR", help="cache folder (default: .telemetry_cache)")
-    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    parser.add_argument("--exclude", action="append", metavar="GLOB", help="skip files matching GLOB (repeatable)")
-    parser.add_argument("--vendored-module", metavar="NAME", help="dotted import name of the vendored module")
-    parser.add_argument("--root", type=Path, metavar="DIR",
-                        help="project root (pyproject.toml, cache); default: found from the first PATH")
-    parser.add_argument("--use-scripts", action="store_true",
-                        help="script mode (the default; accepted for compatibility)")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    add_llm_arguments(parser)
-    return parser
 
 
 def _cache_parser() -> argparse.ArgumentParser:

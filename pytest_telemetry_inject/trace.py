@@ -14,7 +14,7 @@ Categories: ``function`` (calls and returns), ``llm.request``, ``llm.response``,
 
 Cheap when off: ``TRACE.on`` is a plain attribute, no file is opened and no field is
 formatted; hot paths test ``TRACE.on`` before building an event. Every line passes through
-``llm.redact`` so no configured key reaches the file or the console.
+``redact`` so no configured key reaches the file or the console.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class Tracer:
     def event(self, level: int, category: str, message: str = "", **fields: Any) -> None:
         if not self.on or level < self.level:
             return
-        from .llm.redact import redact
+        from .redact import redact
 
         record = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S"), "t": round(time.monotonic() - self._started, 4),
                   "pid": os.getpid(), "level": _level_name(level), "cat": category, "msg": message}

@@ -1,7 +1,7 @@
 """The optional LLM layer (``pip install "pytest-telemetry-inject[llm]"``).
 
 Nothing here is imported on a run that has no LLM work, and litellm itself is imported
-only right before the first request (``client._litellm``). See docs/llm.md.
+only right before the first request (``_litellm.load_litellm``). See docs/llm.md.
 
 - ``config``: which models, where, with which keys and limits
 - ``client``: one request through litellm (retries, Retry-After, budget, trace)

@@ -12,12 +12,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..arguments import PROG, add_base_url_argument, configure_trace, main_parser
 from ..errors import TelemetryInjectError
 from ..settings import Settings, find_project_root
 from ..trace import INFO, TRACE
-from .options import add_base_url_argument, configure_trace, llm_overrides
+from .options import llm_overrides
 
-PROG = "telemetry-inject"
 EXIT_OK, EXIT_USAGE, EXIT_ERRORS = 0, 2, 3
 MAX_FILE_THREADS = 4
 
@@ -84,13 +84,12 @@ def setup_main(argv: list[str]) -> int:
 
 
 def traditional_main(argv: list[str]) -> int:
-    from ..cli import _parser
     from ..scan import scan
     from ..sourcefile import read_bytes, write_atomic
     from .config import LLMConfig
     from .traditional import TraditionalPipeline, TraditionalResult, language_of, strip_marked
 
-    args = _parser().parse_args(argv)
+    args = main_parser().parse_args(argv)
     configure_trace(args)
     root = (args.root or find_project_root(args.paths[0])).resolve()
     settings = Settings.load(root, overrides={"cache_dir": args.cache_dir, "max_parallel": args.max_parallel,

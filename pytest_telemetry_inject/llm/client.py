@@ -1,10 +1,8 @@
 """One request to one model through litellm: limits, budget, retries, cost, trace.
 
-litellm is imported here and only here, on the first request (``load_litellm``), with
-``LITELLM_LOCAL_MODEL_COST_MAP`` set first (no download of the price table) and
-``LITELLM_MODE=PRODUCTION`` (litellm would otherwise load a ``.env`` it finds near its own
-files). Requests run on one event loop in a background thread, so several models can be
-asked at once and the losers of a race cancelled (``parallel``).
+litellm is imported on the first request (``_litellm.load_litellm``). Requests run on one
+event loop in a background thread, so several models can be asked at once and the losers
+of a race cancelled (``parallel``).
 
 Retries: a 429 waits for its Retry-After (at most ``max_retry_wait`` seconds), a 5xx, a
 malformed answer or a dropped connection waits 0.5 s, 1 s, ...; up to
@@ -16,41 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import logging
 import os
 import re
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Coroutine, Sequence, TypeVar
 
-from ..errors import TelemetryInjectError
-from ..trace import DEBUG, ERROR, INFO, TRACE, WARNING
+from ..redact import one_line, register_secret
+from ..trace import DEBUG, ERROR, TRACE, WARNING
+from ._litellm import LLMError, load_litellm
 from .config import LLMConfig, ModelSpec
 from .cost import BudgetExceeded, CostTracker, estimate_upper, price_of
-from .redact import one_line, register_secret
 from .tokens import TokenDetector
 
 T = TypeVar("T")
 Message = dict[str, str]
-
-
-class LLMError(TelemetryInjectError):
-    """A request failed; ``kind`` says how (auth, not_found, rate_limit, server, timeout,
-    bad_request, bad_response, unavailable, error)."""
-
-    def __init__(self, message: str, *, kind: str = "error", model: str = "", retryable: bool = False,
-                 retry_after: float | None = None) -> None:
-        super().__init__(one_line(message))
-        self.kind = kind
-        self.model = model
-        self.retryable = retryable
-        self.retry_after = retry_after
-
-
-class LLMUnavailable(LLMError, ImportError):
-    """litellm is not installed."""
 
 
 @dataclass
@@ -62,41 +41,6 @@ class LLMResponse:
     cost: float
     latency: float
     tries: int = 1
-
-
-# -- litellm, imported once, lazily -------------------------------------------------------------
-
-_LITELLM: Any = None
-_IMPORT_LOCK = threading.Lock()
-
-
-def load_litellm() -> Any:
-    global _LITELLM
-    if _LITELLM is not None:
-        return _LITELLM
-    with _IMPORT_LOCK:
-        if _LITELLM is None:
-            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-            os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
-            started = time.perf_counter()
-            try:
-                with warnings.catch_warnings():  # its own import-time warnings (pydantic) are not ours
-                    warnings.simplefilter("ignore")
-                    import litellm
-            except ImportError:
-                raise LLMUnavailable('the LLM layer needs litellm: pip install "pytest-telemetry-inject[llm]"',
-                                     kind="unavailable") from None
-            # pydantic warns about litellm's own types on their first use: not the user's concern.
-            warnings.filterwarnings("ignore", message=r".*`ReadOnly` qualifier.*", category=UserWarning)
-            litellm.suppress_debug_info = True
-            litellm.drop_params = True  # num_ctx and friends are dropped for providers without them
-            litellm.telemetry = False
-            for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx"):
-                logging.getLogger(name).setLevel(logging.CRITICAL)
-            _LITELLM = litellm
-            if TRACE.on:
-                TRACE.event(INFO, "llm.import", "litellm imported", seconds=round(time.perf_counter() - started, 3))
-    return _LITELLM
 
 
 # -- one event loop per process -----------------------------------------------------------------

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ConfigError
+from ..redact import register_from_env, register_secret
 from ..settings import read_tool_table
-from .redact import register_from_env, register_secret
 
 OLLAMA_DEFAULT_HOST = "http://localhost:11434"
 STRATEGIES = ("parallel", "round-robin", "judge", "single")

@@ -57,7 +57,7 @@ def price_of(model: ModelSpec, config: LLMConfig) -> Price:
     if model.local:
         return Price(0.0, 0.0, True, "local model")
     try:
-        from .client import load_litellm
+        from ._litellm import load_litellm
 
         table = load_litellm().model_cost
     except ImportError:

@@ -67,7 +67,7 @@ def telemetry_forms(language: str, style: str, target: str, span_name: str, sour
                 f"shows it), with the span name \"{span_name}\"; any other wording is not recognised when the "
                 "telemetry is stripped. Braced languages put it inside existing lines (insert_text), so no "
                 "line moves.")
-    from .refactorer import telemetry_examples
+    from .forms import telemetry_examples
 
     examples = sorted(telemetry_examples(target, span_name, source), key=lambda item: item[0] != style)
     if not examples:

@@ -32,8 +32,3 @@ class LLMSession:
         self.tokens = tokens or TokenDetector(config)
         self.client = LLMClient(config, costs=self.costs, tokens=self.tokens)
         self.asker: Asker = make_asker(self.client, config)
-
-    def refactorer(self):  # type: ignore[no-untyped-def]
-        from .refactorer import ScriptRefactorer
-
-        return ScriptRefactorer(self)

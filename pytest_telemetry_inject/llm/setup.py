@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from ..errors import ConfigError
+from ..redact import one_line, register_secret
 from .config import KEY_VARIABLES, LLMConfig, resolve_model
-from .redact import one_line, register_secret
 
 PROVIDERS = ("openai", "anthropic", "ollama", "other")
 DEFAULT_MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest", "ollama": "qwen2.5-coder:7b"}

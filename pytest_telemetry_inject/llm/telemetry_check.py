@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from typing import Collection, Iterator
 
 from ..scriptlib import split_lines
+from .inserted import InsertedRow, snippet
 
 MARKER = "telemetry-inject"
 MAX_LINE_CHARS = 400
@@ -157,14 +158,6 @@ def unchecked_reason(language: str) -> str | None:
             f"exists (checked: {', '.join(CHECKED_LANGUAGES)})")
 
 
-@dataclass(frozen=True)
-class InsertedRow:
-    output: int
-    """0-based row of the inserted line in the output."""
-    before: int
-    """0-based row of the original line that follows it (the number of original lines when none does)."""
-
-
 def inserted_rows(original: str, output: str, marker: str = MARKER) -> list[InsertedRow]:
     rows, original_row = [], 0
     for index, line in enumerate(split_lines(output)):
@@ -177,11 +170,6 @@ def inserted_rows(original: str, output: str, marker: str = MARKER) -> list[Inse
 
 def _line_text(line: str) -> str:
     return line.rstrip("\r\n")
-
-
-def snippet(text: str, limit: int = 80) -> str:
-    text = text.strip()
-    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 # -- Python -------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from typing import Any, ClassVar, Collection
 
 from ..scriptlib import split_lines
 from .extensions import language_of
-from .telemetry_check import InsertedRow, snippet
+from .inserted import InsertedRow, snippet
 
 _GRAMMAR_FILE = {"javascript": "x.js", "typescript": "x.ts", "tsx": "x.tsx", "go": "x.go"}
 _JS_FUNCTIONS = frozenset({"function_declaration", "function_expression", "function", "arrow_function",

@@ -165,7 +165,7 @@ class TokenDetector:
 
     def _litellm(self, model: ModelSpec) -> TokenLimits | None:
         try:
-            from .client import load_litellm
+            from ._litellm import load_litellm
 
             info = load_litellm().get_model_info(model.name)
         except Exception:  # not mapped, not installed: the table and the default follow

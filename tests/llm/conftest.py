@@ -99,6 +99,6 @@ def fake_llm() -> Iterator[Callable[..., FakeLLM]]:
 @pytest.fixture(scope="session")
 def litellm_module() -> Any:
     pytest.importorskip("litellm")
-    from pytest_telemetry_inject.llm.client import load_litellm
+    from pytest_telemetry_inject.llm._litellm import load_litellm
 
     return load_litellm()

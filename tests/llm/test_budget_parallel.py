@@ -11,6 +11,7 @@ import pytest
 from fakellm import Reply, decorator_fix, openai_env, session_for
 from pytest_telemetry_inject.engine.pipeline import Engine
 from pytest_telemetry_inject.llm.parallel import JudgeEnsemble, ParallelExecutor
+from pytest_telemetry_inject.llm.refactorer import ScriptRefactorer
 from pytest_telemetry_inject.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("litellm_module")
@@ -44,7 +45,7 @@ def run(tmp_path: Path, fake, budget: str | None):  # type: ignore[no-untyped-de
     if budget is not None:
         env["LLM_BUDGET"] = budget
     session = session_for(tmp_path, env)
-    result = Engine(Settings(), None, refactorer=session.refactorer()).instrument(SOURCE, "mod.py")
+    result = Engine(Settings(), None, refactorer=ScriptRefactorer(session)).instrument(SOURCE, "mod.py")
     return session, result
 
 
@@ -93,8 +94,6 @@ def race(tmp_path: Path, fakes: list, strategy: str = "parallel"):  # type: igno
     models = [type(m)(m.name, m.provider, fake.url + "/v1", m.timeout) for m, fake in zip(models, fakes, strict=True)]
     asker = (ParallelExecutor if strategy == "parallel" else JudgeEnsemble)(session.client, models)
     session.asker = asker
-    from pytest_telemetry_inject.llm.refactorer import ScriptRefactorer
-
     refactorer = ScriptRefactorer(session)
     started = time.perf_counter()
     result = refactorer(language="python", span_name="f", source="def f(a):\n    return a\n",

@@ -7,7 +7,7 @@ import pytest
 from pytest_telemetry_inject.engine.derive import derive_edits
 from pytest_telemetry_inject.engine.reconstruct import reconstruct
 from pytest_telemetry_inject.languages import get_language
-from pytest_telemetry_inject.llm.refactorer import target_problem
+from pytest_telemetry_inject.llm.forms import target_problem
 from pytest_telemetry_inject.scriptlib import Indent, Insert, InsertAfter, InsertText, apply
 from pytest_telemetry_inject.settings import STYLES, TARGETS, Settings
 

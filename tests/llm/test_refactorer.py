@@ -16,7 +16,7 @@ from pytest_telemetry_inject.engine.scripts import render_script
 from pytest_telemetry_inject.engine.testgen import parse_cases
 from pytest_telemetry_inject.languages import get_language
 from pytest_telemetry_inject.languages.python import PythonLanguage
-from pytest_telemetry_inject.llm.refactorer import NEVER_CHANGE, record_fix, repair
+from pytest_telemetry_inject.llm.refactorer import NEVER_CHANGE, ScriptRefactorer, record_fix, repair
 from pytest_telemetry_inject.scriptlib import apply as apply_edits
 from pytest_telemetry_inject.scriptlib import insert, sha256
 from pytest_telemetry_inject.settings import Settings
@@ -78,7 +78,7 @@ def test_a_fix_is_composed_cached_and_reused_without_any_call(tmp_path: Path, fa
     session = session_for(tmp_path, openai_env(fake))
     cache = ScriptCache(tmp_path / "cache")
     settings = Settings()
-    engine = Engine(settings, cache, refactorer=session.refactorer())
+    engine = Engine(settings, cache, refactorer=ScriptRefactorer(session))
     result = instrument(engine)
     assert result.status == "instrumented", result.reason
     found = outcomes(result)
@@ -126,7 +126,7 @@ def test_a_fix_that_changes_code_is_rejected_and_remembered(tmp_path: Path, fake
     fake = fake_llm(code_changing_fix)
     session = session_for(tmp_path, openai_env(fake, LLM_MAX_RETRIES="2"))
     cache = ScriptCache(tmp_path / "cache")
-    engine = Engine(Settings(), cache, refactorer=session.refactorer())
+    engine = Engine(Settings(), cache, refactorer=ScriptRefactorer(session))
     result = instrument(engine)
     found = outcomes(result)
     assert found["broken_total"].status == "failed"
@@ -142,7 +142,7 @@ def test_a_fix_that_changes_code_is_rejected_and_remembered(tmp_path: Path, fake
     for memo in (tmp_path / "cache" / "metadata" / "files").rglob("*"):
         if memo.is_file():
             memo.unlink()
-    again = instrument(Engine(Settings(), cache, refactorer=session.refactorer()))
+    again = instrument(Engine(Settings(), cache, refactorer=ScriptRefactorer(session)))
     assert len(fake.chat_requests) == 4
     assert NEVER_CHANGE in outcomes(again)["broken_total"].reason
 
@@ -153,7 +153,7 @@ def test_hostile_and_garbage_answers_are_refused_and_never_run(tmp_path: Path, f
     fake = fake_llm([Reply(HOSTILE.format(marker=marker)), Reply("Sorry, I can't do that."),
                      Reply(raw=b"<html>502 Bad Gateway</html>", status=502), Reply("{}")])
     session = session_for(tmp_path, openai_env(fake, LLM_MAX_RETRIES="3", LLM_TRANSPORT_RETRIES="0"))
-    engine = Engine(Settings(), None, refactorer=session.refactorer())
+    engine = Engine(Settings(), None, refactorer=ScriptRefactorer(session))
     result = instrument(engine)
     reason = outcomes(result)["broken_total"].reason
     assert outcomes(result)["broken_total"].status == "failed"
@@ -196,7 +196,7 @@ def test_no_refactorer_no_call_and_templates_as_before(tmp_path: Path, fake_llm)
     """With working templates, a configured refactorer is never called."""
     fake = fake_llm(decorator_fix)
     session = session_for(tmp_path, openai_env(fake))
-    with_model = instrument(Engine(Settings(), None, refactorer=session.refactorer()))
+    with_model = instrument(Engine(Settings(), None, refactorer=ScriptRefactorer(session)))
     without = instrument(Engine(Settings(), None))
     assert with_model.output == without.output and with_model.output is not None
     assert fake.chat_requests == []
@@ -219,7 +219,7 @@ def test_every_failure_leaves_the_source_intact_with_a_clear_reason(tmp_path: Pa
     session = session_for(tmp_path, openai_env(fake, **env))
     source = b"def broken_one(a):\n    b = a * 2\n    return b\n"
     result = Engine(Settings(), ScriptCache(tmp_path / "cache"),
-                    refactorer=session.refactorer()).instrument(source, "mod.py")
+                    refactorer=ScriptRefactorer(session)).instrument(source, "mod.py")
     (outcome,) = result.functions
     assert outcome.status == "failed" and result.output is None  # nothing else to instrument: unchanged
     llm_part = outcome.reason.split("llm: ", 1)[1]
@@ -235,11 +235,11 @@ def test_a_model_that_could_not_be_reached_is_asked_again_next_run(tmp_path: Pat
     source = b"def broken_one(a):\n    b = a * 2\n    return b\n"
     cache = ScriptCache(tmp_path / "cache")
     down = fake_llm([Reply("boom", status=500)])
-    first = Engine(Settings(), cache, refactorer=session_for(tmp_path, openai_env(
-        down, LLM_TRANSPORT_RETRIES="0")).refactorer()).instrument(source, "mod.py")
+    first = Engine(Settings(), cache, refactorer=ScriptRefactorer(session_for(tmp_path, openai_env(
+        down, LLM_TRANSPORT_RETRIES="0")))).instrument(source, "mod.py")
     assert first.functions[0].status == "failed" and "server failed" in first.functions[0].reason
     up = fake_llm(decorator_fix)
-    second = Engine(Settings(), cache, refactorer=session_for(tmp_path, openai_env(up)).refactorer()).instrument(
+    second = Engine(Settings(), cache, refactorer=ScriptRefactorer(session_for(tmp_path, openai_env(up)))).instrument(
         source, "mod.py")
     assert not second.memo_hit and second.functions[0].status == "instrumented"
     assert len(up.chat_requests) == 1
@@ -250,7 +250,7 @@ def test_telemetry_of_another_target_is_rejected(tmp_path: Path, fake_llm) -> No
     decorator would strip cleanly but fail when the code runs, so it is refused."""
     fake = fake_llm(decorator_fix)  # always @_telemetry.instrument(...)
     session = session_for(tmp_path, openai_env(fake, LLM_MAX_RETRIES="1"))
-    result = Engine(Settings(target="otel"), None, refactorer=session.refactorer()).instrument(
+    result = Engine(Settings(target="otel"), None, refactorer=ScriptRefactorer(session)).instrument(
         b"async def other(x): return x\n", "mod.py")
     (outcome,) = result.functions
     assert outcome.status == "failed" and result.output is None

@@ -11,7 +11,7 @@ import pytest
 
 from fakellm import KEY
 from pytest_telemetry_inject import trace as trace_module
-from pytest_telemetry_inject.llm.redact import redact, register_secret
+from pytest_telemetry_inject.redact import redact, register_secret
 from pytest_telemetry_inject.trace import DEBUG, ERROR, INFO, TRACE, TRACE_LEVEL, Tracer, traced
 
 

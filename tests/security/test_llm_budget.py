@@ -54,7 +54,7 @@ def summary_line(output: str) -> str:
 
 @needs_litellm
 def test_a_provider_reporting_a_million_tokens_is_charged_shown_and_stops_the_run(tmp_path: Path) -> None:
-    from pytest_telemetry_inject.llm.client import load_litellm
+    from pytest_telemetry_inject.llm._litellm import load_litellm
 
     project = tmp_path / "project"
     project.mkdir()
