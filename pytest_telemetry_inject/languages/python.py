@@ -728,6 +728,12 @@ class PythonLanguage(Language):
 
     # -- checks ---------------------------------------------------------------------------
 
+    @staticmethod
+    def epilogue(target: str, name: str) -> list[tuple[int, str]]:
+        """The lines after a wrapped body, (extra indentation levels, text): the logging
+        target's, else the try style's (``python_check`` reads cached output with them)."""
+        return (_log_epilogue if target == "logging" else _try_epilogue)(name)
+
     def check_cached_output(self, original: str, output: str, *, target: str, import_name: str,
                             functions: Sequence[tuple[str, int]]) -> OutputVerdict:
         from .python_check import check_output

@@ -145,6 +145,15 @@ def header_lines(target: str, import_name: str) -> list[str]:
     return get_language("python").header(none_yet, SimpleNamespace(target=target), import_name)  # type: ignore[arg-type]
 
 
+def _epilogue(target: str, name: str) -> tuple[tuple[int, str], ...]:
+    """The lines the templates end a wrapped body with for ``target`` (the logging form's, or
+    the try style's), taken from the Python language through the registry, as
+    ``header_lines`` takes the header: this module never imports the language's."""
+    from . import get_language
+
+    return tuple(get_language("python").epilogue(target, name))  # type: ignore[attr-defined]
+
+
 class _Lexer:
     """Which rows start inside a string or continue a logical line, lexed on demand from a
     row where a statement starts (used only where a body has multi-line strings or
@@ -510,9 +519,7 @@ class PythonOutputCheck:
         self._check_prelude(def_row, j, qualname)
         epilogue: tuple[tuple[int, str], ...] = ()
         if kind == "try":
-            from .python import _log_epilogue, _try_epilogue
-
-            epilogue = tuple((_log_epilogue if self.target == "logging" else _try_epilogue)(qualname))
+            epilogue = _epilogue(self.target, qualname)
         self.blocks.append(_Block(kind, after, after[len(def_ws):], qualname, j, epilogue))
 
     def _claim(self, name: str, def_row: int, *, decorator: bool) -> None:

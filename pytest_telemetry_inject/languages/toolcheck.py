@@ -389,7 +389,7 @@ def _vet(path: str, output: str, import_path: str) -> str | None:
     runtime's import path, a name that clashes with it) is the package's. (``go vet``'s
     analyzers read the files on disk, not the overlay, in the Go versions this was written
     for: its type check is this compilation.)"""
-    from .go import RUNTIME_FILE, TEST_MAIN_FILE, find_module, runtime_source, test_main_source
+    from .go_package import RUNTIME_FILE, TEST_MAIN_FILE, find_module, runtime_source, test_main_source
 
     folder = os.path.dirname(os.path.abspath(path))
     tests = path.endswith("_test.go")
