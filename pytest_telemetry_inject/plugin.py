@@ -1,7 +1,8 @@
 """The pytest plugin: ``pytest --inject-telemetry``.
 
 Installed with the package (a ``pytest11`` entry point), it does nothing unless asked: this
-module imports only the standard library and pytest, and everything else waits for the flag.
+module imports only the standard library and pytest (and ``plugin_registry``, which imports
+no more), and everything else waits for the flag.
 
 With ``--inject-telemetry``, before conftest files load (so the project's modules are not
 imported yet), the session:
@@ -19,19 +20,12 @@ imported yet), the session:
 
 from __future__ import annotations
 
-import sys
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import pytest
 
-if TYPE_CHECKING:
-    from .plugin_session import TelemetrySession
-
-SESSION_NAME = "telemetry-inject-session"
-LOADED_BEFORE = frozenset(sys.modules)
-"""The modules imported before pytest loaded this plugin: at interpreter start-up (a
-``.pth`` file, ``sitecustomize``) or by a plugin loaded earlier (the session's summary
-says which, for the project's modules among them)."""
+# Read here by other modules: LOADED_BEFORE (plugin_session), active_session (other plugins).
+from .plugin_registry import LOADED_BEFORE, SESSION_NAME, active_session  # noqa: F401
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -166,7 +160,3 @@ def pytest_configure(config: pytest.Config) -> None:
         from .gate.plugin import NAME, GatePlugin
 
         config.pluginmanager.register(GatePlugin(config), NAME)
-
-
-def active_session(config: pytest.Config) -> "TelemetrySession | None":
-    return config.pluginmanager.get_plugin(SESSION_NAME)  # type: ignore[return-value]

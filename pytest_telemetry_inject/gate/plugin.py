@@ -251,7 +251,7 @@ class GatePlugin:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def current_run(self) -> Baseline | None:
-        from ..plugin import active_session
+        from ..plugin_registry import active_session
 
         telemetry = active_session(self.config)
         if telemetry is None:
