@@ -24,7 +24,7 @@ from typing import Iterator
 
 import pytest
 
-# Read here by other modules: LOADED_BEFORE (plugin_session), active_session (other plugins).
+# Also read from here: active_session (by other plugins and tests).
 from .plugin_registry import LOADED_BEFORE, SESSION_NAME, active_session  # noqa: F401
 
 

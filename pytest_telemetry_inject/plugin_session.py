@@ -414,7 +414,7 @@ class TelemetrySession:
 
     def early_why(self, name: str) -> str:
         """Who imported a project module before the hook was in place, and what to do."""
-        from . import plugin
+        from .plugin_registry import LOADED_BEFORE
 
         top = name.partition(".")[0]
         for entry in self._pytest_plugins():
@@ -431,7 +431,7 @@ class TelemetrySession:
             if not given.startswith("no:") and given.partition(".")[0] == top:
                 return (f"pytest imported it for `-p {given}` before this plugin was active (with -p, a plugin's "
                         "package runs without telemetry); load that plugin from conftest.py instead, or use " + where)
-        if name in plugin.LOADED_BEFORE:
+        if name in LOADED_BEFORE:
             return (f"imported by a plugin that pytest loaded before this one; make that import lazy, or use {where}")
         return ("imported while pytest read its configuration (a plugin given with -p, or one a plugin imports); "
                 f"make that import lazy, or use {where}")
