@@ -35,11 +35,12 @@ import sys
 import tarfile
 import tempfile
 import time
-import tomllib
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = [

@@ -31,8 +31,9 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pytest_telemetry_inject.engine.runner import RunOptions, run
 from pytest_telemetry_inject.languages import toolcheck

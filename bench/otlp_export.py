@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -83,7 +82,9 @@ def make_project(root: Path, tests: int, calls: int) -> None:
 
 def _serve(port_queue: multiprocessing.Queue, count_file: str) -> None:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-        ExportTraceServiceRequest, ExportTraceServiceResponse)
+        ExportTraceServiceRequest,
+        ExportTraceServiceResponse,
+    )
 
     counts = {"spans": 0, "requests": 0, "names": {}}
 
@@ -120,7 +121,7 @@ def _serve(port_queue: multiprocessing.Queue, count_file: str) -> None:
 class Receiver:
     """An OTLP/HTTP receiver in its own process, counting the spans it decodes."""
 
-    def __enter__(self) -> "Receiver":
+    def __enter__(self) -> Receiver:
         self.folder = tempfile.mkdtemp(prefix="otlp-receiver-")
         self.count_file = os.path.join(self.folder, "count.json")
         context = multiprocessing.get_context("spawn")
@@ -227,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"spans received: {received} of {expected} expected ({expected - received} missing)")
         for line in summary:
             print(f"summary: {line.strip()}")
-        ok = reports_ok and ratio <= TARGET_RATIO and (received == expected or any(re.search(r"\blost\b|\bdropped\b", l)
-                                                                   for l in summary))
+        ok = reports_ok and ratio <= TARGET_RATIO and (received == expected or any(re.search(r"\blost\b|\bdropped\b", text)
+                                                                   for text in summary))
         print("PASS" if ok else "FAIL")
         return 0 if ok else 1
     finally:

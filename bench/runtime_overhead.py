@@ -45,8 +45,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -255,9 +255,8 @@ def make_variants(work: Path, *, logfire_rows: bool = True) -> tuple[Callable[[i
     if not logfire_rows:
         logfire, logfire_note = None, ""
     if logfire is not None:
-        import warnings
-
         import logging
+        import warnings
 
         # Logfire sets its own global TracerProvider; ours is already set (for the rows
         # above), and OpenTelemetry logs a warning about it: expected, not news.

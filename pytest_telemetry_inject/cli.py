@@ -15,8 +15,8 @@ import errno
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .arguments import PROG, configure_trace
 from .arguments import main_parser as _parser

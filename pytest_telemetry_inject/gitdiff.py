@@ -22,8 +22,8 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 _HUNK = re.compile(rb"^@@ -\d+(?:,\d+)? \+(\d+)(?:,(\d+))? @@")
 _WS = b" \t\x0c"
@@ -249,7 +249,7 @@ class Repository:
         self._env = {**os.environ, "GIT_LITERAL_PATHSPECS": "1"}
 
     @classmethod
-    def find(cls, start: str = ".") -> "Repository":
+    def find(cls, start: str = ".") -> Repository:
         done = subprocess.run(["git", "-C", start, "rev-parse", "--show-toplevel"], capture_output=True)
         if done.returncode != 0:
             message = done.stderr.decode("utf-8", "replace").strip().splitlines()

@@ -23,9 +23,10 @@ import marshal
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import CodeType
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .engine.pipeline import Engine, FileResult
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 # and the interpreter's bytecode version: a cached code object of another form is compiled
 # again. (The cache adds its own magic and this machine's seal around it.)
 # (Read when first needed: the compiler's import is not paid by a session that compiles nothing.)
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _code_magic() -> bytes:
     from .engine.compiler import CODE_FORM
 
@@ -57,8 +58,8 @@ class TelemetryFinder:
     """Finds the modules to instrument: those whose file ``wants(path)`` accepts, or, with
     explicit prefixes, those whose name starts with one of them."""
 
-    def __init__(self, engine: "Engine", wants: Callable[[str], bool], *, prefixes: tuple[str, ...] = (),
-                 results: Callable[[str], "FileResult | None"] | None = None) -> None:
+    def __init__(self, engine: Engine, wants: Callable[[str], bool], *, prefixes: tuple[str, ...] = (),
+                 results: Callable[[str], FileResult | None] | None = None) -> None:
         self.engine = engine
         self.wants = wants
         self.prefixes = prefixes

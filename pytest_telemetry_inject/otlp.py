@@ -170,7 +170,7 @@ class OtelSession:
         that the runtime's OTLP sink sends."""
 
     @classmethod
-    def start(cls, config: pytest.Config) -> "OtelSession":
+    def start(cls, config: pytest.Config) -> OtelSession:
         try:
             from opentelemetry import trace
             from opentelemetry.sdk.resources import Resource

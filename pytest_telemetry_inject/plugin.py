@@ -20,7 +20,7 @@ imported yet), the session:
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

@@ -21,5 +21,5 @@ LOADED_BEFORE = frozenset(sys.modules)
 says which, for the project's modules among them)."""
 
 
-def active_session(config: pytest.Config) -> "TelemetrySession | None":
+def active_session(config: pytest.Config) -> TelemetrySession | None:
     return config.pluginmanager.get_plugin(SESSION_NAME)  # type: ignore[return-value]

@@ -9,16 +9,17 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import pytest
 
 from .engine.cache import ScriptCache
-from .errors import CacheError, ConfigError
 from .engine.pipeline import Engine
 from .engine.runner import FileReport, RunOptions, run
 from .engine.testgen import parse_cases
+from .errors import CacheError, ConfigError
 from .importhook import TelemetryFinder
 from .otlp import OtelSession
 from .settings import Settings

@@ -25,9 +25,10 @@ import fnmatch
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from .errors import CacheError, TelemetryInjectError, UnsupportedSource
 from .gitdiff import FileChanges, GitError, Repository, line_changes, read_blobs, staged_files
@@ -90,10 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 class _Project:
     root: Path
     settings: Settings
-    _engine: "Engine | None" = None
+    _engine: Engine | None = None
 
     @property
-    def engine(self) -> "Engine":
+    def engine(self) -> Engine:
         if self._engine is None:
             from .engine.cache import ScriptCache
             from .engine.pipeline import Engine
@@ -151,10 +152,10 @@ class _ChangedFunctions:
         self.stale_seen = False
         self._second: dict[int, bool] | None = None
 
-    def touched(self, record: "FunctionRecord") -> bool:
+    def touched(self, record: FunctionRecord) -> bool:
         return self.changes.touches(record.start_line, record.end_line, record.indent)
 
-    def __call__(self, record: "FunctionRecord") -> bool:
+    def __call__(self, record: FunctionRecord) -> bool:
         if record.stale:
             self.stale_seen = True
             return True
@@ -348,7 +349,7 @@ class _Hook:
         None: every function."""
         project = self.project(path)
         done = _Done(display, path, project, content=data)
-        select: Callable[["FunctionRecord"], bool] | None = None
+        select: Callable[[FunctionRecord], bool] | None = None
         selection = ""
         if changes is not None:
             if changes.empty:
@@ -387,7 +388,7 @@ class _Hook:
             done.content = result.output
         return done
 
-    def _problem(self, result: "FileResult", data: bytes, display: str) -> str:
+    def _problem(self, result: FileResult, data: bytes, display: str) -> str:
         """Why a file cannot be processed ('' when it can): the engine's errors, and a file
         that does not parse or decode (the engine merely skips those; a commit must stop)."""
         if result.status == "error":

@@ -11,9 +11,9 @@ from __future__ import annotations
 import fnmatch
 import os
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from .languages import get_language, language_for
 from .runtime.vendor import DEFAULT_MODULE, is_vendored

@@ -25,7 +25,8 @@ This file is stdlib-only and has no side effects: the sandbox loads it by path.
 from __future__ import annotations
 
 import hashlib
-from typing import NamedTuple, Sequence, Union
+from collections.abc import Sequence
+from typing import NamedTuple
 
 __all__ = [
     "Indent",
@@ -77,7 +78,7 @@ class InsertText(NamedTuple):
     text: str
 
 
-Edit = Union[Indent, Insert, InsertAfter, InsertText]
+Edit = Indent | Insert | InsertAfter | InsertText
 
 
 def indent(first: int, last: int, unit: str, after: str = "", keep: Sequence[int] = ()) -> Indent:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ConfigError
 
@@ -70,7 +71,7 @@ class Settings:
     def load(cls, root: str | os.PathLike[str] | None = None, *,
              env: Mapping[str, str] | None = None,
              overrides: Mapping[str, Any] | None = None,
-             defaults: Mapping[str, Any] | None = None) -> "Settings":
+             defaults: Mapping[str, Any] | None = None) -> Settings:
         """Settings for the project at ``root``. ``defaults`` replaces the built-in defaults
         (a front door's own, such as the pre-commit hook's decorator style)."""
         settings = cls()

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import types
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import TelemetryInjectError
 
 
-def import_path(path: "str | os.PathLike[str]", name: str) -> types.ModuleType:
+def import_path(path: str | os.PathLike[str], name: str) -> types.ModuleType:
     """The Python file at ``path`` as module ``name``, imported once per process (test
     helpers and benchmarks are files of no package; they load each other with this)."""
     import importlib.util
@@ -48,7 +48,7 @@ class ScriptCheck:
         self._transform: Callable[[str], str] | None = None
 
     @classmethod
-    def for_test_file(cls, test_file: str, script_sha256: str, **kwargs: str) -> "ScriptCheck":
+    def for_test_file(cls, test_file: str, script_sha256: str, **kwargs: str) -> ScriptCheck:
         """The check for a generated test that lives in ``<cache>/tests/<language>/``."""
         from .engine.cache import CacheLayout
         from .engine.scripts import sha256_text

@@ -26,7 +26,8 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 LEVELS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
 CATEGORIES = ("function", "llm.request", "llm.response", "llm.error", "llm.import", "model.rotation",

@@ -24,7 +24,8 @@ import builtins
 import json
 import os
 import sys
-from typing import Any, Callable, Dict, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 HELPER_MODULE = "pytest_telemetry_inject.scriptlib"
 
@@ -50,7 +51,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _finish(fd: int, answer: Dict[str, Any]) -> NoReturn:
+def _finish(fd: int, answer: dict[str, Any]) -> NoReturn:
     """Send the answer and leave at once: os._exit skips interpreter finalization, so no
     object the script left behind (and no exit-time audit event) can run code after this."""
     try:
@@ -77,12 +78,12 @@ def _describe(exc: BaseException) -> str:
     return _one_line(f"{name}: {message}" if message else name)
 
 
-def _failure(exc: BaseException) -> Dict[str, Any]:
+def _failure(exc: BaseException) -> dict[str, Any]:
     kind = "memory" if isinstance(exc, MemoryError) else "error"
     return {"ok": False, "kind": kind, "error": _describe(exc)}
 
 
-def _read_request() -> Dict[str, Any]:
+def _read_request() -> dict[str, Any]:
     request = json.loads(sys.stdin.buffer.read().decode("utf-8"))
     for key in ("scriptlib", "script", "source"):
         if not isinstance(request.get(key), str):
@@ -104,7 +105,7 @@ def _load_helper(path: str) -> Any:
     return module
 
 
-def _restricted_builtins(helper: Any) -> Dict[str, Any]:
+def _restricted_builtins(helper: Any) -> dict[str, Any]:
     allowed = {name: getattr(builtins, name) for name in ALLOWED_BUILTINS if hasattr(builtins, name)}
 
     def restricted_import(name: str, globals: Any = None, locals: Any = None,
@@ -143,12 +144,12 @@ def _install_guard(code: Any, answer_fd: int) -> None:
     sys.addaudithook(guard)
 
 
-def _run(answer_fd: int) -> Dict[str, Any]:
+def _run(answer_fd: int) -> dict[str, Any]:
     request = _read_request()
     helper = _load_helper(request["scriptlib"])
     code = compile(request["script"], "<insertion script>", "exec", dont_inherit=True)
     source = request["source"]
-    namespace: Dict[str, Any] = {"__builtins__": _restricted_builtins(helper),
+    namespace: dict[str, Any] = {"__builtins__": _restricted_builtins(helper),
                                  "__name__": "insertion_script"}
     del request  # the script has no business with the request (or the scriptlib path)
     _install_guard(code, answer_fd)

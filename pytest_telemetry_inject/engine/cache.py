@@ -50,9 +50,10 @@ import os
 import stat
 import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .. import __version__
 from ..errors import CacheError
@@ -97,7 +98,7 @@ class IndexEntry:
         return b"%08x %s" % (zlib.crc32(record), record)
 
     @classmethod
-    def from_line(cls, line: bytes) -> "IndexEntry":
+    def from_line(cls, line: bytes) -> IndexEntry:
         """The entry of an index line; ValueError for a damaged or truncated one."""
         if line[8:9] != b" " or int(line[:8], 16) != zlib.crc32(line[9:]):
             raise ValueError("damaged index line")
@@ -117,7 +118,7 @@ class CacheCounters:
     corrupt: int = 0
     write_errors: int = 0
 
-    def add(self, other: "CacheCounters") -> None:
+    def add(self, other: CacheCounters) -> None:
         for name in self.__dataclass_fields__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
@@ -736,7 +737,7 @@ def _remove_file(path: Path) -> bool:
 
 
 def _remove_empty_folders(root: Path, *, keep: Path) -> None:
-    for dirpath, dirs, _names in os.walk(root, topdown=False):
+    for dirpath, _dirs, _names in os.walk(root, topdown=False):
         folder = Path(dirpath)
         if folder in (root, keep) or folder.is_symlink():
             continue

@@ -21,7 +21,8 @@ functions, line maps, validation and the cache's ``edits`` field work unchanged.
 from __future__ import annotations
 
 import difflib
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from ..scriptlib import Edit, Indent, Insert, InsertAfter, InsertText, ScriptMismatch, apply, is_blank, split_lines
 from ..trace import traced

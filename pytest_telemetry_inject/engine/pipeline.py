@@ -18,14 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from .. import __version__
 from ..errors import FormNotAvailable, SourceError, TemplateNotApplicable
 from ..languages import Language, language_for
 from ..languages.base import FunctionRecord, ParsedFile, Template
-from ..scriptlib import Edit, ScriptMismatch, apply, sha256 as text_sha256
+from ..scriptlib import Edit, ScriptMismatch, apply
+from ..scriptlib import sha256 as text_sha256
 from ..settings import Settings
 from ..sourcefile import decode_source
 from ..trace import DEBUG, TRACE
@@ -53,11 +55,11 @@ class FunctionOutcome:
         return [self.qualname, self.line, self.status, self.reason, self.template, self.script, self.cached]
 
     @classmethod
-    def from_list(cls, item: Sequence[Any]) -> "FunctionOutcome":
+    def from_list(cls, item: Sequence[Any]) -> FunctionOutcome:
         return cls(*item)
 
     @classmethod
-    def from_row(cls, item: Any) -> "FunctionOutcome":
+    def from_row(cls, item: Any) -> FunctionOutcome:
         """A row of a memo's function list, its shape checked (it comes from a cache)."""
         qualname, line, status, reason, template, script, cached = item
         if not (isinstance(qualname, str) and isinstance(line, int) and not isinstance(line, bool) and line > 0

@@ -7,8 +7,8 @@ for a function as its script gives alone, indented by whatever encloses it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..languages.base import FunctionRecord
 from ..scriptlib import Edit, apply_edits, join, line_eol
@@ -36,7 +36,7 @@ class LineMap:
         return segments
 
     @classmethod
-    def from_segments(cls, segments: Sequence[Sequence[int]]) -> "LineMap":
+    def from_segments(cls, segments: Sequence[Sequence[int]]) -> LineMap:
         original: list[int] = []
         shift: list[int] = []
         for _new, orig, count, moved in segments:
@@ -45,7 +45,7 @@ class LineMap:
         return cls(tuple(original), tuple(shift))
 
     @classmethod
-    def identity(cls, count: int) -> "LineMap":
+    def identity(cls, count: int) -> LineMap:
         return cls(tuple(range(1, count + 1)), (0,) * count)
 
 

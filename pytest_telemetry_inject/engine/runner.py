@@ -12,9 +12,10 @@ import stat
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from ..languages import get_language
 from ..runtime.vendor import DEFAULT_MODULE, write_vendored

@@ -31,7 +31,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import IO, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import IO, Any
 
 from .. import scriptlib
 from ..errors import SandboxError

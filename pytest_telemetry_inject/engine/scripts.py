@@ -11,7 +11,8 @@ from __future__ import annotations
 import ast
 import builtins
 import hashlib
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .. import __version__
 from ..errors import SecurityViolation, ValidationError

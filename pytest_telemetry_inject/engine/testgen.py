@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]+")
 

@@ -31,9 +31,10 @@ import ast
 import fnmatch
 import os
 import subprocess
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable
 
 from ..gitdiff import FileChanges, GitError, Repository
 from .baseline import Baseline
@@ -96,7 +97,7 @@ class Selection:
                 "files": self.files, "folders": self.folders, "known": self.known, "changes": self.changes}
 
     @classmethod
-    def from_json(cls, data: dict) -> "Selection":
+    def from_json(cls, data: dict) -> Selection:
         return cls(**data)
 
 
@@ -678,13 +679,11 @@ def _dump(node: ast.AST) -> str:
     return ast.dump(node, include_attributes=False)
 
 
-def _statements(tree: ast.Module, drop: set[str]) -> "tuple[Counter[tuple], dict[tuple, ast.AST]]":
+def _statements(tree: ast.Module, drop: set[str]) -> tuple[Counter[tuple], dict[tuple, ast.AST]]:
     """What runs at import, as comparable keys: every module-level and class-body statement
     (its syntax tree without positions), a function as its decorators (they run at import),
     a class as its header; the functions in ``drop`` (new or deleted ones, handled by their
     own rules) are left out."""
-    from collections import Counter
-
     found: Counter[tuple] = Counter()
     nodes: dict[tuple, ast.AST] = {}
 

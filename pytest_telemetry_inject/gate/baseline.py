@@ -19,9 +19,10 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 FORMAT = "telemetry-inject-baseline"
 # The baseline's ``version``. Readers accept every version listed here; each line says what
@@ -143,7 +144,7 @@ class Baseline:
     @classmethod
     def from_rows(cls, rows: Iterable[Mapping[str, Any]], *, outcomes: Mapping[str, str],
                   test_fixtures: Mapping[str, Iterable[str]], fixture_setups: Mapping[str, tuple[str, int]],
-                  instrumented: Iterable[str], modules: Mapping[str, str], meta: Mapping[str, Any]) -> "Baseline":
+                  instrumented: Iterable[str], modules: Mapping[str, str], meta: Mapping[str, Any]) -> Baseline:
         """A baseline from ``snapshot(per_test=True)`` rows (merged over pytest-xdist workers).
 
         ``outcomes``: nodeid -> outcome of every test that ran; ``test_fixtures``: nodeid -> the
@@ -236,7 +237,7 @@ class Baseline:
         return len(data)
 
     @classmethod
-    def read(cls, path: str | os.PathLike[str]) -> "Baseline":
+    def read(cls, path: str | os.PathLike[str]) -> Baseline:
         """Read and validate a baseline file; :class:`BaselineError` (one line) when it is
         missing, too large, not gzip or JSON, of another format or a newer version, or any
         field is not what the format says."""
@@ -268,7 +269,7 @@ class Baseline:
         return cls.from_json(document, where)
 
     @classmethod
-    def from_json(cls, document: Any, where: str = "baseline") -> "Baseline":
+    def from_json(cls, document: Any, where: str = "baseline") -> Baseline:
         check = _Checker(where)
         check.kind(document, dict, "the document")
         if document.get("format") != FORMAT:

@@ -39,8 +39,8 @@ from __future__ import annotations
 import math
 import re
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from .baseline import Baseline, Calls, Stat
 

@@ -7,7 +7,7 @@ import html as _html
 import json
 import math
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 from .affected import Selection
 from .compare import Comparison, Finding, Rule
@@ -106,7 +106,7 @@ def markdown(comparison: Comparison, rules: list[Rule], selection: dict | None =
            f"Compared with the baseline: {_md(comparison.baseline.describe())}.", "",
            f"- {len(comparison.compared_tests)} tests compared, {len(comparison.new_tests)} new, "
            f"{len(comparison.not_run)} not run now, {len(comparison.not_compared)} not passing in both",
-           f"- findings: " + (", ".join(f"{n} {k}" for k, n in comparison.counts().items()) or "none"),
+           "- findings: " + (", ".join(f"{n} {k}" for k, n in comparison.counts().items()) or "none"),
            f"- {_md(comparison.timing.describe())}"]
     if rules:
         out.append(f"- rules: {', '.join('`' + r.text + '`' for r in rules)}: "

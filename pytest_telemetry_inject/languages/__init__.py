@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import pluggy
 
@@ -49,7 +49,7 @@ BUILTIN: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...]]] = {
 _BY_EXTENSION = {ext: name for name, spec in BUILTIN.items() for ext in spec[2]}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _builtin(name: str) -> Language:
     module, cls = BUILTIN[name][:2]
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)()

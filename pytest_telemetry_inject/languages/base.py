@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..scriptlib import Edit, split_lines
 
@@ -147,11 +148,11 @@ class Language(abc.ABC):
     """Interpreter names that identify the language in a shebang line."""
 
     @abc.abstractmethod
-    def parse(self, text: str, path: str, settings: "Settings") -> ParsedFile:
+    def parse(self, text: str, path: str, settings: Settings) -> ParsedFile:
         """Find the functions of ``text``; raise SourceSyntaxError if it does not parse."""
 
     @abc.abstractmethod
-    def templates(self, record: FunctionRecord, settings: "Settings") -> list[Template]:
+    def templates(self, record: FunctionRecord, settings: Settings) -> list[Template]:
         """The deterministic templates to try for ``record``, best first."""
 
     @abc.abstractmethod
@@ -160,7 +161,7 @@ class Language(abc.ABC):
         TemplateNotApplicable with a reason when it cannot be used."""
 
     @abc.abstractmethod
-    def header(self, parsed: ParsedFile, settings: "Settings", import_name: str) -> list[Any]:
+    def header(self, parsed: ParsedFile, settings: Settings, import_name: str) -> list[Any]:
         """What the inserted code needs at module level (empty when already present): lines
         to insert before ``parsed.header_line``, or edits in file line numbers (for
         languages where no line may move: ``scriptlib.insert_text`` on an existing line)."""

@@ -52,13 +52,35 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SourceSyntaxError, TemplateNotApplicable
 from ..scriptlib import Edit, insert, insert_after, insert_text, split_lines
 from . import BUILTIN
 from .base import FunctionRecord, ParsedFile, StripResult, Template
+from .brace import (
+    REASON_INSTRUMENTED,
+    REASON_OPT_OUT,
+    REASON_TRIVIAL,
+    SKIP_FILE_COMMENT,
+    VENDORED,
+    BraceLanguage,
+    LazyGrammars,
+    Match,
+    RuntimeFiles,
+    UnrecognisedTelemetry,
+    _is_code_token,
+    _line_of,
+    _line_starts,
+    char_column,
+    last_token,
+    leading_ws,
+    mark_same_line_duplicates,
+    safe_name,
+    tree_error,
+)
 from .go_package import (
     GENERATED_PREFIX,
     RUNTIME_FILE,
@@ -71,27 +93,6 @@ from .go_package import (
     init_offset,
     runtime_source,
     test_main_source,
-)
-from .brace import (
-    REASON_INSTRUMENTED,
-    REASON_OPT_OUT,
-    REASON_TRIVIAL,
-    SKIP_FILE_COMMENT,
-    VENDORED,
-    BraceLanguage,
-    char_column,
-    LazyGrammars,
-    Match,
-    RuntimeFiles,
-    UnrecognisedTelemetry,
-    _is_code_token,
-    _line_starts,
-    _line_of,
-    last_token,
-    leading_ws,
-    mark_same_line_duplicates,
-    safe_name,
-    tree_error,
 )
 
 if TYPE_CHECKING:
@@ -342,7 +343,7 @@ class GoLanguage(BraceLanguage):
 
     # -- parsing ---------------------------------------------------------------------------------
 
-    def parse(self, text: str, path: str, settings: "Settings") -> ParsedFile:
+    def parse(self, text: str, path: str, settings: Settings) -> ParsedFile:
         data = text.encode("utf-8", "surrogatepass")
         ts = self.grammars()
         tree = ts.parsers["go"].parse(data)
@@ -423,7 +424,7 @@ class GoLanguage(BraceLanguage):
         parsed.file_skip_reason = self._file_skip(parsed, settings)
         return parsed
 
-    def _file_skip(self, parsed: ParsedFile, settings: "Settings") -> str | None:
+    def _file_skip(self, parsed: ParsedFile, settings: Settings) -> str | None:
         head = "".join(parsed.lines[:1])
         if head.startswith(RUNTIME_MARKER):
             return "the vendored telemetry runtime"
@@ -480,7 +481,7 @@ class GoLanguage(BraceLanguage):
         return name, f"{package}.{owner}.{name}"
 
     def _record(self, node: Any, kind: str, qualname: str, name: str, nested_in: str | None, data: bytes,
-                lines: list[str], path: str, settings: "Settings", found: Found,
+                lines: list[str], path: str, settings: Settings, found: Found,
                 root_function: bool) -> tuple[FunctionRecord, tuple | None]:
         body = node.child_by_field_name("body")
         start_row, end_row = node.start_point.row, node.end_point.row
@@ -581,7 +582,7 @@ class GoLanguage(BraceLanguage):
 
     # -- templates -------------------------------------------------------------------------------
 
-    def templates(self, record: FunctionRecord, settings: "Settings") -> list[Template]:
+    def templates(self, record: FunctionRecord, settings: Settings) -> list[Template]:
         # The //line directive names the line the statement goes before: part of the
         # template's identity (its cache key), so that a function that moved is made anew.
         return [Template(f"go.defer.{VENDORED}.line{record.anchor_line}", TEMPLATE_VERSION, "defer", VENDORED)]
@@ -597,7 +598,7 @@ class GoLanguage(BraceLanguage):
         return [insert(before, detail + DEFER.format(name=record.qualname)),
                 insert(before, DIRECTIVE.format(line=row + 1))]
 
-    def header(self, parsed: ParsedFile, settings: "Settings", import_name: str) -> list[Any]:
+    def header(self, parsed: ParsedFile, settings: Settings, import_name: str) -> list[Any]:
         if parsed.header_present == settings.target:
             return []
         row = parsed.extra["header_at"]
@@ -647,7 +648,7 @@ class GoLanguage(BraceLanguage):
 
     # -- the vendored runtime ----------------------------------------------------------------------
 
-    def vendored_runtime(self, path: Path, root: Path, settings: "Settings") -> RuntimeFiles:
+    def vendored_runtime(self, path: Path, root: Path, settings: Settings) -> RuntimeFiles:
         """The runtime package goes to ``telemetryinject`` under the module root (the folder
         of go.mod) when that is inside the scan root, else under the scan root; its import
         path is the module path (from go.mod, or the path under GOPATH's src) plus that

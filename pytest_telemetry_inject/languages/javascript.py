@@ -255,7 +255,7 @@ class JavaScriptLanguage(BraceLanguage):
 
     # -- parsing ---------------------------------------------------------------------------------
 
-    def parse(self, text: str, path: str, settings: "Settings") -> ParsedFile:
+    def parse(self, text: str, path: str, settings: Settings) -> ParsedFile:
         early = self._early_skip(text, path)
         if early:
             parsed = ParsedFile(self.name, path, text, split_lines(text), [], 0, None)
@@ -394,7 +394,7 @@ class JavaScriptLanguage(BraceLanguage):
             return "minified code"
         return None
 
-    def _file_skip(self, parsed: ParsedFile, settings: "Settings") -> str | None:
+    def _file_skip(self, parsed: ParsedFile, settings: Settings) -> str | None:
         if settings.target != VENDORED:
             return (f"{self.lang_label} supports only the vendored target (the runtime written into the project), "
                     f"not {settings.target!r}")
@@ -467,7 +467,7 @@ class JavaScriptLanguage(BraceLanguage):
         return None
 
     def _record(self, node: Any, qualname: str, name: str, is_method: bool, root_super: bool, data: bytes,
-                lines: list[str], path: str, settings: "Settings", nested_in: str | None,
+                lines: list[str], path: str, settings: Settings, nested_in: str | None,
                 var_names: set[str]) -> tuple[FunctionRecord, tuple | None]:
         body = node.child_by_field_name("body")
         start_row, end_row = node.start_point.row, node.end_point.row
@@ -609,7 +609,7 @@ class JavaScriptLanguage(BraceLanguage):
 
     # -- templates -------------------------------------------------------------------------------
 
-    def templates(self, record: FunctionRecord, settings: "Settings") -> list[Template]:
+    def templates(self, record: FunctionRecord, settings: Settings) -> list[Template]:
         return [self._template]
 
     def plan(self, template: Template, record: FunctionRecord, parsed: ParsedFile) -> list[Edit]:
@@ -639,7 +639,7 @@ class JavaScriptLanguage(BraceLanguage):
             return "commonjs"
         return parsed.extra.get("module_kind") or hint or "commonjs"
 
-    def header(self, parsed: ParsedFile, settings: "Settings", import_name: str) -> list[Any]:
+    def header(self, parsed: ParsedFile, settings: Settings, import_name: str) -> list[Any]:
         if parsed.header_present == settings.target:
             return []
         row, column = parsed.extra.get("header_at", (-1, 0))
@@ -656,7 +656,7 @@ class JavaScriptLanguage(BraceLanguage):
 
     # -- the vendored runtime ---------------------------------------------------------------------
 
-    def vendored_runtime(self, path: Path, root: Path, settings: "Settings") -> RuntimeFiles:
+    def vendored_runtime(self, path: Path, root: Path, settings: Settings) -> RuntimeFiles:
         """Where the runtime goes for ``path`` (a file under the scan root ``root``): beside
         the nearest package.json at or below the root, else in the root; the file imports it
         by a relative specifier; the module kind of the package (its ``type``) goes along."""

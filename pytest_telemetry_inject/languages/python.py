@@ -31,7 +31,8 @@ import re
 import threading
 import tokenize
 import warnings
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FormNotAvailable, SourceSyntaxError, TemplateNotApplicable
 from ..scriptlib import Edit, indent, insert, insert_after, is_blank, split_lines
@@ -281,7 +282,7 @@ class PythonLanguage(Language):
 
     # -- parsing -----------------------------------------------------------------------
 
-    def parse(self, text: str, path: str, settings: "Settings") -> ParsedFile:
+    def parse(self, text: str, path: str, settings: Settings) -> ParsedFile:
         ts = _ts()
         data = text.encode("utf-8", "surrogatepass")
         tree = ts.parser.parse(data)
@@ -381,7 +382,7 @@ class PythonLanguage(Language):
 
     def _record(self, node: Any, qualname: str, is_method: bool, nested_in: str | None, decorated: Any,
                 lines: list[str], data: bytes, path: str, string_rows: list[int], is_generator: bool,
-                settings: "Settings") -> FunctionRecord:
+                settings: Settings) -> FunctionRecord:
         outer = decorated if decorated is not None else node
         start_row, def_row, end_row = outer.start_point.row, node.start_point.row, _end_row(node)
         body = node.child_by_field_name("body")
@@ -409,7 +410,7 @@ class PythonLanguage(Language):
             trivial=trivial)
 
     def _make_record(self, *, path: str, qualname: str, is_method: bool, nested_in: str | None, lines: list[str],
-                     string_rows: list[int], settings: "Settings", start_row: int, def_row: int, end_row: int,
+                     string_rows: list[int], settings: Settings, start_row: int, def_row: int, end_row: int,
                      start_byte: int, end_byte: int, body_row: int, body_end_row: int, body_start_byte: int,
                      body_end_byte: int, anchor_row: int, one_line: bool, decorators: tuple[str, ...],
                      is_async: bool, is_generator: bool, trivial: bool) -> FunctionRecord:
@@ -465,7 +466,7 @@ class PythonLanguage(Language):
 
     # -- valid Python that tree-sitter refuses -------------------------------------------------
 
-    def _parse_with_ast(self, text: str, path: str, settings: "Settings", problem: str) -> ParsedFile:
+    def _parse_with_ast(self, text: str, path: str, settings: Settings, problem: str) -> ParsedFile:
         """The file's records from Python's own parser, for a file tree-sitter reports an error
         in (``problem``) that this interpreter compiles: Python is the authority on what is
         Python. tree-sitter's grammar refuses some valid files (a continuation line inside
@@ -542,7 +543,7 @@ class PythonLanguage(Language):
 
     def _ast_record(self, node: ast.FunctionDef | ast.AsyncFunctionDef, qualname: str, is_method: bool,
                     nested_in: str | None, lines: list[str], byte: Any, path: str, string_rows: list[int],
-                    settings: "Settings") -> FunctionRecord:
+                    settings: Settings) -> FunctionRecord:
         start_row, col = _ast_start(node)
         if node.decorator_list:
             col = _at_sign(lines, start_row, col)
@@ -576,7 +577,7 @@ class PythonLanguage(Language):
 
     # -- templates ------------------------------------------------------------------------
 
-    def templates(self, record: FunctionRecord, settings: "Settings") -> list[Template]:
+    def templates(self, record: FunctionRecord, settings: Settings) -> list[Template]:
         styles = [settings.style] + [s for s in STYLES if s != settings.style]
         return [self._templates[(style, settings.target)] for style in styles]
 
@@ -640,7 +641,7 @@ class PythonLanguage(Language):
 
     # -- header ---------------------------------------------------------------------------
 
-    def header(self, parsed: ParsedFile, settings: "Settings", import_name: str) -> list[str]:
+    def header(self, parsed: ParsedFile, settings: Settings, import_name: str) -> list[str]:
         target = settings.target
         if parsed.header_present == target:
             return []

@@ -36,8 +36,8 @@ import bisect
 import itertools
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..scriptlib import split_lines
 from .base import OutputVerdict as Verdict

@@ -49,7 +49,7 @@ def enabled() -> bool:
 
 
 class _Timer:
-    def __enter__(self) -> "_Timer":
+    def __enter__(self) -> _Timer:
         self.started = time.perf_counter()
         return self
 
@@ -110,7 +110,7 @@ class _Node:
     first use, one per process: a forked worker starts its own)."""
 
     _lock = threading.Lock()
-    _instance: "_Node | None" = None
+    _instance: _Node | None = None
 
     def __init__(self, binary: str) -> None:
         self.pid = os.getpid()
@@ -120,7 +120,7 @@ class _Node:
         self.buffer = b""
 
     @classmethod
-    def get(cls) -> "_Node | None":
+    def get(cls) -> _Node | None:
         binary = shutil.which("node")
         if binary is None:
             return None

@@ -19,10 +19,10 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from ..scriptlib import split_lines
 from . import BUILTIN
 from .base import ParsedFile
 from .brace import LazyGrammars
-from ..scriptlib import split_lines
 from .javascript import HEADER_IMPORT, HEADER_IMPORT_REQUIRE, RUNTIME_MARKER, JavaScriptLanguage
 
 if TYPE_CHECKING:
@@ -98,13 +98,13 @@ class TypeScriptLanguage(JavaScriptLanguage):
         other = super().parse_tree(masked, path)
         return other if not other.root_node.has_error else tree
 
-    def parse(self, text: str, path: str, settings: "Settings") -> ParsedFile:
+    def parse(self, text: str, path: str, settings: Settings) -> ParsedFile:
         if path.lower().endswith((".d.ts", ".d.mts", ".d.cts")) and not text.startswith(RUNTIME_MARKER):
             # A declaration file has no function bodies: nothing to do, nothing to parse.
             return ParsedFile(self.name, path, text, split_lines(text), [], 0, None)
         return super().parse(text, path, settings)
 
-    def _file_skip(self, parsed: ParsedFile, settings: "Settings") -> str | None:
+    def _file_skip(self, parsed: ParsedFile, settings: Settings) -> str | None:
         reason = super()._file_skip(parsed, settings)
         if reason:
             return reason

@@ -8,9 +8,10 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..arguments import PROG, add_base_url_argument, configure_trace, main_parser
 from ..errors import TelemetryInjectError

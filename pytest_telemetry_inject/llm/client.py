@@ -18,8 +18,9 @@ import os
 import re
 import threading
 import time
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Coroutine, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from ..redact import one_line, register_secret
 from ..trace import DEBUG, ERROR, TRACE, WARNING

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import ConfigError
 from ..redact import register_from_env, register_secret
@@ -158,7 +159,7 @@ class LLMConfig:
 
     @classmethod
     def load(cls, root: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None,
-             overrides: Mapping[str, Any] | None = None) -> "LLMConfig":
+             overrides: Mapping[str, Any] | None = None) -> LLMConfig:
         root_path = Path(root) if root is not None else Path.cwd()
         values: dict[str, Any] = {}
         pyproject = root_path / "pyproject.toml"
@@ -236,7 +237,7 @@ class LLMConfig:
             OLLAMA_TIMEOUT if provider in LOCAL_PROVIDERS else CLOUD_TIMEOUT)
         return ModelSpec(full, provider, base, timeout)
 
-    def with_models(self, models: list[ModelSpec]) -> "LLMConfig":
+    def with_models(self, models: list[ModelSpec]) -> LLMConfig:
         return replace(self, models=list(models))
 
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import TelemetryInjectError
 from .config import LLMConfig, ModelSpec

@@ -18,8 +18,9 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..trace import DEBUG, INFO, TRACE, WARNING
 from .config import LLMConfig, ModelSpec

@@ -18,9 +18,10 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..trace import DEBUG, INFO, TRACE
 from .client import LLMClient, LLMError, Message, run_sync

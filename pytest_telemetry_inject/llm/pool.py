@@ -8,7 +8,7 @@ trace event.
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..trace import DEBUG, TRACE
 from .config import ModelSpec

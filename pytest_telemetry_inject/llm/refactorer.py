@@ -19,8 +19,9 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from ..engine.derive import derive_edits
 from ..engine.scripts import check_security, render_script, sha256_text

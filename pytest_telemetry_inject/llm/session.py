@@ -4,7 +4,7 @@ token limits, the client and the strategy that picks models."""
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .client import LLMClient
 from .config import LLMConfig

@@ -56,8 +56,8 @@ import ast
 import builtins
 import io
 import tokenize
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from typing import Collection, Iterator
 
 from ..scriptlib import split_lines
 from .inserted import InsertedRow, snippet

@@ -41,8 +41,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Collection
+from typing import Any, ClassVar
 
 from ..scriptlib import split_lines
 from .extensions import language_of

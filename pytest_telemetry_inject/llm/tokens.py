@@ -24,9 +24,9 @@ import re
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..errors import TelemetryInjectError
 from ..trace import DEBUG, TRACE

@@ -29,8 +29,9 @@ import importlib.util
 import json
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..errors import TelemetryInjectError
 from ..scriptlib import split_lines
@@ -514,7 +515,7 @@ class TraditionalPipeline:
         # Bytes of the numbered excerpt of lines 1..n (as CodeInjector.excerpt renders them).
         ends = [0]
         for number, line in enumerate(lines, 1):
-            ends.append(ends[-1] + len(f"{number:>{width}} | {line.rstrip(chr(13) + chr(10))}\n".encode("utf-8")))
+            ends.append(ends[-1] + len(f"{number:>{width}} | {line.rstrip(chr(13) + chr(10))}\n".encode()))
 
         def inside(inner: FunctionSpan, outer: FunctionSpan) -> bool:
             return (outer.start_line <= inner.start_line and inner.end_line <= outer.end_line
@@ -531,7 +532,7 @@ class TraditionalPipeline:
         def cost(members: list[FunctionSpan]) -> int:
             first, last = span_of(members)
             code = ends[last] - ends[first - 1]
-            listing = sum(len(f"- {f.name}: lines {f.start_line}-{f.end_line}\n".encode("utf-8"))
+            listing = sum(len(f"- {f.name}: lines {f.start_line}-{f.end_line}\n".encode())
                           for f in group(members))
             return tokens_of_bytes(code) + tokens_of_bytes(listing)
 

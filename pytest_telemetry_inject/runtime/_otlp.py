@@ -29,7 +29,8 @@ import struct
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _Q = struct.Struct("<Q").pack
 _I = struct.Struct(">I").pack

@@ -19,8 +19,8 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import _core

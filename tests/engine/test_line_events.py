@@ -55,8 +55,9 @@ import sysconfig
 import traceback
 import types
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -260,7 +261,7 @@ RUNTIME_MODULE = runtime.Tracer.__module__
 
 
 def first_difference(expected: list, actual: list) -> str:
-    for index, (a, b) in enumerate(zip(expected, actual)):
+    for index, (a, b) in enumerate(zip(expected, actual)):  # noqa: B007 (read after the loop)
         if a != b:
             break
     else:

@@ -19,8 +19,7 @@ import pytest
 from pytest_telemetry_inject import scriptlib
 from pytest_telemetry_inject.engine import sandbox
 from pytest_telemetry_inject.engine.sandbox import run_script
-from pytest_telemetry_inject.engine.scripts import (check_security, load_transform, render_script,
-                                                    sha256_text)
+from pytest_telemetry_inject.engine.scripts import check_security, load_transform, render_script, sha256_text
 from pytest_telemetry_inject.errors import SandboxError, ValidationError
 
 # The rlimit layers exist on POSIX only; elsewhere only the timeout bounds a script.

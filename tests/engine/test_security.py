@@ -14,7 +14,8 @@ import os
 import socket
 import textwrap
 import time
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import pytest
 
@@ -155,7 +156,7 @@ def _accepted_a_connection(listener: socket.socket, wait: float) -> bool:
     listener.settimeout(wait)
     try:
         conn, _addr = listener.accept()
-    except socket.timeout:
+    except TimeoutError:
         return False
     conn.close()
     return True

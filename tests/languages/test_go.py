@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 
 from pytest_telemetry_inject.engine.pipeline import Engine
-from pytest_telemetry_inject.errors import SourceSyntaxError
 from pytest_telemetry_inject.engine.runner import RunOptions, run
+from pytest_telemetry_inject.errors import SourceSyntaxError
 from pytest_telemetry_inject.languages import get_language
 from pytest_telemetry_inject.languages.go_package import RUNTIME_FILE, TEST_MAIN_FILE, gopath_import_path
 from pytest_telemetry_inject.settings import Settings
 from pytest_telemetry_inject.testkit import import_path
-
 
 toolchains = import_path(Path(__file__).resolve().parents[1] / "realcode" / "toolchains.py",
                          "telemetry_inject_realcode_toolchains")

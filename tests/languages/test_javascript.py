@@ -19,8 +19,7 @@ from pytest_telemetry_inject.engine.runner import RunOptions, run
 from pytest_telemetry_inject.languages import get_language, language_for
 from pytest_telemetry_inject.languages.javascript import RUNTIME_FILES
 from pytest_telemetry_inject.settings import Settings
-from pytest_telemetry_inject.testkit import import_path
-from pytest_telemetry_inject.testkit import ScriptCheck
+from pytest_telemetry_inject.testkit import ScriptCheck, import_path
 
 toolchains = import_path(Path(__file__).resolve().parents[1] / "realcode" / "toolchains.py",
                          "telemetry_inject_realcode_toolchains")

@@ -21,7 +21,6 @@ from pytest_telemetry_inject.languages.javascript import RUNTIME_FILES, runtime_
 from pytest_telemetry_inject.settings import Settings
 from pytest_telemetry_inject.testkit import import_path
 
-
 toolchains = import_path(Path(__file__).resolve().parents[1] / "realcode" / "toolchains.py",
                          "telemetry_inject_realcode_toolchains")
 TS = get_language("typescript")

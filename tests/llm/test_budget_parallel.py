@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fakellm import Reply, decorator_fix, openai_env, session_for
+
 from pytest_telemetry_inject.engine.pipeline import Engine
 from pytest_telemetry_inject.llm.parallel import JudgeEnsemble, ParallelExecutor
 from pytest_telemetry_inject.llm.refactorer import ScriptRefactorer

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fakellm import KEY, Reply, openai_env, session_for
+
 from pytest_telemetry_inject.llm.client import LLMError
 
 pytestmark = pytest.mark.usefixtures("litellm_module")

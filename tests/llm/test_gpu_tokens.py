@@ -6,8 +6,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from fakellm import FIXTURES, Reply, nvml, session_for
+
 from pytest_telemetry_inject.llm.config import LLMConfig, ModelSpec
 from pytest_telemetry_inject.llm.gpu import (
     GPU,

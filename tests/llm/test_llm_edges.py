@@ -18,6 +18,7 @@ import sysconfig
 from pathlib import Path
 
 from fakellm import KEY, Reply, Request, openai_env, script_answer
+
 from pytest_telemetry_inject.llm.telemetry_check import MARKER
 from pytest_telemetry_inject.llm.tokens import estimate_tokens
 from pytest_telemetry_inject.llm.traditional import strip_marked
@@ -187,6 +188,7 @@ def test_a_group_holds_the_whole_of_a_function_whose_nested_function_ends_first(
     """A nested function ends before the function that holds it: the group's lines run to the
     end of the outer one (not of the last function in line order)."""
     from fakellm import session_for
+
     from pytest_telemetry_inject.llm.traditional import TraditionalPipeline
 
     body = "".join(f"    x{i} = {i}\n" for i in range(150))

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fakellm import HOSTILE, KEY, Reply, code_changing_fix, decorator_fix, openai_env, session_for
+
 from pytest_telemetry_inject.engine.cache import ScriptCache
 from pytest_telemetry_inject.engine.pipeline import Engine, llm_template
 from pytest_telemetry_inject.engine.scripts import render_script

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fakellm import KEY, Reply
+
 from pytest_telemetry_inject.cli import main
 from pytest_telemetry_inject.errors import ConfigError
 from pytest_telemetry_inject.llm.telemetry_check import MARKER

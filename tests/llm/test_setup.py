@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fakellm import KEY, Reply, openai_env
+
 from pytest_telemetry_inject.cli import main
 from pytest_telemetry_inject.llm.config import LLMConfig
 from pytest_telemetry_inject.llm.setup import Prompter, check_api, configure, list_models
@@ -110,6 +110,7 @@ def test_check_api_from_the_command_line(tmp_path: Path, fake_llm, monkeypatch, 
 
 def test_models_lists_what_can_be_reached_with_a_recommendation(tmp_path: Path, fake_llm, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     from fakellm import nvml  # the recorded NVML answers
+
     from pytest_telemetry_inject.llm.gpu import probe_nvml
 
     fake = fake_llm(models=["qwen2.5-coder:32b", "qwen2.5-coder:7b", "llama3.3:70b"])

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fakellm import KEY
+
 from pytest_telemetry_inject import trace as trace_module
 from pytest_telemetry_inject.redact import redact, register_secret
 from pytest_telemetry_inject.trace import DEBUG, ERROR, INFO, TRACE, TRACE_LEVEL, Tracer, traced

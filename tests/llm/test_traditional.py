@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from fakellm import KEY, Reply, openai_env, session_for
+
 from pytest_telemetry_inject.cli import main
 from pytest_telemetry_inject.llm.extensions import language_of
 from pytest_telemetry_inject.llm.traditional import MARKER, LLMAnalyzer, TraditionalPipeline, strip_marked

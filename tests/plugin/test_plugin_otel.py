@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
 import textwrap
+import threading
 
 import pytest
 
@@ -156,7 +156,7 @@ def test_a_loss_is_counted_and_printed(project: pytest.Pytester, receiver) -> No
     receiver.status = 400  # not retried: every request fails
     result = project.runpytest_subprocess("--inject-telemetry", "--telemetry-otel")
     result.assert_outcomes(passed=42, failed=1, skipped=1)
-    line = next(l for l in result.stdout.lines if l.startswith("spans over OTLP:"))
+    line = next(text for text in result.stdout.lines if text.startswith("spans over OTLP:"))
     ended = int(line.split()[3])
     assert ended > 2000 and f"0 delivered, {ended} lost" in line and "HTTP 400" in line
 

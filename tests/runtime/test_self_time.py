@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from pytest_telemetry_inject.runtime import _core
-from pytest_telemetry_inject.runtime import report
+from pytest_telemetry_inject.runtime import _core, report
 
 from .conftest import rows_of
 

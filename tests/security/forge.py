@@ -15,8 +15,9 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from pytest_telemetry_inject.engine import seal
 from pytest_telemetry_inject.engine.cache import ScriptCache, _decode_memo
