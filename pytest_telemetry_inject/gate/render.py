@@ -3,12 +3,11 @@ HTML page (inline CSS and JS, no network; the look of the telemetry HTML report)
 
 from __future__ import annotations
 
-import html as _html
-import json
 import math
 from collections import Counter
 from collections.abc import Iterable
 
+from ..runtime.report import fill_page
 from .affected import Selection
 from .compare import Comparison, Finding, Rule
 
@@ -148,8 +147,7 @@ def html(comparison: Comparison, rules: list[Rule], selection: dict | None = Non
             "not_run": len(comparison.not_run), "not_compared": len(comparison.not_compared),
             "timing": comparison.timing.describe(), "rules": [r.text for r in rules],
             "failed": bool(comparison.violations), "selection": selection, "findings": rows}
-    island = json.dumps(data).replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-    return _PAGE.replace("__TITLE__", _html.escape(title)).replace("__DATA__", island)
+    return fill_page(_PAGE, title, data)
 
 
 _PAGE = """<!DOCTYPE html>

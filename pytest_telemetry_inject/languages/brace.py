@@ -273,22 +273,7 @@ class BraceLanguage(Language):
         matches, offset = self._snippet_matches(text, data)
         if only is not None:
             matches = self._owned_by(text, data, matches, only)
-        spans = []
-        header_removed = False
-        pieces: list[bytes] = []
-        at = 0
-        line_starts = None
-        for match in matches:
-            if match.kind == "open":
-                if line_starts is None:
-                    line_starts = _line_starts(data)
-                spans.append((_line_of(line_starts, match.start), match.name))
-            elif match.kind == "header":
-                header_removed = True
-            pieces.append(data[at:match.start])
-            at = match.end
-        pieces.append(data[at:])
-        rest = b"".join(pieces)
+        rest, spans, header_removed = cut_matches(data, matches)
         if only is None and self.leftover is not None and b"_telemetry" in rest:
             self._check_leftovers(rest)
         return StripResult(rest.decode("utf-8", "surrogatepass"), spans, header_removed)
@@ -501,6 +486,27 @@ def _line_of(starts: list[int], position: int) -> int:
     import bisect
 
     return bisect.bisect_right(starts, position)
+
+
+def cut_matches(data: bytes, matches: list[Match]) -> tuple[bytes, list[tuple[int, str]], bool]:
+    """``data`` without the matched pieces (in order), the (line, name) of each span opened
+    there, and whether the runtime import was among them: what a strip takes out."""
+    spans = []
+    header_removed = False
+    pieces: list[bytes] = []
+    at = 0
+    starts = None
+    for match in matches:
+        if match.kind == "open":
+            if starts is None:
+                starts = _line_starts(data)
+            spans.append((_line_of(starts, match.start), match.name))
+        elif match.kind == "header":
+            header_removed = True
+        pieces.append(data[at:match.start])
+        at = match.end
+    pieces.append(data[at:])
+    return b"".join(pieces), spans, header_removed
 
 
 def parsed_file(language: str, path: str, text: str, lines: list[str], records: list[FunctionRecord],

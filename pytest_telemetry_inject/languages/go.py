@@ -72,9 +72,8 @@ from .brace import (
     RuntimeFiles,
     UnrecognisedTelemetry,
     _is_code_token,
-    _line_of,
-    _line_starts,
     char_column,
+    cut_matches,
     last_token,
     leading_ws,
     mark_same_line_duplicates,
@@ -289,22 +288,7 @@ class GoLanguage(BraceLanguage):
             owned = self._owned_by(text, data, [m for m in matches if m.kind == "open"], only)
             matches = sorted(owned + [m for m in matches if m.kind == "header" and not keep_header],
                              key=lambda m: m.start)
-        spans = []
-        header_removed = False
-        pieces: list[bytes] = []
-        at = 0
-        starts = None
-        for match in matches:
-            if match.kind == "open":
-                if starts is None:
-                    starts = _line_starts(data)
-                spans.append((_line_of(starts, match.start), match.name))
-            else:
-                header_removed = True
-            pieces.append(data[at:match.start])
-            at = match.end
-        pieces.append(data[at:])
-        stripped = b"".join(pieces)
+        stripped, spans, header_removed = cut_matches(data, matches)
         if only is None:
             self._check_leftovers(stripped, text)
         return StripResult(stripped.decode("utf-8", "surrogatepass"), spans, header_removed)

@@ -255,11 +255,16 @@ def render_html(report: dict, *, title: str = "Telemetry report") -> str:
                           for f in report["functions"]],
             "never": report.get("never_called"), "self": report.get("self_time"),
             "tests": tests, "charts": charts, "dropped": report.get("events_dropped", 0)}
-    # JSON inside <script>: escape what could end the element or open a comment.
+    return fill_page(_HTML, title, data)
+
+
+def fill_page(page: str, title: str, data: object) -> str:
+    """``page`` with its ``__TITLE__`` (escaped) and ``__DATA__`` (``data`` as JSON inside a
+    <script>, with what could end the element, open a comment or end a line escaped) filled."""
     payload = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e") \
         .replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
     escaped_title = title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _HTML.replace("__TITLE__", escaped_title).replace("__DATA__", payload)
+    return page.replace("__TITLE__", escaped_title).replace("__DATA__", payload)
 
 
 def write_html(path: str | os.PathLike[str], report: dict, *, title: str = "Telemetry report") -> None:
