@@ -17,11 +17,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .arguments import PROG, configure_trace
 from .arguments import main_parser as _parser
 from .errors import ConfigError, TelemetryInjectError
 from .settings import Settings, find_project_root
+
+if TYPE_CHECKING:
+    from .engine.runner import RunOptions, RunSummary
 
 EXIT_OK, EXIT_CHECK, EXIT_USAGE, EXIT_ERRORS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -122,7 +126,8 @@ def _main(argv: list[str]) -> int:
     progress = _Progress(enabled=not args.quiet and not args.json)
     try:
         summary = run(args.paths, settings, options, project_root=root,
-                      progress=progress.update, on_total=progress.start)
+                      progress=progress.update, on_total=progress.start,
+                      refactorer=llm.refactorer if llm is not None else None)
     finally:
         progress.close()
         if llm is not None:
@@ -189,7 +194,7 @@ class _Progress:
             self.bar.close()
 
 
-def _report(summary, args: argparse.Namespace, options) -> int:  # type: ignore[no-untyped-def]
+def _report(summary: RunSummary, args: argparse.Namespace, options: RunOptions) -> int:
     data = summary.to_json(details=bool(args.json))
     errors = [r for r in summary.files if r.status == "error"]
     for report in summary.files:
@@ -235,7 +240,7 @@ def _report(summary, args: argparse.Namespace, options) -> int:  # type: ignore[
     return EXIT_OK
 
 
-def _print_summary(data: dict, options) -> None:  # type: ignore[no-untyped-def]
+def _print_summary(data: dict[str, Any], options: RunOptions) -> None:
     files, functions, cache = data["files"], data["functions"], data["cache"]
     verb = {"instrument": "instrumented", "strip": "stripped", "check": "instrumented"}[options.mode]
     counts = ", ".join(f"{functions.get(k, 0)} {k}" for k in ("instrumented", "stripped", "missing", "skipped", "failed")

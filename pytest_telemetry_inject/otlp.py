@@ -37,9 +37,9 @@ class DeliveringSpanProcessor:
     def __init__(self, exporter: Any, *, batch_size: int = 1024, max_pending: int = 16) -> None:
         self.exporter = exporter
         self.batch_size = batch_size
-        self._batch: list = []
+        self._batch: list[Any] = []
         self._lock = threading.Lock()
-        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._queue: queue.Queue[list[Any] | threading.Event | None] = queue.Queue(maxsize=max_pending)
         self.ended = 0
         self.delivered = 0
         self.lost = 0
@@ -138,7 +138,7 @@ class SpanCounter:
         except Exception:  # a span of another shape: not ours to count
             pass
 
-    def snapshot(self) -> list[dict]:
+    def snapshot(self) -> list[dict[str, Any]]:
         with self._lock:
             return [{"module": module, "name": name, "count": count, "total_ns": total, "min_ns": 0, "max_ns": 0,
                      "errors": errors, "exceptions": {}} for (module, name), (count, total, errors) in self.rows.items()]
@@ -195,10 +195,12 @@ class OtelSession:
         provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get(
             "OTEL_SERVICE_NAME", "pytest")}))
         processor = DeliveringSpanProcessor(OTLPSpanExporter())
-        provider.add_span_processor(processor)
+        # A SpanProcessor by its methods, not by its class: this module imports opentelemetry
+        # only when the session exports.
+        provider.add_span_processor(processor)  # type: ignore[arg-type]
         return cls(config, provider, processor)
 
-    def runtime_settings(self) -> dict:
+    def runtime_settings(self) -> dict[str, Any]:
         """How the runtime sends the function spans: with a provider of the project's, through
         it (OpenTelemetry's SDK makes them); with this session's own, its OTLP sink encodes
         them (``runtime/_otlp.py``: a few µs a span instead of the SDK's ~90 µs, with
@@ -261,7 +263,7 @@ class OtelSession:
     def report(self, report: pytest.TestReport, exception: BaseException | None) -> None:
         """Remember a phase's outcome (setup, call, teardown): the worst one is the test's."""
         previous = self.outcomes.get(report.nodeid)
-        outcome = report.outcome
+        outcome: str = report.outcome
         if report.when != "call" and outcome == "failed":
             outcome = "error" if report.when == "setup" else "failed"
         rank = {"passed": 0, "skipped": 1, "failed": 2, "error": 2}

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from .plugin_session import TelemetrySession
+    from .plugin.session import TelemetrySession
 
 SESSION_NAME = "telemetry-inject-session"
 LOADED_BEFORE = frozenset(sys.modules)
@@ -22,4 +22,4 @@ says which, for the project's modules among them)."""
 
 
 def active_session(config: pytest.Config) -> TelemetrySession | None:
-    return config.pluginmanager.get_plugin(SESSION_NAME)  # type: ignore[return-value]
+    return config.pluginmanager.get_plugin(SESSION_NAME)

@@ -118,7 +118,8 @@ class _Project:
         project: the same files in the same places as the ``telemetry-inject`` command (one
         Python module, whose content is None here; for JavaScript, TypeScript and Go the
         language's runtime files)."""
-        from .engine.runner import RunOptions, vendored_targets_of
+        from .engine.tasks import RunOptions
+        from .engine.vendoring import vendored_targets_of
         from .languages import language_for
         from .scan import ScanItem
 

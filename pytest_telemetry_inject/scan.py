@@ -31,7 +31,7 @@ the run says so (``ScanResult.left_out``)."""
 VENDORED_REASON = "the vendored telemetry module"
 
 
-class ScanResult(list):
+class ScanResult(list["ScanItem"]):
     """The files found (a list of ScanItem), and the folders left out that a reader of the
     output would miss: (folder relative to its PATH argument, why)."""
 

@@ -140,7 +140,7 @@ def indent_line(line: str, unit: str, after: str) -> str:
 
 
 def apply_edits(lines: list[str], edits: Sequence[Edit], offset: int = 0,
-                pre: list[list[str]] | None = None, post: list[list[str]] | None = None,
+                pre: list[list[str]] | None = None, post: list[list[tuple[str, int | None]]] | None = None,
                 shift: list[int] | None = None, inline: dict[int, list[tuple[int, int]]] | None = None) -> None:
     """Apply ``edits`` in place. ``lines`` are the original lines (0-based; ``offset`` is
     added to the edits' 1-based numbers to find them), ``pre``/``post`` hold the lines

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,11 +62,11 @@ class Settings:
         "its generated test) before it is used and cached.")
     max_parallel: int = _setting(0, "Worker processes for files; 0 means one per CPU.")
     parallel: bool = _setting(True, "Process files in parallel worker processes.")
-    exclude: list = _setting([], "Glob patterns (relative to the project root) of files to skip.")
+    exclude: list[str] = _setting([], "Glob patterns (relative to the project root) of files to skip.")
     respect_gitignore: bool = _setting(True, "Inside a git repository, skip what git ignores.")
 
     # Where each value came from, for error messages ("from TELEMETRY_INJECT_STYLE").
-    origins: dict = field(default_factory=dict, repr=False, compare=False)
+    origins: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def load(cls, root: str | os.PathLike[str] | None = None, *,
@@ -176,10 +177,10 @@ def read_tool_table(path: Path, *sub: str) -> dict[str, Any]:
     {} when the file or the table is absent; a ConfigError when it cannot be read."""
     if not path.is_file():
         return {}
-    try:
+    if sys.version_info >= (3, 11):
         import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    else:  # Python 3.10
+        import tomli as tomllib
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)

@@ -50,11 +50,11 @@ class ScriptCheck:
     @classmethod
     def for_test_file(cls, test_file: str, script_sha256: str, **kwargs: str) -> ScriptCheck:
         """The check for a generated test that lives in ``<cache>/tests/<language>/``."""
-        from .engine.cache import CacheLayout
+        from .engine.layout import CacheLayout
         from .engine.scripts import sha256_text
 
-        folder = os.path.dirname(os.path.abspath(test_file))
-        path = CacheLayout(os.path.dirname(os.path.dirname(folder))).script(os.path.basename(folder), script_sha256)
+        layout, language = CacheLayout.of_test_module(test_file)
+        path = layout.script(language, script_sha256)
         with open(path, encoding="utf-8") as handle:
             script = handle.read()
         if sha256_text(script) != script_sha256:

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 LEVELS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
 CATEGORIES = ("function", "llm.request", "llm.response", "llm.error", "llm.import", "model.rotation",
@@ -35,7 +35,8 @@ CATEGORIES = ("function", "llm.request", "llm.response", "llm.error", "llm.impor
 TRACE_LEVEL, DEBUG, INFO, WARNING, ERROR = 5, 10, 20, 30, 40
 _TRUE = ("1", "true", "yes", "on")
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def parse_level(value: str | int | None, default: int = DEBUG) -> int:
@@ -189,14 +190,14 @@ def event(level: int, category: str, message: str = "", **fields: Any) -> None:
     TRACE.event(level, category, message, **fields)
 
 
-def traced(category: str = "function", level: int = TRACE_LEVEL) -> Callable[[F], F]:
+def traced(category: str = "function", level: int = TRACE_LEVEL) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Trace the calls and returns (with durations) of a function; free when the trace is off."""
 
-    def wrap(function: F) -> F:
+    def wrap(function: Callable[P, R]) -> Callable[P, R]:
         name = f"{function.__module__}.{function.__qualname__}"
 
         @functools.wraps(function)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             if not TRACE.on or level < TRACE.level:
                 return function(*args, **kwargs)
             started = time.perf_counter()
@@ -211,6 +212,6 @@ def traced(category: str = "function", level: int = TRACE_LEVEL) -> Callable[[F]
                         duration_s=round(time.perf_counter() - started, 6))
             return result
 
-        return wrapper  # type: ignore[return-value]
+        return wrapper
 
     return wrap

@@ -1,17 +1,8 @@
-"""The cache folder (``.telemetry_cache/`` by default): the one owner of its layout.
+"""The cache folder (``.telemetry_cache/`` by default): reading and writing its files.
 
-Layout (see ``CacheLayout``)::
-
-    CACHEDIR.TAG, .gitignore                 (so backups and git leave it alone)
-    scripts/<language>/<xx>/<sha256>.script  insertion scripts, named by the sha256 of their text
-    tests/<language>/<stem>_<key16>.cases    generated tests of one source file's scripts
-    metadata/index/<xx>.jsonl                function index: key -> script, edits, status
-    metadata/files/<xx>/<key>                file memos: whole-file results
-    metadata/code/<xx>/<key>                 compiled code of instrumented modules (the plugin)
-    metadata/checked/<tests name>.keys       the generated test cases that passed
-
-No name in the cache ends in ``.py``: nothing in it is ever imported, by this tool or by a
-pytest run that walks into the folder (``--doctest-modules`` imports every ``.py`` file).
+Where each file lives is ``engine/layout.py``'s (``CacheLayout``); what each file holds, and
+the format numbers, are ``formats``'s. This module adds the seals, the checks and the
+concurrency-safe writes.
 
 Keys are sha256 digests of content and settings, never of mtimes, so a cache travels
 between CI machines. Whoever can write the cache is not trusted (engine/seal.py says why and
@@ -31,25 +22,15 @@ text no longer matches its name ignores it, and the engine rebuilds it.
 
 A cache that cannot be written (a read-only tree) is still read; failed writes are
 counted, never raised.
-
-Format versions (``CACHE_FORMAT``):
-    1: first format.
-    2: index lines are ``<crc32> <JSON array>``; a memo's crc32 also covers the lengths in
-       its first line.
-    3: a memo's first line carries its seal; scripts end in ``.script`` and generated tests
-       in ``.cases`` (no ``.py`` in the cache); generated tests, records of passed tests and
-       compiled code carry seals.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import stat
 import time
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,56 +38,27 @@ from typing import Any
 
 from .. import __version__
 from ..errors import CacheError
+from ..formats import CACHE_FORMAT as CACHE_FORMAT
+from ..formats import (
+    CACHEDIR_TAG,
+    CHECKED,
+    GITIGNORE,
+    TEST_MODULE,
+    CodeFile,
+    MemoFile,
+    decode_checked_keys,
+    encode_checked_keys,
+    function_list_scripts,
+)
+from ..formats import IndexEntry as IndexEntry
 from ..sourcefile import write_atomic
 from . import seal
+from .layout import CacheLayout
 
-CACHE_FORMAT = 3
 LOCK_TIMEOUT = 60.0
 STALE_TEMP_SECONDS = 3600.0
-_TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
-        "# This file is a cache directory tag created by pytest-telemetry-inject.\n"
-        "# For information about cache directory tags, see https://bford.info/cachedir/\n")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _READ_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-SCRIPT_SUFFIX = ".script"
-TESTS_SUFFIX = ".cases"
-CODE_MAGIC = b"TI-CODE3"
-_TESTS_SEAL = "# seal "
-
-
-@dataclass
-class IndexEntry:
-    """What the index knows of one function key."""
-
-    key: str
-    status: str
-    """``ok`` (a validated script) or ``failed`` (no template works; ``reason`` says why)."""
-    template: str = ""
-    script: str = ""
-    language: str = ""
-    qualname: str = ""
-    origin: str = "template"
-    edits: list | None = None
-    reason: str = ""
-    version: str = __version__
-
-    def to_line(self) -> bytes:
-        """One index line: the crc32 of the JSON record, a space, the record."""
-        record = json.dumps([self.key, self.status, self.template, self.script, self.language, self.qualname,
-                             self.origin, self.edits, self.reason, self.version],
-                            separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
-        return b"%08x %s" % (zlib.crc32(record), record)
-
-    @classmethod
-    def from_line(cls, line: bytes) -> IndexEntry:
-        """The entry of an index line; ValueError for a damaged or truncated one."""
-        if line[8:9] != b" " or int(line[:8], 16) != zlib.crc32(line[9:]):
-            raise ValueError("damaged index line")
-        key, status, template, script, language, qualname, origin, edits, reason, version = json.loads(line[9:])
-        if not all(isinstance(v, str) for v in (key, status, template, script, language, qualname, origin,
-                                                 reason, version)) or not (edits is None or isinstance(edits, list)):
-            raise ValueError("an index line of the wrong shape")
-        return cls(key, status, template, script, language, qualname, origin, edits, reason, version)
 
 
 @dataclass
@@ -133,60 +85,7 @@ class Memo:
     """Whether it carries this machine's seal (else it must be checked before use)."""
 
 
-MEMO_MAGIC = b"TI-MEMO"
 _LASTING_ERRORS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ELOOP}
-
-
-class CacheLayout:
-    """Every path in a cache folder. The folders above each file are checked once per
-    process (a symbolic link among them refuses the cache); files are opened without
-    following links."""
-
-    FIXED = ("scripts", "tests", "metadata", "metadata/index", "metadata/files", "metadata/code",
-             "metadata/checked")
-
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-        self.base = os.fspath(self.root)
-
-    def script(self, language: str, sha: str) -> str:
-        # Sharded by the first two hex digits, like git's objects: creating tens of
-        # thousands of files in one folder is several times slower.
-        return os.path.join(self.base, "scripts", language, sha[:2], sha + SCRIPT_SUFFIX)
-
-    def tests(self, language: str, name: str) -> str:
-        return os.path.join(self.base, "tests", language, name)
-
-    def checked(self, tests_name: str) -> str:
-        return os.path.join(self.base, "metadata", "checked", tests_name + ".keys")
-
-    def shard(self, key: str) -> str:
-        return os.path.join(self.base, "metadata", "index", key[:2] + ".jsonl")
-
-    def memo(self, key: str) -> str:
-        return os.path.join(self.base, "metadata", "files", key[:2], key)
-
-    def code(self, key: str) -> str:
-        return os.path.join(self.base, "metadata", "code", key[:2], key)
-
-    def lock(self) -> str:
-        return os.path.join(self.base, "metadata", "index.lock")
-
-    def link_problem(self) -> str:
-        """A symbolic link where the cache's own folders and files are, or ''."""
-        candidates = [self.base] + [os.path.join(self.base, *part.split("/")) for part in self.FIXED]
-        candidates += [os.path.join(self.base, name) for name in ("CACHEDIR.TAG", ".gitignore")]
-        candidates.append(self.lock())
-        for folder in ("scripts", "tests"):
-            try:
-                candidates += [entry.path for entry in os.scandir(os.path.join(self.base, folder))]
-            except OSError:
-                pass
-        for path in candidates:
-            if os.path.islink(path):
-                return f"the cache at {self.base} holds a symbolic link ({path}): refusing to use it " \
-                       "(remove the link, or point cache_dir at a real folder)"
-        return ""
 
 
 class ScriptCache:
@@ -299,22 +198,22 @@ class ScriptCache:
             data = self._read(path)
         except OSError:
             return set()
-        first, _, rest = data.partition(b"\n")
-        if not first.startswith(b"seal ") or not _verify_hex(first[5:], b"checked", test_module, rest):
+        framed = CHECKED.decode(data)
+        if framed is None or not _verify_hex(framed[0], b"checked", test_module, framed[1]):
             return set()
-        return {line for line in rest.decode("ascii", "replace").split("\n") if len(line) == 64}
+        return decode_checked_keys(framed[1])
 
     def add_checked(self, test_module: str, keys: Iterable[str]) -> None:
         """Remember that these cases passed; a damaged record only means they run again."""
         path = self.layout.checked(test_module)
         known = self.checked(test_module) | set(keys)
-        body = "\n".join(sorted(known)).encode("ascii") + b"\n"
+        body = encode_checked_keys(known)
         tag = seal.seal(b"checked", test_module, body)
         if tag is None:
             return  # without a key nothing would trust the record
         try:
             self._ensure_dir(os.path.dirname(path))
-            write_atomic(path, b"seal " + tag.hex().encode() + b"\n" + body, mode=0o644)
+            write_atomic(path, CHECKED.encode(tag, body), mode=0o644)
         except OSError as exc:
             self._write_failed(exc)
 
@@ -326,14 +225,14 @@ class ScriptCache:
         if self._layout_ready:
             return True
         try:
-            self._ensure_dir(os.path.join(self.layout.base, "metadata", "index"))
+            self._ensure_dir(os.fspath(self.layout.index_folder))
             # Each checked on its own: a kill between the two writes must not lose one for good.
-            ignore = os.path.join(self.layout.base, ".gitignore")
+            ignore = self.layout.gitignore()
             if not os.path.lexists(ignore):
-                write_atomic(ignore, b"# Created by pytest-telemetry-inject.\n*\n")
-            tag = os.path.join(self.layout.base, "CACHEDIR.TAG")
+                write_atomic(ignore, GITIGNORE)
+            tag = self.layout.tag()
             if not os.path.lexists(tag):
-                write_atomic(tag, _TAG.encode())
+                write_atomic(tag, CACHEDIR_TAG)
         except OSError as exc:
             self._write_failed(exc)
             return False
@@ -459,7 +358,7 @@ class ScriptCache:
             body = text.encode("utf-8", "surrogatepass")
             tag = seal.seal(b"tests", f"{language}/{name}", body)
             if tag is not None and not self._write_file(self.layout.tests(language, name),
-                                                        (_TESTS_SEAL + tag.hex() + "\n").encode() + body):
+                                                        TEST_MODULE.encode(tag, body)):
                 return
         if not batch:
             return
@@ -478,12 +377,11 @@ class ScriptCache:
             data = self._read(self.layout.tests(language, name))
         except OSError:
             return None
-        first, _, body = data.partition(b"\n")
-        if not first.startswith(_TESTS_SEAL.encode()) or \
-                not _verify_hex(first[len(_TESTS_SEAL):], b"tests", f"{language}/{name}", body):
+        framed = TEST_MODULE.decode(data)
+        if framed is None or not _verify_hex(framed[0], b"tests", f"{language}/{name}", framed[1]):
             self.counters.corrupt += 1
             return None
-        return body.decode("utf-8", "surrogatepass")
+        return framed[1].decode("utf-8", "surrogatepass")
 
     def flush_index(self) -> None:
         """Append the pending index lines, then write the pending memos (see ``defer_index``)."""
@@ -571,18 +469,18 @@ class ScriptCache:
             data = self._read(self.layout.code(key))
         except OSError:
             return None
-        start = len(CODE_MAGIC) + seal.SEAL_BYTES
-        if not data.startswith(CODE_MAGIC) or not seal.verify(data[len(CODE_MAGIC):start], b"code", key, data[start:]):
+        framed = CodeFile.decode(data)
+        if framed is None or not seal.verify(framed[0], b"code", key, framed[1]):
             self.counters.corrupt += 1  # damaged, or not sealed here: compiled again
             return None
-        return data[start:]
+        return framed[1]
 
     def write_code(self, key: str, marshalled: bytes) -> None:
         """Best effort, like pytest's own cache of rewritten modules; nothing without a key."""
         tag = seal.seal(b"code", key, marshalled)
         if tag is None or not self._ensure_layout():
             return
-        self._write_file(self.layout.code(key), CODE_MAGIC + tag + marshalled)
+        self._write_file(self.layout.code(key), CodeFile.encode(tag, marshalled))
 
     # -- maintenance -----------------------------------------------------------------------
 
@@ -591,15 +489,16 @@ class ScriptCache:
         result: dict[str, Any] = {"path": str(self.root), "format": CACHE_FORMAT, "exists": self.root.is_dir()}
         counts = {"scripts": 0, "tests": 0, "memos": 0, "code": 0, "temp_files": 0}
         size = 0
-        for folder, kind in (("scripts", "scripts"), ("tests", "tests"), ("metadata/files", "memos"),
-                             ("metadata/code", "code")):
-            for path in _files(self.root / folder):
+        layout = self.layout
+        for folder, kind in ((layout.scripts_folder, "scripts"), (layout.tests_folder, "tests"),
+                             (layout.memos_folder, "memos"), (layout.code_folder, "code")):
+            for path in _files(folder):
                 size += _size(path)
-                counts["temp_files" if path.name.startswith(".ti-") else kind] += 1
+                counts["temp_files" if layout.is_temporary(path) else kind] += 1
         entries = ok = failed = 0
         before = self.counters.corrupt
-        for path in _files(self.root / "metadata" / "index"):
-            if path.suffix != ".jsonl":
+        for path in _files(layout.index_folder):
+            if not layout.is_shard(path):
                 continue
             size += _size(path)
             shard = self._read_shard(path)
@@ -615,7 +514,7 @@ class ScriptCache:
         and the folders left empty; the number of files removed."""
         if not self.root.is_dir():
             return 0
-        lock = self.root / "metadata" / "index.lock"
+        lock = Path(self.layout.lock())
         removed = 0
         with self._lock():
             for path in _files(self.root):
@@ -639,9 +538,10 @@ class ScriptCache:
         if not self.root.is_dir():
             return summary
         now = time.time()
+        layout = self.layout
 
         def stale_temp(path: Path) -> bool:
-            if not path.name.startswith(".ti-"):
+            if not layout.is_temporary(path):
                 return False
             if now - _mtime(path) > STALE_TEMP_SECONDS and _remove_file(path):
                 summary["temp_files_removed"] += 1
@@ -654,7 +554,7 @@ class ScriptCache:
         with self._lock():
             used_scripts: set[str] = set()
             used_tests: set[str] = set()
-            for path in _files(self.root / "metadata" / "files"):
+            for path in _files(layout.memos_folder):
                 if stale_temp(path):
                     continue
                 age = now - _atime(path)  # before reading it: a read refreshes the access time
@@ -665,8 +565,8 @@ class ScriptCache:
                     continue
                 used_tests.add(str(memo.header.get("tests") or ""))
                 used_scripts.update(scripts)
-            for path in _files(self.root / "metadata" / "index"):
-                if path.suffix != ".jsonl" or not path.is_file() or path.is_symlink():
+            for path in _files(layout.index_folder):
+                if not layout.is_shard(path) or not path.is_file() or path.is_symlink():
                     continue
                 lines = sum(1 for raw in path.read_bytes().split(b"\n") if raw.strip())
                 keep = {k: e for k, e in self._read_shard(path).items() if e.version == __version__}
@@ -674,20 +574,20 @@ class ScriptCache:
                 body = b"".join(e.to_line() + b"\n" for e in keep.values())
                 write_atomic(str(path), body)
                 summary["index_lines_dropped"] += lines - len(keep)
-            for folder in (self.root, self.root / "metadata", self.root / "metadata" / "index"):
-                for path in folder.glob(".ti-*"):
+            for folder in (layout.root, layout.metadata_folder, layout.index_folder):
+                for path in layout.temporary_in(folder):
                     stale_temp(path)
-            for path in _files(self.root / "metadata" / "code"):
+            for path in _files(layout.code_folder):
                 if not stale_temp(path) and now - _atime(path) > max_age_days * 86400:
                     drop(path, "code_removed")
-            for path in _files(self.root / "scripts"):
-                if not stale_temp(path) and path.name[:-len(SCRIPT_SUFFIX)] not in used_scripts:
+            for path in _files(layout.scripts_folder):
+                if not stale_temp(path) and layout.script_sha(path) not in used_scripts:
                     drop(path, "scripts_removed")
-            for path in _files(self.root / "tests"):
+            for path in _files(layout.tests_folder):
                 if not stale_temp(path) and path.name not in used_tests:
                     drop(path, "tests_removed")
-            for path in _files(self.root / "metadata" / "checked"):
-                if not stale_temp(path) and path.name[:-len(".keys")] not in used_tests:
+            for path in _files(layout.checked_folder):
+                if not stale_temp(path) and layout.checked_tests_name(path) not in used_tests:
                     _remove_file(path)
         self._shards.clear()
         self._verified.clear()
@@ -695,16 +595,10 @@ class ScriptCache:
 
 
 def encode_memo(key: str, header: dict[str, Any], sections: list[bytes], payload: bytes) -> bytes:
-    """A memo's bytes (see ``ScriptCache.put_memo``), sealed when this machine has a key."""
-    head = json.dumps(dict(header, version=__version__), separators=(",", ":"),
-                      ensure_ascii=False).encode("utf-8", "surrogatepass")
-    body = b"".join([head, *sections, payload])
-    lengths = (",".join(str(len(part)) for part in sections) or "-").encode()
-    shape = b"%d %s" % (len(head), lengths)
-    covered = shape + b"\n" + body
+    """A memo's bytes (``formats.MemoFile``), sealed when this machine has a key."""
+    covered = MemoFile.cover(header, sections, payload)
     tag = seal.seal(b"memo", key, covered)
-    mark = tag.hex().encode() if tag is not None else b"-"
-    return b"%s %d %08x %s %s\n" % (MEMO_MAGIC, CACHE_FORMAT, zlib.crc32(covered), mark, shape) + body
+    return MemoFile.encode(covered, tag.hex().encode() if tag is not None else b"-")
 
 
 def _verify_hex(tag: bytes, kind: bytes, name: str, body: bytes) -> bool:
@@ -770,35 +664,21 @@ def _atime(path: Path) -> float:
 
 
 def _decode_memo(data: bytes, key: str) -> Memo | None:
-    first, sep, body = data.partition(b"\n")
-    try:
-        magic, fmt, crc, mark, head_length, lengths = first.split(b" ")
-        shape = head_length + b" " + lengths
-        covered = shape + b"\n" + body
-        if not sep or magic != MEMO_MAGIC or int(fmt) != CACHE_FORMAT or int(crc, 16) != zlib.crc32(covered):
-            return None
-        offset = int(head_length)
-        header = json.loads(body[:offset])
-        sections = []
-        for length in ([] if lengths == b"-" else [int(n) for n in lengths.split(b",")]):
-            if length < 0 or offset + length > len(body):
-                return None
-            sections.append(body[offset:offset + length])
-            offset += length
-    except (ValueError, TypeError):
+    """The memo stored under ``key``, when it is intact and of this version; sealed when its
+    seal is this machine's."""
+    frame = MemoFile.decode(data)
+    if frame is None or frame.header.get("version") != __version__:
         return None
-    if not isinstance(header, dict) or header.get("version") != __version__ or len(sections) != 2:
-        return None
-    sealed = mark != b"-" and _verify_hex(mark, b"memo", key, covered)
-    return Memo(header, sections, body[offset:], sealed)
+    sealed = frame.mark != b"-" and _verify_hex(frame.mark, b"memo", key, frame.covered)
+    return Memo(frame.header, frame.sections, frame.payload, sealed)
 
 
 def _memo_scripts(memo: Memo) -> set[str] | None:
     """The scripts a memo's function list names; None when that list does not decode."""
     if not memo.sections:
         return set()
-    try:  # [qualname, line, status, reason, template, script, cached] per function
-        return {item[5] for item in json.loads(memo.sections[0]) if item[5]}
+    try:
+        return function_list_scripts(memo.sections[0])
     except (ValueError, TypeError, IndexError, KeyError):
         return None
 

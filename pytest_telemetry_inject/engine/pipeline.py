@@ -8,65 +8,81 @@ before anything is cached or written. When that fails, each new script is checke
 (the checks of its generated test) and the failing ones fall back to the next template;
 a function nothing can instrument is left exactly as it was, with the reason recorded.
 
-The LLM refactorer (optional, ``llm.refactorer``) is asked only when every template failed
-for a function: its fix comes back as edits (``engine.derive``) and is composed, validated
-and cached like a template's, with origin ``llm`` (the refactorer hook: ``_plan_llm``).
+``Engine`` is the façade: planning each function is ``engine.planning``, composing and
+validating the file is ``engine.compose`` (which returns what to store); the engine stores
+it and memoises the whole file.
+
+The LLM refactorer (optional, a ``types.Refactorer`` given to ``Engine``) is asked only when
+every template failed for a function: its fix comes back as edits (``engine.derive``) and is
+composed, validated and cached like a template's, with origin ``llm``
+(``Planner._plan_llm``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import __version__
-from ..errors import FormNotAvailable, SourceError, TemplateNotApplicable
+from ..errors import SourceError, TemplateNotApplicable
+from ..formats import (
+    NO_LINE_MAP,
+    FunctionRow,
+    decode_function_list,
+    decode_line_map,
+    encode_function_list,
+    encode_line_map,
+    memo_header,
+    memo_key,
+    read_function_list,
+)
 from ..languages import Language, language_for
 from ..languages.base import FunctionRecord, ParsedFile, Template
-from ..scriptlib import Edit, ScriptMismatch, apply
-from ..scriptlib import sha256 as text_sha256
 from ..settings import Settings
 from ..sourcefile import decode_source
 from ..trace import DEBUG, TRACE
-from .cache import CACHE_FORMAT, CacheCounters, IndexEntry, Memo, ScriptCache
-from .reconstruct import LineMap, Reconstruction, reconstruct
-from .scripts import edits_from_json, edits_to_json, render_script, sha256_text
+from ..types import FunctionStatus, Refactorer
+from .cache import CacheCounters, IndexEntry, Memo, ScriptCache
+from .compose import Composition, compose
+from .planning import Plan, Planner, function_key, plan_entry
+from .planning import llm_template as llm_template
+from .reconstruct import LineMap
 from .testgen import render_test_module, test_module_name
-
-ENGINE_FORMAT = 1
 
 
 @dataclass
 class FunctionOutcome:
+    """What happened to one function; in a memo, a ``formats.FunctionRow``."""
+
     qualname: str
     line: int
-    status: str
-    """``instrumented``, ``skipped`` (a reason of policy), ``failed`` (nothing could
-    instrument it), ``missing`` (``check``: it lacks telemetry) or ``stripped``."""
+    status: FunctionStatus
     reason: str = ""
     template: str = ""
     script: str = ""
     cached: bool = False
 
+    def to_row(self) -> FunctionRow:
+        return FunctionRow(self.qualname, self.line, self.status, self.reason, self.template, self.script,
+                           self.cached)
+
     def to_list(self) -> list[Any]:
-        return [self.qualname, self.line, self.status, self.reason, self.template, self.script, self.cached]
+        return list(self.to_row())
 
     @classmethod
     def from_list(cls, item: Sequence[Any]) -> FunctionOutcome:
         return cls(*item)
 
     @classmethod
+    def from_memo(cls, row: FunctionRow) -> FunctionOutcome:
+        """The outcome a memo's row stands for: what a memo says was cached."""
+        return cls(*row[:6], cached=True)
+
+    @classmethod
     def from_row(cls, item: Any) -> FunctionOutcome:
         """A row of a memo's function list, its shape checked (it comes from a cache)."""
-        qualname, line, status, reason, template, script, cached = item
-        if not (isinstance(qualname, str) and isinstance(line, int) and not isinstance(line, bool) and line > 0
-                and status in ("instrumented", "skipped", "failed", "missing", "stripped")
-                and all(isinstance(v, str) for v in (reason, template, script)) and isinstance(cached, bool)):
-            raise ValueError("a function row of the wrong shape")
-        return cls(qualname, line, status, reason, template, script, True)
+        return cls.from_memo(FunctionRow.decode(item))
 
 
 class LazyOutcomes(Sequence[FunctionOutcome]):
@@ -79,13 +95,13 @@ class LazyOutcomes(Sequence[FunctionOutcome]):
 
     def _load(self) -> list[FunctionOutcome]:
         if self._items is None:
-            self._items = [FunctionOutcome(*item[:6], cached=True) for item in json.loads(self._raw)]
+            self._items = [FunctionOutcome.from_memo(row) for row in read_function_list(self._raw)]
         return self._items
 
     def __len__(self) -> int:
         return len(self._load())
 
-    def __getitem__(self, index):  # type: ignore[no-untyped-def, override]
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
         return self._load()[index]
 
     def __iter__(self) -> Iterator[FunctionOutcome]:
@@ -122,7 +138,7 @@ class FileResult:
 
     def get_line_map(self) -> LineMap | None:
         if isinstance(self.line_map, bytes):
-            self.line_map = LineMap.from_segments(json.loads(self.line_map))
+            self.line_map = LineMap.from_segments(decode_line_map(self.line_map))
         return self.line_map
 
     def counts(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
@@ -142,62 +158,21 @@ def _tally(functions: Iterable[FunctionOutcome]) -> tuple[dict[str, int], dict[s
     return counts, reasons
 
 
-@dataclass
-class _Plan:
-    record: FunctionRecord
-    template: Template | None = None
-    edits: Sequence[Edit] | None = None
-    key: str = ""
-    entry: IndexEntry | None = None
-    failures: list[str] = field(default_factory=list)
-    unfit: list[str] = field(default_factory=list)
-    """The failures that are this function's (not a style the target lacks): the note of a
-    function instrumented by a later template says them."""
-    tried: int = 0
-    origin: str = "template"
-    script: str = ""
-    """The script of an LLM fix (templates' scripts are rendered from their edits)."""
-    note: str = ""
-    """What the outcome says of an instrumented function (which model fixed it)."""
-
-
-# The refactorer of every Engine built without one: the CLI sets it when a model is
-# configured, so that the runner's engines (forked workers included) use it.
-_default_refactorer: Callable[..., Any] | None = None
-
-
-def set_default_refactorer(refactorer: Callable[..., Any] | None) -> None:
-    global _default_refactorer
-    _default_refactorer = refactorer
-
-
-def default_refactorer() -> Callable[..., Any] | None:
-    return _default_refactorer
-
-
-def llm_template(language: Language, settings: Settings) -> Template:
-    """The pseudo-template of LLM fixes: its function keys are those of the cache entries of
-    fixes for this style and target (whichever model made them)."""
-    return Template(f"{language.name}.llm.{settings.style}.{settings.target}", 1, settings.style, settings.target)
-
-
 class Engine:
     """Instruments, strips and checks source files. One per process (it holds parsers and
     the loaded parts of the cache)."""
 
     def __init__(self, settings: Settings, cache: ScriptCache | None = None,
-                 refactorer: Callable[..., Any] | None = None) -> None:
+                 refactorer: Refactorer | None = None) -> None:
         self.settings = settings
         self.cache = cache if settings.use_cache else None
-        self.refactorer = refactorer if refactorer is not None else _default_refactorer
+        self.refactorer = refactorer
         self._base_fingerprint = settings.output_fingerprint()
         self._fingerprint = self._base_fingerprint
-        if self.refactorer is not None:
+        if refactorer is not None:
             # A run that may ask a model must not reuse the memo of a run that could not.
-            self._fingerprint += "\0llm:" + str(getattr(self.refactorer, "fingerprint", "llm"))
-        self._new_llm_fixes = 0
-        self._llm_transient = 0
-        self._rendered: dict[str, str] = {}
+            self._fingerprint += "\0llm:" + str(refactorer.fingerprint)
+        self._planner = Planner(settings, self.cache, refactorer)
         self._doubted: dict[str, bytes] = {}
         """Memo key -> the output of an unsealed memo the check could not settle (compared
         with the rebuilt output)."""
@@ -205,17 +180,12 @@ class Engine:
     # -- keys -------------------------------------------------------------------------------
 
     def function_key(self, record: FunctionRecord, template: Template) -> str:
-        parts = ("function", __version__, str(ENGINE_FORMAT), record.language, template.id,
-                 str(template.version), record.qualname, record.sha256)
-        return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+        return function_key(record, template)
 
     def memo_key(self, data: bytes, language: Language, import_name: str, selection: str,
                  fingerprint: str | None = None) -> str:
-        parts = ("file", __version__, str(ENGINE_FORMAT), str(CACHE_FORMAT), language.name,
-                 self._fingerprint if fingerprint is None else fingerprint, str(self.settings.validate),
-                 import_name, selection,
-                 hashlib.sha256(data).hexdigest())
-        return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+        return memo_key(language=language.name, fingerprint=self._fingerprint if fingerprint is None else fingerprint,
+                        validate=self.settings.validate, import_name=import_name, selection=selection, data=data)
 
     # -- instrument -------------------------------------------------------------------------
 
@@ -230,17 +200,17 @@ class Engine:
         key = self.memo_key(data, language, import_name, selection) if self.cache is not None else ""
         result = self.lookup_memo(data, path, import_name=import_name, key=key)
         if result is None:
-            fixes_before, transient_before = self._new_llm_fixes, self._llm_transient
+            fixes_before, transient_before = self._planner.new_llm_fixes, self._planner.llm_transient
             doubted = self._doubted.pop(key, None)
             result = self._instrument(data, path, language, import_name, select, key)
             if doubted is not None and self.cache is not None and (result.output or b"") != doubted:
                 self.cache.counters.corrupt += 1  # a memo the text check could not settle, and wrong
             if self.cache is not None:
                 # A model that could not be reached (budget, network) is asked again next run.
-                if result.status != "error" and self._llm_transient == transient_before:
+                if result.status != "error" and self._planner.llm_transient == transient_before:
                     header, sections = _memo_parts(result)
                     self.cache.put_memo(key, header, sections, result.output or b"")
-                    if self._new_llm_fixes != fixes_before and self._fingerprint != self._base_fingerprint:
+                    if self._planner.new_llm_fixes != fixes_before and self._fingerprint != self._base_fingerprint:
                         # A run without a model finds these fixes in the cache: same result.
                         base = self.memo_key(data, language, import_name, selection, self._base_fingerprint)
                         self.cache.put_memo(base, header, sections, result.output or b"")
@@ -312,47 +282,25 @@ class Engine:
         result = FileResult(path, language=language.name)
         try:
             decoded = decode_source(data)
-            parsed = language.parse(decoded.text, path, self.settings)
+            parsed, stale = self._parse(decoded.text, path, language, select)
         except SourceError as exc:
             return _skipped(result, str(exc))
-        if parsed.file_skip_reason:
-            return _skipped(result, parsed.file_skip_reason)
-        if parsed.header_present and parsed.header_present != self.settings.target:
-            return _skipped(result, f"already instrumented for target {parsed.header_present!r} "
-                                    f"(strip it first, or use --target {parsed.header_present})")
-        stale = {r.def_line for r in parsed.functions if r.stale and (select is None or select(r))}
-        if stale:
-            # Renamed or moved functions: take their old spans off, then instrument them anew.
-            try:
-                text = language.strip(parsed.text, only=stale).text
-                parsed = language.parse(text, path, self.settings)
-            except SourceError as exc:
-                return _skipped(result, f"cannot rename the spans of moved functions: {exc}")
-        plans: list[_Plan] = []
+        outcomes: list[FunctionOutcome] = []
+        plans: list[Plan] = []
         for record in parsed.functions:
             if record.skip_reason:
-                result.functions.append(FunctionOutcome(record.qualname, record.def_line, "skipped", record.skip_reason))
+                outcomes.append(FunctionOutcome(record.qualname, record.def_line, "skipped", record.skip_reason))
             elif select is None or select(record):
-                plans.append(self._plan(language, parsed, record))
+                plans.append(self._planner.plan(language, parsed, record))
         header = language.header(parsed, self.settings, import_name)
-        text = self._compose_validated(language, parsed, plans, header, result, key)
-        for plan in plans:
-            record = plan.record
-            if result.status == "error":
-                result.functions.append(FunctionOutcome(record.qualname, record.def_line, "failed", result.reason))
-            elif result.status == "skipped":  # the whole file is left alone (this Python cannot compile it)
-                result.functions.append(FunctionOutcome(record.qualname, record.def_line, "skipped", result.reason))
-            elif plan.edits is None:
-                reason = "; ".join(plan.failures) or "no template applies"
-                result.functions.append(FunctionOutcome(record.qualname, record.def_line, "failed", reason))
-            else:
-                template = f"{plan.template.id}/{plan.template.version}" if plan.template else ""
-                script = plan.entry.script if plan.entry else ""
-                result.functions.append(FunctionOutcome(record.qualname, record.def_line, "instrumented", plan.note,
-                                                        template, script, plan.tried == 0))
-        result.functions.sort(key=lambda o: o.line)
+        composition = compose(language, parsed, plans, header, validate=self.settings.validate,
+                              replan=lambda plan, reason: self._planner.next_template(language, parsed, plan, reason))
+        self._keep(language, parsed, composition, result, key)
+        outcomes.extend(_outcome(plan, result) for plan in composition.plans)
+        result.functions = sorted(outcomes, key=lambda o: o.line)
         if result.status == "error":
             return result
+        text = composition.text
         if text is None and stale:
             text = parsed.text  # only spans were taken off (their functions failed again)
         if text is not None and text != decoded.text:
@@ -360,244 +308,55 @@ class Engine:
             result.status = "instrumented"
         return result
 
-    def _plan(self, language: Language, parsed: ParsedFile, record: FunctionRecord,
-              start: int = 0, failures: Sequence[str] = (), failing_script: str = "",
-              unfit: Sequence[str] = ()) -> _Plan:
-        plan = _Plan(record)
-        plan.failures.extend(failures)
-        plan.unfit.extend(unfit)
-        for template in language.templates(record, self.settings)[start:]:
-            key = self.function_key(record, template)
-            entry = self.cache.lookup(key) if self.cache is not None else None
-            if entry is not None and entry.status == "ok":
-                edits = self._checked_template_edits(language, parsed, record, template, entry)
-                if edits is not None:
-                    self.cache.counters.script_hits += 1
-                    plan.template, plan.key, plan.entry, plan.edits = template, key, entry, edits
-                    plan.script = self._rendered.pop(key, "")
-                    plan.note = _in_place_of(plan.unfit)
-                    return plan
-                entry = None  # not this template's edits for this function: made anew
-            if entry is not None:
-                plan.failures.append(f"{template.id}: {entry.reason}")
-                plan.unfit.append(plan.failures[-1])
-                # -- LLM repairs (llm/refactorer.record_fix): a template that failed (for the
-                # pytest plugin, its generated test) and was repaired by a model is replaced by
-                # that repair from then on, before the next template is tried.
-                repaired = self._cached_llm_fix(language, parsed, plan, template)
-                if repaired is not None:
-                    return repaired
-                # -- end of LLM repairs
-                continue
+    def _parse(self, text: str, path: str, language: Language,
+               select: Callable[[FunctionRecord], bool] | None) -> tuple[ParsedFile, bool]:
+        """The file's functions, with the spans of renamed or moved ones taken off (then
+        instrumented anew); whether there were such. Raises ``SourceError`` with the reason
+        the file is left alone."""
+        parsed = language.parse(text, path, self.settings)
+        if parsed.file_skip_reason:
+            raise SourceError(parsed.file_skip_reason)
+        if parsed.header_present and parsed.header_present != self.settings.target:
+            raise SourceError(f"already instrumented for target {parsed.header_present!r} "
+                              f"(strip it first, or use --target {parsed.header_present})")
+        stale = {r.def_line for r in parsed.functions if r.stale and (select is None or select(r))}
+        if stale:
             try:
-                edits = language.plan(template, record, parsed)
-            except TemplateNotApplicable as exc:
-                plan.failures.append(f"{template.id}: {exc}")
-                if not isinstance(exc, FormNotAvailable):
-                    plan.unfit.append(plan.failures[-1])
-                continue
+                text = language.strip(parsed.text, only=stale).text
+                parsed = language.parse(text, path, self.settings)
+            except SourceError as exc:
+                raise SourceError(f"cannot rename the spans of moved functions: {exc}") from exc
+        return parsed, bool(stale)
+
+    def _keep(self, language: Language, parsed: ParsedFile, composition: Composition, result: FileResult,
+              key: str) -> None:
+        """Stores what composition made (one write to the cache) and puts on ``result`` what
+        the file's outcome says of it."""
+        if composition.status == "skipped":  # the whole file is left alone (this Python cannot compile it)
+            _skipped(result, composition.reason)
+        elif composition.status == "error":
+            result.status, result.reason = "error", composition.reason
+        test_module = None
+        if composition.text is not None:
+            result.checks = [(sha, name, original, origin, composition.scripts.get(sha) or self._script_of(language, plan))
+                             for (sha, name, original, origin), plan in zip(composition.cases, composition.chosen)]
             if self.cache is not None:
-                self.cache.counters.script_misses += 1
-            plan.template, plan.key, plan.edits, plan.tried = template, key, edits, 1
-            plan.note = _in_place_of(plan.unfit)
-            return plan
-        return self._plan_llm(language, parsed, plan, failing_script)
+                name = test_module_name(parsed.path, key)
+                test_module = (language.name, name,
+                               render_test_module(path=parsed.path, language=language.name, cases=composition.cases))
+                result.tests = name
+            result.line_map = composition.line_map
+        self._store(composition.entries, composition.scripts or None, test_module)
 
-    def _plan_llm(self, language: Language, parsed: ParsedFile, plan: _Plan, failing_script: str) -> _Plan:
-        """Every template failed: a cached LLM fix, else (with a refactorer) a new one."""
-        record, template = plan.record, llm_template(language, self.settings)
-        key = self.function_key(record, template)
-        entry = self.cache.lookup(key) if self.cache is not None else None
-        fingerprint = f"llm/{getattr(self.refactorer, 'fingerprint', '')}"
-        edits = None
-        if entry is not None and entry.status == "ok":
-            edits = self._checked_llm_edits(language, parsed, record, entry)
-            if edits is None:
-                entry = None  # not telemetry of this function: as if there were none
-        if entry is not None:
-            if edits is not None:
-                self.cache.counters.script_hits += 1
-                plan.template, plan.key, plan.entry, plan.origin = template, key, entry, "llm"
-                plan.edits = edits
-                plan.note = "fixed by an LLM (cached)"
-                return plan
-            if self.refactorer is None or entry.template == fingerprint:
-                plan.failures.append(f"llm: {entry.reason}")  # these models failed before
-                return plan
-        if self.refactorer is None:
-            return plan
-        result = self.refactorer(language=language.name, span_name=record.qualname,
-                                 source=record.source(parsed.lines), failing_script=failing_script,
-                                 failures=list(plan.failures),
-                                 keep=tuple(record.relative(k) for k in record.keep), style=self.settings.style,
-                                 target=self.settings.target, is_generator=record.is_generator, path=parsed.path)
-        if result.edits is None:
-            reason = result.reason
-            plan.failures.append(f"llm: {reason}")
-            if result.cacheable_failure:
-                self._store([IndexEntry(key, "failed", template=fingerprint, language=language.name,
-                                        qualname=record.qualname, origin="llm", reason=reason)])
-            else:
-                self._llm_transient += 1
-            return plan
-        if self.cache is not None:
-            self.cache.counters.script_misses += 1
-        plan.template, plan.key, plan.edits, plan.tried = template, key, list(result.edits), 1
-        plan.origin, plan.script, plan.note = "llm", result.script or "", result.reason
-        self._new_llm_fixes += 1
-        return plan
+    def _plan(self, language: Language, parsed: ParsedFile, record: FunctionRecord) -> Plan:
+        """One function's plan, as instrumenting the file would make it first."""
+        return self._planner.plan(language, parsed, record)
 
-    def _cached_llm_fix(self, language: Language, parsed: ParsedFile, plan: _Plan, failed: Template) -> _Plan | None:
-        """``plan`` with the function's cached LLM fix (checked like every cached fix), or None
-        when there is none (no call is made here). Looked up only after a template failed."""
-        if self.cache is None:
-            return None
-        template = llm_template(language, self.settings)
-        key = self.function_key(plan.record, template)
-        entry = self.cache.lookup(key)
-        if entry is None or entry.status != "ok":
-            return None
-        edits = self._checked_llm_edits(language, parsed, plan.record, entry)
-        if edits is None:
-            return None
-        self.cache.counters.script_hits += 1
-        plan.template, plan.key, plan.entry, plan.origin, plan.edits = template, key, entry, "llm", edits
-        plan.note = f"fixed by an LLM (cached; in place of {failed.id}, which failed)"
-        return plan
+    def _make_entry(self, language: Language, parsed: ParsedFile, plan: Plan) -> tuple[IndexEntry, str]:
+        """The index entry and the text of a plan's insertion script."""
+        return plan_entry(language, parsed, plan)
 
-    # -- index entries are checked before use -------------------------------------------------
-
-    def _corrupt_entry(self, entry: IndexEntry, why: str) -> None:
-        assert self.cache is not None
-        self.cache.counters.corrupt += 1
-        self.cache.forget(entry.key)
-        if TRACE.on:
-            TRACE.event(DEBUG, "cache", "index entry refused", key=entry.key, qualname=entry.qualname, reason=why)
-
-    def _checked_template_edits(self, language: Language, parsed: ParsedFile, record: FunctionRecord,
-                                template: Template, entry: IndexEntry) -> list[Edit] | None:
-        """A template's cached edits, when they are exactly what the template plans for this
-        function now and the entry names the script they render to (planning is cheap; it is
-        the validation of their output that the entry saves). None, counted as corrupt,
-        when they are not."""
-        try:
-            cached = edits_from_json(entry.edits or [])
-            planned = language.plan(template, record, parsed)
-        except (ValueError, TypeError, IndexError, TemplateNotApplicable) as exc:
-            self._corrupt_entry(entry, f"edits that cannot be read or planned: {exc}")
-            return None
-        if cached != planned:
-            self._corrupt_entry(entry, "edits that are not the template's")
-            return None
-        probe = _Plan(record, template=template, edits=planned, key=entry.key)
-        try:
-            _expected, script = self._make_entry(language, parsed, probe)
-        except (ValueError, ScriptMismatch) as exc:
-            self._corrupt_entry(entry, f"edits that do not apply: {exc}")
-            return None
-        if sha256_text(script) != entry.script:
-            self._corrupt_entry(entry, "a script that is not the one its edits render to")
-            return None
-        self._rendered[entry.key] = script
-        return planned
-
-    def _checked_llm_edits(self, language: Language, parsed: ParsedFile, record: FunctionRecord,
-                           entry: IndexEntry) -> list[Edit] | None:
-        """A cached LLM fix's edits, when applied to this function they give what a fix must:
-        the output parses, stripping it gives back the function, and its one span is named
-        after the function (the checks of the fix's generated test). None, counted as
-        corrupt, when they do not."""
-        source = record.source(parsed.lines)
-        try:
-            edits = edits_from_json(entry.edits or [])
-            output = apply(source, edits)
-            problem = language.snippet_parses(output)
-            stripped = language.strip(output)
-        except (ValueError, TypeError, IndexError, ScriptMismatch, SourceError) as exc:
-            self._corrupt_entry(entry, f"an LLM fix that cannot be applied: {exc}")
-            return None
-        if problem is not None or (stripped.text != source and not language.equivalent(source, stripped.text)) \
-                or [name for _line, name in stripped.spans] != [record.qualname]:
-            self._corrupt_entry(entry, "an LLM fix that is not this function's telemetry")
-            return None
-        return edits
-
-    def _compose_validated(self, language: Language, parsed: ParsedFile, plans: list[_Plan],
-                           header: list[str], result: FileResult, key: str) -> str | None:
-        """The instrumented text, validated; None when nothing changes. New scripts that
-        fail are replaced by the next template, or dropped."""
-        failed: list[IndexEntry] = []
-        for _round in range(5):  # template, next template, LLM fix, dropping it
-            chosen = [p for p in plans if p.edits is not None]
-            if not chosen:
-                self._store(failed)
-                return None
-            if header and not parsed.header_line:
-                for plan in chosen:
-                    plan.failures.append("no place for the module import")
-                    plan.edits = None
-                return None
-            rebuilt = reconstruct(parsed.lines, [(p.record, p.edits) for p in chosen], header, parsed.header_line)
-            new = [p for p in chosen if p.entry is None]
-            problem = self._validate_file(language, parsed, rebuilt) if self.settings.validate else None
-            if problem is None:
-                scripts: dict[str, str] = {}
-                for plan in new:
-                    plan.entry, script = self._make_entry(language, parsed, plan)
-                    scripts[plan.entry.script] = script
-                cases = [(p.entry.script, p.record.qualname, p.record.source(parsed.lines), p.entry.origin)
-                         for p in chosen]
-                result.checks = [(sha, name, original, origin, scripts.get(sha) or self._script_of(language, plan))
-                                 for (sha, name, original, origin), plan in zip(cases, chosen)]
-                test_module = None
-                if self.cache is not None:
-                    name = test_module_name(parsed.path, key)
-                    test_module = (language.name, name,
-                                   render_test_module(path=parsed.path, language=language.name, cases=cases))
-                    result.tests = name
-                self._store(failed + [p.entry for p in new], scripts, test_module)
-                result.line_map = rebuilt.line_map
-                return rebuilt.text
-            if TRACE.on:
-                TRACE.event(DEBUG, "validation", "file failed validation", path=parsed.path, problem=problem,
-                            new_scripts=len(new))
-            if problem.startswith("does not compile with this Python"):
-                _skipped(result, problem)
-                return None
-            # Find the scripts that fail on their own; the next template takes their place.
-            culprits = False
-            for plan in new:
-                failures = self._check_alone(language, parsed, plan)
-                if failures:
-                    culprits = True
-                    failed_template = plan.template
-                    reason = f"{failed_template.id}: {failures[0]}"
-                    if plan.origin == "llm":  # checked before it was accepted; nothing comes after it
-                        plans[plans.index(plan)] = _Plan(plan.record, failures=plan.failures + [reason])
-                        continue
-                    failed.append(IndexEntry(plan.key, "failed", template=f"{failed_template.id}/{failed_template.version}",
-                                             language=language.name, qualname=plan.record.qualname,
-                                             reason=failures[0]))
-                    templates = language.templates(plan.record, self.settings)
-                    _entry, script = self._make_entry(language, parsed, plan)
-                    replacement = self._plan(language, parsed, plan.record, templates.index(failed_template) + 1,
-                                             failures=plan.failures + [reason], failing_script=script,
-                                             unfit=plan.unfit + [reason])
-                    plans[plans.index(plan)] = replacement
-            if not culprits:
-                # Each new script passes alone but the file does not: drop new LLM fixes first.
-                fixes = [p for p in new if p.origin == "llm"]
-                for plan in fixes:
-                    plans[plans.index(plan)] = _Plan(plan.record, failures=plan.failures + [
-                        f"llm: the file fails validation with this fix ({problem})"])
-                if not fixes:
-                    break
-        result.status = "error"
-        result.reason = f"the instrumented file failed validation ({problem}); it is left unchanged"
-        self._store(failed)
-        return None
-
-    def _script_of(self, language: Language, plan: _Plan) -> str:
+    def _script_of(self, language: Language, plan: Plan) -> str:
         """The text of a cached plan's script (rendered again for a template's, from the
         cache, its name checked, for an LLM fix's)."""
         if plan.origin == "llm" and self.cache is not None and plan.entry is not None:
@@ -608,37 +367,6 @@ class Engine:
                test_module: tuple[str, str, str] | None = None) -> None:
         if self.cache is not None and (entries or test_module):
             self.cache.store(entries, scripts, test_module)
-
-    def _validate_file(self, language: Language, parsed: ParsedFile, rebuilt: Reconstruction) -> str | None:
-        try:
-            return language.validate_output(parsed, rebuilt.text, rebuilt.new_rows)
-        except SourceError as exc:
-            return f"the output cannot be stripped: {exc}"
-
-    def _make_entry(self, language: Language, parsed: ParsedFile, plan: _Plan) -> tuple[IndexEntry, str]:
-        """The index entry and the text of a new plan's insertion script."""
-        record, template = plan.record, plan.template
-        assert template is not None and plan.edits is not None
-        template_name = f"{template.id}/{template.version}"
-        if plan.script:
-            script = plan.script  # an LLM fix: the canonical script rendered from its edits
-        else:
-            output = apply(record.source(parsed.lines), plan.edits)
-            script = render_script(language=language.name, span_name=record.qualname, template=template_name,
-                                   source_sha256=record.sha256, output_sha256=text_sha256(output), edits=plan.edits)
-        entry = IndexEntry(plan.key, "ok", template=template_name, script=sha256_text(script),
-                           language=language.name, qualname=record.qualname, origin=plan.origin,
-                           edits=edits_to_json(plan.edits))
-        return entry, script
-
-    def _check_alone(self, language: Language, parsed: ParsedFile, plan: _Plan) -> list[str]:
-        """The checks of the script's generated test, run on the function alone."""
-        from ..testkit import ScriptCheck
-
-        _entry, script = self._make_entry(language, parsed, plan)
-        check = ScriptCheck(script, language=language.name, span_name=plan.record.qualname,
-                            original=plan.record.source(parsed.lines), origin=plan.origin)
-        return check.run_all()
 
     # -- strip and check --------------------------------------------------------------------
 
@@ -678,32 +406,41 @@ class Engine:
             return _skipped(result, str(exc))
         if parsed.file_skip_reason:
             return _skipped(result, parsed.file_skip_reason)
-        for record in parsed.functions:
-            if record.instrumented:
-                result.functions.append(FunctionOutcome(record.qualname, record.def_line, "instrumented"))
-            elif record.skip_reason:
-                result.functions.append(FunctionOutcome(record.qualname, record.def_line, "skipped", record.skip_reason))
-            else:
-                reasons = []
-                for template in language.templates(record, self.settings):
-                    try:
-                        language.plan(template, record, parsed)
-                        break
-                    except TemplateNotApplicable as exc:
-                        reasons.append(f"{template.id}: {exc}")
-                else:
-                    result.functions.append(FunctionOutcome(record.qualname, record.def_line, "failed", "; ".join(reasons)))
-                    continue
-                result.functions.append(FunctionOutcome(record.qualname, record.def_line, "missing",
-                                                        "no telemetry"))
+        result.functions = [self._check_one(language, parsed, record) for record in parsed.functions]
         result.elapsed = time.perf_counter() - started
         return result
 
+    def _check_one(self, language: Language, parsed: ParsedFile, record: FunctionRecord) -> FunctionOutcome:
+        """``missing`` when a template could instrument the function, else why not."""
+        if record.instrumented:
+            return FunctionOutcome(record.qualname, record.def_line, "instrumented")
+        if record.skip_reason:
+            return FunctionOutcome(record.qualname, record.def_line, "skipped", record.skip_reason)
+        reasons = []
+        for template in language.templates(record, self.settings):
+            try:
+                language.plan(template, record, parsed)
+            except TemplateNotApplicable as exc:
+                reasons.append(f"{template.id}: {exc}")
+                continue
+            return FunctionOutcome(record.qualname, record.def_line, "missing", "no telemetry")
+        return FunctionOutcome(record.qualname, record.def_line, "failed", "; ".join(reasons))
 
-def _in_place_of(failures: Sequence[str]) -> str:
-    """An instrumented function's note when the style asked for did not fit and another did
-    (say, a body that ends the file without a line ending gets the with style): why."""
-    return f"in place of {'; '.join(failures)}" if failures else ""
+
+def _outcome(plan: Plan, result: FileResult) -> FunctionOutcome:
+    """What the file's outcome says of one planned function."""
+    record = plan.record
+    if result.status == "error":
+        return FunctionOutcome(record.qualname, record.def_line, "failed", result.reason)
+    if result.status == "skipped":  # the whole file is left alone (this Python cannot compile it)
+        return FunctionOutcome(record.qualname, record.def_line, "skipped", result.reason)
+    if plan.edits is None:
+        reason = "; ".join(plan.failures) or "no template applies"
+        return FunctionOutcome(record.qualname, record.def_line, "failed", reason)
+    template = f"{plan.template.id}/{plan.template.version}" if plan.template else ""
+    script = plan.entry.script if plan.entry else ""
+    return FunctionOutcome(record.qualname, record.def_line, "instrumented", plan.note, template, script,
+                           plan.tried == 0)
 
 
 def _skipped(result: FileResult, reason: str) -> FileResult:
@@ -714,13 +451,13 @@ def _skipped(result: FileResult, reason: str) -> FileResult:
 
 
 def _memo_parts(result: FileResult) -> tuple[dict[str, Any], list[bytes]]:
+    """A memo's header and sections (``formats.MemoFile``) for a file's result."""
     counts, reasons = result.counts()
-    header = {"status": result.status, "reason": result.reason, "language": result.language,
-              "changed": result.output is not None, "tests": result.tests, "counts": counts, "reasons": reasons}
-    functions = json.dumps([f.to_list() for f in result.functions], separators=(",", ":"), ensure_ascii=False)
+    header = memo_header(status=result.status, reason=result.reason, language=result.language,
+                         changed=result.output is not None, tests=result.tests, counts=counts, reasons=reasons)
     line_map = result.get_line_map()
-    segments = json.dumps(line_map.to_segments() if line_map is not None else None, separators=(",", ":"))
-    return header, [functions.encode("utf-8", "surrogatepass"), segments.encode()]
+    functions = encode_function_list(f.to_row() for f in result.functions)
+    return header, [functions, encode_line_map(line_map.to_segments() if line_map is not None else None)]
 
 
 def _check_memo(data: bytes, path: str, memo: Memo, target: str,
@@ -729,7 +466,7 @@ def _check_memo(data: bytes, path: str, memo: Memo, target: str,
     from a cache this machine did not seal (``Language.check_cached_output``)."""
     header = memo.header
     try:
-        functions = [FunctionOutcome.from_row(item) for item in json.loads(memo.sections[0])]
+        functions = [FunctionOutcome.from_memo(row) for row in decode_function_list(memo.sections[0])]
         language = language_for(path, data[:256])
         changed = header["changed"]
         if language is None or header["language"] != language.name or not isinstance(changed, bool):
@@ -743,7 +480,7 @@ def _check_memo(data: bytes, path: str, memo: Memo, target: str,
     if not changed:
         if memo.payload or instrumented or header.get("status") == "instrumented":
             return "corrupt", "an unchanged file's memo with telemetry in it", None
-        return "ok", "", Memo(checked_header, [memo.sections[0], b"null"], b"", True)
+        return "ok", "", Memo(checked_header, [memo.sections[0], NO_LINE_MAP], b"", True)
     if header.get("status") != "instrumented":
         return "corrupt", "a changed file's memo that does not say instrumented", None
     try:
@@ -758,7 +495,7 @@ def _check_memo(data: bytes, path: str, memo: Memo, target: str,
     if verdict.status != "ok":
         return verdict.status, verdict.reason, None
     try:
-        line_map = LineMap.from_segments(json.loads(memo.sections[1]))
+        line_map = LineMap.from_segments(decode_line_map(memo.sections[1]))
     except (ValueError, TypeError) as exc:
         return "corrupt", f"a line map that cannot be read: {exc}", None
     if (line_map.original, line_map.shift) != (verdict.original, verdict.shift):
@@ -770,5 +507,5 @@ def _result_from_memo(path: str, header: dict[str, Any], sections: list[bytes], 
     functions_raw, line_map_raw = sections
     return FileResult(path, language=header["language"], status=header["status"], reason=header["reason"],
                       output=payload if header["changed"] else None, functions=LazyOutcomes(functions_raw),
-                      memo_hit=True, line_map=line_map_raw if line_map_raw != b"null" else None,
+                      memo_hit=True, line_map=line_map_raw if line_map_raw != NO_LINE_MAP else None,
                       tests=header.get("tests", ""), tally=(header["counts"], header["reasons"]))

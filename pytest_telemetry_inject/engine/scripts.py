@@ -16,6 +16,9 @@ from typing import Any
 
 from .. import __version__
 from ..errors import SecurityViolation, ValidationError
+from ..formats import ScriptHeader
+from ..formats import edits_from_json as edits_from_json
+from ..formats import edits_to_json as edits_to_json
 from ..scriptlib import Edit, Indent, Insert, InsertAfter, InsertText
 
 HELPER_MODULE = "pytest_telemetry_inject.scriptlib"
@@ -51,40 +54,6 @@ _ALLOWED_NODES = (
 )
 
 
-def edits_to_json(edits: Sequence[Edit]) -> list[list[Any]]:
-    out: list[list[Any]] = []
-    for edit in edits:
-        if isinstance(edit, Indent):
-            out.append(["indent", edit.first, edit.last, edit.unit, edit.after, list(edit.keep)])
-        elif isinstance(edit, Insert):
-            out.append(["insert", edit.before, edit.text])
-        elif isinstance(edit, InsertAfter):
-            out.append(["insert_after", edit.line, edit.text] + ([edit.maps_to] if edit.maps_to else []))
-        elif isinstance(edit, InsertText):
-            out.append(["insert_text", edit.line, edit.column, edit.text])
-        else:
-            raise TypeError(f"not an edit: {edit!r}")
-    return out
-
-
-def edits_from_json(data: Sequence[Sequence[Any]]) -> list[Edit]:
-    edits: list[Edit] = []
-    for item in data:
-        kind = item[0]
-        if kind == "indent":
-            edits.append(Indent(int(item[1]), int(item[2]), str(item[3]), str(item[4]),
-                                tuple(int(k) for k in item[5])))
-        elif kind == "insert":
-            edits.append(Insert(int(item[1]), str(item[2])))
-        elif kind == "insert_after":
-            edits.append(InsertAfter(int(item[1]), str(item[2]), int(item[3]) if len(item) > 3 else 0))
-        elif kind == "insert_text":
-            edits.append(InsertText(int(item[1]), int(item[2]), str(item[3])))
-        else:
-            raise ValueError(f"unknown edit {kind!r}")
-    return edits
-
-
 def _render_edit(edit: Edit) -> str:
     if isinstance(edit, Indent):
         keep = "[" + ", ".join(str(k) for k in edit.keep) + "]"
@@ -101,7 +70,9 @@ def _render_edit(edit: Edit) -> str:
 
 def render_script(*, language: str, span_name: str, template: str, source_sha256: str,
                   output_sha256: str, edits: Sequence[Edit]) -> str:
-    """The text of a template's insertion script: readable, deterministic, content-addressed."""
+    """The text of a template's insertion script: readable, deterministic, content-addressed.
+    Its header (``formats.ScriptHeader``) is what readers take from a script's text; the
+    edits are ``EDITS``, the rest is prose and the ``transform`` every script has."""
     names = {Indent: "indent", Insert: "insert", InsertAfter: "insert_after", InsertText: "insert_text"}
     helpers = sorted({names[type(e)] for e in edits})
     body = "\n".join(f"    {_render_edit(e)}," for e in edits)
@@ -115,11 +86,7 @@ def render_script(*, language: str, span_name: str, template: str, source_sha256
         "\n"
         f"from {HELPER_MODULE} import apply, {', '.join(helpers)}\n"
         "\n"
-        f"LANGUAGE = {language!r}\n"
-        f"SPAN_NAME = {span_name!r}\n"
-        f"TEMPLATE = {template!r}\n"
-        f"SOURCE_SHA256 = {source_sha256!r}\n"
-        f"OUTPUT_SHA256 = {output_sha256!r}\n"
+        f"{ScriptHeader(language, span_name, template, source_sha256, output_sha256).render()}"
         "\n"
         "EDITS = [\n"
         f"{body}\n"

@@ -1,7 +1,8 @@
 """Generated pytest tests of insertion scripts.
 
-One module per instrumented source file (``tests/<language>/test_<stem>_<key>.py`` in the
-cache) holds one test per script of that file, parametrized by the function's qualname.
+One module per instrumented source file (``tests/<language>/<stem>_<key16>.cases`` in the
+cache, ``engine/layout.py``) holds one test per script of that file, parametrized by the
+function's qualname. Its ``SCRIPTS`` rows are ``formats.TestCase``'s.
 Each test embeds the original function source and checks the script against it with
 ``pytest_telemetry_inject.testkit.ScriptCheck``: the output parses, stripping the telemetry
 gives back the original (equal as syntax trees), the span name is the qualname, and
@@ -10,23 +11,20 @@ applying the script to its own output changes nothing.
 
 from __future__ import annotations
 
-import ast
-import re
 from collections.abc import Sequence
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_]+")
+from ..formats import TestCase, read_cases
+from .layout import CacheLayout
 
 
 def test_module_name(path: str, key: str) -> str:
-    stem = path.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    stem = _UNSAFE.sub("_", stem).strip("_")[:40] or "source"
-    return f"{stem}_{key[:16]}.cases"
+    """The name of the generated test module of the source file ``path`` (memo key ``key``)."""
+    return CacheLayout.tests_name(path, key)
 
 
-def render_test_module(*, path: str, language: str,
-                       cases: Sequence[tuple[str, str, str, str]]) -> str:
-    """``cases``: (script sha256, span name, original function source, origin)."""
-    rows = "\n".join(f"    ({sha!r}, {name!r}, {origin!r},\n     {original!r})," for sha, name, original, origin in cases)
+def render_test_module(*, path: str, language: str, cases: Sequence[TestCase]) -> str:
+    """The module's text: prose, ``SCRIPTS`` (one ``TestCase`` row each) and the test."""
+    rows = "\n".join(TestCase(*case).to_row() for case in cases)
     return (
         f'"""Generated tests of the insertion scripts of {path} ({language}).\n'
         "\n"
@@ -57,22 +55,8 @@ def render_test_module(*, path: str, language: str,
 
 
 def parse_cases(text: str) -> list[tuple[str, str, str, str]] | None:
-    """The ``SCRIPTS`` rows of a generated test module, (script sha256, span name, origin,
-    original source) each, read as a literal: the module is data to the plugin, never
-    imported. None when the text holds no such list."""
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError, MemoryError, RecursionError):
-        return None
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["SCRIPTS"]:
-            try:
-                rows = ast.literal_eval(node.value)
-            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-                return None
-            if isinstance(rows, list) and all(isinstance(row, tuple) and len(row) == 4
-                                              and all(isinstance(v, str) for v in row)
-                                              and row[2] in ("template", "llm") for row in rows):
-                return rows
-            return None
-    return None
+    """The ``SCRIPTS`` rows of a generated test module in their order there, (script sha256,
+    span name, origin, original source) each; None when the text holds no such list. (New
+    readers take ``formats.read_cases``: named ``TestCase`` records.)"""
+    cases = read_cases(text)
+    return None if cases is None else [case.on_disk() for case in cases]

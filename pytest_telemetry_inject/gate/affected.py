@@ -31,10 +31,12 @@ import ast
 import fnmatch
 import os
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from ..gitdiff import FileChanges, GitError, Repository
 from .baseline import Baseline
@@ -51,6 +53,11 @@ TEST_DIRS = {"tests", "test", "testing"}
 TOOL_FILES = {"setup.py", "noxfile.py", "conf.py", "fabfile.py", "tasks.py"}
 """Files of tools that tests do not import (outside a package): what they read is not
 followed. (A change of one of them still runs every test.)"""
+
+_IndexEntry = tuple[str, str | None, str, dict[str, set[str]], list[tuple[int, set[str] | None, set[str]]], set[str]]
+"""A Python file of the project (``project_index``): (path, module, kind, {qualname: names it
+mentions}, [(line, names bound or None, names mentioned)] of its module-level statements,
+every name it mentions)."""
 
 
 class AffectedError(Exception):
@@ -92,12 +99,12 @@ class Selection:
                 return why
         return None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"ref": self.ref, "commits": self.commits, "everything": self.everything, "tests": self.tests,
                 "files": self.files, "folders": self.folders, "known": self.known, "changes": self.changes}
 
     @classmethod
-    def from_json(cls, data: dict) -> Selection:
+    def from_json(cls, data: dict[str, Any]) -> Selection:
         return cls(**data)
 
 
@@ -111,6 +118,7 @@ def select(baseline: Baseline, rootdir: Path, ref: str | None, *, test_globs: It
         raise AffectedError("git is not installed (or not on PATH): cannot tell what changed") from None
     except GitError as exc:
         raise AffectedError(str(exc)) from None
+    base: str | None
     if ref is None:
         base, ref = _default_base(repo)
     else:
@@ -177,10 +185,10 @@ class _Analysis:
                 self.callers.setdefault(fn, set()).add(nodeid)
             for fixture in record.fixtures:
                 users.setdefault(fixture, set()).add(nodeid)
-        for key, fixture in baseline.fixtures.items():
-            for fn in fixture.calls:
+        for key, fixture_record in baseline.fixtures.items():
+            for fn in fixture_record.calls:
                 self.callers.setdefault(fn, set()).update(users.get(key, ()))
-        self._index: list | None = None
+        self._index: list[_IndexEntry] | None = None
         self._by_file: dict[str, list[str]] | None = None
         self.inifile: Path | None = None
         self.names: dict[str, set[tuple[str, str]]] = {}
@@ -467,7 +475,8 @@ class _Analysis:
                                              "may override or shadow")
             self.sel.changes.append(f"{module or rel}:{qualname} new: {count} tests called a function of that name")
 
-    def module_level(self, rel: str, old_tree: ast.Module, new_tree: ast.Module, old_defs: dict, new_defs: dict,
+    def module_level(self, rel: str, old_tree: ast.Module, new_tree: ast.Module, old_defs: dict[str, ast.AST],
+                     new_defs: dict[str, ast.AST],
                      deleted: set[str], added: set[str]) -> bool:
         """Judge the module-level statements that differ (class bodies included). A statement
         that only binds names (an assignment, an import, a docstring) affects the code that
@@ -565,13 +574,13 @@ class _Analysis:
             pending = found
         self.sel.changes.append(f"{rel}: module-level names changed: {', '.join(sorted(names))}")
 
-    def project_index(self) -> list:
+    def project_index(self) -> list[_IndexEntry]:
         """Every Python file of the project under the rootdir, parsed once: (path, module,
         kind, {qualname: names it mentions}, [(line, names bound or None, names mentioned)]
         of its module-level statements, every name it mentions)."""
         if self._index is not None:
             return self._index
-        index = []
+        index: list[_IndexEntry] = []
         out = self.repo.git("ls-files", "-z", "--cached", "--others", "--exclude-standard")
         for name in sorted({os.fsdecode(p) for p in out.split(b"\0") if p.endswith((b".py", b".pyw"))}):
             rel = self.relative(name)
@@ -588,14 +597,14 @@ class _Analysis:
             else:
                 kind = "source"
             functions = {q: _mentions(node) for q, node in _definitions(tree).items()}
-            statements = []
+            statements: list[tuple[int, set[str] | None, set[str]]] = []
             for line, statement in _module_statements(tree):
                 statements.append((line, _binds(statement), _mentions(statement)))
             index.append((rel, self.module_of.get(rel), kind, functions, statements, _mentions(tree)))
         self._index = index
         return index
 
-    def _enclosed(self, qualname: str, functions: dict, pending: set[str], module: str) -> bool:
+    def _enclosed(self, qualname: str, functions: dict[str, set[str]], pending: set[str], module: str) -> bool:
         parts = qualname.split(".<locals>.")
         for end in range(len(parts) - 1, 0, -1):
             outer = ".<locals>.".join(parts[:end])
@@ -628,14 +637,15 @@ def _pytest_section(name: str, data: bytes) -> str | None:
     except UnicodeDecodeError:
         return None
     if name.endswith(".toml"):
-        try:
+        if sys.version_info < (3, 11):  # Python 3.10: not judged
+            return None
+        else:  # (an else, not code after the return: mypy checks the import only for 3.11+)
             import tomllib
-        except ImportError:  # Python 3.10: not judged
-            return None
-        try:
-            return repr(tomllib.loads(text).get("tool", {}).get("pytest"))
-        except ValueError:
-            return None
+
+            try:
+                return repr(tomllib.loads(text).get("tool", {}).get("pytest"))
+            except ValueError:
+                return None
     if name.endswith((".cfg", ".ini")) and not name.endswith("pytest.ini"):
         parser = configparser.RawConfigParser()
         try:
@@ -679,13 +689,14 @@ def _dump(node: ast.AST) -> str:
     return ast.dump(node, include_attributes=False)
 
 
-def _statements(tree: ast.Module, drop: set[str]) -> tuple[Counter[tuple], dict[tuple, ast.AST]]:
+def _statements(tree: ast.Module, drop: set[str]
+                ) -> tuple[Counter[tuple[str, str, str]], dict[tuple[str, str, str], ast.AST]]:
     """What runs at import, as comparable keys: every module-level and class-body statement
     (its syntax tree without positions), a function as its decorators (they run at import),
     a class as its header; the functions in ``drop`` (new or deleted ones, handled by their
     own rules) are left out."""
-    found: Counter[tuple] = Counter()
-    nodes: dict[tuple, ast.AST] = {}
+    found: Counter[tuple[str, str, str]] = Counter()
+    nodes: dict[tuple[str, str, str], ast.AST] = {}
 
     def body(statements: list[ast.stmt], prefix: str) -> None:
         for statement in statements:

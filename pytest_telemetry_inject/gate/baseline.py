@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 FORMAT = "telemetry-inject-baseline"
 # The baseline's ``version``. Readers accept every version listed here; each line says what
@@ -74,10 +74,13 @@ class Stat:
 Calls = dict[tuple[str, str], Stat]
 """(module, qualname) -> its figures."""
 
+TestOutcome = Literal["passed", "failed", "skipped", "error", "unknown"]
+"""A test's outcome in a baseline (``unknown``: it ran, its report never came)."""
+
 
 @dataclass
 class TestRecord:
-    outcome: str
+    outcome: TestOutcome
     """passed, failed, skipped or error (the worst of setup, call and teardown)."""
     fixtures: tuple[str, ...] = ()
     """The shared (not function-scoped) fixtures the test used: keys of ``Baseline.fixtures``."""
@@ -142,7 +145,7 @@ class Baseline:
     # -- building from a run -----------------------------------------------------------------
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Mapping[str, Any]], *, outcomes: Mapping[str, str],
+    def from_rows(cls, rows: Iterable[Mapping[str, Any]], *, outcomes: Mapping[str, TestOutcome],
                   test_fixtures: Mapping[str, Iterable[str]], fixture_setups: Mapping[str, tuple[str, int]],
                   instrumented: Iterable[str], modules: Mapping[str, str], meta: Mapping[str, Any]) -> Baseline:
         """A baseline from ``snapshot(per_test=True)`` rows (merged over pytest-xdist workers).

@@ -239,8 +239,8 @@ def compare(baseline: Baseline, current: Baseline) -> Comparison:
     for test in compared:
         groups.append((test, baseline.tests[test].calls, current.tests[test].calls, 1.0, 1.0))
     for key in sorted(set(baseline.fixtures) & set(current.fixtures)):
-        b, a = baseline.fixtures[key], current.fixtures[key]
-        groups.append((f"[fixture] {key}", b.calls, a.calls, float(b.setups), float(a.setups)))
+        fb, fa = baseline.fixtures[key], current.fixtures[key]
+        groups.append((f"[fixture] {key}", fb.calls, fa.calls, float(fb.setups), float(fa.setups)))
     groups.append((OUTSIDE, baseline.outside, current.outside, float(baseline.meta.get("processes") or 1),
                    float(current.meta.get("processes") or 1)))
 

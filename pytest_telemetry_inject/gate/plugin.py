@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from .affected import DEFAULT_IGNORE, AffectedError, Selection, select
-from .baseline import DEFAULT_NAME, FIXTURE_PREFIX, Baseline, BaselineError, resolve, run_meta
+from .baseline import DEFAULT_NAME, FIXTURE_PREFIX, Baseline, BaselineError, TestOutcome, resolve, run_meta
 from .compare import Comparison, RuleError, compare, parse_rules
 
 NAME = "telemetry-gate"
@@ -44,10 +44,10 @@ class GatePlugin:
         self.telemetry = save is not None or compare_to is not None
         self.seed_random = _truthy(config.getini("telemetry_seed_random"))
         self.started = time.time()
-        self.outcomes: dict[str, str] = {}
+        self.outcomes: dict[str, TestOutcome] = {}
         self.test_fixtures: dict[str, set[str]] = {}
         self.fixture_setups: dict[str, list[Any]] = {}
-        self.worker_parts: list[dict] = []
+        self.worker_parts: list[dict[str, Any]] = []
         self.selection: Selection | None = None
         self.selected: dict[str, str] = {}
         self.deselected: list[str] = []
@@ -72,7 +72,7 @@ class GatePlugin:
             where = "--telemetry-fail-on" if fail_on is not None else "telemetry_fail_on (ini)"
             raise pytest.UsageError(f"{where}: {exc}") from None
         if self.worker:
-            data = config.workerinput.get(WORKER_KEY)  # type: ignore[attr-defined]
+            data = config.workerinput.get(WORKER_KEY)  # type: ignore[attr-defined]  # set by pytest-xdist
             if data:
                 self.selection = Selection.from_json(json.loads(data))
             return
@@ -144,7 +144,8 @@ class GatePlugin:
     def selection_lines(self, *, verbose: bool) -> list[str]:
         from .render import selection_lines
 
-        return selection_lines(self.selection, self.selected, self.deselected, verbose=verbose)  # type: ignore[arg-type]
+        assert self.selection is not None  # (its callers check)
+        return selection_lines(self.selection, self.selected, self.deselected, verbose=verbose)
 
     # -- what each test used -------------------------------------------------------------------------
 
@@ -201,6 +202,7 @@ class GatePlugin:
         if self.worker:
             return
         before = self.outcomes.get(report.nodeid)
+        outcome: TestOutcome
         if report.when == "call":
             outcome = report.outcome
         elif report.failed:
@@ -218,7 +220,7 @@ class GatePlugin:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.worker:
-            self.config.workeroutput[WORKER_KEY] = json.dumps({  # type: ignore[attr-defined]
+            self.config.workeroutput[WORKER_KEY] = json.dumps({  # type: ignore[attr-defined]  # pytest-xdist's
                 "fixtures": {t: sorted(k) for t, k in self.test_fixtures.items()},
                 "setups": self.fixture_setups, "deselected": self.deselected, "selected": self.selected})
             return
@@ -316,7 +318,7 @@ class GatePlugin:
                                             encoding="utf-8")
             self.lines.append(f"wrote the comparison as HTML to {self.html_path}")
 
-    def selection_summary(self) -> dict | None:
+    def selection_summary(self) -> dict[str, Any] | None:
         if self.selection is None:
             return None
         return {"ref": self.selection.ref, "everything": self.selection.everything,

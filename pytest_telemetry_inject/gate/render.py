@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable
+from typing import Any
 
 from ..runtime.report import fill_page
 from .affected import Selection
@@ -97,7 +98,7 @@ def _num(value: float) -> str:
     return f"{int(value):,}" if float(value).is_integer() else f"{value:,.3f}"
 
 
-def markdown(comparison: Comparison, rules: list[Rule], selection: dict | None = None) -> str:
+def markdown(comparison: Comparison, rules: list[Rule], selection: dict[str, Any] | None = None) -> str:
     violated = _violated(comparison)
     real = comparison.real_findings
     verdict = ("❌ failed" if comparison.violations else "✅ passed") if rules else ("⚠️ findings" if real else "✅ no finding")
@@ -132,7 +133,7 @@ def markdown(comparison: Comparison, rules: list[Rule], selection: dict | None =
     return "\n".join(out)
 
 
-def html(comparison: Comparison, rules: list[Rule], selection: dict | None = None,
+def html(comparison: Comparison, rules: list[Rule], selection: dict[str, Any] | None = None,
          title: str = "Telemetry comparison") -> str:
     violated = _violated(comparison)
     rows = []

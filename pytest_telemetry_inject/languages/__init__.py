@@ -32,7 +32,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 class LanguageSpec:
     @hookspec
-    def telemetry_inject_languages(self) -> list[Language]:  # type: ignore[empty-body]
+    def telemetry_inject_languages(self) -> list[Language]:  # type: ignore[empty-body]  # a hook specification
         """Return the languages this plugin provides."""
 
 
@@ -52,7 +52,8 @@ _BY_EXTENSION = {ext: name for name, spec in BUILTIN.items() for ext in spec[2]}
 @cache
 def _builtin(name: str) -> Language:
     module, cls = BUILTIN[name][:2]
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
+    language: Language = getattr(importlib.import_module(f"{__name__}.{module}"), cls)()
+    return language
 
 
 class _Builtins:

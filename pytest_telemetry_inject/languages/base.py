@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..scriptlib import Edit, split_lines
 
@@ -102,7 +102,7 @@ class ParsedFile:
     """The target whose header the file already has, if any."""
     file_skip_reason: str | None = None
     """Why the whole file is left alone (opt-out comment, name clash), if it is."""
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -115,11 +115,14 @@ class Template:
     target: str
 
 
+VerdictStatus = Literal["ok", "corrupt", "unsure"]
+
+
 @dataclass
 class OutputVerdict:
     """Whether a cached output is the original plus this tool's telemetry (``check_cached_output``)."""
 
-    status: str
+    status: VerdictStatus
     """``ok``, ``corrupt`` (it is not what this tool writes for that original) or ``unsure``
     (the text alone cannot tell: the file is rebuilt)."""
     reason: str = ""

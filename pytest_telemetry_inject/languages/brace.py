@@ -53,7 +53,7 @@ class UnrecognisedTelemetry(SourceSyntaxError):
 class Grammars(threading.local):
     """Tree-sitter parsers and queries, one set per thread (a Parser is not thread-safe)."""
 
-    def __init__(self, loaders: dict[str, Callable[[], Any]], queries: dict[str, str]) -> None:
+    def __init__(self, loaders: dict[str, Callable[[], object]], queries: dict[str, str]) -> None:
         import tree_sitter
 
         self.QueryCursor = tree_sitter.QueryCursor
@@ -65,7 +65,7 @@ class Grammars(threading.local):
 class LazyGrammars:
     """A ``Grammars`` made on first use in each thread (importing grammars costs time)."""
 
-    def __init__(self, loaders: dict[str, Callable[[], Any]], queries: dict[str, str]) -> None:
+    def __init__(self, loaders: dict[str, Callable[[], object]], queries: dict[str, str]) -> None:
         self._loaders = loaders
         self._queries = queries
         self._local = threading.local()
@@ -158,8 +158,8 @@ class Marker:
     form: str
     pattern: bytes
     token_type: str
-    token: Callable[[re.Match], int]
-    trim: Callable[[re.Match], tuple[int, int]] | None = None
+    token: Callable[[re.Match[bytes]], int]
+    trim: Callable[[re.Match[bytes]], tuple[int, int]] | None = None
     """The (start, end) actually removed, when it is not the whole match."""
 
     @property
@@ -367,7 +367,7 @@ class BraceLanguage(Language):
         strips back to the original byte for byte."""
         if text.count("\n") != parsed.text.count("\n"):
             return "a line was added or removed (every insertion must stay on an existing line)"
-        problem = parsed.extra.get("header_problem")
+        problem: str | None = parsed.extra.get("header_problem")
         if problem:
             return problem
         data = text.encode("utf-8", "surrogatepass")
@@ -389,7 +389,7 @@ class BraceLanguage(Language):
 
     def snippet(self, text: str) -> tuple[Snippet, Any]:
         """The first wrapper in which ``text`` parses cleanly, with its tree."""
-        first = None
+        first: Any = None  # the first wrapper's tree (there is always one wrapper at least)
         for wrapper in self.wrappers:
             data = (wrapper[0] + text + wrapper[1]).encode("utf-8", "surrogatepass")
             tree = self.parse_tree(data, None)

@@ -54,12 +54,12 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import SourceSyntaxError, TemplateNotApplicable
 from ..scriptlib import Edit, insert, insert_after, insert_text, split_lines
 from . import BUILTIN
-from .base import FunctionRecord, ParsedFile, StripResult, Template
+from .base import FunctionRecord, ParsedFile, StripResult, Template, tree_error
 from .brace import (
     REASON_INSTRUMENTED,
     REASON_OPT_OUT,
@@ -67,6 +67,7 @@ from .brace import (
     SKIP_FILE_COMMENT,
     VENDORED,
     BraceLanguage,
+    Grammars,
     LazyGrammars,
     Match,
     RuntimeFiles,
@@ -78,7 +79,6 @@ from .brace import (
     leading_ws,
     mark_same_line_duplicates,
     safe_name,
-    tree_error,
 )
 from .go_package import (
     GENERATED_PREFIX,
@@ -117,6 +117,10 @@ _OWN_HEADER = re.compile(rb'(?m)^(?P<blank>[ \t]*\r?\n)?(?P<map>//line :1:1[ \t]
                          rb'"(?P<name>[^"\\\n]*)"[ \t]*(?P<dir>/\*line :(?P<line>\d+):\d+\*/)?[ \t]*(?:\r?\n|\Z)')
 _INLINE_HEADER = re.compile(rb'; (?P<kw>import) _telemetry "(?P<name>[^"\\\n]*)"')
 _LEFTOVER = re.compile(rb'\b_telemetry\b')
+
+_Position = tuple[Literal["inline"], int, int] | tuple[Literal["line"], int, str]
+"""Where a function's deferred call goes: on the body's line (row, character column of the
+brace's end) or on a line of its own (row, indent)."""
 
 REASON_NO_BODY = "no body (implemented elsewhere)"
 REASON_TINY = "tiny body (the compiler likely inlines it; a deferred call would stop that)"
@@ -178,14 +182,14 @@ class GoLanguage(BraceLanguage):
     own_name = re.compile(r"\b_telemetry\b")
 
     def __init__(self) -> None:
-        def load():  # type: ignore[no-untyped-def]
+        def load() -> object:
             import tree_sitter_go
 
             return tree_sitter_go.language()
 
         self._lazy = LazyGrammars({"go": load}, {"go": _QUERY})
 
-    def grammars(self):  # type: ignore[no-untyped-def]
+    def grammars(self) -> Grammars:
         return self._lazy.get()
 
     def grammar_for(self, path: str | None) -> str:
@@ -242,33 +246,33 @@ class GoLanguage(BraceLanguage):
         candidates.sort(key=lambda c: c[0])
         removed_rows = 0
         last_end = -1
-        for start, match, line, keyword in candidates:
+        for start, inserted, line, keyword in candidates:
             if start < last_end:
                 continue
-            last_end = match.end
-            removed_rows += data.count(b"\n", match.start, match.end)
-            if match.kind == "open":
-                found.defers[keyword] = match
+            last_end = inserted.end
+            removed_rows += data.count(b"\n", inserted.start, inserted.end)
+            if inserted.kind == "open":
+                found.defers[keyword] = inserted
             elif found.header is None:
-                found.header = match
-            found.matches.append(match)
-            if match.form == "inline" and match.kind == "open":
+                found.header = inserted
+            found.matches.append(inserted)
+            if inserted.form == "inline" and inserted.kind == "open":
                 continue  # current only for a root's one-line body: the function's record decides
-            if match.form != "line":
-                found.stale.add(match.start)
+            if inserted.form != "line":
+                found.stale.add(inserted.start)
                 continue
             # The line after the match becomes line (its row - rows removed so far + 1); a
             # defer's directive names it, the header's names the line before it.
-            following = data.count(b"\n", 0, match.end) - removed_rows + 1
-            expected = following if match.kind == "open" else following - 1
+            following = data.count(b"\n", 0, inserted.end) - removed_rows + 1
+            expected = following if inserted.kind == "open" else following - 1
             if line != expected:
-                found.stale.add(match.start)
+                found.stale.add(inserted.start)
         return found
 
     def find(self, data: bytes, root: Any, offset: int = 0) -> list[Match]:
         return self.scan(data, root, offset).matches
 
-    def _snippet_matches(self, text: str, data: bytes):  # type: ignore[no-untyped-def]
+    def _snippet_matches(self, text: str, data: bytes) -> tuple[list[Match], int]:
         root, offset = self._tree_for(text, data)
         return self.find(data, root, offset), offset
 
@@ -290,10 +294,10 @@ class GoLanguage(BraceLanguage):
                              key=lambda m: m.start)
         stripped, spans, header_removed = cut_matches(data, matches)
         if only is None:
-            self._check_leftovers(stripped, text)
+            self._check_go_leftovers(stripped, text)
         return StripResult(stripped.decode("utf-8", "surrogatepass"), spans, header_removed)
 
-    def _check_leftovers(self, stripped: bytes, text: str, *, any_use: bool = False) -> None:
+    def _check_go_leftovers(self, stripped: bytes, text: str, *, any_use: bool = False) -> None:
         """Telemetry still in the code once every recognised text is cut out (the runtime's
         package used, ``_telemetry.End(...)``, or imported under the name): say where.
         ``any_use``: any use of the name in the code counts (a name clash)."""
@@ -352,7 +356,7 @@ class GoLanguage(BraceLanguage):
         stack: list[list[Any]] = []
         glob_counter = [0]
         records: list[tuple[int, FunctionRecord]] = []
-        positions: dict[int, tuple] = {}
+        positions: dict[int, _Position] = {}
         for start, end, kind, node in events:
             while stack and stack[-1][0] <= start:
                 stack.pop()
@@ -429,7 +433,7 @@ class GoLanguage(BraceLanguage):
                 return "opted out (// telemetry: skip-file)"
         if header_present is None and "_telemetry" in text:
             try:  # what is left once this tool's texts are cut out: code that uses the name?
-                self._check_leftovers(self.strip(text).text.encode("utf-8", "surrogatepass"), text, any_use=True)
+                self._check_go_leftovers(self.strip(text).text.encode("utf-8", "surrogatepass"), text, any_use=True)
             except UnrecognisedTelemetry:
                 return "the file already uses a name this tool inserts (_telemetry)"
         return None
@@ -466,13 +470,13 @@ class GoLanguage(BraceLanguage):
 
     def _record(self, node: Any, kind: str, qualname: str, name: str, nested_in: str | None, data: bytes,
                 lines: list[str], path: str, settings: Settings, found: Found,
-                root_function: bool) -> tuple[FunctionRecord, tuple | None]:
+                root_function: bool) -> tuple[FunctionRecord, _Position | None]:
         body = node.child_by_field_name("body")
         start_row, end_row = node.start_point.row, node.end_point.row
         source = "".join(lines[start_row:end_row + 1])
         reason = None
         span_name = None
-        where = None
+        where: _Position | None = None
         if body is None:
             reason = REASON_NO_BODY
             body_row = body_end_row = end_row
@@ -505,6 +509,7 @@ class GoLanguage(BraceLanguage):
                     and body.descendant_count <= TINY_BODY:
                 reason = REASON_TINY
             if reason is None:
+                assert first is not None  # a body without code has its reason (REASON_TRIVIAL)
                 row = first.start_point.row
                 before = data[first.start_byte - first.start_point.column:first.start_byte]
                 if row == body_row and root_function:
@@ -537,7 +542,7 @@ class GoLanguage(BraceLanguage):
 
     @staticmethod
     def _one_line_root(node: Any, body: Any, code: list[Any], data: bytes, qualname: str
-                       ) -> tuple[str | None, tuple | None]:
+                       ) -> tuple[str | None, _Position | None]:
         """main.main or TestMain with its body on one line: the deferred call goes on that
         line (``{ defer ...; ...``) when gofmt keeps the line whole after it (its header and
         statements within gofmt's 100 columns for a one-line body); else it is left alone,
@@ -606,7 +611,7 @@ class GoLanguage(BraceLanguage):
         directive gives the next line its original number; and where Go is installed,
         gofmt reads it (and formatting it then stripping gives what formatting the original
         gives), and its package and tests compile with it (see ``toolcheck``)."""
-        problem = parsed.extra.get("header_problem")
+        problem: str | None = parsed.extra.get("header_problem")
         if problem:
             return problem
         data = text.encode("utf-8", "surrogatepass")
@@ -675,7 +680,7 @@ class GoLanguage(BraceLanguage):
             return False
 
 
-def _name(match: re.Match) -> str:
+def _name(match: re.Match[bytes]) -> str:
     return match.group("name").decode("utf-8", "surrogatepass")
 
 

@@ -154,7 +154,8 @@ def _package_files(folder: str) -> tuple[tuple[str, bytes, int, bool], ...]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _read_package_files(folder: str, stamp: tuple) -> tuple[tuple[str, bytes, int, bool], ...]:
+def _read_package_files(folder: str, stamp: tuple[tuple[str, int, int], ...]
+                        ) -> tuple[tuple[str, bytes, int, bool], ...]:
     names = [entry[0] for entry in stamp]
     found = []
     for name in sorted(names, key=lambda n: (n.endswith("_test.go"), n)):

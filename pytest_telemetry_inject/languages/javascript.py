@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import SourceSyntaxError, TemplateNotApplicable
 from ..scriptlib import Edit, insert_text, split_lines
 from . import BUILTIN
-from .base import FunctionRecord, ParsedFile, Template
+from .base import FunctionRecord, ParsedFile, Template, tree_error
 from .brace import (
     NAME_PATTERN,
     REASON_INSTRUMENTED,
@@ -48,6 +48,7 @@ from .brace import (
     TEMPLATE_VERSION,
     VENDORED,
     BraceLanguage,
+    Grammars,
     LazyGrammars,
     Marker,
     RuntimeFiles,
@@ -56,7 +57,6 @@ from .brace import (
     leading_ws,
     mark_same_line_duplicates,
     safe_name,
-    tree_error,
 )
 
 if TYPE_CHECKING:
@@ -79,12 +79,15 @@ HEADER_IMPORT_REQUIRE = 'import _telemetry = require("{spec}"); '
 _OPEN_RE = rb'const _telemetry_s = _telemetry\.span\(' + NAME_PATTERN + rb'\); try \{'
 _EXPR_OPEN_RE = rb'\{ const _telemetry_a = _telemetry\.span\(' + NAME_PATTERN + rb'\); try \{ return \('
 _CLOSE_RE = re.escape(CLOSE.encode())
+_Position = tuple[str, int, int, int, int, str]
+"""Where a function's span goes: (``block`` or ``expr``, opening row, its character column,
+closing row, its character column, ``before`` / ``after`` the opening's neighbour for a block)."""
 # The runtime import, as written and as formatters and import sorters leave it (another
 # quote, no semicolon, a line of its own): the runtime's own file name only.
 _SPEC = rb'(?P<q>["\'])(?P<name>(?:\.{1,2}/)[^"\'\\\n]*?telemetry_utils(?:\.[cm]js)?)(?P=q)'
 
 
-def _open_trim(match: re.Match) -> tuple[int, int]:
+def _open_trim(match: re.Match[bytes]) -> tuple[int, int]:
     # The opening goes after `{` with a space before it, or (after directives) before the
     # first statement with a space after it: one adjacent space is part of it. Where both
     # are spaces, taking either leaves the same text.
@@ -93,7 +96,7 @@ def _open_trim(match: re.Match) -> tuple[int, int]:
     return match.start(), match.end()
 
 
-def _header_trim(match: re.Match) -> tuple[int, int]:
+def _header_trim(match: re.Match[bytes]) -> tuple[int, int]:
     """The import with the space written after it; alone on its line (moved there by a
     formatter or an import sorter), the whole line."""
     data, start, end = match.string, match.start(), match.end()
@@ -240,14 +243,14 @@ class JavaScriptLanguage(BraceLanguage):
         self._lazy = self._make_grammars()
 
     def _make_grammars(self) -> LazyGrammars:
-        def load():  # type: ignore[no-untyped-def]
+        def load() -> object:
             import tree_sitter_javascript
 
             return tree_sitter_javascript.language()
 
         return LazyGrammars({"javascript": load}, {"javascript": _JS_QUERY})
 
-    def grammars(self):  # type: ignore[no-untyped-def]
+    def grammars(self) -> Grammars:
         return self._lazy.get()
 
     def grammar_for(self, path: str | None) -> str:
@@ -301,7 +304,7 @@ class JavaScriptLanguage(BraceLanguage):
         events.sort(key=lambda e: (e[0], -e[1]))
         header_present, header_spec = self._header_present(data, root)
         records: list[tuple[int, FunctionRecord]] = []
-        positions: dict[int, tuple] = {}
+        positions: dict[int, _Position] = {}
         # stack items: [end byte, kind, name segment (None: adds nothing to qualnames),
         #               class flag (its constructor must keep super() at the top level),
         #               the var names of a function (None for other scopes)]
@@ -430,7 +433,8 @@ class JavaScriptLanguage(BraceLanguage):
             return ".".join(parts) or None
         return None
 
-    def _function_name(self, data: bytes, node: Any, context: dict, stack: list) -> tuple[str | None, bool]:
+    def _function_name(self, data: bytes, node: Any, context: dict[tuple[int, int], str], stack: list[list[Any]]
+                       ) -> tuple[str | None, bool]:
         kind = node.type
         if kind == "method_definition":
             name_node = node.child_by_field_name("name")
@@ -468,7 +472,7 @@ class JavaScriptLanguage(BraceLanguage):
 
     def _record(self, node: Any, qualname: str, name: str, is_method: bool, root_super: bool, data: bytes,
                 lines: list[str], path: str, settings: Settings, nested_in: str | None,
-                var_names: set[str]) -> tuple[FunctionRecord, tuple | None]:
+                var_names: set[str]) -> tuple[FunctionRecord, _Position | None]:
         body = node.child_by_field_name("body")
         start_row, end_row = node.start_point.row, node.end_point.row
         body_row, body_end_row = body.start_point.row, body.end_point.row
@@ -482,7 +486,7 @@ class JavaScriptLanguage(BraceLanguage):
         source = "".join(lines[start_row:end_row + 1])
         reason = None
         span_name = None
-        where: tuple | None = None
+        where: _Position | None = None
         if body.type == "statement_block":
             directives, first = self._directives(body)
             after_brace = body.start_byte + 1

@@ -40,6 +40,8 @@ from . import BUILTIN
 from .base import FunctionRecord, Language, OutputVerdict, ParsedFile, StripResult, Template, tree_error
 
 if TYPE_CHECKING:
+    from tree_sitter import Node
+
     from ..settings import Settings
 
 TEMPLATE_VERSION = 1
@@ -164,7 +166,7 @@ def _content(line: str) -> str:
     return line.strip(_WS + "\r\n")
 
 
-def _end_row(node: Any) -> int:
+def _end_row(node: Node) -> int:
     end = node.end_point
     if end.column == 0 and end.row > node.start_point.row:
         return end.row - 1
@@ -255,7 +257,8 @@ def _statements(block: Any) -> list[Any]:
 
 
 def _text(node: Any) -> str:
-    return node.text.decode("utf-8", "surrogatepass")
+    text: str = node.text.decode("utf-8", "surrogatepass")
+    return text
 
 
 def _sorted(nodes: Any) -> list[Any]:
@@ -437,8 +440,8 @@ class PythonLanguage(Language):
             elif _TRY_START.fullmatch(anchor_text):
                 match = _TRY_END.fullmatch(_content(lines[body_end_row]))
                 span_name = match.group(1) if match else None
-                match = True
-            instrumented = match is not None or anchor_text == LOG_PROLOGUE
+                instrumented = True
+            instrumented = instrumented or match is not None or anchor_text == LOG_PROLOGUE
         reason = None
         names = [_decorator_name(d) for d in decorators]
         if instrumented:
@@ -508,12 +511,12 @@ class PythonLanguage(Language):
                     qualname = scope[1] + ("." if scope[0] == "c" else ".<locals>.") + name
                     enclosing = scope[1] if scope[0] != "c" else scope[2]
                 kind = "c" if isinstance(child, ast.ClassDef) else "l" if isinstance(child, ast.Lambda) else "f"
-                if kind == "f":
-                    records.append(self._ast_record(child, qualname, scope is not None and scope[0] == "c",  # type: ignore
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):  # kind "f"
+                    records.append(self._ast_record(child, qualname, scope is not None and scope[0] == "c",
                                                     enclosing, lines, byte, path, string_rows, settings))
-                elif kind == "l":
-                    row, last = child.lineno - 1, child.end_lineno - 1  # type: ignore[operator]
-                    start, end = byte(row, child.col_offset), byte(last, child.end_col_offset)  # type: ignore
+                elif isinstance(child, ast.Lambda):  # kind "l"
+                    row, last = child.lineno - 1, _ast_end_row(child)
+                    start, end = byte(row, child.col_offset), byte(last, _ast_end_col(child))
                     records.append(FunctionRecord(
                         language=self.name, path=path, qualname=qualname, name="<lambda>",
                         start_line=row + 1, end_line=last + 1, def_line=row + 1, start_byte=start, end_byte=end,
@@ -527,8 +530,9 @@ class PythonLanguage(Language):
                         if not isinstance(part, ast.AST):
                             continue
                         if field == "body":
+                            # a def's or a class's statements, a lambda's expression
                             visit(ast.Module(body=[part], type_ignores=[]) if isinstance(part, ast.stmt)
-                                  else ast.Expression(body=part), inner)
+                                  else ast.Expression(body=part) if isinstance(part, ast.expr) else part, inner)
                         else:
                             visit(ast.Expression(body=part) if isinstance(part, ast.expr) else part, scope)
 
@@ -547,7 +551,7 @@ class PythonLanguage(Language):
         start_row, col = _ast_start(node)
         if node.decorator_list:
             col = _at_sign(lines, start_row, col)
-        def_row, end_row = node.lineno - 1, node.end_lineno - 1  # type: ignore[operator]
+        def_row, end_row = node.lineno - 1, _ast_end_row(node)
         body = node.body
         first, last = body[0], body[-1]
         second = body[1] if len(body) > 1 else None
@@ -559,7 +563,7 @@ class PythonLanguage(Language):
         has_doc = _ast_is_docstring(first)
         anchor = second if has_doc else first
         anchor_row = -1
-        if anchor is not None and not one_line and (not has_doc or _ast_start(anchor)[0] > first.end_lineno - 1):
+        if anchor is not None and not one_line and (not has_doc or _ast_start(anchor)[0] > _ast_end_row(first)):
             anchor_row = _ast_start(anchor)[0]
         # tree-sitter's block (and so the function) ends with the comments after its last
         # statement that are indented as deep as the body; Python's ends with the statement.
@@ -570,7 +574,7 @@ class PythonLanguage(Language):
             path=path, qualname=qualname, is_method=is_method, nested_in=nested_in, lines=lines,
             string_rows=string_rows, settings=settings, start_row=start_row, def_row=def_row, end_row=end_row,
             start_byte=byte(start_row, col), end_byte=byte(end_row, len(lines[end_row].rstrip("\r\n").encode())),
-            body_row=body_row, body_end_row=last.end_lineno - 1,  # type: ignore[operator]
+            body_row=body_row, body_end_row=_ast_end_row(last),
             body_start_byte=byte(body_row, body_col), body_end_byte=byte(end_row, len(lines[end_row].rstrip("\r\n").encode())),
             anchor_row=anchor_row, one_line=one_line, decorators=decorators,
             is_async=isinstance(node, ast.AsyncFunctionDef), is_generator=_ast_is_generator(node), trivial=trivial)
@@ -809,6 +813,20 @@ class PythonLanguage(Language):
         return ast.dump(before) == ast.dump(after)
 
 
+def _ast_end_row(node: ast.stmt | ast.expr) -> int:
+    """0-based row of a node's last line."""
+    end = node.end_lineno
+    assert end is not None  # ast.parse sets it on every statement and expression
+    return end - 1
+
+
+def _ast_end_col(node: ast.stmt | ast.expr) -> int:
+    """Byte column just after a node's last character."""
+    end = node.end_col_offset
+    assert end is not None  # ast.parse sets it on every statement and expression
+    return end
+
+
 def _ast_start(node: ast.stmt) -> tuple[int, int]:
     """(0-based row, byte column) where a statement starts: a decorated definition starts at
     its first ``@`` (tree-sitter's decorated_definition)."""
@@ -844,9 +862,9 @@ def _trailing_comments(lines: list[str], row: int, depth: int) -> int:
 
 def _decorator_text(lines: list[str], decorator: ast.expr) -> str:
     """A decorator's text without its ``@``, as tree-sitter's record has it."""
-    first, last = decorator.lineno - 1, decorator.end_lineno - 1  # type: ignore[operator]
+    first, last = decorator.lineno - 1, _ast_end_row(decorator)
     raw = "".join(lines[first:last + 1]).encode("utf-8", "surrogatepass")
-    end = len(raw) - len(lines[last].encode("utf-8", "surrogatepass")) + decorator.end_col_offset  # type: ignore
+    end = len(raw) - len(lines[last].encode("utf-8", "surrogatepass")) + _ast_end_col(decorator)
     return raw[decorator.col_offset:end].decode("utf-8", "surrogatepass").strip()
 
 
@@ -876,13 +894,13 @@ def _ast_header_position(tree: ast.Module, lines: list[str]) -> tuple[int, str |
     stmts = tree.body
     index, prelude_end = 0, -1
     if stmts and _ast_is_docstring(stmts[0]):
-        prelude_end, index = stmts[0].end_lineno - 1, 1  # type: ignore[operator]
-    while index < len(stmts) and isinstance(stmts[index], ast.ImportFrom) and stmts[index].module == "__future__":
-        prelude_end, index = stmts[index].end_lineno - 1, index + 1  # type: ignore[union-attr, operator]
+        prelude_end, index = _ast_end_row(stmts[0]), 1
+    while index < len(stmts) and isinstance(future := stmts[index], ast.ImportFrom) and future.module == "__future__":
+        prelude_end, index = _ast_end_row(future), index + 1
     present = None
     for stmt in stmts[index:index + 4]:
         row = _ast_start(stmt)[0]
-        if row == stmt.end_lineno - 1:  # type: ignore[operator]
+        if row == _ast_end_row(stmt):
             target = _header_target(_content(lines[row]))
             if target:
                 present = target
@@ -892,7 +910,7 @@ def _ast_header_position(tree: ast.Module, lines: list[str]) -> tuple[int, str |
         row = _ast_start(stmt)[0]
         if row > previous_end:
             return row + 1, present
-        previous_end = max(previous_end, stmt.end_lineno - 1)  # type: ignore[operator]
+        previous_end = max(previous_end, _ast_end_row(stmt))
     return 0, present
 
 
@@ -1024,9 +1042,9 @@ def _wrapper_of(function: ast.FunctionDef | ast.AsyncFunctionDef,
         return None
     head = _content(lines[row])
     match = WITH_MARK.fullmatch(head) if isinstance(anchor, ast.With) else None
-    if match:
+    if match and isinstance(anchor, ast.With):
         if anchor.body[0].lineno - 1 > row:
-            return anchor, match.group(2), [row], (row, anchor.body[0].lineno - 1, anchor.body[-1].end_lineno - 1)
+            return anchor, match.group(2), [row], (row, anchor.body[0].lineno - 1, _ast_end_row(anchor.body[-1]))
         return None
     if len(body) > index + 1 and _try_form(head) is not None:
         found = _strip_try_form(head, body[index + 1], lines)
@@ -1047,7 +1065,7 @@ def _strip_try_form(head: str, stmt: ast.stmt, lines: list[str]) -> tuple[list[i
     row = stmt.lineno - 1
     if _content(lines[row]) != "try:":
         return None
-    tail = list(range(stmt.handlers[0].lineno - 1, stmt.end_lineno))
+    tail = list(range(stmt.handlers[0].lineno - 1, _ast_end_row(stmt) + 1))
     match = end.fullmatch(_content(lines[tail[-1]]))
     if match is None:
         return None
@@ -1055,7 +1073,7 @@ def _strip_try_form(head: str, stmt: ast.stmt, lines: list[str]) -> tuple[list[i
     expected = [text for _, text in epilogue(name)]
     if len(tail) != len(expected) or [_content(lines[r]) for r in tail] != expected:
         return None
-    return [row] + tail, (row, stmt.body[0].lineno - 1, stmt.body[-1].end_lineno - 1), name
+    return [row] + tail, (row, stmt.body[0].lineno - 1, _ast_end_row(stmt.body[-1])), name
 
 
 def _try_prologue(record: FunctionRecord) -> list[str]:

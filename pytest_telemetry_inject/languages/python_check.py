@@ -38,11 +38,17 @@ import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, cast
 
 from ..scriptlib import split_lines
 from .base import OutputVerdict as Verdict
 
-OK, CORRUPT, UNSURE = "ok", "corrupt", "unsure"
+if TYPE_CHECKING:
+    from .python import PythonLanguage
+
+OK: Final = "ok"
+CORRUPT: Final = "corrupt"
+UNSURE: Final = "unsure"
 
 _WS = " \t\x0c"
 _NAME = r'"([A-Za-z_][\w.<>]*)"'
@@ -142,6 +148,7 @@ def header_lines(target: str, import_name: str) -> list[str]:
     from . import get_language
 
     none_yet = SimpleNamespace(header_present=None)
+    # Stand-ins for a ParsedFile and Settings: header reads only header_present and target.
     return get_language("python").header(none_yet, SimpleNamespace(target=target), import_name)  # type: ignore[arg-type]
 
 
@@ -151,7 +158,7 @@ def _epilogue(target: str, name: str) -> tuple[tuple[int, str], ...]:
     ``header_lines`` takes the header: this module never imports the language's."""
     from . import get_language
 
-    return tuple(get_language("python").epilogue(target, name))  # type: ignore[attr-defined]
+    return tuple(cast("PythonLanguage", get_language("python")).epilogue(target, name))
 
 
 class _Lexer:

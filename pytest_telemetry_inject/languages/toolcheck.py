@@ -39,6 +39,7 @@ import threading
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 STATS = {"checks": 0, "seconds": 0.0, "rejected": 0}
 TIMEOUT = 60.0
@@ -128,7 +129,7 @@ class _Node:
             cls._instance = _Node(binary)
         return cls._instance
 
-    def ask(self, kind: str, path: str, source: str, typescript: str = "") -> str | None | bool:
+    def ask(self, kind: str, path: str, source: str, typescript: str = "") -> str | None | Literal[False]:
         """The first problem found (None: none); False when Node.js gave no answer."""
         self.next_id += 1
         request = json.dumps({"id": self.next_id, "kind": kind, "path": path, "source": source,
@@ -155,7 +156,8 @@ class _Node:
         if answer.get("id") != self.next_id:
             self.close()
             return False
-        return answer.get("error")
+        error: str | None = answer.get("error")
+        return error
 
     def close(self) -> None:
         try:
@@ -179,11 +181,11 @@ def _node_check(kind: str, path: str, original: str, output: str, typescript: st
         if node is None:
             return None
         problem = node.ask(kind, os.path.abspath(path), output, typescript)
-        if problem in (None, False):
+        if problem is None or problem is False:
             return None
         before = node.ask(kind, os.path.abspath(path), original, typescript)
     if before is None:  # the original passes, the output does not
-        return problem  # type: ignore[return-value]
+        return problem
     return None
 
 

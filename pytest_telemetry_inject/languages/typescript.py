@@ -64,12 +64,12 @@ class TypeScriptLanguage(JavaScriptLanguage):
     lang_label = "TypeScript"
 
     def _make_grammars(self) -> LazyGrammars:
-        def typescript():  # type: ignore[no-untyped-def]
+        def typescript() -> object:
             import tree_sitter_typescript
 
             return tree_sitter_typescript.language_typescript()
 
-        def tsx():  # type: ignore[no-untyped-def]
+        def tsx() -> object:
             import tree_sitter_typescript
 
             return tree_sitter_typescript.language_tsx()

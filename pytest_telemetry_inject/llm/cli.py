@@ -88,7 +88,8 @@ def traditional_main(argv: list[str]) -> int:
     from ..scan import scan
     from ..sourcefile import read_bytes, write_atomic
     from .config import LLMConfig
-    from .traditional import TraditionalPipeline, TraditionalResult, language_of, strip_marked
+    from .extensions import language_of
+    from .traditional import TraditionalPipeline, TraditionalResult, strip_marked
 
     args = main_parser().parse_args(argv)
     configure_trace(args)

@@ -26,7 +26,7 @@ from ..redact import one_line, register_secret
 from ..trace import DEBUG, ERROR, TRACE, WARNING
 from ._litellm import LLMError, load_litellm
 from .config import LLMConfig, ModelSpec
-from .cost import BudgetExceeded, CostTracker, estimate_upper, price_of
+from .cost import BudgetExceeded, CostTracker, Price, estimate_upper, price_of
 from .tokens import TokenDetector
 
 T = TypeVar("T")
@@ -181,7 +181,8 @@ class LLMClient:
                               f"{self.config.max_retry_wait:.0f} s: try later)",)
                 return None
             return max(0.0, error.retry_after)
-        return min(0.5 * 2 ** (tries - 1), 8.0)
+        backoff: float = min(0.5 * 2 ** (tries - 1), 8.0)  # (int ** int is typed Any: the sign decides)
+        return backoff
 
 
 def _read(response: Any) -> tuple[str, int, int]:
@@ -195,7 +196,7 @@ def _read(response: Any) -> tuple[str, int, int]:
     return str(text), input_tokens, output_tokens
 
 
-def _cost(litellm: Any, response: Any, price: Any, input_tokens: int, output_tokens: int) -> float:
+def _cost(litellm: Any, response: Any, price: Price, input_tokens: int, output_tokens: int) -> float:
     if price.source == "litellm":
         hidden = getattr(response, "_hidden_params", None) or {}
         cost = hidden.get("response_cost")

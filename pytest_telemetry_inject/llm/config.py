@@ -278,7 +278,8 @@ def parse_hosts(value: Any) -> dict[str, str]:
             if "=" not in part:
                 raise ConfigError(f"OLLAMA_HOSTS entry {part!r} is not gpuN=URL "
                                   "(example: gpu0=http://127.0.0.1:11434,gpu1=http://127.0.0.1:11435)")
-            items.append(tuple(s.strip() for s in part.split("=", 1)))
+            key, address = part.split("=", 1)
+            items.append((key.strip(), address.strip()))
     hosts = {}
     for gpu, url in items:
         gpu = str(gpu).lower()

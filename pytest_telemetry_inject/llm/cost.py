@@ -176,13 +176,14 @@ class CostTracker:
         if self.budget is None:
             return True
         snapshot = self.snapshot()
-        return snapshot["spent"] + snapshot["reserved"] + estimate <= self.budget + 1e-12
+        allowed: bool = snapshot["spent"] + snapshot["reserved"] + estimate <= self.budget + 1e-12
+        return allowed
 
     # -- reports ----------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
         with self._locked() as state:
-            copy = json.loads(json.dumps(state))
+            copy: dict[str, Any] = json.loads(json.dumps(state))
         copy["budget"] = self.budget
         return copy
 

@@ -71,7 +71,9 @@ class Placement:
 def probe_nvml(nvml: Any = None) -> list[GPU]:
     """GPUs through NVML. ``nvml``: the ``pynvml`` module or a recording of it."""
     if nvml is None:
-        import pynvml as nvml  # nvidia-ml-py
+        import pynvml  # nvidia-ml-py
+
+        nvml = pynvml
     nvml.nvmlInit()
     try:
         gpus = []

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..trace import INFO, TRACE
+from ..types import RefactorReply, RefactorRequest
 
 
 def llm_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -25,7 +26,8 @@ def llm_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class LazyRefactorer:
-    """What the engine holds: builds the session on the first refactoring (per process)."""
+    """What the engine holds (a ``types.Refactorer``): builds the session on the first
+    refactoring (per process)."""
 
     def __init__(self, config: Any, ledger: str) -> None:
         self.config = config
@@ -35,14 +37,15 @@ class LazyRefactorer:
         self._pid = 0
         self.session: Any = None
 
-    def __call__(self, **request: Any) -> Any:
+    def refactor(self, request: RefactorRequest) -> RefactorReply:
         if self._refactorer is None or self._pid != os.getpid():
             from .refactorer import ScriptRefactorer
             from .session import LLMSession
 
             self.session = LLMSession(self.config, ledger=self.ledger)
             self._refactorer, self._pid = ScriptRefactorer(self.session), os.getpid()
-        return self._refactorer(**request)
+        reply: RefactorReply = self._refactorer.refactor(request)
+        return reply
 
     def __getstate__(self) -> dict[str, Any]:
         # A spawned worker gets the configuration and the shared ledger, never this
@@ -51,11 +54,10 @@ class LazyRefactorer:
 
 
 class ScriptModeLLM:
-    """The LLM side of one script-mode run: installs the refactorer, reports at the end."""
+    """The LLM side of one script-mode run: the refactorer the run hands its engines
+    (``refactorer``), and the report at the end."""
 
     def __init__(self, config: Any) -> None:
-        from ..engine.pipeline import set_default_refactorer
-
         self.config = config
         self.folder = tempfile.mkdtemp(prefix="telemetry-inject-llm-")
         self.ledger = os.path.join(self.folder, "ledger.json")
@@ -63,12 +65,8 @@ class ScriptModeLLM:
 
         self.costs = CostTracker(config.budget, self.ledger)  # creates the shared ledger
         self.refactorer = LazyRefactorer(config, self.ledger)
-        set_default_refactorer(self.refactorer)
 
     def finish(self, quiet: bool = False) -> None:
-        from ..engine.pipeline import set_default_refactorer
-
-        set_default_refactorer(None)
         snapshot = self.costs.snapshot()
         if TRACE.on:
             TRACE.event(INFO, "cost", "run total", calls=snapshot["calls"], spent_usd=snapshot["spent"],

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from ..trace import DEBUG, INFO, TRACE
-from .client import LLMClient, LLMError, Message, run_sync
+from ._litellm import LLMError
+from .client import LLMClient, Message, run_sync
 from .config import LLMConfig, ModelSpec
 from .cost import BudgetExceeded
 from .pool import OllamaModelPool

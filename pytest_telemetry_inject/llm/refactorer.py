@@ -17,7 +17,6 @@ failures, and gets a ``RepairResult``.
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from ..redact import one_line
 from ..scriptlib import Edit, apply
 from ..scriptlib import sha256 as text_sha256
 from ..trace import DEBUG, ERROR, INFO, TRACE, WARNING, traced
+from ..types import RefactorReply, RefactorRequest
 from .config import LLMConfig
 from .forms import target_problem
 from .prompts import extract_code, feedback_message, refactor_messages
@@ -70,6 +70,10 @@ class RepairResult:
         last = self.reasons[-1] if self.reasons else "no answer"
         return f"LLM refactoring failed after {self.attempts} attempt(s): {last}"
 
+    def reply(self) -> RefactorReply:
+        """What the engine keeps of this result (``types.RefactorReply``)."""
+        return RefactorReply(self.edits, self.script or "", self.reason, self.cacheable_failure)
+
 
 @dataclass
 class _Candidate:
@@ -79,7 +83,8 @@ class _Candidate:
 
 
 class ScriptRefactorer:
-    """Callable by the engine: ``refactorer(language=..., span_name=..., source=..., ...)``."""
+    """The engine's ``types.Refactorer`` (``refactor(request)``); called with keywords it gives
+    the whole ``RepairResult`` (attempts, cost, model), as ``repair`` does."""
 
     def __init__(self, session: Any) -> None:
         self.session = session
@@ -88,6 +93,14 @@ class ScriptRefactorer:
     @property
     def fingerprint(self) -> str:
         return self.config.fingerprint
+
+    def refactor(self, request: RefactorRequest) -> RefactorReply:
+        """The engine's call: what it needs of the ``RepairResult``."""
+        result = self(language=request.language, span_name=request.span_name, source=request.source,
+                      failing_script=request.failing_script, failures=list(request.failures),
+                      keep=request.keep, style=request.style, target=request.target,
+                      is_generator=request.is_generator, path=request.path)
+        return result.reply()
 
     @traced("refactor")
     def __call__(self, *, language: str, span_name: str, source: str, failing_script: str = "",
@@ -249,35 +262,27 @@ def shared_summary_lines() -> list[str]:
     return [session.costs.summary_line() for session in sessions]
 
 
-_TEMPLATE_LINE = re.compile(r"^TEMPLATE = '([^'/]+)/(\d+)'$", re.M)
-
-
 def record_fix(cache: Any, *, settings: Any, language: str, span_name: str, source: str, failing_script: str,
                reason: str, result: RepairResult | None) -> None:
     """Store a repair the way the engine stores its own (for the pytest plugin): the failing
     script's template entry becomes ``failed`` with ``reason`` (so the engine stops reusing
     it), and a fix becomes the function's LLM entry (origin ``llm``). From then on the engine
-    uses the fix in place of the failed template (``Engine._cached_llm_fix``: a failed
+    uses the fix in place of the failed template (``engine.planning.Planner._cached_llm_fix``: a failed
     template's entry is followed by the function's cached fix, checked, before the next
     template), with no call: the request bought the function its telemetry. The file's memo
     still holds the old result: instrument the file again without it (a rebuild)."""
-    from types import SimpleNamespace
-
-    from ..engine.cache import IndexEntry
-    from ..engine.pipeline import Engine
-    from ..engine.scripts import edits_to_json
+    from ..formats import IndexEntry, ScriptHeader, edits_to_json, function_key
     from ..languages import get_language
-    from ..languages.base import Template
 
-    engine = Engine(settings, None)
-    record = SimpleNamespace(language=language, qualname=span_name, sha256=text_sha256(source))
+    source_sha256 = text_sha256(source)
     entries = []
-    match = _TEMPLATE_LINE.search(failing_script or "")
-    if match:
-        failed = Template(match.group(1), int(match.group(2)), settings.style, settings.target)
-        entries.append(IndexEntry(engine.function_key(record, failed), "failed",
-                                  template=f"{failed.id}/{failed.version}", language=language, qualname=span_name,
-                                  reason=one_line(reason)))
+    failed = ScriptHeader.template_of(failing_script or "")
+    if failed is not None:
+        template_id, version = failed
+        key = function_key(language=language, template_id=template_id, template_version=version,
+                           qualname=span_name, source_sha256=source_sha256)
+        entries.append(IndexEntry(key, "failed", template=f"{template_id}/{version}", language=language,
+                                  qualname=span_name, reason=one_line(reason)))
     scripts = {}
     if result is not None and result.ok and result.script:
         from ..engine.pipeline import llm_template
@@ -285,8 +290,10 @@ def record_fix(cache: Any, *, settings: Any, language: str, span_name: str, sour
         template = llm_template(get_language(language), settings)
         sha = sha256_text(result.script)
         scripts[sha] = result.script
-        entries.append(IndexEntry(engine.function_key(record, template), "ok",
-                                  template=f"{template.id}/{template.version}", script=sha, language=language,
-                                  qualname=span_name, origin="llm", edits=edits_to_json(result.edits or [])))
+        key = function_key(language=language, template_id=template.id, template_version=template.version,
+                           qualname=span_name, source_sha256=source_sha256)
+        entries.append(IndexEntry(key, "ok", template=f"{template.id}/{template.version}", script=sha,
+                                  language=language, qualname=span_name, origin="llm",
+                                  edits=edits_to_json(result.edits or [])))
     if entries:
         cache.store(entries, scripts)

@@ -183,7 +183,8 @@ def ollama_models(host: str, timeout: float = 3.0) -> list[str]:
 
 def check_api(config: LLMConfig, out: TextIO | None = None) -> int:
     """One tiny request to each configured model; 0 when all answer, 3 otherwise."""
-    from .client import LLMClient, LLMError
+    from ._litellm import LLMError
+    from .client import LLMClient
     from .cost import BudgetExceeded
     from .tokens import PromptTooLarge
 

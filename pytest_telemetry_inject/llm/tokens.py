@@ -27,6 +27,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import TelemetryInjectError
 from ..trace import DEBUG, TRACE
@@ -93,14 +94,15 @@ def cache_file() -> Path:
     return Path(base) / "pytest-telemetry-inject" / "token_limits.json"
 
 
-Fetch = Callable[[str, dict], dict]
+Fetch = Callable[[str, dict[str, Any]], dict[str, Any]]
 
 
-def _post_json(url: str, body: dict, timeout: float = 5.0) -> dict:
+def _post_json(url: str, body: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (a configured server)
-        return json.loads(response.read() or b"{}")
+        answer: dict[str, Any] = json.loads(response.read() or b"{}")
+        return answer
 
 
 class TokenDetector:
@@ -178,7 +180,7 @@ class TokenDetector:
 
     # -- the user's cache -------------------------------------------------------------------
 
-    def _read_cache(self) -> dict:
+    def _read_cache(self) -> dict[str, Any]:
         try:
             with open(self.cache_path, encoding="utf-8") as handle:
                 data = json.load(handle)

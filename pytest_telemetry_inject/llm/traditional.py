@@ -31,12 +31,13 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import TelemetryInjectError
 from ..scriptlib import split_lines
 from ..trace import INFO, TRACE, WARNING, traced
-from .client import LLMError
+from ._litellm import LLMError
+from .client import Message
 from .extensions import LanguageInfo, language_of
 from .parallel import Asker, Outcome
 from .prompts import number_lines
@@ -140,7 +141,8 @@ class LLMAnalyzer:
         outcome = self.asker.ask(messages, validate, purpose=f"analyse {os.path.basename(path)}")
         if outcome.best is None:
             raise TraditionalError(_why(outcome, "the model could not list the functions"))
-        return outcome.best.value
+        spans: list[FunctionSpan] = outcome.best.value
+        return spans
 
 
 class HybridAnalyzer:
@@ -193,7 +195,7 @@ def _json_in(answer: str) -> Any:
     return None
 
 
-def apply_insertions(original: str, insertions: Sequence[dict]) -> str:
+def apply_insertions(original: str, insertions: Sequence[dict[str, Any]]) -> str:
     """The file with each {"after_line"|"before_line": N, "text": "..."} inserted (line
     numbers of the original; the line ending is the file's)."""
     lines = split_lines(original)
@@ -213,7 +215,7 @@ def apply_insertions(original: str, insertions: Sequence[dict]) -> str:
         if not 0 <= index <= len(lines):
             raise ValueError(f"line {index} is outside the file (0..{len(lines)})")
         before.setdefault(index, []).append(text)
-    out = []
+    out: list[str] = []
     for index in range(len(lines) + 1):
         # A new line takes the ending of the line above it (else of the line below it).
         eol = _eol(lines, index - 1) or _eol(lines, index) or "\n"
@@ -255,14 +257,14 @@ class CodeInjector:
     def listing(functions: Sequence[FunctionSpan]) -> str:
         return "\n".join(f"- {f.name}: lines {f.start_line}-{f.end_line}" for f in functions)
 
-    def messages(self, functions: Sequence[FunctionSpan], guidance: str = "", whole_file: bool = True) -> list[dict]:
+    def messages(self, functions: Sequence[FunctionSpan], guidance: str = "", whole_file: bool = True) -> list[Message]:
         if whole_file:
             code = number_lines(self.original)
         else:
             code = self.excerpt(*span_of(functions))
         return self.messages_for(code, self.listing(functions), guidance)
 
-    def messages_for(self, code: str, listing: str, guidance: str = "") -> list[dict]:
+    def messages_for(self, code: str, listing: str, guidance: str = "") -> list[Message]:
         guidance = clip(guidance, GUIDANCE_LIMIT)
         system = (
             "You add function-level telemetry to source files by INSERTING whole lines, never changing one. "
@@ -402,12 +404,16 @@ class RetryInjector:
 # -- one file, many files ---------------------------------------------------------------------------
 
 
+TraditionalStatus = Literal["instrumented", "stripped", "unchanged", "skipped", "failed"]
+
+
 @dataclass
 class TraditionalResult:
     path: str
     language: str
-    status: str
-    """``instrumented``, ``unchanged``, ``skipped`` or ``failed`` (the file is left as it was)."""
+    status: TraditionalStatus
+    """``instrumented``, ``stripped`` (``--strip``), ``unchanged``, ``skipped`` or ``failed`` (the
+    file is left as it was)."""
     reason: str = ""
     output: str | None = None
     functions: int = 0
@@ -556,7 +562,7 @@ class TraditionalPipeline:
         return chunks
 
     def _by_chunks(self, injector: CodeInjector, chunks: list[list[FunctionSpan]]) -> tuple[Any, list[str], int]:
-        insertions: list[dict] = []
+        insertions: list[dict[str, Any]] = []
         failures: list[str] = []
         attempts = 0
         total = len(split_lines(injector.original))

@@ -29,7 +29,7 @@ import struct
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 _Q = struct.Struct("<Q").pack
@@ -37,6 +37,10 @@ _I = struct.Struct(">I").pack
 _KIND_INTERNAL = b"\x30\x01"  # Span.kind (6) = SPAN_KIND_INTERNAL
 _ERROR_STATUS = b"\x18\x02"  # Status.code (3) = STATUS_CODE_ERROR
 BATCH = 2048  # spans a request, at most
+
+SpanEvent = tuple[Any, int, int, int, int | None, int | None, object, object]
+"""One event of the runtime's ``_emit``: (site, start, duration, thread id, span id, parent
+span id, error, test)."""
 
 
 def _varint(value: int) -> bytes:
@@ -71,13 +75,13 @@ def key_value(key: str, value: object) -> bytes:
     return _field(1, key.encode("utf-8", "surrogatepass")) + _field(2, _any(value))
 
 
-def _attributes(number: int, attributes: dict) -> bytes:
+def _attributes(number: int, attributes: dict[str, object]) -> bytes:
     return b"".join(_field(number, key_value(key, value)) for key, value in attributes.items())
 
 
-def site_attributes(module: str, name: str, file: str | None, line: int | None) -> dict:
+def site_attributes(module: str, name: str, file: str | None, line: int | None) -> dict[str, object]:
     """The code attributes of a function span, by the current semantic conventions."""
-    attributes: dict = {"code.function.name": f"{module}.{name}"}
+    attributes: dict[str, object] = {"code.function.name": f"{module}.{name}"}
     if file:
         attributes["code.file.path"] = file
     if line:
@@ -85,7 +89,7 @@ def site_attributes(module: str, name: str, file: str | None, line: int | None) 
     return attributes
 
 
-def endpoint_from_environment(environ: dict | None = None) -> tuple[str, dict[str, str], str, float]:
+def endpoint_from_environment(environ: Mapping[str, str] | None = None) -> tuple[str, dict[str, str], str, float]:
     """(traces URL, headers, compression, timeout in seconds) as the ``OTEL_*`` variables
     of the OTLP/HTTP exporter set them."""
     env = os.environ if environ is None else environ
@@ -113,8 +117,12 @@ def endpoint_from_environment(environ: dict | None = None) -> tuple[str, dict[st
 class OtlpSink:
     """An event sink (``take`` a batch, ``write`` at flush) that sends spans over OTLP/HTTP."""
 
+    settings: dict[str, Any]
+    """The settings it was made with: the runtime sets them once it has made the sink (and
+    makes a new sink when they change)."""
+
     def __init__(self, url: str, *, headers: dict[str, str] | None = None, compression: str = "none",
-                 timeout: float = 10.0, resource: dict | None = None, epoch_ns: int = 0,
+                 timeout: float = 10.0, resource: dict[str, object] | None = None, epoch_ns: int = 0,
                  parents: Callable[[object], tuple[bytes, bytes] | None] | None = None,
                  max_pending: int = 32) -> None:
         self.url = url
@@ -133,7 +141,7 @@ class OtlpSink:
         self._salt = os.urandom(4)
         self._trace = os.urandom(16)  # the trace of spans made outside any test
         self._sites: dict[int, tuple[bytes, bytes]] = {}  # id(site) -> (scope name, name + kind + attributes)
-        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._queue: queue.Queue[list[SpanEvent] | threading.Event] = queue.Queue(maxsize=max_pending)
         self._connection: http.client.HTTPConnection | None = None
         self.sent = 0
         self.delivered = 0
@@ -145,7 +153,7 @@ class OtlpSink:
 
     # -- the sink interface (called by the runtime, under its lock) --
 
-    def take(self, batch: list) -> None:
+    def take(self, batch: list[SpanEvent]) -> None:
         """Hand a batch of events over; waits while the sender is behind (back-pressure)."""
         self.sent += len(batch)
         self._queue.put(batch)
@@ -210,7 +218,9 @@ class OtlpSink:
 
     def _connect(self) -> http.client.HTTPConnection:
         kind = http.client.HTTPSConnection if self._parsed.scheme == "https" else http.client.HTTPConnection
-        self._connection = kind(self._parsed.hostname, self._parsed.port, timeout=self.timeout)
+        host = self._parsed.hostname
+        assert host is not None  # __init__ refuses a URL without one
+        self._connection = kind(host, self._parsed.port, timeout=self.timeout)
         return self._connection
 
     # -- encoding --
@@ -223,7 +233,7 @@ class OtlpSink:
             found = self._sites[id(site)] = (site.module.encode("utf-8", "surrogatepass"), static)
         return found
 
-    def encode(self, events: list) -> bytes:
+    def encode(self, events: list[SpanEvent]) -> bytes:
         """An ``ExportTraceServiceRequest`` of these events (tuples of the runtime's ``_emit``)."""
         salt, epoch, parents, default_trace = self._salt, self.epoch_ns, self.parents, self._trace
         by_scope: dict[bytes, list[bytes]] = {}

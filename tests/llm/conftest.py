@@ -75,10 +75,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPath
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     monkeypatch.setenv("LITELLM_MODE", "PRODUCTION")
     yield
-    from pytest_telemetry_inject.engine.pipeline import set_default_refactorer
     from pytest_telemetry_inject.trace import TRACE
 
-    set_default_refactorer(None)
     TRACE.configure(enabled=False)
 
 

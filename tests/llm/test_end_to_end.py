@@ -111,9 +111,8 @@ def test_a_run_that_asks_a_model_keeps_the_key_out_of_every_output(tmp_path: Pat
 
 
 def test_spawned_workers_ask_the_model_too(tmp_path: Path, fake_llm, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """Worker processes started with "spawn" (as inside threaded hosts) do not inherit the
-    module-level refactorer: the runner hands it to them, and they reach the model."""
-    from pytest_telemetry_inject.engine import pipeline
+    """Worker processes started with "spawn" (as inside threaded hosts) inherit nothing: the
+    runner hands them the refactorer it was given, and they reach the model."""
     from pytest_telemetry_inject.engine.runner import RunOptions, run
     from pytest_telemetry_inject.llm.config import LLMConfig
     from pytest_telemetry_inject.llm.options import LazyRefactorer
@@ -127,12 +126,8 @@ def test_spawned_workers_ask_the_model_too(tmp_path: Path, fake_llm, monkeypatch
         (tmp_path / f"m{i}.py").write_text(f"def quick{i}(x): return x + {i}\n")
     refactorer = LazyRefactorer(LLMConfig.load(tmp_path, env=env), str(tmp_path / "ledger.json"))
     settings = Settings.load(tmp_path, env={}, overrides={"target": "logging", "max_parallel": 2, "use_cache": False})
-    pipeline.set_default_refactorer(refactorer)
-    try:
-        summary = run([str(tmp_path)], settings, RunOptions(dry_run=True, start_method="spawn"),
-                      project_root=tmp_path)
-    finally:
-        pipeline.set_default_refactorer(None)
+    summary = run([str(tmp_path)], settings, RunOptions(dry_run=True, start_method="spawn"),
+                  project_root=tmp_path, refactorer=refactorer)
     assert summary.workers == 2
     assert summary.function_counts().get("failed") == 4
     assert len(fake.chat_requests) >= 4, "every worker's failing function went to the model"

@@ -145,7 +145,7 @@ def test_off_unless_asked(pytester: pytest.Pytester) -> None:
         def test_nothing_loaded():
             assert not any(type(f).__name__ == "TelemetryFinder" for f in sys.meta_path)
             assert "tree_sitter" not in sys.modules
-            assert "pytest_telemetry_inject.plugin_session" not in sys.modules
+            assert "pytest_telemetry_inject.plugin.session" not in sys.modules
     ''')
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
@@ -166,7 +166,7 @@ def test_the_plugins_modules_are_not_assert_rewritten(pytester: pytest.Pytester,
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}-wheel\nVersion: 0.1.0\n")
     (info / "entry_points.txt").write_text(f"[pytest11]\ntelemetry_inject = {package}.plugin\n")
     (info / "RECORD").write_text("".join(f"{package}/{name}.py,,\n" for name in
-                                         ("__init__", "plugin", "plugin_session", "engine/pipeline")))
+                                         ("__init__", "plugin/__init__", "plugin/session", "engine/pipeline")))
     pytester.makepyfile(test_probe=f'''
         import sys
 
@@ -175,7 +175,7 @@ def test_the_plugins_modules_are_not_assert_rewritten(pytester: pytest.Pytester,
 
         def test_loaders():
             assert loader("{package}.plugin") == "AssertionRewritingHook"  # marked (the control)
-            assert loader("{package}.plugin_session") != "AssertionRewritingHook"
+            assert loader("{package}.plugin.session") != "AssertionRewritingHook"
             assert loader("{package}.engine.pipeline") != "AssertionRewritingHook"
     ''')
     # pytest finds a marked module on sys.path only: an editable install by an import hook

@@ -11,6 +11,10 @@ read back only with this machine's seal (engine/seal.py), its file name fixed to
 
 It never breaks an import: on any error the original module is compiled and imported as
 usual, and the problem is recorded for the session's report.
+
+Two seams, as pytest's rewrite hook has, let a test drive the finder without importing
+anything: ``_early_bailout`` (the decision from the name alone) and ``_find_spec`` (the
+other finders' answer), an attribute a test can replace.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ import marshal
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from types import CodeType
+from importlib.machinery import ModuleSpec
+from types import CodeType, ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .engine.pipeline import Engine, FileResult
+    from ..engine.pipeline import Engine, FileResult
 
 # The form of the compiled code (``engine.compiler.CODE_FORM``: its docstring lists them)
 # and the interpreter's bytecode version: a cached code object of another form is compiled
@@ -37,7 +42,7 @@ if TYPE_CHECKING:
 # (Read when first needed: the compiler's import is not paid by a session that compiles nothing.)
 @functools.cache
 def _code_magic() -> bytes:
-    from .engine.compiler import CODE_FORM
+    from ..engine.compiler import CODE_FORM
 
     return f"TI-CODE{CODE_FORM}".encode() + importlib.util.MAGIC_NUMBER
 
@@ -72,34 +77,51 @@ class TelemetryFinder:
 
     # -- the finder ------------------------------------------------------------------------
 
-    def find_spec(self, fullname: str, path: object = None, target: object = None):  # type: ignore[no-untyped-def]
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
         if getattr(self._busy, "active", False):
             return None  # an import made by the engine itself, or our own question to the others
-        top = fullname.partition(".")[0]
-        if self.prefixes:
-            if not any(fullname == p or fullname.startswith(p + ".") for p in self.prefixes):
-                return None
-        elif top in self._skip_tops:
+        if self._early_bailout(fullname):
             return None
         self._busy.active = True
         try:
             spec = self._find_spec(fullname, path, target)
         finally:
             self._busy.active = False
-        if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
-            return None
-        origin = spec.origin or ""
-        if not origin.endswith(".py") or (not self.prefixes and not self.wants(origin)):
+        if spec is None or not self._claims(spec):
             return None
         # Like Logfire's finder, we decide here, before any loader runs: once a loader is
         # returned the import is committed to it, and ours falls back to the original code.
-        spec.loader = TelemetryLoader(fullname, origin, self)
+        spec.loader = TelemetryLoader(fullname, spec.origin or "", self)
         return spec
 
-    def _find_spec(self, fullname: str, path: object, target: object) -> importlib.machinery.ModuleSpec | None:
-        """The spec the other finders would give (a seam for tests, as pytest's assertion
-        rewriter has): every finder after this one on ``sys.meta_path`` is asked in turn
-        (setuptools' editable finder, a project's own), as the import system would.
+    def _early_bailout(self, fullname: str) -> bool:
+        """True when ``fullname`` cannot be a module to instrument, decided from the name
+        alone, before any finder is asked or any file looked at (most imports are of the
+        standard library and the tools around pytest): with prefixes, a name outside them;
+        else a top-level package that is never the project's."""
+        if self.prefixes:
+            return not any(fullname == p or fullname.startswith(p + ".") for p in self.prefixes)
+        return fullname.partition(".")[0] in self._skip_tops
+
+    def _claims(self, spec: ModuleSpec) -> bool:
+        """Whether the spec the import system would use is one to serve instrumented: a plain
+        source file (``SourceFileLoader``, a ``.py`` origin) that the session wants. Namespace
+        packages, extension modules, byte-compiled files, zip imports and any loader of
+        someone else's are left to load as they would."""
+        if not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
+            return False
+        origin = spec.origin or ""
+        return origin.endswith(".py") and (bool(self.prefixes) or self.wants(origin))
+
+    def _find_spec(self, fullname: str, path: Sequence[str] | None,
+                   target: ModuleType | None) -> ModuleSpec | None:
+        """The spec the import system would use without this finder (a seam for tests, as
+        pytest's assertion rewriter has): every other finder on ``sys.meta_path`` is asked
+        in turn (setuptools' editable finder, a project's own, the standard path finder), as
+        the import system would, and the first answer is the one. A later finder's answer
+        never replaces it: an earlier finder that gives an extension module or a zip import
+        for the name decides what is imported, and the module is not ours.
 
         One case none of them answers: pytest's ``--import-mode=importlib`` looks a
         package up by its own folder (``find_spec("pkg", ["<root>/pkg"])``) and, when no
@@ -114,12 +136,7 @@ class TelemetryFinder:
                 continue
             if spec is not None:
                 return spec
-        if isinstance(path, (list, tuple)) and len(path) == 1 and isinstance(path[0], str):
-            folder = path[0]
-            init = os.path.join(folder, "__init__.py")
-            if os.path.basename(os.path.normpath(folder)) == fullname.rpartition(".")[2] and os.path.isfile(init):
-                return importlib.util.spec_from_file_location(fullname, init, submodule_search_locations=[folder])
-        return None
+        return _package_by_folder(fullname, path)
 
     def install(self) -> None:
         if self not in sys.meta_path:
@@ -135,7 +152,7 @@ class TelemetryFinder:
 
     def instrumented_code(self, fullname: str, path: str, data: bytes) -> CodeType | None:
         """The instrumented module's code, or None when it is left as it is (reason recorded)."""
-        from .engine.compiler import compile_mapped
+        from ..engine.compiler import compile_mapped
 
         self._busy.active = True
         try:
@@ -164,7 +181,7 @@ class TelemetryFinder:
     def _code_key(self, data: bytes, output: bytes) -> str:
         """The compiled code's cache key: the source and the instrumented text it is compiled
         from (the same source can have another output: after an LLM repair, say)."""
-        from . import __version__
+        from .. import __version__
 
         parts = (__version__, self.engine.settings.output_fingerprint(), sys.implementation.cache_tag or "",
                  _code_magic().decode("latin-1"), hashlib.sha256(data).hexdigest(), hashlib.sha256(output).hexdigest())
@@ -199,6 +216,18 @@ class TelemetryFinder:
             cache.write_code(key, _code_magic() + marshal.dumps(code))
 
 
+def _package_by_folder(fullname: str, path: Sequence[str] | None) -> ModuleSpec | None:
+    """The spec of package ``fullname`` looked up by its own folder (``path`` is that one
+    folder, named as the package's last part, with an ``__init__.py``), or None."""
+    if not isinstance(path, (list, tuple)) or len(path) != 1 or not isinstance(path[0], str):
+        return None
+    folder = path[0]
+    init = os.path.join(folder, "__init__.py")
+    if os.path.basename(os.path.normpath(folder)) == fullname.rpartition(".")[2] and os.path.isfile(init):
+        return importlib.util.spec_from_file_location(fullname, init, submodule_search_locations=[folder])
+    return None
+
+
 def _fix_filename(code: CodeType, path: str) -> CodeType:
     """``code`` and every code object in it with ``co_filename`` set to ``path``."""
     constants = tuple(_fix_filename(c, path) if isinstance(c, CodeType) else c for c in code.co_consts)
@@ -226,6 +255,6 @@ class TelemetryLoader(importlib.machinery.SourceFileLoader):
 
 
 def _encoding_of(data: bytes) -> str:
-    from .sourcefile import detect_encoding
+    from ..sourcefile import detect_encoding
 
     return detect_encoding(data)[0]

@@ -1,21 +1,23 @@
-"""The pytest plugin: ``pytest --inject-telemetry``.
+"""The pytest plugin: ``pytest --inject-telemetry`` (the ``pytest11`` entry point).
 
-Installed with the package (a ``pytest11`` entry point), it does nothing unless asked: this
-module imports only the standard library and pytest (and ``plugin_registry``, which imports
-no more), and everything else waits for the flag.
+Installed with the package, it does nothing unless asked: this module imports only the
+standard library and pytest (and ``plugin_registry``, which imports no more), and
+everything else waits for the flag.
 
 With ``--inject-telemetry``, before conftest files load (so the project's modules are not
-imported yet), the session:
+imported yet), the session (``session``):
 
-1. finds the project's modules (files under the rootdir but tests, ``conftest.py``,
-   virtualenvs and ``site-packages``; or the packages named by ``--telemetry-modules``) and
-   runs the engine over them (in parallel on a cold cache; from the memo on a warm one);
-2. installs the import hook, which serves those modules instrumented and compiled with their
-   original line numbers;
-3. adds one ``path::telemetry`` item per instrumented file, marked ``telemetry``, that runs
-   the generated tests of that file's insertion scripts;
-4. attributes every call to the test that made it and reports (terminal, JSON, HTML,
-   Chrome trace, OpenTelemetry), merging pytest-xdist workers' telemetry on the controller.
+1. finds the project's modules (``discovery``: files under the rootdir but tests,
+   ``conftest.py``, virtualenvs and ``site-packages``; or the packages named by
+   ``--telemetry-modules``) and runs the engine over them (in parallel on a cold cache;
+   from the memo on a warm one);
+2. installs the import hook (``importhook``), which serves those modules instrumented and
+   compiled with their original line numbers;
+3. adds one ``path::telemetry`` item per instrumented file (``items``), marked
+   ``telemetry``, that runs the generated tests of that file's insertion scripts;
+4. attributes every call to the test that made it and reports (``reports``: terminal,
+   JSON, HTML, Chrome trace; ``otel``: OpenTelemetry), merging pytest-xdist workers'
+   telemetry on the controller; ``shipping`` writes the instrumented sources to ship.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from collections.abc import Iterator
 import pytest
 
 # Also read from here: active_session (by other plugins and tests).
-from .plugin_registry import LOADED_BEFORE, SESSION_NAME, active_session  # noqa: F401
+from ..plugin_registry import LOADED_BEFORE, SESSION_NAME, active_session  # noqa: F401
+
+_PACKAGE = __name__.rpartition(".")[0]
+"""The distribution's top-level package (``pytest_telemetry_inject``)."""
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -127,7 +132,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     if getattr(known, "inject_telemetry", False) or getattr(known, "telemetry_save", None) is not None \
             or getattr(known, "telemetry_compare", None) is not None:
         _not_rewritten(early_config.pluginmanager)
-        from .plugin_session import TelemetrySession
+        from .session import TelemetrySession
 
         session = TelemetrySession(early_config)
         early_config.pluginmanager.register(session, SESSION_NAME)
@@ -139,15 +144,20 @@ def _not_rewritten(pluginmanager: pytest.PytestPluginManager) -> None:
     """Keep pytest's assertion rewriting off this package's other modules.
 
     pytest rewrites the asserts of every module of a distribution that declares a ``pytest11``
-    entry point, which means parsing and compiling each from source whenever it cannot keep
-    its own bytecode cache (``PYTHONDONTWRITEBYTECODE``, as many container images set, or a
-    read-only ``site-packages``): ~0.1 s per session for the modules the flag imports, which
-    hold no test asserts. They then import as Python does (pip's byte-compiled files). This
-    module and the package's ``__init__`` are rewritten already; nothing else changes.
+    entry point (it marks the top-level package), and of a plugin given with ``-p`` (it marks
+    that name, which covers this package's own submodules), which means parsing and compiling
+    each from source whenever it cannot keep its own bytecode cache
+    (``PYTHONDONTWRITEBYTECODE``, as many container images set, or a read-only
+    ``site-packages``): ~0.1 s per session for the modules the flag imports, which hold no
+    test asserts. They then import as Python does (pip's byte-compiled files). This module
+    and the package's ``__init__`` are rewritten already; nothing else changes.
     """
     marked = getattr(getattr(pluginmanager, "rewrite_hook", None), "_must_rewrite", None)
-    if isinstance(marked, set) and __package__ in marked:
-        marked.discard(__package__)
+    if not isinstance(marked, set):
+        return
+    ours = {name for name in marked if name == _PACKAGE or name.startswith(_PACKAGE + ".")}
+    if ours:
+        marked.difference_update(ours)
         cache = getattr(pluginmanager.rewrite_hook, "_marked_for_rewrite_cache", None)
         if isinstance(cache, dict):
             cache.clear()
@@ -157,6 +167,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "telemetry: the generated tests of a file's insertion scripts")
     if any(config.getoption(name, None) is not None for name in GATE_OPTIONS) \
             or config.getoption("telemetry_fail_on", None) is not None:
-        from .gate.plugin import NAME, GatePlugin
+        from ..gate.plugin import NAME, GatePlugin
 
         config.pluginmanager.register(GatePlugin(config), NAME)
