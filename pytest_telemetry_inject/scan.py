@@ -186,3 +186,15 @@ def _item(path: Path, root: Path, relative: Path, vendored_name: str) -> ScanIte
 def _excluded(relative: str, project_relative: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(c, p) or fnmatch.fnmatch(c, p.rstrip("/") + "/*")
                for c in (relative, project_relative) for p in patterns)
+
+
+def module_name(path: Path) -> str:
+    """The dotted module name of a file: its package chain, else its stem."""
+    parts = [path.stem] if path.name != "__init__.py" else []
+    folder = path.parent
+    while (folder / "__init__.py").is_file():
+        parts.insert(0, folder.name)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    return ".".join(parts) or path.stem

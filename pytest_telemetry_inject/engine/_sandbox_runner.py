@@ -85,6 +85,8 @@ def _failure(exc: BaseException) -> dict[str, Any]:
 
 def _read_request() -> dict[str, Any]:
     request = json.loads(sys.stdin.buffer.read().decode("utf-8"))
+    if not isinstance(request, dict):
+        raise ValueError("the request is not a JSON object")
     for key in ("scriptlib", "script", "source"):
         if not isinstance(request.get(key), str):
             raise ValueError(f"the request has no text for {key!r}")
@@ -130,7 +132,7 @@ def _install_guard(code: Any, answer_fd: int) -> None:
     write_all = _write_all
     dumps = json.dumps
 
-    def guard(event: str, args: tuple) -> None:
+    def guard(event: str, args: tuple[Any, ...]) -> None:
         if event == "exec" and pending_exec and args and args[0] is pending_exec[0]:
             pending_exec.clear()
             return

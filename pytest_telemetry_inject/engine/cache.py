@@ -52,6 +52,7 @@ from ..formats import (
 )
 from ..formats import IndexEntry as IndexEntry
 from ..sourcefile import write_atomic
+from ..trace import DEBUG, TRACE
 from . import seal
 from .layout import CacheLayout
 
@@ -275,8 +276,8 @@ class ScriptCache:
                 continue
             try:
                 entry = IndexEntry.from_line(raw)
-            except (ValueError, KeyError, TypeError, AttributeError):
-                self.counters.corrupt += 1
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                self._rejected("index line", os.fspath(path), str(exc) or type(exc).__name__)
                 continue
             entries[entry.key] = entry
         return entries
@@ -289,7 +290,7 @@ class ScriptCache:
         if entry is None or entry.version != __version__:
             return None
         if entry.status == "ok" and not self._intact(entry):
-            self.counters.corrupt += 1
+            self._rejected("index entry", key, f"its script {entry.script} is missing or not what its name says")
             return None
         return entry
 
@@ -307,6 +308,14 @@ class ScriptCache:
         if hashlib.sha256(data).hexdigest() != sha:
             return None
         return data.decode("utf-8", "surrogatepass")
+
+    def _rejected(self, what: str, where: str, why: str) -> None:
+        """A file (or line) of the cache refused: counted as corrupt, and traced with its
+        reason, as pytest traces each cached pyc it rejects. It is never used, and never an
+        error for the user: what it held is made again."""
+        self.counters.corrupt += 1
+        if TRACE.on:
+            TRACE.event(DEBUG, "cache", f"rejected {what}", where=where, reason=why)
 
     def _intact(self, entry: IndexEntry) -> bool:
         if entry.script in self._verified:
@@ -379,7 +388,8 @@ class ScriptCache:
             return None
         framed = TEST_MODULE.decode(data)
         if framed is None or not _verify_hex(framed[0], b"tests", f"{language}/{name}", framed[1]):
-            self.counters.corrupt += 1
+            self._rejected("test module", f"{language}/{name}",
+                           "no seal line" if framed is None else "not sealed on this machine")
             return None
         return framed[1].decode("utf-8", "surrogatepass")
 
@@ -426,7 +436,8 @@ class ScriptCache:
         memo, damaged = self.read_memo(key)
         if memo is None:
             self.counters.memo_misses += 1
-            self.counters.corrupt += damaged
+            if damaged:
+                self._rejected("memo", key, "damaged, or of another version")
         else:
             self.counters.memo_hits += 1
         return memo
@@ -470,8 +481,8 @@ class ScriptCache:
         except OSError:
             return None
         framed = CodeFile.decode(data)
-        if framed is None or not seal.verify(framed[0], b"code", key, framed[1]):
-            self.counters.corrupt += 1  # damaged, or not sealed here: compiled again
+        if framed is None or not seal.verify(framed[0], b"code", key, framed[1]):  # compiled again
+            self._rejected("compiled code", key, "damaged" if framed is None else "not sealed on this machine")
             return None
         return framed[1]
 

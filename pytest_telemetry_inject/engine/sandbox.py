@@ -264,8 +264,9 @@ def _interpret(run: _ChildRun, *, timeout: float, cpu_seconds: int, memory_mb: i
     if code != 0:
         raise SandboxError(_exit_reason(code, bytes(run.stderr), memory_mb=memory_mb))
     answer = _parse_answer(bytes(run.stdout))
-    if answer.get("ok") is True:
-        return answer["output"]
+    output = answer.get("output")
+    if answer.get("ok") is True and isinstance(output, str):
+        return output
     error = _one_line(str(answer.get("error", "unknown error")))
     kind = answer.get("kind")
     if kind == "memory":

@@ -12,7 +12,7 @@ import ast
 import builtins
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from .. import __version__
 from ..errors import SecurityViolation, ValidationError
@@ -191,4 +191,4 @@ def load_transform(text: str, *, check: bool = True) -> Callable[[str], str]:
     transform = namespace.get("transform")
     if not callable(transform):
         raise ValidationError("the script defines no transform(source) function")
-    return transform
+    return cast("Callable[[str], str]", transform)

@@ -84,8 +84,7 @@ class FileProcessor:
     def __init__(self, engine: Engine, options: RunOptions) -> None:
         self.engine = engine
         self.options = options
-        self._made_dirs: set[str] = set()
-        self._cleared_dirs: set[str] = set()
+        self.writer = OutputWriter(options)
 
     def process(self, task: FileTask) -> Done:
         """Run one file through the engine and write what comes out."""
@@ -131,34 +130,53 @@ class FileProcessor:
         options = self.options
         report = FileReport(result.path, result.language, result.status, result.reason, result.functions,
                             result.memo_hit, result.counters, result.counts())
-        output = result.output if result.output is not None else data
         if options.diff and result.output is not None:
             report.diff = _unified_diff(data, result.output, result.path)
         if options.writes and options.mode != "check":
-            target = task.source if options.in_place else task.destination
-            try:
-                if options.in_place:
-                    if result.output is not None:
-                        # A link's target is rewritten and the link stays (os.replace on the
-                        # link itself would put a regular file in its place).
-                        target = os.path.realpath(task.source)
-                        self._write_in_place(output, target, report)
-                elif not _same_content(target, output):
-                    self._write_beside(output, target, task.source)
-                    report.written = target
-            except OSError as exc:
-                report.status = "error"
-                report.reason = f"cannot write {target}: {exc.strerror or exc}"
+            written, problem = self.writer.write(result.output, data, task.source, task.destination)
+            if problem:
+                report.status, report.reason = "error", problem
+            report.written = written
         return report
 
-    def _write_in_place(self, output: bytes, target: str, report: FileReport) -> None:
+
+class OutputWriter:
+    """Writes what a run made, the one way every front door writes (the runner's files and
+    ``--traditional``'s): in place (a link's target; a read-only file refused unless asked;
+    stale temporaries of killed writers cleared), or beside under ``-o DIR`` (unchanged files
+    copied too, a file with the same content left alone, each folder made once)."""
+
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self._made_dirs: set[str] = set()
+        self._cleared_dirs: set[str] = set()
+
+    def write(self, output: bytes | None, data: bytes, source: str, destination: str) -> tuple[str, str]:
+        """Write ``output`` (None: the file is unchanged, ``data`` is its content). Returns
+        (the path written or "", why it could not be written or "")."""
+        if self.options.in_place and output is None:
+            return "", ""
+        # In place, a link's target is rewritten and the link stays (os.replace on the link
+        # itself would put a regular file in its place).
+        target = os.path.realpath(source) if self.options.in_place else destination
+        try:
+            if output is not None and self.options.in_place:
+                return self._write_in_place(output, target)
+            content = data if output is None else output
+            if _same_content(target, content):
+                return "", ""
+            self._write_beside(content, target, source)
+            return target, ""
+        except OSError as exc:
+            return "", f"cannot write {target}: {exc.strerror or exc}"
+
+    def _write_in_place(self, output: bytes, target: str) -> tuple[str, str]:
         problem = "" if self.options.write_read_only else _read_only(target)
         if problem:
-            report.status, report.reason = "error", problem
-            return
+            return "", problem
         self._clear_stale_temporaries(os.path.dirname(target))
         write_atomic(target, output)
-        report.written = target
+        return target, ""
 
     def _write_beside(self, output: bytes, target: str, source: str) -> None:
         folder = os.path.dirname(target)

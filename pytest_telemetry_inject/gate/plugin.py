@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from ..scan import module_name
 from .affected import DEFAULT_IGNORE, AffectedError, Selection, select
 from .baseline import DEFAULT_NAME, FIXTURE_PREFIX, Baseline, BaselineError, TestOutcome, resolve, run_meta
 from .compare import Comparison, RuleError, compare, parse_rules
@@ -264,7 +265,7 @@ class GatePlugin:
         processes = max(1, len(self.worker_parts)) if self.worker_parts else 1
         modules = {}
         for path in getattr(telemetry, "reports", {}):
-            modules[_module_name(Path(path))] = Path(os.path.relpath(path, self.rootdir)).as_posix()
+            modules[module_name(Path(path))] = Path(os.path.relpath(path, self.rootdir)).as_posix()
         meta = run_meta(self.rootdir, processes=processes, tests=len(self.outcomes),
                         duration_s=time.time() - self.started)
         return Baseline.from_rows(data["tests"], outcomes=self.outcomes,
@@ -359,15 +360,6 @@ def _make_folder(path: Path, option: str) -> None:
         raise pytest.UsageError(f"{option}: cannot make the folder {path.parent}: {exc.strerror or exc}") from None
     if path.is_dir():
         raise pytest.UsageError(f"{option}: {path} is a folder")
-
-
-def _module_name(path: Path) -> str:
-    parts = [path.stem] if path.name != "__init__.py" else []
-    folder = path.parent
-    while (folder / "__init__.py").is_file() and folder.parent != folder:
-        parts.insert(0, folder.name)
-        folder = folder.parent
-    return ".".join(parts) or path.stem
 
 
 def _truthy(value: Any) -> bool:

@@ -6,18 +6,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..arguments import PROG, add_base_url_argument, configure_trace, main_parser
 from ..errors import TelemetryInjectError
 from ..settings import Settings, find_project_root
 from ..trace import INFO, TRACE
 from .options import llm_overrides
+
+if TYPE_CHECKING:
+    from ..scan import ScanItem
+    from .traditional import TraditionalResult
 
 EXIT_OK, EXIT_USAGE, EXIT_ERRORS = 0, 2, 3
 MAX_FILE_THREADS = 4
@@ -86,7 +89,7 @@ def setup_main(argv: list[str]) -> int:
 
 def traditional_main(argv: list[str]) -> int:
     from ..scan import scan
-    from ..sourcefile import read_bytes, write_atomic
+    from ..sourcefile import read_bytes
     from .config import LLMConfig
     from .extensions import language_of
     from .traditional import TraditionalPipeline, TraditionalResult, strip_marked
@@ -139,22 +142,9 @@ def traditional_main(argv: list[str]) -> int:
     threads = max(1, min(MAX_FILE_THREADS, settings.workers(), len(sources) or 1))
     with ThreadPoolExecutor(threads) as pool:
         results = list(pool.map(process, sources))
-    errors = 0
-    for item, result in zip(sources, results, strict=True):
-        if result.output is not None and writes:
-            target = str(item.path) if args.in_place else os.path.join(str(output_dir), str(item.relative))
-            try:
-                os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-                write_atomic(target, result.output.encode("utf-8"), like=str(item.path))
-            except OSError as exc:
-                result.status, result.reason = "failed", f"cannot write {target}: {exc.strerror or exc}"
-        elif writes and output_dir is not None:
-            _copy(str(item.path), os.path.join(str(output_dir), str(item.relative)))
-        if result.status == "failed":
-            errors += 1
-    if writes and output_dir is not None:
-        for item in others:
-            _copy(str(item.path), os.path.join(str(output_dir), str(item.relative)))
+    if writes:
+        _write_all(sources, results, others, args, output_dir)
+    errors = sum(result.status == "failed" for result in results)
     _report(results, args, session, writes)
     if session is not None and args.perform_benchmark:
         for path in session.asker.write_report(Path("logs")) if hasattr(session.asker, "write_report") else ():
@@ -162,11 +152,33 @@ def traditional_main(argv: list[str]) -> int:
     return EXIT_ERRORS if errors else EXIT_OK
 
 
-def _copy(source: str, target: str) -> None:
-    if os.path.abspath(source) == os.path.abspath(target):
-        return
-    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-    shutil.copy2(source, target)
+def _write_all(sources: list[ScanItem], results: list[TraditionalResult], others: list[ScanItem],
+               args: argparse.Namespace, output_dir: Path | None) -> None:
+    """Write the results the way a run of the engine writes its files (``OutputWriter``),
+    and under ``-o DIR`` copy the files there is nothing to do to. A file that cannot be
+    written (or is read-only, in place) makes its result ``failed`` with the reason."""
+    from ..engine.tasks import OutputWriter, RunOptions
+    from ..sourcefile import read_bytes
+
+    writer = OutputWriter(RunOptions(output_dir=output_dir, in_place=args.in_place,
+                                     write_read_only=getattr(args, "write_read_only", False)))
+    todo = [*zip(sources, results, strict=True), *((item, None) for item in others)]
+    for item, result in todo:
+        source = str(item.path)
+        destination = os.path.join(str(output_dir), str(item.relative)) if output_dir is not None else source
+        output = result.output.encode("utf-8") if result is not None and result.output is not None else None
+        if output is None and output_dir is None:
+            continue
+        try:
+            data = read_bytes(source) if output is None else b""
+        except OSError as exc:
+            problem = f"cannot read {source}: {exc.strerror or exc}"
+        else:
+            problem = writer.write(output, data, source, destination)[1]
+        if problem and result is not None:
+            result.status, result.reason = "failed", problem
+        elif problem:
+            print(f"{PROG}: error: {problem}", file=sys.stderr)
 
 
 def _report(results: list[Any], args: argparse.Namespace, session: Any, writes: bool) -> None:

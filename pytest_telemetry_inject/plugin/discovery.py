@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..scan import module_name as module_name
 from ..scan import scan
 from ..settings import Settings
 
@@ -78,18 +79,6 @@ def _never_instrumented(path: Path) -> bool:
 
 def _is_test_file(name: str, relative: Path, test_globs: Sequence[str]) -> bool:
     return any(fnmatch.fnmatch(name, glob) for glob in test_globs) or bool(TEST_DIRS & set(relative.parts[:-1]))
-
-
-def module_name(path: Path) -> str:
-    """The dotted module name of a file: its package chain, else its stem."""
-    parts = [path.stem] if path.name != "__init__.py" else []
-    folder = path.parent
-    while (folder / "__init__.py").is_file():
-        parts.insert(0, folder.name)
-        if folder.parent == folder:
-            break
-        folder = folder.parent
-    return ".".join(parts) or path.stem
 
 
 def module_location(name: str) -> Path | None:

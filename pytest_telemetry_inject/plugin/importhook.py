@@ -241,7 +241,7 @@ class TelemetryLoader(importlib.machinery.SourceFileLoader):
         super().__init__(fullname, path)
         self._finder = finder
 
-    def get_code(self, fullname: str) -> CodeType | None:  # type: ignore[override]
+    def get_code(self, fullname: str) -> CodeType | None:
         path = self.get_filename(fullname)
         try:
             data = self.get_data(path)

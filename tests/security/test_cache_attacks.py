@@ -410,3 +410,42 @@ def test_engine_refuses_index_edits_of_another_function_in_process(tmp_path):
         memo.unlink()
     again = Engine(settings, ScriptCache(tmp_path / "cache")).instrument(source, "mod.py", import_name="")
     assert again.output == first.output and again.counters.corrupt == 1
+
+
+def test_every_rejected_cache_file_is_traced_with_its_reason(tmp_path):
+    """As pytest traces each cached pyc it rejects: a damaged memo, a damaged index line, an
+    entry whose script was tampered with and compiled code sealed elsewhere are each refused,
+    counted as corrupt and written to the trace with what was wrong."""
+    from pytest_telemetry_inject.trace import TRACE
+
+    settings = Settings(target="runtime")
+    source = forge.MODULE.encode()
+    cache_dir = tmp_path / "cache"
+    first = Engine(settings, ScriptCache(cache_dir)).instrument(source, "mod.py", import_name="")
+    assert first.status == "instrumented"
+    for memo in forge.memos(cache_dir):
+        memo.write_bytes(memo.read_bytes()[:-3])
+    index = next(path for path in cache_dir.rglob("*") if path.is_file() and path.parent.name == "index")
+    index.write_bytes(index.read_bytes() + b"{not json\n")
+    script = next(cache_dir.rglob("*.script"))
+    script.write_text(script.read_text() + "# changed\n")
+    code_cache = ScriptCache(cache_dir)
+    code_cache.write_code("k" * 64, b"\x00marshalled")
+    code = Path(code_cache.layout.code("k" * 64))
+    code.write_bytes(code.read_bytes().replace(b"\x00marshalled", b"\x00marshallex"))
+
+    trace = tmp_path / "trace.jsonl"
+    TRACE.configure(enabled=True, level="DEBUG", console=False, path=str(trace))
+    try:
+        cache = ScriptCache(cache_dir)
+        again = Engine(settings, cache).instrument(source, "mod.py", import_name="")
+        assert cache.read_code("k" * 64) is None
+    finally:
+        TRACE.configure(enabled=False)
+    assert again.output == first.output
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    rejected = {event["msg"]: event for event in events if event["msg"].startswith("rejected ")}
+    assert set(rejected) >= {"rejected memo", "rejected index line", "rejected index entry", "rejected compiled code"}
+    assert all(event["reason"] and event["where"] for event in rejected.values())
+    assert rejected["rejected index line"]["reason"] == "damaged index line"
+    assert again.counters.corrupt + cache.counters.corrupt >= len(rejected)
