@@ -26,6 +26,7 @@ from .settings import Settings, find_project_root
 
 if TYPE_CHECKING:
     from .engine.runner import RunOptions, RunSummary
+    from .types import Mode
 
 EXIT_OK, EXIT_CHECK, EXIT_USAGE, EXIT_ERRORS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -113,7 +114,7 @@ def _main(argv: list[str]) -> int:
         settings.cache_dir = str(user_cache_folder() / "cache")
     if args.exclude:
         settings.exclude = settings.exclude + args.exclude
-    mode = "strip" if args.strip else "check" if args.check else "instrument"
+    mode: Mode = "strip" if args.strip else "check" if args.check else "instrument"
     options = RunOptions(mode=mode, output_dir=args.output.resolve() if args.output else None,
                          in_place=args.in_place, dry_run=args.dry_run, diff=args.diff,
                          write_read_only=args.write_read_only)

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 from . import __version__
 from .scriptlib import Edit, Indent, Insert, InsertAfter, InsertText
-from .types import FunctionStatus
+from .types import EntryStatus, FunctionStatus
 
 CACHE_FORMAT = 3
 ENGINE_FORMAT = 1
@@ -148,7 +148,7 @@ class IndexEntry:
     """
 
     key: str
-    status: str
+    status: EntryStatus
     """``ok`` (a validated script) or ``failed`` (no template works; ``reason`` says why)."""
     template: str = ""
     script: str = ""

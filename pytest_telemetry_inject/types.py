@@ -23,6 +23,13 @@ FileStatus = Literal["instrumented", "stripped", "unchanged", "skipped", "error"
 ``unchanged``, ``skipped`` (left alone for a reason) or ``error`` (it could not be processed
 safely)."""
 
+EntryStatus = Literal["ok", "failed"]
+"""An index entry: ``ok`` (a validated script) or ``failed`` (the template cannot instrument
+the function; its reason says why)."""
+
+Mode = Literal["instrument", "strip", "check"]
+"""What a run does to each file."""
+
 # --- records that cross modules --------------------------------------------------------
 
 # --- the refactorer seam ---------------------------------------------------------------

@@ -21,6 +21,7 @@ from ..formats import TestCase
 from ..languages import Language
 from ..languages.base import ParsedFile
 from ..trace import DEBUG, TRACE
+from ..types import FileStatus
 from .cache import IndexEntry
 from .planning import Plan, plan_entry
 from .reconstruct import LineMap, Reconstruction, reconstruct
@@ -47,7 +48,7 @@ class Composition:
     """New scripts to store, by sha256."""
     cases: list[TestCase] = field(default_factory=list)
     """Each instrumented function's case in the file's generated test module."""
-    status: str = ""
+    status: FileStatus | None = None
     reason: str = ""
 
     @property

@@ -42,7 +42,7 @@ from ..languages.base import FunctionRecord, ParsedFile, Template
 from ..settings import Settings
 from ..sourcefile import decode_source
 from ..trace import DEBUG, TRACE
-from ..types import FunctionStatus, Refactorer
+from ..types import FileStatus, FunctionStatus, Refactorer
 from .cache import CacheCounters, IndexEntry, Memo, ScriptCache
 from .compose import Composition, compose
 from .planning import Plan, Planner, function_key, plan_entry
@@ -112,7 +112,7 @@ class LazyOutcomes(Sequence[FunctionOutcome]):
 class FileResult:
     path: str
     language: str = ""
-    status: str = "unchanged"
+    status: FileStatus = "unchanged"
     """``instrumented`` / ``stripped`` (output differs), ``unchanged``, ``skipped`` (left
     alone for a reason) or ``error`` (it could not be processed safely)."""
     reason: str = ""

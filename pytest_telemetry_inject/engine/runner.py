@@ -21,7 +21,7 @@ from typing import Any
 from ..runtime.vendor import write_vendored
 from ..scan import VENDORED_REASON, ScanItem, scan
 from ..settings import Settings
-from ..types import Refactorer
+from ..types import Mode, Refactorer
 from . import _worker
 from .cache import CacheCounters, ScriptCache
 from .pipeline import Engine
@@ -35,7 +35,7 @@ from .vendoring import vendored_targets_of
 
 @dataclass
 class RunSummary:
-    mode: str
+    mode: Mode
     files: list[FileReport] = field(default_factory=list)
     other_files: int = 0
     vendored: list[str] = field(default_factory=list)

@@ -15,17 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..sourcefile import read_bytes, write_atomic
+from ..types import FileStatus, Mode
 from .cache import CacheCounters
 from .pipeline import Engine, FileResult, FunctionOutcome
 
-MODES = ("instrument", "strip", "check")
+MODES: tuple[Mode, ...] = ("instrument", "strip", "check")
 Tally = tuple[dict[str, int], dict[str, dict[str, int]]]
 """(count per status, reason counts per status) of a file's functions."""
 
 
 @dataclass
 class RunOptions:
-    mode: str = "instrument"
+    mode: Mode = "instrument"
     output_dir: Path | None = None
     in_place: bool = False
     dry_run: bool = False
@@ -61,7 +62,7 @@ class FileReport:
 
     path: str
     language: str
-    status: str
+    status: FileStatus
     reason: str
     functions: Sequence[FunctionOutcome]
     memo_hit: bool
@@ -209,7 +210,7 @@ class OutputWriter:
                 pass
 
 
-def _run_engine(engine: Engine, mode: str, data: bytes, display: str, import_name: str) -> FileResult:
+def _run_engine(engine: Engine, mode: Mode, data: bytes, display: str, import_name: str) -> FileResult:
     try:
         if mode == "strip":
             return engine.strip(data, display)
