@@ -24,6 +24,10 @@ every sink on this SDK. "floor" is a ``with`` block on an empty context manager 
 ``__enter__``: what the calling convention itself costs on this machine, before the runtime
 does anything.
 
+The rows marked "sampled" are a hot, cheap site after the runtime started timing one call
+of 16 (``timing_every``; every call still counted): the other rows time every call
+(``timing_every=1``).
+
 ``--instructions`` counts, under valgrind's callgrind, the instructions one call of each
 targeted row executes above a bare call, and the OpenTelemetry sink's ratio to the
 hand-written span in instructions: a figure a busy machine does not move (each row runs in
@@ -89,6 +93,7 @@ TARGET_OFF_NS = 100.0
 TARGET_FLY_NS = 200.0  # on the fly (pytest --inject-telemetry): the aggregator
 TARGET_FLY_OFF_NS = 60.0  # on the fly, disabled
 TARGET_OTEL_RATIO = 1.2
+SAMPLED = "runtime, on the fly: aggregator, sampled"
 
 
 class Variant:
@@ -194,8 +199,11 @@ def make_variants(work: Path, *, logfire_rows: bool = True) -> tuple[Callable[[i
     compiled = on_the_fly(work, "bench_runtime_on_the_fly")
 
     def configure(**settings: object) -> Callable[[], None]:
+        # Every call timed (timing_every 1) unless the row says otherwise: the rows before
+        # the sampled ones measure the exact path.
         base = {"disabled": False, "jsonl": "", "trace": "", "otel": False, "keep_events": False,
-                "min_duration": 0.0, "sample_rate": 1.0}
+                "min_duration": 0.0, "sample_rate": 1.0, "timing_every": 1, "timing_after": 1024,
+                "timing_below": 2e-6}
         base.update(settings)
 
         def setup() -> None:
@@ -212,6 +220,11 @@ def make_variants(work: Path, *, logfire_rows: bool = True) -> tuple[Callable[[i
         Variant("runtime: disabled", instrumented, configure(disabled=True), "try style"),
         Variant("runtime, on the fly: aggregator", compiled, configure(), "pytest --inject-telemetry"),
         Variant("runtime, on the fly: disabled", compiled, configure(disabled=True), "pytest --inject-telemetry"),
+        # A hot, cheap site once sampled (the default settings: one call of 16 timed after
+        # 1,024; timing_below raised so that a slow machine, or valgrind, samples it too).
+        Variant(SAMPLED, compiled, configure(timing_every=16, timing_below=1.0), "1 call of 16 timed, all counted"),
+        Variant("runtime: default aggregator, sampled", instrumented, configure(timing_every=16, timing_below=1.0),
+                "try style's text"),
         Variant("runtime, with style: aggregator", styles["with"], configure()),
         Variant("runtime, with style: disabled", styles["with"], configure(disabled=True)),
         Variant("runtime, decorator style: aggregator", styles["decorator"], configure()),
@@ -286,7 +299,8 @@ def make_variants(work: Path, *, logfire_rows: bool = True) -> tuple[Callable[[i
 # the difference over LARGE - SMALL calls is the cost of one call, start-up cancelled out.
 
 COUNTED = ["runtime: default aggregator", "runtime: disabled", "runtime, on the fly: aggregator",
-           "runtime, on the fly: disabled", "runtime, with style: aggregator",
+           "runtime, on the fly: disabled", SAMPLED, "runtime: default aggregator, sampled",
+           "runtime, with style: aggregator",
            "runtime: OpenTelemetry sink", "OpenTelemetry SDK span by hand", "by hand, with the 3 code attributes",
            "SDK calls a sink needs, inline"]
 SMALL, LARGE = 1_000, 6_000
@@ -304,6 +318,8 @@ def run_calls(label: str, number: int) -> int:
                 variant.setup()
             func = variant.func
         for _ in range(200):
+            func(1)
+        for _ in range(1_100):  # past timing_after: a sampled row is sampled from here on
             func(1)
         for _ in range(number):
             func(1)
@@ -483,8 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         for variant in order:
             if variant.setup:
                 variant.setup()
-            for _ in range(200):  # warm the site (its first call makes its span class)
-                variant.func(1)
+            for _ in range(1_300):  # warm the site (its first call makes its span class; a
+                variant.func(1)     # sampled row's site decides after 1,024 calls)
             before = time_batch(bare, bare_number // 2)
             cost = time_batch(variant.func, variant.number)
             after = time_batch(bare, bare_number // 2)

@@ -27,6 +27,10 @@ memory for reports. It never raises into user code. Environment variables (read 
 - ``TELEMETRY_INJECT_SELF_TIME=MS``: sample self time every MS milliseconds (see ``_Sampler``).
 - ``TELEMETRY_INJECT_RAISE_FAULTS=1``: an internal fault is raised instead of swallowed (the
   runtime's own tests; see ``internal_faults()``).
+- ``TELEMETRY_INJECT_TIMING_EVERY=N`` (16), ``TELEMETRY_INJECT_TIMING_AFTER=N`` (1024),
+  ``TELEMETRY_INJECT_TIMING_BELOW=SECONDS`` (2e-6): a function with that many timed calls of
+  a shorter mean is then timed on one call of N, every call counted (``_decide``); N=1:
+  every call timed, exact totals.
 
 How the hot path stays cheap (figures in docs/runtime.md):
 
@@ -158,7 +162,8 @@ class _Config:
     """The settings (``configure()`` and the environment)."""
 
     __slots__ = ("disabled", "min_duration", "sample_rate", "jsonl", "trace", "otel", "otel_provider",
-                 "report", "keep_events", "max_events", "collector", "otlp", "self_time", "raise_faults")
+                 "report", "keep_events", "max_events", "collector", "otlp", "self_time", "raise_faults",
+                 "timing_every", "timing_after", "timing_below")
 
     def __init__(self) -> None:
         self.disabled = False
@@ -175,6 +180,12 @@ class _Config:
         self.otlp: dict | None = None  # the OTLP sink's settings (runtime/_otlp.py), or None
         self.self_time = 0.0  # seconds between self-time samples; 0: not sampled
         self.raise_faults = False  # raise internal faults instead of swallowing them (its own tests)
+        # Hot, cheap sites timed on one call of ``timing_every`` (1: every call timed, exact
+        # totals) once they had ``timing_after`` timed calls with a mean below
+        # ``timing_below`` seconds (see _decide).
+        self.timing_every = 16
+        self.timing_after = 1024
+        self.timing_below = 2e-6
 
     def as_dict(self) -> dict:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -220,7 +231,8 @@ class _Site:
     """One instrumented function (module + qualname): its pending durations and errors, and
     its aggregate per test (``None``: outside any test)."""
 
-    __slots__ = ("module", "name", "file", "line", "n", "total", "low", "high", "errs", "stats", "ot", "_attrs")
+    __slots__ = ("module", "name", "file", "line", "n", "total", "low", "high", "errs", "stats", "ot", "_attrs",
+                 "left", "given", "every", "sm", "ss", "sq", "seen", "seen_s")
 
     def __init__(self, module: str, name: str, file: str | None, line: int | None) -> None:
         self.module = module
@@ -236,6 +248,7 @@ class _Site:
         self.stats: dict = {}
         self.ot = None  # the module's OpenTelemetry tracer, when that sink is on
         self._attrs: dict | None = None
+        _unsample(self)
 
     def otel_attributes(self) -> dict:
         """OpenTelemetry code attributes, by the current semantic conventions (``code.function.name``
@@ -291,17 +304,28 @@ def _ns(seconds: float) -> int:
 
 
 def _take(site: _Site) -> tuple:
-    """The site's pending count, total, low and high, reset in one step (see ``_acc_lock``)."""
+    """The site's pending timed count, total, low and high and its untimed calls, reset in
+    one step (see ``_acc_lock``; no call and no backward jump in between, so with a GIL no
+    call of another thread is counted half). A sampled site's untimed calls are the slots
+    handed out (``given``) less those not used yet (``left - 1``); it starts again with
+    the next call timed (``left`` 1), which appends it to ``_recent`` (its minimum is
+    infinite then), so a test switch never misses its untimed calls. A countdown to the
+    decision (``left`` below 0) goes on across folds."""
     with _acc_lock:
-        pending = site.n, site.total, site.low, site.high
+        left = site.left
+        pending = site.n, site.total, site.low, site.high, site.given - left + 1 if left > 0 else 0
         site.n, site.total, site.low, site.high = _NOTHING_PENDING
+        site.given = 0
+        site.left = 1 if left > 0 else left
     return pending
 
 
 def _new_stats() -> list:
     """A site's aggregate for one test: count, total ns, min ns, max ns, errors, exception
-    names (a dict, or None before the first), sampled self ns, self-time samples."""
-    return [0, 0, 0, 0, 0, None, 0, 0]
+    names (a dict, or None before the first), sampled self ns, self-time samples, calls
+    counted but not timed (their time is estimated, see ``_estimate``), and the bound of
+    that estimate (ns, about 95%)."""
+    return [0, 0, 0, 0, 0, None, 0, 0, 0, 0.0]
 
 
 def _drain(site: _Site) -> None:
@@ -309,10 +333,10 @@ def _drain(site: _Site) -> None:
     The caller holds ``_lock``. Counting goes on meanwhile: the pending figures are read
     and reset in one step (``_take``), and of the errors only the first ``m``, read here,
     are removed."""
-    n, total, low, high = _take(site)
+    n, total, low, high, untimed = _take(site)
     errs = site.errs
     m = len(errs)
-    if not n and not m:
+    if not n and not m and not untimed:
         return
     stats = site.stats.get(_test)
     if stats is None:
@@ -325,6 +349,14 @@ def _drain(site: _Site) -> None:
             stats[3] = high_ns
         stats[0] += n
         stats[1] += _ns(total)
+        site.seen += n
+        site.seen_s += total
+    if untimed:
+        guess, bound = _estimate(site, untimed)
+        stats[0] += untimed
+        stats[1] += _ns(guess)
+        stats[8] += untimed
+        stats[9] += bound * 1e9
     if m:
         chunk = errs[:m]
         del errs[:m]
@@ -355,7 +387,7 @@ def _drain_all() -> None:
     global _recent
     _recent = []
     for site in list(_sites.values()):
-        if site.n or site.errs:
+        if site.n or site.errs or site.given:
             _drain(site)
 
 
@@ -376,6 +408,94 @@ def _drain_recent() -> None:
 if _FREE_THREADED:  # (there neither the appends nor the swap are atomic: every site is looked at)
     _drain_recent = _drain_all  # noqa: F811
 
+
+# -- timing a sample of a hot site's calls ------------------------------------------------------
+#
+# Two clock reads and the float arithmetic of a duration are most of what the try form's
+# end() costs (docs/runtime.md, Performance). A site called many times (``timing_after``
+# timed calls) whose mean duration is tiny (below ``timing_below``) is then timed on one
+# call of every ``timing_every``: the others are counted exactly by a countdown of small
+# integers and return before the clock is read. Its totals become estimates: the timed
+# calls' own durations plus the untimed calls at the mean of the calls timed since it was
+# sampled, with a bound (``_estimate``); counts, errors and the per-test call map stay
+# exact. Which calls are timed is deterministic: the first after each fold, then every
+# ``timing_every``-th. Not on a free-threaded build (there every call is counted under a
+# lock anyway) and only in the aggregate mode's try form (the ``with`` form, the decorator
+# and the event modes time every call).
+
+_EVERY = 16  # timing_every: time one call of this many on a sampled site (1: every call)
+_AFTER = 1024  # timing_after: timed calls of a site before it may be sampled
+_BELOW = 2e-6  # timing_below: seconds; only sites whose mean duration is shorter
+
+
+def _unsample(site: _Site) -> None:
+    """The site back to timing every call, undecided, its sampling figures forgotten.
+    ``left``: above 0, calls until the next timed one (1: the next); 0: every call timed
+    (decided, or sampling off); below 0: timed, ``-left`` calls to go before the decision
+    (``_hot``): so a site decided to be timed on every call, the common case, pays one
+    test of ``left`` per call and nothing more. ``given``: untimed slots handed out since
+    the last fold; ``every``: 0 undecided, -1 decided to time every call, else the sampling
+    period; ``sm``, ``ss``, ``sq``: count, sum and sum of squares (seconds) of the calls
+    timed while sampled; ``seen``, ``seen_s``: timed calls folded and their seconds."""
+    site.given = site.every = site.sm = site.seen = 0
+    site.left = -_AFTER if _EVERY > 1 and not _FREE_THREADED else 0
+    site.ss = site.sq = site.seen_s = 0.0
+
+
+def _decide(site: _Site, count: int, seconds: float) -> None:
+    """Sample the site's timing from now on when its ``count`` timed calls took ``seconds``
+    in all, short enough on average (the next call is timed and starts the first block:
+    ``left`` 1); or time every call of it from now on (``left`` 0)."""
+    if site.every or _EVERY < 2 or _FREE_THREADED or not count:
+        site.left = max(0, site.left)
+        return
+    if seconds < _BELOW * count:
+        site.every = _EVERY
+        site.left = 1
+    else:
+        site.every = -1
+        site.left = 0
+
+
+def _hot(site: _Site) -> None:
+    """(From end(), on the ``timing_after``-th timed call of an undecided site) decide on
+    the mean of its timed calls so far, folded or pending."""
+    try:
+        _decide(site, site.seen + site.n, site.seen_s + site.total)
+    except Exception:  # (counted, never raised: end() has counted this call already)
+        _fault("timing sample", reraise=False)
+
+
+def _estimate(site: _Site, untimed: int) -> tuple[float, float]:
+    """Seconds to count for ``untimed`` calls, and the bound of that figure: the mean of the
+    calls timed while the site was sampled, and 1.96 standard deviations of the sum of
+    ``untimed`` durations estimated by that mean (``untimed`` draws, plus the mean's own
+    error: sd * sqrt(untimed + untimed**2 / timed)), about 95% when the untimed calls are
+    like the timed ones. With fewer than two timed calls: the whole estimate."""
+    sm = site.sm
+    if sm < 1:
+        mean = site.seen_s / site.seen if site.seen else 0.0
+        return untimed * mean, untimed * mean
+    mean = site.ss / sm
+    guess = untimed * mean
+    if sm < 2:
+        return guess, guess
+    sd = max(0.0, site.sq / sm - mean * mean) ** 0.5
+    return guess, 1.96 * sd * (untimed + untimed * untimed / sm) ** 0.5
+
+
+def _set_timing(every: int, after: int, below: float) -> None:
+    """Apply the timing settings (``configure``, holding ``_lock`` after a fold of every
+    site): sampled sites take the new period, or time every call again."""
+    global _EVERY, _AFTER, _BELOW
+    _EVERY, _AFTER, _BELOW = max(1, every), max(1, after), max(0.0, below)
+    for site in list(_sites.values()):
+        if _EVERY < 2 or _FREE_THREADED:
+            site.every = site.given = site.left = 0
+        elif site.every > 0:
+            site.every = _EVERY
+        elif not site.every:
+            site.left = -_AFTER  # undecided: the countdown starts again
 
 # -- self time: sampled ------------------------------------------------------------------------
 #
@@ -971,6 +1091,17 @@ class Tracer:
     def _end_agg(self, name: str, state: object) -> None:
         try:
             site = self._by_name[name]
+            left = site.left  # 0: every call timed; see _unsample
+            if left:
+                if left > 1:  # a sampled site's untimed call: counted by the countdown alone
+                    site.left = left - 1
+                    return
+                if left < 0:  # not decided yet: timed, counting down to the decision
+                    site.left = left + 1
+                else:  # a sampled site's timed call; the next every - 1 calls are not
+                    every = site.every
+                    site.left = every
+                    site.given += every - 1
             seconds = _seconds() - state  # type: ignore[operator]
             site.n += 1  # _account, inlined
             site.total += seconds
@@ -980,6 +1111,13 @@ class Tracer:
                 site.low = seconds
                 if site.n == 1:  # the first call since the last fold: see _recent
                     _recent.append(site)
+            if left:
+                if left == 1:
+                    site.sm += 1
+                    site.ss += seconds
+                    site.sq += seconds * seconds
+                elif left == -1:
+                    _hot(site)
         except Exception:  # the first call of the site, an error, or a state of another mode
             self._end_other(name, state)
 
@@ -1738,7 +1876,10 @@ def configure(**settings: object) -> dict:
     OTLP sink's settings, ``url`` and the keywords of ``_otlp.OtlpSink``; None: off),
     ``self_time`` (seconds between self-time samples; 0: off; see ``self_time()``),
     ``raise_faults`` (bool: raise internal faults instead of counting and swallowing them;
-    for the runtime's own tests, see ``internal_faults()``).
+    for the runtime's own tests, see ``internal_faults()``), ``timing_every`` (int: time one
+    call of this many of a hot, cheap site; 1: every call, exact totals), ``timing_after``
+    (int: timed calls of a site before it may be sampled), ``timing_below`` (seconds: only
+    sites whose mean duration is shorter are sampled).
     A path may contain ``{pid}``. Unknown keywords raise TypeError."""
     unknown = set(settings) - set(_Config.__slots__)
     if unknown:
@@ -1758,8 +1899,14 @@ def configure(**settings: object) -> dict:
                 value = "" if value in (None, False) else str(value)
             elif key == "otel":
                 value = value if value == "auto" else bool(value)
-            elif key == "max_events":
+            elif key in ("max_events", "timing_every", "timing_after"):
                 value = int(value)  # type: ignore[call-overload]
+                if key != "max_events" and value < 1:
+                    raise ValueError(f"{key} must be 1 or more, not {value!r}")
+            elif key == "timing_below":
+                value = float(value)  # type: ignore[arg-type]
+                if not value >= 0:
+                    raise ValueError(f"timing_below must be 0 or more seconds, not {value!r}")
             elif key == "otel_provider":
                 for site in list(_sites.values()):
                     site.ot = None  # tracers of the old provider
@@ -1769,6 +1916,7 @@ def configure(**settings: object) -> dict:
                 value = bool(value)
             setattr(_config, key, value)
         _set_sinks()
+        _set_timing(_config.timing_every, _config.timing_after, _config.timing_below)
     _apply()
     if "collector" in settings:
         _set_collecting(bool(settings["collector"]))
@@ -1803,9 +1951,21 @@ def _row(site: _Site, stats: list, test: object = None, per_test: bool = False) 
            "count": stats[0], "total_ns": stats[1], "min_ns": stats[2], "max_ns": stats[3],
            "errors": stats[4], "exceptions": dict(stats[5] or {}),
            "self_ns": min(stats[6], stats[1]), "self_samples": stats[7]}
+    if len(stats) > 8 and stats[8]:
+        _mark_estimated(row, stats[8], stats[9])
     if per_test:
         row["test"] = test
     return row
+
+
+def _mark_estimated(row: dict, untimed: int, bound_ns: float) -> None:
+    """A row whose total (and so its mean) is an estimate: ``untimed`` of its calls were
+    counted but not timed (see ``_estimate``); ``total_error_ns`` bounds the estimate (about
+    95%); ``min_ns`` and ``max_ns`` are those of the timed calls. Exact rows have none of
+    these keys."""
+    row["estimated"] = True
+    row["untimed"] = untimed
+    row["total_error_ns"] = round(bound_ns)
 
 
 def _fold(into: list, stats: list) -> None:
@@ -1819,6 +1979,9 @@ def _fold(into: list, stats: list) -> None:
     if len(stats) > 6:
         into[6] += stats[6]
         into[7] += stats[7]
+    if len(stats) > 8:
+        into[8] += stats[8]
+        into[9] += stats[9]  # (added, not in quadrature: the estimates share the same means)
     if stats[5]:
         kinds = into[5] if into[5] is not None else {}
         for key, count in stats[5].items():
@@ -1866,7 +2029,8 @@ def merge_snapshots(snapshots) -> list:  # type: ignore[no-untyped-def]
             key = (row["module"], row["name"], "test" in row, row.get("test"))
             seen = merged.get(key)
             stats = [row["count"], row["total_ns"], row["min_ns"], row["max_ns"], row["errors"],
-                     row.get("exceptions") or None, row.get("self_ns") or 0, row.get("self_samples") or 0]
+                     row.get("exceptions") or None, row.get("self_ns") or 0, row.get("self_samples") or 0,
+                     row.get("untimed") or 0, row.get("total_error_ns") or 0]
             if seen is None:
                 out = dict(row)
                 total = _new_stats()
@@ -1882,6 +2046,8 @@ def merge_snapshots(snapshots) -> list:  # type: ignore[no-untyped-def]
     for out, total in merged.values():
         out.update(count=total[0], total_ns=total[1], min_ns=total[2], max_ns=total[3], errors=total[4],
                    exceptions=dict(total[5] or {}), self_ns=min(total[6], total[1]), self_samples=total[7])
+        if total[8]:
+            _mark_estimated(out, total[8], total[9])
         result.append(out)
     return result
 
@@ -1932,6 +2098,7 @@ def _reset_state() -> None:
         _take(site)
         del site.errs[:]
         site.stats.clear()
+        _unsample(site)
     del _events[:]
     _losses.clear()
     for sink in list(_sinks.values()):
@@ -1980,9 +2147,14 @@ def format_report(rows: list | None = None, *, top: int = 25, instrumented=None,
             name = "..." + name[-(width - 3):]
         lines.append(f"{name:<{width}} {row['count']:>9} {row['total_ns'] / 1e6:>10.3f} "
                      f"{row['total_ns'] / row['count'] / 1e3:>10.2f} {row['max_ns'] / 1e3:>10.2f} {row['errors']:>6}"
-                     + (f" {(row.get('self_ns') or 0) / 1e6:>10.3f}" if with_self else ""))
+                     + (f" {(row.get('self_ns') or 0) / 1e6:>10.3f}" if with_self else "")
+                     + (f"  ~ +-{(row.get('total_error_ns') or 0) / 1e6:.3f}" if row.get("estimated") else ""))
     if len(called) > top:
         lines.append(f"... and {len(called) - top} more functions called")
+    if any(row.get("estimated") for row in called[:top]):
+        # (after the columns: scripts that split the lines keep their places)
+        lines.append("~: total and mean estimated from a sample of the calls' timings, +- ms about 95% "
+                     "(counts and errors exact)")
     total_calls = sum(r["count"] for r in called)
     total_errors = sum(r["errors"] for r in called)
     lines.append(f"{len(called)} functions called, {total_calls} calls, {total_errors} raised")
@@ -2089,12 +2261,18 @@ def _read_environment() -> None:
     env = os.environ
     cfg = _config
     cfg.disabled = env.get("TELEMETRY_INJECT_DISABLED", "").strip().lower() in _TRUE
-    for name, attr in (("TELEMETRY_INJECT_MIN_DURATION", "min_duration"),
-                       ("TELEMETRY_INJECT_SAMPLE_RATE", "sample_rate")):
+    for name, attr, kind in (("TELEMETRY_INJECT_MIN_DURATION", "min_duration", float),
+                             ("TELEMETRY_INJECT_SAMPLE_RATE", "sample_rate", float),
+                             ("TELEMETRY_INJECT_TIMING_EVERY", "timing_every", int),
+                             ("TELEMETRY_INJECT_TIMING_AFTER", "timing_after", int),
+                             ("TELEMETRY_INJECT_TIMING_BELOW", "timing_below", float)):
         text = env.get(name, "").strip()
         if text:
             try:
-                setattr(cfg, attr, float(text))
+                value = kind(text)
+                if kind is int and value < 1:
+                    raise ValueError(text)
+                setattr(cfg, attr, value)
             except ValueError:
                 sys.stderr.write(f"telemetry: ignoring {name}={text!r} (not a number)\n")
     cfg.jsonl = env.get("TELEMETRY_INJECT_JSONL", "").strip()
@@ -2203,6 +2381,7 @@ def _at_exit() -> None:
 try:
     _read_environment()
     _set_sinks()
+    _set_timing(_config.timing_every, _config.timing_after, _config.timing_below)
     _apply()
     _set_sampler()
 except Exception:  # a broken environment must not break the import of user code

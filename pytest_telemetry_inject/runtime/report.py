@@ -32,6 +32,9 @@ FORMAT = "telemetry-inject-report"
 # 1: first version: meta, totals, functions, tests, never_called, events, events_dropped.
 # 2: self_ns and self_samples on functions and on tests' functions; self_time (how it was
 #    sampled, or null); per test, events_kept (calls of the test that have an event).
+#    Later, without a new version (readers ignore keys they do not know): on a function or
+#    a test's function whose total is estimated (the runtime timed a sample of its calls),
+#    estimated (true), untimed (calls counted, not timed) and total_error_ns (the bound).
 VERSION = 2
 
 MAX_EVENTS_PER_TEST = 2000  # in the HTML flame charts (the longest calls are kept)
@@ -41,6 +44,14 @@ MAX_TABLE_ROWS = 200  # functions in a test's table (when its chart misses calls
 
 def _function_key(row: dict) -> str:
     return f"{row['module']}:{row['name']}"
+
+
+def _estimate_of(row: dict) -> dict:
+    """The keys saying a row's total is estimated (``_core._mark_estimated``); none for an
+    exact row, so exact reports are as they were."""
+    if not row.get("estimated"):
+        return {}
+    return {"estimated": True, "untimed": row.get("untimed") or 0, "total_error_ns": row.get("total_error_ns") or 0}
 
 
 def build_report(functions: Sequence[dict], *, tests: Sequence[dict] | None = None,
@@ -70,7 +81,8 @@ def build_report(functions: Sequence[dict], *, tests: Sequence[dict] | None = No
             "count": count, "total_ns": row["total_ns"], "mean_ns": row["total_ns"] // count if count else 0,
             "min_ns": row["min_ns"], "max_ns": row["max_ns"], "errors": row["errors"],
             "exceptions": dict(row.get("exceptions") or {}), "tests": tests_of.get(_function_key(row), 0),
-            "self_ns": row.get("self_ns") or 0, "self_samples": row.get("self_samples") or 0})
+            "self_ns": row.get("self_ns") or 0, "self_samples": row.get("self_samples") or 0,
+            **_estimate_of(row)})
     kept: dict[Any, int] = {}
     for event in events or ():
         kept[event.get("test")] = kept.get(event.get("test"), 0) + 1
@@ -82,7 +94,8 @@ def build_report(functions: Sequence[dict], *, tests: Sequence[dict] | None = No
             "errors": sum(r["errors"] for r in rows), "events_kept": kept.get(test, 0),
             "functions": [{"module": r["module"], "name": r["name"], "count": r["count"], "total_ns": r["total_ns"],
                            "min_ns": r["min_ns"], "max_ns": r["max_ns"], "errors": r["errors"],
-                           "self_ns": r.get("self_ns") or 0, "self_samples": r.get("self_samples") or 0}
+                           "self_ns": r.get("self_ns") or 0, "self_samples": r.get("self_samples") or 0,
+                           **_estimate_of(r)}
                           for r in rows]})
     out_tests.sort(key=lambda t: (t["test"] is None, -t["total_ns"]))
     called = [f for f in out_functions if f["count"]]
@@ -251,7 +264,7 @@ def render_html(report: dict, *, title: str = "Telemetry report") -> str:
             "functions": [[f["module"], f["name"], f["count"], f["total_ns"], f["mean_ns"], f["min_ns"], f["max_ns"],
                            f["errors"], f["tests"], f.get("file"), f.get("line"),
                            ", ".join(f"{k} x{v}" for k, v in sorted(f.get("exceptions", {}).items())),
-                           f.get("self_ns") or 0]
+                           f.get("self_ns") or 0, f.get("total_error_ns") if f.get("estimated") else None]
                           for f in report["functions"]],
             "never": report.get("never_called"), "self": report.get("self_time"),
             "tests": tests, "charts": charts, "dropped": report.get("events_dropped", 0)}
@@ -380,7 +393,11 @@ ul.never { columns: 2; font-family: ui-monospace, monospace; font-size: 12px; }
         first.appendChild(el("br"));
         first.appendChild(el("small", null, f[9] + (f[10] ? ":" + f[10] : "")));
       }
-      cell(tr, String(f[2])); cell(tr, ms(f[3])); if (hasSelf) cell(tr, ms(f[12]));
+      cell(tr, String(f[2]));
+      var tot = cell(tr, (f[13] != null ? "~" : "") + ms(f[3]));
+      if (f[13] != null) tot.title = "estimated from a sample of the calls' timings, +-" + ms(f[13]) +
+        " ms (about 95%); the count is exact";
+      if (hasSelf) cell(tr, ms(f[12]));
       cell(tr, us(f[4])); cell(tr, us(f[5])); cell(tr, us(f[6]));
       var e = cell(tr, String(f[7]), f[7] ? "err" : null); if (f[11]) e.title = f[11];
       cell(tr, String(f[8]));

@@ -1,0 +1,231 @@
+"""Timing a sample of a hot, cheap site's calls (``timing_every``, ``timing_after``,
+``timing_below``): every call is still counted, every error kept, every test's calls
+attributed to it; only the totals of the untimed calls are estimated, and the rows say so."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from pytest_telemetry_inject.runtime import _core
+
+TRY_FORM = '''
+class Boom(Exception):
+    pass
+
+
+def leaf(x):
+    _telemetry_t = _telemetry.start()
+    try:
+        if x < 0:
+            raise Boom(x)
+        return x + 1
+    except BaseException:
+        _telemetry_t = _telemetry.fail("leaf", _telemetry_t)
+        raise
+    finally:
+        _telemetry.end("leaf", _telemetry_t)
+'''
+
+
+def sample_fast(every: int = 4, after: int = 10) -> None:
+    """Sample every site after ``after`` timed calls, whatever its mean."""
+    _core.configure(timing_every=every, timing_after=after, timing_below=10.0)
+
+
+def call(module, values) -> int:  # type: ignore[no-untyped-def]
+    """Call ``leaf`` on each value; the number of errors it raised."""
+    raised = 0
+    for value in values:
+        try:
+            module.leaf(value)
+        except module.Boom:
+            raised += 1
+    return raised
+
+
+def test_counts_and_errors_stay_exact_when_sampled(kit) -> None:  # type: ignore[no-untyped-def]
+    sample_fast()
+    module = kit.load(TRY_FORM)
+    values = [-1 if i % 7 == 3 else i for i in range(1_003)]
+    raised = call(module, values)
+    row = kit.rows_of(module)["leaf"]
+    assert row["count"] == len(values)
+    assert row["errors"] == raised == values.count(-1)
+    assert row["exceptions"] == {"Boom": raised}
+    assert row["estimated"] is True
+    # 10 timed before the decision, then one in 4 (errors are timed by fail/end's other path)
+    assert len(values) - 10 - (len(values) - 10) // 4 - raised <= row["untimed"] < len(values) - 10
+    assert row["min_ns"] <= row["total_ns"] / row["count"] <= row["max_ns"]
+
+
+def test_exact_mode_times_every_call(kit) -> None:  # type: ignore[no-untyped-def]
+    _core.configure(timing_every=1, timing_after=10, timing_below=10.0)
+    module = kit.load(TRY_FORM)
+    call(module, range(500))
+    row = kit.rows_of(module)["leaf"]
+    assert row["count"] == 500
+    assert "estimated" not in row and "untimed" not in row and "total_error_ns" not in row
+
+
+def test_slow_sites_are_never_sampled(kit) -> None:  # type: ignore[no-untyped-def]
+    _core.configure(timing_every=4, timing_after=10, timing_below=1e-12)
+    module = kit.load(TRY_FORM)
+    call(module, range(500))
+    row = kit.rows_of(module)["leaf"]
+    assert row["count"] == 500 and "estimated" not in row
+
+
+def test_estimate_and_bound(kit) -> None:  # type: ignore[no-untyped-def]
+    """The untimed calls at the mean of the calls timed while sampled, within the bound."""
+    sample_fast(every=8)
+    module = kit.load(TRY_FORM)
+    call(module, range(4_000))
+    site = _core._sites[(module.__name__, "leaf")]
+    row = kit.rows_of(module)["leaf"]
+    assert site.sm >= (4_000 - 10) // 8 - 1
+    mean_ns = site.ss / site.sm * 1e9
+    timed = row["count"] - row["untimed"]
+    assert timed < row["count"] // 4
+    # total = the timed calls' own durations + untimed * mean, so it lies above the untimed part
+    assert row["total_ns"] >= row["untimed"] * mean_ns * 0.999
+    assert 0 <= row["total_error_ns"] < row["total_ns"] * 100
+
+
+def test_bound_formula() -> None:
+    site = _core._Site("m", "f", None, None)
+    assert _core._estimate(site, 10) == (0.0, 0.0)  # nothing timed yet: nothing to go by
+    site.sm, site.ss, site.sq = 1, 2e-6, 4e-12
+    assert _core._estimate(site, 10) == pytest.approx((2e-5, 2e-5))  # one timed call: the whole estimate
+    site.sm, site.ss, site.sq = 4, 4e-6, 5e-12  # durations 0.5, 0.5, 1.5, 1.5 us: sd 0.5 us
+    guess, bound = _core._estimate(site, 8)
+    assert guess == pytest.approx(8e-6)
+    assert bound == pytest.approx(1.96 * 0.5e-6 * (8 + 64 / 4) ** 0.5)
+
+
+def test_per_test_call_map_stays_exact(kit) -> None:  # type: ignore[no-untyped-def]
+    sample_fast(every=5)
+    module = kit.load(TRY_FORM)
+    plan = {"t::a": 37, "t::b": 1, "t::c": 0, "t::d": 250, "t::e": 3, "t::f": 1_000}
+    for test, calls in plan.items():
+        _core.set_current_test(test)
+        call(module, range(calls))
+    _core.set_current_test(None)
+    rows = kit.rows_of(module, per_test=True)
+    assert {test: rows[(test, "leaf")]["count"] for test in plan if plan[test]} == {
+        test: calls for test, calls in plan.items() if calls}
+    assert ("t::c", "leaf") not in rows
+    assert any(rows[(test, "leaf")].get("estimated") for test in plan if plan[test] > 20)
+
+
+def test_a_fold_in_the_middle_of_a_block_loses_no_call(kit) -> None:  # type: ignore[no-untyped-def]
+    sample_fast(every=16)
+    module = kit.load(TRY_FORM)
+    total = 0
+    for calls in (100, 3, 17, 1, 40, 5):
+        call(module, range(calls))
+        total += calls
+        assert kit.rows_of(module)["leaf"]["count"] == total  # snapshot() folds mid-block
+
+
+def test_counts_exact_under_threads_and_folds(kit) -> None:  # type: ignore[no-untyped-def]
+    sample_fast(every=8)
+    module = kit.load(TRY_FORM)
+    per_thread, workers = 20_000, 6
+    start = threading.Barrier(workers + 1)
+
+    def work() -> None:
+        start.wait()
+        call(module, range(per_thread))
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    switches = 0
+    while any(thread.is_alive() for thread in threads):
+        _core.set_current_test(f"t{switches}")
+        switches += 1
+    for thread in threads:
+        thread.join()
+    _core.set_current_test(None)
+    rows = kit.rows_of(module, per_test=True)
+    assert sum(row["count"] for row in rows.values()) == per_thread * workers
+    assert any(row.get("estimated") for row in rows.values())
+
+
+def test_merge_and_report_carry_the_estimate(kit) -> None:  # type: ignore[no-untyped-def]
+    sample_fast()
+    module = kit.load(TRY_FORM)
+    call(module, range(300))
+    row = kit.rows_of(module)["leaf"]
+    merged = _core.merge_snapshots([[row], [dict(row)]])
+    (both,) = merged
+    assert both["count"] == 600 and both["untimed"] == 2 * row["untimed"] and both["estimated"]
+    assert both["total_error_ns"] == 2 * row["total_error_ns"]
+    exact = dict(row)
+    for key in ("estimated", "untimed", "total_error_ns"):
+        exact.pop(key)
+    assert "estimated" not in _core.merge_snapshots([[exact]])[0]
+    table = _core.format_report([row])
+    assert "~" in table.splitlines()[1] and "estimated" in table
+
+
+def test_reset_and_configure_return_to_exact(kit) -> None:  # type: ignore[no-untyped-def]
+    sample_fast()
+    module = kit.load(TRY_FORM)
+    call(module, range(200))
+    site = _core._sites[(module.__name__, "leaf")]
+    assert site.every == 4
+    _core.configure(timing_every=1)
+    assert site.every == 0 and site.left == 0
+    call(module, range(200))
+    assert kit.rows_of(module)["leaf"]["count"] == 400
+    _core.reset()
+    call(module, range(200))
+    assert "estimated" not in kit.rows_of(module)["leaf"]
+
+
+@pytest.mark.parametrize("bad", [{"timing_every": 0}, {"timing_after": -1}, {"timing_below": -1.0}])
+def test_configure_refuses_bad_values(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        _core.configure(**bad)
+
+
+def test_environment(kit) -> None:  # type: ignore[no-untyped-def]
+    result = kit.run_python(
+        """
+        import json
+        from pytest_telemetry_inject import runtime
+        settings = runtime.configure()
+        print(json.dumps([settings["timing_every"], settings["timing_after"], settings["timing_below"]]))
+        """,
+        env={"TELEMETRY_INJECT_TIMING_EVERY": "1", "TELEMETRY_INJECT_TIMING_AFTER": "50",
+             "TELEMETRY_INJECT_TIMING_BELOW": "0.5"})
+    assert kit.last_json(result) == [1, 50, 0.5]
+    bad = kit.run_python("from pytest_telemetry_inject import runtime; print(runtime.configure()['timing_every'])",
+                         env={"TELEMETRY_INJECT_TIMING_EVERY": "0"})
+    assert bad.stdout.strip() == "16" and "TELEMETRY_INJECT_TIMING_EVERY" in bad.stderr
+
+
+def test_reports_show_which_totals_are_estimated(kit) -> None:  # type: ignore[no-untyped-def]
+    from pytest_telemetry_inject.runtime import report
+
+    sample_fast()
+    module = kit.load(TRY_FORM)
+    module_exact = kit.load(TRY_FORM)
+    _core.set_current_test("t::one")
+    call(module, range(300))
+    call(module_exact, range(5))
+    _core.set_current_test(None)
+    data = report.build_report(_core.snapshot(), tests=_core.snapshot(per_test=True))
+    by_module = {f["module"]: f for f in data["functions"]}
+    sampled, exact = by_module[module.__name__], by_module[module_exact.__name__]
+    assert sampled["estimated"] and sampled["untimed"] > 0 and sampled["total_error_ns"] >= 0
+    assert "estimated" not in exact and "untimed" not in exact
+    (test,) = [t for t in data["tests"] if t["test"] == "t::one"]
+    assert any(f.get("estimated") for f in test["functions"] if f["module"] == module.__name__)
+    page = report.render_html(data)
+    assert "estimated from a sample" in page
+    assert "~" in report.format_terminal(data)
