@@ -129,3 +129,15 @@ def configure_trace(args: argparse.Namespace) -> None:
                         path=TRACE.path if TRACE.on else None)
     if TRACE.on:
         TRACE.event(INFO, "process", "start", argv=sys.argv[1:], cwd=os.getcwd())
+
+
+def cache_parser() -> argparse.ArgumentParser:
+    """``telemetry-inject cache stats|clear|prune``."""
+    parser = argparse.ArgumentParser(prog=f"{PROG} cache", description="Inspect or maintain the cache.")
+    parser.add_argument("action", choices=("stats", "clear", "prune"))
+    parser.add_argument("--cache-dir", metavar="DIR", help="cache folder (default: from the project's settings)")
+    parser.add_argument("--root", type=Path, default=Path("."), metavar="DIR", help="project root")
+    parser.add_argument("--max-age-days", type=float, default=30.0,
+                        help="prune: remove file memos unused for this many days (default 30)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    return parser

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .arguments import PROG, configure_trace
+from .arguments import PROG, cache_parser, configure_trace
 from .arguments import main_parser as _parser
 from .errors import ConfigError, TelemetryInjectError
 from .settings import Settings, find_project_root
@@ -29,17 +29,6 @@ if TYPE_CHECKING:
     from .types import Mode
 
 EXIT_OK, EXIT_CHECK, EXIT_USAGE, EXIT_ERRORS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-
-def _cache_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"{PROG} cache", description="Inspect or maintain the cache.")
-    parser.add_argument("action", choices=("stats", "clear", "prune"))
-    parser.add_argument("--cache-dir", metavar="DIR", help="cache folder (default: from the project's settings)")
-    parser.add_argument("--root", type=Path, default=Path("."), metavar="DIR", help="project root")
-    parser.add_argument("--max-age-days", type=float, default=30.0,
-                        help="prune: remove file memos unused for this many days (default 30)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _cache_main(argv: list[str]) -> int:
     from .engine.cache import ScriptCache
 
-    args = _cache_parser().parse_args(argv)
+    args = cache_parser().parse_args(argv)
     root = find_project_root(args.root)
     settings = Settings.load(root, overrides={"cache_dir": args.cache_dir})
     cache = ScriptCache(root / settings.cache_dir)
