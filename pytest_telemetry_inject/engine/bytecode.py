@@ -39,6 +39,11 @@ import dis
 import sys
 from dataclasses import dataclass, replace
 from types import CodeType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    # A code unit's (line, end line, column, end column), as ``co_positions()`` gives them.
+    _Position = tuple[int | None, int | None, int | None, int | None]
 
 # The interpreters whose bytecode this was written and tested for (the exception table,
 # COPY and RERAISE's lasti came with 3.11).
@@ -82,7 +87,7 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 def read_table(code: CodeType) -> list[_Entry]:
     """The exception table (format: CPython's ``InternalDocs/exception_handling.md``)."""
-    data, pos, entries = code.co_exceptiontable, 0, []
+    data, pos, entries = code.co_exceptiontable, 0, []  # type: ignore[attr-defined, unused-ignore]  # (3.11+)
     while pos < len(data):
         start, pos = _read_varint(data, pos)
         size, pos = _read_varint(data, pos)
@@ -200,7 +205,7 @@ def _location_svarint(value: int) -> bytes:
     return _location_varint((-value << 1) | 1 if value < 0 else value << 1)
 
 
-def write_locations(code: CodeType, positions: list[tuple]) -> bytes:
+def write_locations(code: CodeType, positions: list[_Position]) -> bytes:
     """A location table (CPython's ``InternalDocs/code_objects.md``, the 3.11 format) giving
     each code unit its (line, end line, column, end column): runs of up to 8 units, each in
     the long form (14), without columns (13) or without a location (15)."""
@@ -263,18 +268,18 @@ def _write_lines_310(code: CodeType, lines: list[int | None]) -> bytes:
     return bytes(out)
 
 
-def positions(code: CodeType) -> list[tuple]:
+def positions(code: CodeType) -> list[_Position]:
     """(line, end line, column, end column) of each code unit (3.10: the line only)."""
     if sys.version_info >= (3, 11):
         return list(code.co_positions())
-    lines: list = [None] * (len(code.co_code) // 2)
+    lines: list[int | None] = [None] * (len(code.co_code) // 2)
     for start, end, line in code.co_lines():
         for unit in range(start // 2, end // 2):
             lines[unit] = line
     return [(line, None, None, None) for line in lines]
 
 
-def with_positions(code: CodeType, new: list[tuple]) -> CodeType:
+def with_positions(code: CodeType, new: list[_Position]) -> CodeType:
     """``code`` with each code unit at the given position (3.10: its line)."""
     if not LINES_EDITABLE:
         raise Unsupported(f"no line table editing on Python {sys.version_info[0]}.{sys.version_info[1]}")
@@ -299,7 +304,8 @@ def relabel(code: CodeType, lines: dict[int, int]) -> CodeType:
     """``code`` with the lines that are keys of ``lines`` replaced by their values (where
     the compiler was given a stand-in line to keep an instruction of its own)."""
     old = positions(code)
-    new = [(lines.get(p[0], p[0]), lines.get(p[1], p[1]), p[2], p[3]) if p[0] in lines else p for p in old]
+    new = [(lines.get(p[0], p[0]), lines.get(p[1], p[1]), p[2], p[3])  # type: ignore[arg-type]  # (None: not a key)
+           if p[0] in lines else p for p in old]
     return code if new == old else with_positions(code, new)
 
 
@@ -408,10 +414,10 @@ def hide_slot(code: CodeType, marker: str, end_name: str = "end", raised_name: s
         # The bottom item is below everything counted here, and below the handler's
         # pushed offset when inside the handler.
         edited.set(ins.offset, "COPY", depth + 1 + (ins.offset in in_handler))
-    names = code.co_names
-    if raised_name not in names:
-        names = names + (raised_name,)
-    position = names.index(raised_name)
+    co_names = code.co_names
+    if raised_name not in co_names:
+        co_names = co_names + (raised_name,)
+    position = co_names.index(raised_name)
     if end_load.opname == "LOAD_ATTR" and sys.version_info >= (3, 12):
         edited.set(end_load.offset, "LOAD_ATTR", position << 1 | (end_load.arg & 1))
     else:
@@ -433,8 +439,9 @@ def hide_slot(code: CodeType, marker: str, end_name: str = "end", raised_name: s
                     piece = replace(piece, lasti=True)
             new_entries.append(piece)
     constants = tuple(None if isinstance(value, str) and value == marker else value for value in code.co_consts)
-    result = code.replace(co_code=bytes(edited.raw), co_exceptiontable=write_table(new_entries),
-                          co_stacksize=code.co_stacksize + 2, co_names=names, co_consts=constants)
+    result = code.replace(co_code=bytes(edited.raw),  # type: ignore[call-arg, unused-ignore]  # (3.11+)
+                          co_exceptiontable=write_table(new_entries),
+                          co_stacksize=code.co_stacksize + 2, co_names=co_names, co_consts=constants)
     _check(result, markers, depths, push, handler, reraise)
     # The entry code without a location (see unline_with_entry): the first line event is
     # the body's own.

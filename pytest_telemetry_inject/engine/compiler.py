@@ -28,6 +28,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from types import CodeType
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from ..languages.python import DECO_MARK, wrappers
 from ..scriptlib import split_lines
@@ -40,6 +41,20 @@ from .reconstruct import LineMap
 CODE_FORM = 3
 
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+# ``except*`` (3.11+; its fields are ``try``'s): ``try`` where there is none.
+_TRY_STAR: type[ast.Try] = getattr(ast, "TryStar", ast.Try)
+_Node = TypeVar("_Node", bound=ast.AST)
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class _Located(Protocol):
+        """A node with a position (``lineno`` in its ``_attributes``)."""
+
+        lineno: int
+        col_offset: int
+        end_lineno: int | None
+        end_col_offset: int | None
 
 
 @dataclass
@@ -76,10 +91,10 @@ def compile_mapped(text: str, line_map: LineMap, filename: str, *, style: str | 
     for function, wrapper in wrapped:
         if isinstance(wrapper, ast.With):
             plans.append(_plan_with(function, wrapper))
-        elif _is_try_style(function, wrapper):
-            plans.append(_plan_try(function, wrapper))
+        elif _is_try_style(function, wrapper):  # (else a try statement: see wrappers())
+            plans.append(_plan_try(function, cast(ast.Try, wrapper)))
         else:  # the logging target's try form (not a plugin target): lines only
-            _unline_try(function, wrapper)
+            _unline_try(function, cast(ast.Try, wrapper))
     if style != "decorator":
         for function, decorator, kind, name in decorated:
             function.decorator_list.remove(decorator)
@@ -109,10 +124,11 @@ def compile_mapped(text: str, line_map: LineMap, filename: str, *, style: str | 
 def _map_positions(tree: ast.Module, line_map: LineMap) -> None:
     original, shift = line_map.original, line_map.shift
     last = len(original)
-    for node in ast.walk(tree):
-        lineno = getattr(node, "lineno", None)
+    for each in ast.walk(tree):
+        lineno = getattr(each, "lineno", None)
         if lineno is None:
             continue
+        node = cast("_Located", each)
         end = getattr(node, "end_lineno", None) or lineno
         # Columns are UTF-8 byte offsets; an indentation unit is ASCII, so characters = bytes.
         if 1 <= lineno <= last:
@@ -128,16 +144,17 @@ def _map_positions(tree: ast.Module, line_map: LineMap) -> None:
                 node.end_col_offset = end_col
 
 
-def _place(node: ast.AST, line: int, col: int = 0, *, subtree: bool = True) -> ast.AST:
+def _place(node: _Node, line: int, col: int = 0, *, subtree: bool = True) -> _Node:
     """The node (and its subtree) at ``line``, column ``col``; -1: no line and no columns."""
     for each in ast.walk(node) if subtree else (node,):
         if "lineno" in each._attributes:
-            each.lineno = each.end_lineno = line
-            each.col_offset = each.end_col_offset = -1 if line < 0 else col
+            located = cast("_Located", each)
+            located.lineno = located.end_lineno = line
+            located.col_offset = located.end_col_offset = -1 if line < 0 else col
     return node
 
 
-def _lineless(node: ast.AST) -> ast.AST:
+def _lineless(node: _Node) -> _Node:
     return _place(node, -1)
 
 
@@ -200,6 +217,7 @@ def _close_last(last: ast.stmt, final: ast.Return | None) -> None:
         for handler in last.handlers:
             handler.body = _closed(handler.body)
     elif type(last).__name__ == "TryStar":  # (3.11+; no return in an except* block)
+        last = cast(ast.Try, last)  # (its fields are try's)
         if last.orelse:
             last.orelse = _closed(last.orelse)
         else:
@@ -209,7 +227,7 @@ def _close_last(last: ast.stmt, final: ast.Return | None) -> None:
 def _return_like(final: ast.Return | None, where: ast.stmt | None) -> ast.stmt:
     if final is None:
         node = ast.Return(value=None)
-        return ast.copy_location(node, where) if where is not None else _lineless(node)  # type: ignore[return-value]
+        return ast.copy_location(node, where) if where is not None else _lineless(node)
     return copy.deepcopy(final)
 
 
@@ -259,10 +277,10 @@ def _rewrite_returns(body: list[ast.stmt], cost: int = 0) -> None:
     of each of its branches that falls into it (:func:`_closed`)."""
     for index, stmt in enumerate(body):
         if isinstance(stmt, ast.Return) and isinstance(stmt.value, ast.IfExp) and cost + 1 < _COPIED:
-            body[index] = stmt = _split(stmt)  # type: ignore[assignment]
+            body[index] = stmt = _split(stmt)
         if isinstance(stmt, (*_FUNCTIONS, ast.ClassDef)):
             continue
-        if isinstance(stmt, (ast.Try, getattr(ast, "TryStar", ast.Try))):
+        if isinstance(stmt, (ast.Try, _TRY_STAR)):
             _rewrite_returns(stmt.body, _FAR if stmt.finalbody else cost)
             _rewrite_returns(stmt.orelse, _FAR if stmt.finalbody else cost)
             for handler in stmt.handlers:
@@ -290,7 +308,8 @@ def _return_size(stmt: ast.Return) -> int:
     probe = ast.Module(body=[ast.AsyncFunctionDef(name="_", args=ast.arguments(
         posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]),
         body=[ast.Return(value=copy.deepcopy(stmt.value))], decorator_list=[], returns=None, type_comment=None,
-        **({"type_params": []} if sys.version_info >= (3, 12) else {}))], type_ignores=[])
+        **({"type_params": []} if sys.version_info >= (3, 12) else {}))],  # type: ignore[arg-type]  # (3.12+)
+        type_ignores=[])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -426,7 +445,7 @@ def _build(plan: _Plan, form: str, stand_ins: _StandIns) -> None:
         # without a line, so that no call event of a tracer has a line the original lacks.
         return _place(ast.Call(_place(ast.Attribute(_place(ast.Name("_telemetry", ast.Load()), line, col), attribute,
                                                     ast.Load()), line, col, subtree=False),
-                               [_place(arg, line, col) for arg in args], []), -1, subtree=False)  # type: ignore
+                               [_place(arg, line, col) for arg in args], []), -1, subtree=False)
 
     # The rewrites below change nested statement lists in place, the same way each time; a
     # nested function's plan holds its node, which must stay the one in this tree.
@@ -440,8 +459,8 @@ def _build(plan: _Plan, form: str, stand_ins: _StandIns) -> None:
         end = _lineless(ast.Expr(ast.Call(ast.Attribute(ast.Name("_telemetry", ast.Load()), "end", ast.Load()),
                                           [ast.Constant(plan.name), ast.Constant(plan.marker)], [])))
         wrapper = _lineless(ast.Try(body=[], handlers=[], orelse=[], finalbody=[end]))
-        wrapper.body = body  # type: ignore[attr-defined]
-        plan.function.body = [*plan.keep, start, wrapper]  # type: ignore[list-item]
+        wrapper.body = body
+        plan.function.body = [*plan.keep, start, wrapper]
         return
     if plan.target == "otel":
         call = "start_span" if plan.generator else "start_as_current_span"
@@ -449,9 +468,9 @@ def _build(plan: _Plan, form: str, stand_ins: _StandIns) -> None:
         call = "generator_span" if plan.generator else "span"
     # The with statement without a line (and its exit: Python 3.13 would give it the call's).
     with_ = _lineless(ast.With(items=[], body=[]))
-    with_.items = [ast.withitem(telemetry(call, ast.Constant(plan.name)))]  # type: ignore[attr-defined]
-    with_.body = body  # type: ignore[attr-defined]
-    plan.function.body = [*plan.keep, with_]  # type: ignore[list-item]
+    with_.items = [ast.withitem(telemetry(call, ast.Constant(plan.name)))]
+    with_.body = body
+    plan.function.body = [*plan.keep, with_]
 
 
 def _finish(code: CodeType, markers: set[str], failed: set[str], lines: dict[int, int]) -> CodeType:

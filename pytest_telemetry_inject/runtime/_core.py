@@ -61,6 +61,65 @@ from time import perf_counter as _seconds
 from time import perf_counter_ns as _clock
 from time import time_ns as _time_ns
 
+# Types, for the type checker only: the runtime imports no more than it needs (not ``typing``:
+# a type checker takes any ``TYPE_CHECKING`` name as typing's).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, Sequence
+    from contextvars import Token
+    from types import CodeType, FrameType, ModuleType
+    from typing import Any, TypedDict, TypeVar
+
+    _F = TypeVar("_F", bound=Callable[..., Any])
+    # A site's aggregate for one test (see _new_stats): count, total ns, min ns, max ns,
+    # errors, {exception name: count} or None, self ns, self-time samples, untimed calls,
+    # the estimate's bound (ns).
+    _Stats = list[Any]
+    # An event not yet handed to the sinks: site, start (perf_counter_ns), duration (ns),
+    # thread id, span id, parent span id, exception type, test.
+    _Event = tuple["_Site", int, int, int, "int | None", "int | None", "type | None", "str | None"]
+
+    class _RowKeys(TypedDict):
+        module: str
+        name: str
+        file: str | None
+        line: int | None
+        count: int
+        total_ns: int
+        min_ns: int
+        max_ns: int
+        errors: int
+        exceptions: dict[str, int]
+        self_ns: int
+        self_samples: int
+
+    class SnapshotRow(_RowKeys, total=False):
+        """A ``snapshot()`` row: the estimate's keys only on an estimated row
+        (``_mark_estimated``), ``test`` only on a per-test row."""
+
+        estimated: bool
+        untimed: int
+        total_error_ns: int
+        test: str | None
+
+    class _EventKeys(TypedDict):
+        name: str
+        module: str
+        start_ns: int
+        ts_ns: int
+        duration_ns: int
+        pid: int
+        tid: int
+        thread: str | None
+        id: int | None
+        parent: int | None
+        test: str | None
+
+    class EventDict(_EventKeys, total=False):
+        """An ``events()`` dict: ``exception`` only when one escaped."""
+
+        exception: str
+
 __all__ = [
     "RUNTIME_VERSION",
     "Tracer",
@@ -83,7 +142,8 @@ __all__ = [
     "tracer",
 ]
 
-_getframe = getattr(sys, "_getframe", None)  # CPython's; None elsewhere (sites then by name only)
+# CPython's; None elsewhere (sites then by name only)
+_getframe: Callable[[int], FrameType] | None = getattr(sys, "_getframe", None)
 
 # 1: the first runtime (aggregate, JSONL). 2: sinks, per-test attribution, forwarding.
 RUNTIME_VERSION = 2
@@ -96,7 +156,7 @@ _FALSE = ("0", "false", "no", "off")
 # Exceptions that end a call without it failing: a generator closed early, an iterator's
 # ``__next__`` / ``__anext__`` saying it is exhausted.
 _NOT_ERRORS = (GeneratorExit, StopIteration, StopAsyncIteration)
-_NOTHING: dict = {}  # its .get is the disabled try form's start/end/fail
+_NOTHING: dict[Any, Any] = {}  # its .get is the disabled try form's start/end/fail
 _DRAIN_AT = 512  # errors kept per site before they are folded into the aggregate
 _NOTHING_PENDING = (0, 0.0, float("inf"), 0.0)  # a site's pending count, total, low, high
 _SPILL_AT = 4096  # events kept before they are handed to the sinks
@@ -104,9 +164,10 @@ _EPOCH_NS = _time_ns() - _clock()  # perf_counter_ns() + this = Unix time in ns
 
 # C callables used as ``__enter__`` / ``__exit__`` of no-op spans: the ``with`` statement
 # calls them without building a Python frame. ``type.__prepare__`` takes any arguments and
-# returns a new, empty (so false: the exception is not swallowed) dict.
-_ENTER = {}.clear
-_EXIT_NOOP = type.__prepare__
+# returns a new, empty (so false: the exception is not swallowed) dict. (Declared as the
+# methods they stand for: bound methods, they take no self.)
+_ENTER: Callable[[object], None] = {}.clear  # type: ignore[assignment]
+_EXIT_NOOP: Callable[..., None] = type.__prepare__  # type: ignore[assignment]
 
 _lock = threading.Lock()  # folds buffers, spills events, snapshots; replaced after fork
 # The aggregate's hot paths count a call with a few attribute updates and no lock: with a
@@ -115,12 +176,12 @@ _lock = threading.Lock()  # folds buffers, spills events, snapshots; replaced af
 # through _account, under _acc_lock, which folds take too.
 _FREE_THREADED = not getattr(sys, "_is_gil_enabled", lambda: True)()
 _acc_lock = threading.Lock()
-_sites: dict = {}  # (module, name) -> _Site
-_recent: list = []  # sites with calls or errors counted since their last fold (_drain_recent)
-_tracers: dict = {}  # module -> Tracer
-_events: list = []  # event tuples not yet handed to the sinks
-_thread_names: dict = {}  # thread ident -> name, for events
-_current = contextvars.ContextVar("telemetry_inject_span", default=None)
+_sites: dict[tuple[str, str], _Site] = {}  # (module, name) -> _Site
+_recent: list[_Site] = []  # sites with calls or errors counted since their last fold (_drain_recent)
+_tracers: dict[str, Tracer] = {}  # module -> Tracer
+_events: list[_Event] = []  # event tuples not yet handed to the sinks
+_thread_names: dict[int, str] = {}  # thread ident -> name, for events
+_current: contextvars.ContextVar[int | None] = contextvars.ContextVar("telemetry_inject_span", default=None)
 _cv_get = _current.get
 _cv_set = _current.set
 _cv_reset = _current.reset
@@ -134,9 +195,9 @@ _get_ident = threading.get_ident
 # So a span closed by GeneratorExit while this thread collects leaves the variable alone
 # (later spans of that context may name the dead span as parent). 3.12 runs the GC only
 # between bytecodes: nothing to do there.
-_gc_thread = [None]  # the thread collecting now, or None
+_gc_thread: list[int | None] = [None]  # the thread collecting now, or None
 if sys.version_info < (3, 12):
-    def _gc_watch(phase: str, info: dict) -> None:
+    def _gc_watch(phase: str, info: dict[str, Any]) -> None:
         _gc_thread[0] = _get_ident() if phase == "start" else None
 
     gc.callbacks.append(_gc_watch)
@@ -146,16 +207,19 @@ _pid = os.getpid()
 _mode = "agg"  # "off" | "agg" | "ev" (events) | "otel"
 _min_ns = 0
 _rate = 1.0
-_random = None  # random.random, imported when a sample rate is set
+# random.random, imported when a sample rate is set (read only then: declared set)
+_random: Callable[[], float] = None  # type: ignore[assignment]
 _ev_on = False  # some event sink is on
 _parents = False  # some event sink records parent ids (JSONL, kept events)
-_test = None  # the current test (set_current_test)
+_test: str | None = None  # the current test (set_current_test)
 _collecting = False  # this runtime is the collector vendored copies forward to
-_lead = None  # (vendored copies) the runtime this copy forwards to
-_copies: list = []  # (collector) the vendored copies forwarding to it
+_lead: ModuleType | None = None  # (vendored copies) the runtime this copy forwards to
+_copies: list[ModuleType] = []  # (collector) the vendored copies forwarding to it
 
 # OpenTelemetry, bound when the sink is on (never imported otherwise).
-_otel = None  # a namespace of the functions used, or None
+# A namespace of the functions used, or None (read by the spans of the OpenTelemetry mode
+# only, which it is bound for: declared bound).
+_otel: _OtelBridge = None  # type: ignore[assignment]
 
 
 class _Config:
@@ -172,12 +236,12 @@ class _Config:
         self.jsonl = ""
         self.trace = ""
         self.otel: bool | str = "auto"
-        self.otel_provider: object = None  # a TracerProvider; None: the global one
+        self.otel_provider: Any = None  # a TracerProvider; None: the global one
         self.report = ""
         self.keep_events = False
         self.max_events = 200_000
         self.collector = False
-        self.otlp: dict | None = None  # the OTLP sink's settings (runtime/_otlp.py), or None
+        self.otlp: dict[str, Any] | None = None  # the OTLP sink's settings (runtime/_otlp.py), or None
         self.self_time = 0.0  # seconds between self-time samples; 0: not sampled
         self.raise_faults = False  # raise internal faults instead of swallowing them (its own tests)
         # Hot, cheap sites timed on one call of ``timing_every`` (1: every call timed, exact
@@ -187,7 +251,7 @@ class _Config:
         self.timing_after = 1024
         self.timing_below = 2e-6
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
@@ -198,7 +262,7 @@ _config = _Config()
 # a trace is data lost without a word: each is counted by where it happened, with the first
 # exception's text, reported by ``internal_faults()``, the pytest plugin's summary and a
 # line on stderr at exit; under the runtime's own tests (``raise_faults``) it is raised.
-_faults: dict = {}  # where -> [count, "Type: message" of the first]
+_faults: dict[str, list[Any]] = {}  # where -> [count, "Type: message" of the first]
 
 
 def _fault(where: str, reraise: bool = True) -> None:
@@ -218,7 +282,7 @@ def _fault(where: str, reraise: bool = True) -> None:
         raise  # noqa: PLE0704  (the exception being handled by the caller)
 
 
-def internal_faults() -> dict:
+def internal_faults() -> dict[str, dict[str, Any]]:
     """The faults the runtime swallowed since the last ``reset()``: ``{where: {"count": n,
     "first": "Type: message"}}``, in the order they first happened (empty when none)."""
     return {where: {"count": entry[0], "first": entry[1]} for where, entry in list(_faults.items())}
@@ -233,6 +297,15 @@ class _Site:
 
     __slots__ = ("module", "name", "file", "line", "n", "total", "low", "high", "errs", "stats", "ot", "_attrs",
                  "left", "given", "every", "sm", "ss", "sq", "seen", "seen_s")
+    # Set by _unsample (see there).
+    left: int
+    given: int
+    every: int
+    sm: int
+    ss: float
+    sq: float
+    seen: int
+    seen_s: float
 
     def __init__(self, module: str, name: str, file: str | None, line: int | None) -> None:
         self.module = module
@@ -245,17 +318,17 @@ class _Site:
         self.errs: list[type] = []  # exception types not yet folded
         # test -> [count, total, min, max, errors, {exception name: count} or None,
         #          sampled self time in ns, self-time samples] (see _new_stats)
-        self.stats: dict = {}
+        self.stats: dict[str | None, _Stats] = {}
         self.ot = None  # the module's OpenTelemetry tracer, when that sink is on
-        self._attrs: dict | None = None
+        self._attrs: dict[str, Any] | None = None
         _unsample(self)
 
-    def otel_attributes(self) -> dict:
+    def otel_attributes(self) -> dict[str, Any]:
         """OpenTelemetry code attributes, by the current semantic conventions (``code.function.name``
         fully qualified, ``code.file.path``, ``code.line.number``: the names ``code.function``,
         ``code.filepath`` and ``code.lineno`` are deprecated), computed once per site."""
         if self._attrs is None:
-            attrs: dict = {"code.function.name": f"{self.module}.{self.name}"}
+            attrs: dict[str, Any] = {"code.function.name": f"{self.module}.{self.name}"}
             if self.file:
                 attrs["code.file.path"] = self.file
             if self.line:
@@ -284,7 +357,7 @@ def _account(site: _Site, seconds: float) -> None:
 if _FREE_THREADED:
     _account_unlocked = _account
 
-    def _account(site: _Site, seconds: float) -> None:  # type: ignore[misc]  # noqa: F811
+    def _account(site: _Site, seconds: float) -> None:  # noqa: F811
         with _acc_lock:
             _account_unlocked(site, seconds)
 
@@ -303,7 +376,7 @@ def _ns(seconds: float) -> int:
     return round(seconds * 1e9)
 
 
-def _take(site: _Site) -> tuple:
+def _take(site: _Site) -> tuple[int, float, float, float, int]:
     """The site's pending timed count, total, low and high and its untimed calls, reset in
     one step (see ``_acc_lock``; no call and no backward jump in between, so with a GIL no
     call of another thread is counted half). A sampled site's untimed calls are the slots
@@ -320,7 +393,7 @@ def _take(site: _Site) -> tuple:
     return pending
 
 
-def _new_stats() -> list:
+def _new_stats() -> _Stats:
     """A site's aggregate for one test: count, total ns, min ns, max ns, errors, exception
     names (a dict, or None before the first), sampled self ns, self-time samples, calls
     counted but not timed (their time is estimated, see ``_estimate``), and the bound of
@@ -545,7 +618,7 @@ def _gc_room(need: int) -> int:
     if _gc_count()[0] + need + 2 >= threshold:  # (+2: the tuples these calls return)
         _gc_collect(0)
     return threshold - 3
-_sampler = None  # the running _Sampler, or None
+_sampler: _Sampler | None = None  # the running _Sampler, or None
 # samples taken, samples charged to a function, samples in the runtime, ns in the runtime
 _self_counts = [0, 0, 0, 0]
 
@@ -557,11 +630,11 @@ class _Sampler:
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.codes: dict = {}
-        self.entries: dict = {}  # code object -> the offset of its entry instruction (_entry_offset)
-        self.where: dict = {}
+        self.codes: dict[CodeType, Any] = {}  # code object -> _Site, _TOOL or None
+        self.entries: dict[CodeType, int] = {}  # code object -> the offset of its entry instruction (_entry_offset)
+        self.where: dict[tuple[str, int], _Site] = {}
         self.seen = 0  # sites indexed in ``where``
-        self.ident = None
+        self.ident: int | None = None
         self.threads = 1  # threads seen by the last sample
         self.tool_files = {os.path.normcase(_HERE)}
         self.stop = _thread.allocate_lock()
@@ -605,14 +678,14 @@ class _Sampler:
         for code in [c for c, known in self.codes.items() if known is None]:
             del self.codes[code]
 
-    def site_of(self, code: object) -> object:
+    def site_of(self, code: CodeType) -> object:
         """What a code object is: an instrumented function's site, ``_TOOL``, or None."""
-        filename = code.co_filename  # type: ignore[attr-defined]
+        filename = code.co_filename
         if (os.path.normcase(os.path.abspath(filename)) in self.tool_files
                 or os.path.dirname(filename) == _RUNTIME_DIR):
             return _TOOL
-        site = self.where.get((filename, code.co_firstlineno))  # type: ignore[attr-defined]
-        if site is not None and site.name.rpartition(".")[2] == code.co_name:  # type: ignore[attr-defined]
+        site = self.where.get((filename, code.co_firstlineno))
+        if site is not None and site.name.rpartition(".")[2] == code.co_name:
             return site
         return None
 
@@ -679,12 +752,12 @@ class _Sampler:
             del frames, frame  # no frame is held between samples
 
 
-def _entry_offset(code: object) -> int:
+def _entry_offset(code: CodeType) -> int:
     """The offset of the code's RESUME, where a frame waits when it is entered and hands over
     the GIL (CPython 3.11+); -2 (no frame is there) before 3.11."""
     import dis
 
-    for instruction in dis.get_instructions(code):  # type: ignore[arg-type]
+    for instruction in dis.get_instructions(code):
         if instruction.opname == "RESUME":
             return instruction.offset
     return -2
@@ -719,7 +792,7 @@ def _start_sampler(interval: float) -> None:
             _sampler.tool_files.add(os.path.normcase(os.path.abspath(where)))
 
 
-def self_time() -> dict | None:
+def self_time() -> dict[str, Any] | None:
     """How self time was sampled: ``interval_s``, ``samples`` (threads looked at),
     ``charged`` (samples charged to an instrumented function), ``tool_samples`` and
     ``tool_ns`` (samples, and their time, in the runtime's own code: charged to nobody);
@@ -752,6 +825,9 @@ class _AggSpan:
     # form's fail() saw
     __slots__ = ("_t", "_site", "_err")
     __enter__ = _ENTER
+    _t: float
+    _site: _Site
+    _err: BaseException | None
 
     def _begin(self, site: _Site) -> _AggSpan:
         self._site = site
@@ -800,8 +876,8 @@ def _name_thread(ident: int) -> None:
     _thread_names[ident] = threading.current_thread().name
 
 
-def _emit(site: _Site, start: int, duration: int, tid: int, span_id: object, parent: object,
-          error: type | None, test: object) -> None:
+def _emit(site: _Site, start: int, duration: int, tid: int, span_id: int | None, parent: int | None,
+          error: type | None, test: str | None) -> None:
     """Keep one event (the caller checked min_duration and the sample rate)."""
     _events.append((site, start, duration, tid, span_id, parent, error, test))
     if len(_events) >= _SPILL_AT and _lock.acquire(False):
@@ -816,6 +892,12 @@ class _EvSpan(_AggSpan):
     a contextvar, so threads and asyncio tasks get theirs) and a thread."""
 
     __slots__ = ("_id", "_parent", "_tok", "_test", "_tid")
+    _t: int  # (ns)
+    _id: int | None
+    _parent: int | None
+    _tok: Token[int | None] | None
+    _test: str | None
+    _tid: int
 
     def _begin(self, site: _Site) -> _EvSpan:
         self._site = site
@@ -878,14 +960,14 @@ class _EvGenSpan(_EvSpan):
         self._t = _clock()
         return self
 
-    def _enter_step(self) -> object:
+    def _enter_step(self) -> Token[int | None] | None:
         try:
             return _cv_set(self._id) if self._id is not None else None
         except Exception:
             _fault("generator step")
             return None
 
-    def _exit_step(self, token: object) -> None:
+    def _exit_step(self, token: Token[int | None] | None) -> None:
         try:
             if token is not None:
                 _cv_reset(token)
@@ -893,7 +975,7 @@ class _EvGenSpan(_EvSpan):
             pass
 
 
-def _otel_tracer(site: _Site):  # type: ignore[no-untyped-def]
+def _otel_tracer(site: _Site) -> Any:
     ot = site.ot
     if ot is None:
         ot = site.ot = _otel.get_tracer(site.module)
@@ -905,6 +987,11 @@ class _OtSpan(_AggSpan):
     so spans nest under whatever span is current, e.g. a test's."""
 
     __slots__ = ("_o", "_tok", "_test", "_tid")
+    _t: int  # (ns)
+    _o: Any  # the OpenTelemetry span, or None
+    _tok: Token[Any] | None
+    _test: str | None
+    _tid: int
 
     def _begin(self, site: _Site) -> _OtSpan:
         self._site = site
@@ -942,7 +1029,7 @@ class _OtSpan(_AggSpan):
             site = self._site
             _account(site, duration * 1e-9)
             if error is not None:
-                _error(site, et)
+                _error(site, error)
         except Exception:
             _fault("span end (OpenTelemetry)")
         if span is not None:
@@ -951,7 +1038,7 @@ class _OtSpan(_AggSpan):
                     _otel.detach(token)
                 if error is not None:
                     span.record_exception(ev)
-                    span.set_status(_otel.error_status(_describe(et, ev)))
+                    span.set_status(_otel.error_status(_describe(error, ev)))
             except Exception:
                 _fault("OpenTelemetry span end", reraise=False)  # (the span must still end)
             finally:
@@ -998,7 +1085,7 @@ class _OtGenSpan(_OtSpan):
             raise
         return self
 
-    def _enter_step(self) -> object:
+    def _enter_step(self) -> Token[Any] | None:
         try:
             span = self._o
             return None if span is None else _otel.attach(_otel.set_span_in_context(span))
@@ -1006,7 +1093,7 @@ class _OtGenSpan(_OtSpan):
             _fault("generator step")
             return None
 
-    def _exit_step(self, token: object) -> None:
+    def _exit_step(self, token: Token[Any] | None) -> None:
         try:
             if token is not None:
                 _otel.detach(token)
@@ -1029,17 +1116,26 @@ class Tracer:
     __slots__ = ("module", "span", "generator_span", "start", "start_generator", "end", "fail", "raised",
                  "_by_name", "_by_code", "_where", "_lead", "_followers",
                  "__weakref__")
-    _kinds: tuple = (_AggSpan, _AggSpan)  # the span classes of span() and generator_span()
+    # the span classes of span() and generator_span()
+    _kinds: tuple[type[_AggSpan], type[_AggSpan]] = (_AggSpan, _AggSpan)
+    # The mode's methods (the subclasses' class attributes; a follower's slots: see _follow).
+    span: Callable[[str], _AggSpan | _Off]
+    generator_span: Callable[[str], _AggSpan | _Off]
+    start: Callable[[], object]
+    start_generator: Callable[[], object]
+    end: Callable[[str, object], None]
+    fail: Callable[[str, object], object]
+    raised: Callable[[str, object], None]
 
     def __init__(self, module: str) -> None:
         self.module = module
-        self._by_name: dict = {}  # name -> _Site (this module's sites seen so far)
+        self._by_name: dict[str | None, _Site] = {}  # name -> _Site (this module's sites seen so far)
         # code object -> _Site, learnt by the try form's end() in the span modes, so that its
         # start() begins the span under its real name (no rename, no attributes set late).
-        self._by_code: dict = {}
-        self._where: dict = {}  # name -> (file, line) known before the first call
+        self._by_code: dict[CodeType, _Site] = {}
+        self._where: dict[str, tuple[str | None, int | None]] = {}  # name -> (file, line) known before the first call
         self._lead: Tracer | None = None  # (vendored copies) the tracer spans go to
-        self._followers: list = []  # (collector) vendored copies' tracers of this module
+        self._followers: list[Tracer] = []  # (collector) vendored copies' tracers of this module
         _install(self)
 
     def _span_agg(self, name: str) -> _AggSpan | _Off:
@@ -1306,15 +1402,16 @@ class Tracer:
             if self._lead is not None:
                 self._lead._where[name] = where
 
-    def instrument(self, name: str):  # type: ignore[no-untyped-def]
+    def instrument(self, name: str) -> Callable[[_F], _F]:
         """Decorator form: one span per call of sync, async, generator and async generator
         functions (``staticmethod``/``classmethod`` objects are unwrapped and rewrapped).
         Keeps ``functools.wraps`` metadata (``__wrapped__``, ``__doc__``, signature). When
         the runtime is disabled at decoration time the function is returned unchanged."""
 
-        def decorate(func):  # type: ignore[no-untyped-def]
+        def decorate(func: _F) -> _F:
             try:
-                return _wrap(self, name, func)
+                wrapped: _F = _wrap(self, name, func)
+                return wrapped
             except Exception:
                 _fault("instrument")
                 return func
@@ -1338,7 +1435,7 @@ class Tracer:
     def __repr__(self) -> str:
         return f"<telemetry {type(self).__name__} {self.module!r}>"
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Callable[[str], Tracer], tuple[str]]:
         # There is one tracer per module name: pickled, copied or deep-copied, a tracer is a
         # reference to its module's, found again by tracer(). (cloudpickle pickles a nested
         # function by value with the globals it uses, the module's _telemetry among them; the
@@ -1397,7 +1494,7 @@ class _FollowTracer(Tracer):
     __slots__ = ()
 
 
-_TRACER_CLASSES = {"off": _OffTracer, "agg": _AggTracer, "ev": _EvTracer, "otel": _OtTracer}
+_TRACER_CLASSES: dict[str, type[Tracer]] = {"off": _OffTracer, "agg": _AggTracer, "ev": _EvTracer, "otel": _OtTracer}
 
 
 def _install(tr: Tracer) -> None:
@@ -1428,7 +1525,7 @@ def tracer(module: str) -> Tracer:
     return found
 
 
-def no_telemetry(func):  # type: ignore[no-untyped-def]
+def no_telemetry(func: _F) -> _F:
     """Mark a function the tool must leave alone (the scanner recognises the name)."""
     return func
 
@@ -1440,7 +1537,7 @@ _CO_COROUTINE = 0x80
 _CO_ASYNC_GENERATOR = 0x200
 
 
-def _wrap(tr: Tracer, name: str, func):  # type: ignore[no-untyped-def]
+def _wrap(tr: Tracer, name: str, func: Any) -> Any:
     if isinstance(func, (staticmethod, classmethod)):
         return type(func)(_wrap(tr, name, func.__func__))
     tr._register(name, func)
@@ -1451,7 +1548,7 @@ def _wrap(tr: Tracer, name: str, func):  # type: ignore[no-untyped-def]
 
     if flags & _CO_ASYNC_GENERATOR:
         @functools.wraps(func)
-        async def async_gen_wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        async def async_gen_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
             span = tr.generator_span(name)
             with span:
                 agen = func(*args, **kwargs)
@@ -1472,7 +1569,7 @@ def _wrap(tr: Tracer, name: str, func):  # type: ignore[no-untyped-def]
                             return
                         finally:
                             if enter is not None:
-                                leave(token)
+                                leave(token)  # type: ignore[misc]  # (there with enter)
                         try:
                             value = yield item
                         except GeneratorExit:
@@ -1485,30 +1582,32 @@ def _wrap(tr: Tracer, name: str, func):  # type: ignore[no-untyped-def]
 
     if flags & _CO_COROUTINE:
         @functools.wraps(func)
-        async def async_wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             with tr.span(name):
                 return await func(*args, **kwargs)
         return async_wrapper
 
     if flags & _CO_GENERATOR:
         @functools.wraps(func)
-        def gen_wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
             span = tr.generator_span(name)
             with span:
                 enter = getattr(span, "_enter_step", None)
                 if enter is None:
                     return (yield from func(*args, **kwargs))
-                return (yield from _stepped(func(*args, **kwargs), enter, span._exit_step))
+                return (yield from _stepped(func(*args, **kwargs), enter,
+                                            span._exit_step))  # type: ignore[union-attr]  # (with _enter_step)
         return gen_wrapper
 
     @functools.wraps(func)
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         with tr.span(name):
             return func(*args, **kwargs)
     return wrapper
 
 
-def _stepped(gen, enter, leave):  # type: ignore[no-untyped-def]
+def _stepped(gen: Generator[Any, Any, Any], enter: Callable[[], Any],
+             leave: Callable[[Any], None]) -> Generator[Any, Any, Any]:
     """``yield from gen`` with the generator's span current during each step only."""
     value = thrown = None
     while True:
@@ -1564,12 +1663,12 @@ class _OtelBridge:
         self.attach = context.attach
         self.detach = context.detach
         self.set_span_in_context = trace.set_span_in_context
-        self.error_status = lambda description: Status(StatusCode.ERROR, description)
+        self.error_status: Callable[[str], Status] = lambda description: Status(StatusCode.ERROR, description)
 
-    def provider(self):  # type: ignore[no-untyped-def]
+    def provider(self) -> Any:
         return _config.otel_provider or self.trace.get_tracer_provider()
 
-    def get_tracer(self, module: str):  # type: ignore[no-untyped-def]
+    def get_tracer(self, module: str) -> Any:
         # The global provider's tracers are proxies until a provider is set: fine.
         provider = _config.otel_provider
         return provider.get_tracer(module) if provider is not None else self.trace.get_tracer(module)
@@ -1630,11 +1729,11 @@ def _maybe_otel() -> None:
 # -- sinks ----------------------------------------------------------------------------------
 
 
-def _event_dict(event: tuple) -> dict:
+def _event_dict(event: _Event) -> EventDict:
     site, start, duration, tid, span_id, parent, error, test = event
-    out = {"name": site.name, "module": site.module, "start_ns": start, "ts_ns": start + _EPOCH_NS,
-           "duration_ns": duration, "pid": _pid, "tid": tid, "thread": _thread_names.get(tid),
-           "id": span_id, "parent": parent, "test": test}
+    out: EventDict = {"name": site.name, "module": site.module, "start_ns": start, "ts_ns": start + _EPOCH_NS,
+                      "duration_ns": duration, "pid": _pid, "tid": tid, "thread": _thread_names.get(tid),
+                      "id": span_id, "parent": parent, "test": test}
     if error is not None:
         out["exception"] = _exception_name(error)
     return out
@@ -1652,7 +1751,7 @@ class _JsonlSink:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._json: dict = {}  # str/None -> its JSON text
+        self._json: dict[object, str] = {}  # str/None -> its JSON text
 
     def _quote(self, text: object) -> str:
         found = self._json.get(text)
@@ -1662,7 +1761,7 @@ class _JsonlSink:
             found = self._json[text] = json.dumps(text)
         return found
 
-    def take(self, batch: list) -> None:
+    def take(self, batch: list[_Event]) -> None:
         quote = self._quote
         epoch, pid = _EPOCH_NS, _pid
         names = _thread_names
@@ -1691,10 +1790,10 @@ class _KeepSink:
     """Keeps events in memory (up to ``max_events``; the rest are counted as dropped)."""
 
     def __init__(self) -> None:
-        self.kept: list = []
+        self.kept: list[_Event] = []
         self.dropped = 0
 
-    def take(self, batch: list) -> None:
+    def take(self, batch: list[_Event]) -> None:
         room = _config.max_events - len(self.kept)
         if room >= len(batch):
             self.kept.extend(batch)
@@ -1731,7 +1830,7 @@ class _TraceSink(_KeepSink):
         os.replace(tmp, path)
 
 
-_sinks: dict = {}  # "jsonl" | "trace" | "keep" -> sink
+_sinks: dict[str, Any] = {}  # "jsonl" | "trace" | "keep" | "otlp" -> sink (take(batch), write())
 
 
 def _write_sinks() -> None:
@@ -1791,7 +1890,7 @@ def _spill() -> None:
             _lost(key, len(batch), exc)
 
 
-_losses: dict = {}  # sink key -> [events lost, the last error]
+_losses: dict[str, list[Any]] = {}  # sink key -> [events lost, the last error]
 
 
 def _lost(key: str, count: int, exc: BaseException) -> None:
@@ -1800,26 +1899,27 @@ def _lost(key: str, count: int, exc: BaseException) -> None:
     entry[1] = f"{type(exc).__name__}: {exc}"
 
 
-def sink_losses() -> dict:
+def sink_losses() -> dict[str, dict[str, Any]]:
     """Events a sink could not take or write ({"jsonl"|"trace"|...: {"lost": events,
     "error": the last error}}); empty when none was lost. A trace file that cannot be
     written loses every event it holds."""
     return {key: {"lost": lost, "error": error} for key, (lost, error) in _losses.items()}
 
 
-def chrome_trace(events: list, *, dropped: int = 0, process_name: str | None = None,
-                 functions: list | None = None, self_time: dict | None = None) -> dict:
+def chrome_trace(events: Iterable[Mapping[str, Any]], *, dropped: int = 0, process_name: str | None = None,
+                 functions: Iterable[Mapping[str, Any]] | None = None,
+                 self_time: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A Chrome trace event document (opens in Perfetto and chrome://tracing) from event
     dicts (``events()``, JSONL lines). Spans of one thread that overlap without nesting
     (asyncio tasks, generators) go to extra tracks, so every track nests properly.
     ``dropped``: the calls that have no event (the cap). ``functions``: snapshot rows, kept
     in ``otherData.functions`` (every call counted, with total and self time, whatever the
     cap); ``self_time``: how self time was sampled."""
-    out: list = []
-    by_thread: dict = {}
+    out: list[dict[str, Any]] = []
+    by_thread: dict[tuple[int, int], list[Mapping[str, Any]]] = {}
     for event in events:
         by_thread.setdefault((event.get("pid", 0), event.get("tid", 0)), []).append(event)
-    named: set = set()
+    named: set[int] = set()
     next_tid = 1
     for (pid, tid), items in by_thread.items():
         if pid not in named:
@@ -1827,7 +1927,7 @@ def chrome_trace(events: list, *, dropped: int = 0, process_name: str | None = N
             label = process_name or f"{os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'python'} ({pid})"
             out.append({"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": label}})
         items.sort(key=lambda e: (e["start_ns"], -e["duration_ns"]))
-        lanes: list = []  # [track id, stack of end times]
+        lanes: list[list[Any]] = []  # [track id, stack of end times]
         thread = items[0].get("thread") or f"thread {tid}"
         for event in items:
             start, end = event["start_ns"], event["start_ns"] + event["duration_ns"]
@@ -1847,13 +1947,13 @@ def chrome_trace(events: list, *, dropped: int = 0, process_name: str | None = N
                 out.append({"name": "thread_sort_index", "ph": "M", "pid": pid, "tid": track,
                             "args": {"sort_index": track}})
                 lanes.append([track, [end]])
-            args = {"module": event.get("module"), "test": event.get("test")}
+            args: dict[str, Any] = {"module": event.get("module"), "test": event.get("test")}
             if event.get("exception"):
                 args["exception"] = event["exception"]
             out.append({"name": event["name"], "cat": event.get("module") or "function", "ph": "X",
                         "ts": start / 1000, "dur": event["duration_ns"] / 1000, "pid": pid, "tid": track,
                         "args": args})
-    other: dict = {"producer": "pytest-telemetry-inject", "runtime_version": RUNTIME_VERSION,
+    other: dict[str, Any] = {"producer": "pytest-telemetry-inject", "runtime_version": RUNTIME_VERSION,
                    "dropped_events": dropped}
     if functions is not None:
         other["functions"] = [{"name": f"{r['module']}:{r['name']}", "count": r["count"], "total_ns": r["total_ns"],
@@ -1866,7 +1966,7 @@ def chrome_trace(events: list, *, dropped: int = 0, process_name: str | None = N
 # -- the API for the pytest plugin and for users ----------------------------------------------
 
 
-def configure(**settings: object) -> dict:
+def configure(**settings: object) -> dict[str, Any]:
     """Change settings; returns them all. Keywords (each optional): ``disabled`` (bool),
     ``min_duration`` (seconds), ``sample_rate`` (0..1), ``jsonl`` (path or ""), ``trace``
     (path or ""), ``otel`` (True, False or "auto"), ``report`` ("", "1" or a path),
@@ -1945,12 +2045,12 @@ def current_test() -> str | None:
     return _test
 
 
-def _row(site: _Site, stats: list, test: object = None, per_test: bool = False) -> dict:
+def _row(site: _Site, stats: _Stats, test: str | None = None, per_test: bool = False) -> SnapshotRow:
     # Sampled self time is an estimate: never more than the measured total.
-    row = {"module": site.module, "name": site.name, "file": site.file, "line": site.line,
-           "count": stats[0], "total_ns": stats[1], "min_ns": stats[2], "max_ns": stats[3],
-           "errors": stats[4], "exceptions": dict(stats[5] or {}),
-           "self_ns": min(stats[6], stats[1]), "self_samples": stats[7]}
+    row: SnapshotRow = {"module": site.module, "name": site.name, "file": site.file, "line": site.line,
+                        "count": stats[0], "total_ns": stats[1], "min_ns": stats[2], "max_ns": stats[3],
+                        "errors": stats[4], "exceptions": dict(stats[5] or {}),
+                        "self_ns": min(stats[6], stats[1]), "self_samples": stats[7]}
     if len(stats) > 8 and stats[8]:
         _mark_estimated(row, stats[8], stats[9])
     if per_test:
@@ -1958,7 +2058,7 @@ def _row(site: _Site, stats: list, test: object = None, per_test: bool = False) 
     return row
 
 
-def _mark_estimated(row: dict, untimed: int, bound_ns: float) -> None:
+def _mark_estimated(row: SnapshotRow | dict[str, Any], untimed: int, bound_ns: float) -> None:
     """A row whose total (and so its mean) is an estimate: ``untimed`` of its calls were
     counted but not timed (see ``_estimate``); ``total_error_ns`` bounds the estimate (about
     95%); ``min_ns`` and ``max_ns`` are those of the timed calls. Exact rows have none of
@@ -1968,7 +2068,7 @@ def _mark_estimated(row: dict, untimed: int, bound_ns: float) -> None:
     row["total_error_ns"] = round(bound_ns)
 
 
-def _fold(into: list, stats: list) -> None:
+def _fold(into: _Stats, stats: Sequence[Any]) -> None:
     if stats[0]:
         if not into[0] or stats[2] < into[2]:
             into[2] = stats[2]
@@ -1989,7 +2089,7 @@ def _fold(into: list, stats: list) -> None:
         into[5] = kinds
 
 
-def snapshot(per_test: bool = False) -> list:
+def snapshot(per_test: bool = False) -> list[SnapshotRow]:
     """The aggregate as plain, JSON-serialisable dicts, exact at the time of the call.
 
     ``per_test=False``: one row per function seen (called or not since ``reset()``) with
@@ -2004,9 +2104,9 @@ def snapshot(per_test: bool = False) -> list:
         return _rows(per_test)
 
 
-def _rows(per_test: bool) -> list:
+def _rows(per_test: bool) -> list[SnapshotRow]:
     """``snapshot()``'s rows (the caller holds ``_lock`` and has folded the buffers)."""
-    rows = []
+    rows: list[SnapshotRow] = []
     for site in list(_sites.values()):
         if per_test:
             for test, stats in list(site.stats.items()):
@@ -2019,11 +2119,11 @@ def _rows(per_test: bool) -> list:
     return rows
 
 
-def merge_snapshots(snapshots) -> list:  # type: ignore[no-untyped-def]
+def merge_snapshots(snapshots: Iterable[Iterable[Mapping[str, Any]]]) -> list[dict[str, Any]]:
     """Combine snapshots (e.g. of pytest-xdist workers) exactly: counts, totals and errors
     add up, the smallest min and the largest max win. Rows are matched by module, name and
     (for per-test rows) test."""
-    merged: dict = {}
+    merged: dict[tuple[Any, ...], tuple[dict[str, Any], _Stats]] = {}
     for rows in snapshots:
         for row in rows:
             key = (row["module"], row["name"], "test" in row, row.get("test"))
@@ -2052,7 +2152,7 @@ def merge_snapshots(snapshots) -> list:  # type: ignore[no-untyped-def]
     return result
 
 
-def events(clear: bool = False) -> list:
+def events(clear: bool = False) -> list[EventDict]:
     """The events kept in memory (``configure(keep_events=True)``), as dicts: ``name``,
     ``module``, ``start_ns`` (perf counter), ``ts_ns`` (Unix), ``duration_ns``, ``pid``,
     ``tid``, ``thread``, ``id``, ``parent``, ``test`` and ``exception`` when one escaped.
@@ -2074,7 +2174,7 @@ def dropped_events() -> int:
     return keep.dropped if keep is not None else 0
 
 
-def otlp_counts() -> dict | None:
+def otlp_counts() -> dict[str, Any] | None:
     """The OTLP sink's spans: handed over, delivered, lost (and the last reason), or None
     when it is off. Call ``flush()`` first for final figures."""
     sink = _sinks.get("otlp")
@@ -2125,8 +2225,8 @@ def flush() -> None:
 # -- the terminal table --------------------------------------------------------------------
 
 
-def format_report(rows: list | None = None, *, top: int = 25, instrumented=None,  # type: ignore[no-untyped-def]
-                  width: int = 60, with_self: bool | None = None) -> str:
+def format_report(rows: Sequence[Mapping[str, Any]] | None = None, *, top: int = 25,
+                  instrumented: Iterable[str] | None = None, width: int = 60, with_self: bool | None = None) -> str:
     """A plain-text table of the functions with the most total time (``rows``: a snapshot;
     default: this runtime's). ``instrumented``: names (``module:qualname``) of every
     instrumented function; those never called are listed after the table. ``with_self``:
@@ -2187,7 +2287,7 @@ def format_report(rows: list | None = None, *, top: int = 25, instrumented=None,
 # Forwarding costs nothing per call: the copy's ``Tracer.span`` IS the collector's.
 
 
-def _find_collector():  # type: ignore[no-untyped-def]
+def _find_collector() -> ModuleType | None:
     """(In a vendored copy) the package runtime, when it is collecting."""
     if __name__ == _MAIN_NAME:
         return None
@@ -2201,7 +2301,7 @@ def _find_collector():  # type: ignore[no-untyped-def]
     return main
 
 
-def _attach_follower(follower) -> None:  # type: ignore[no-untyped-def]
+def _attach_follower(follower: Tracer) -> None:
     """(In the collector) make a vendored copy's tracer use ours for the same module."""
     lead = tracer(follower.module)
     lead._where.update(follower._where)
@@ -2210,7 +2310,7 @@ def _attach_follower(follower) -> None:  # type: ignore[no-untyped-def]
     follower._follow(lead)
 
 
-def _adopt(main) -> None:  # type: ignore[no-untyped-def]
+def _adopt(main: ModuleType | None) -> None:
     """(In a vendored copy) forward to ``main`` (None: stop forwarding)."""
     global _lead
     if main is _lead:
@@ -2326,7 +2426,7 @@ def _after_fork_in_child() -> None:
 
 # (The package runtime) writes a JSON or HTML report: set by runtime/__init__.py, so that this
 # module never imports the report module, which imports it.
-_report_writer = None
+_report_writer: Callable[[str, object], None] | None = None
 
 
 def _write_report() -> None:

@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +42,11 @@ MAX_TESTS_CHARTED = 300
 MAX_TABLE_ROWS = 200  # functions in a test's table (when its chart misses calls); the JSON has all
 
 
-def _function_key(row: dict) -> str:
+def _function_key(row: Mapping[str, Any]) -> str:
     return f"{row['module']}:{row['name']}"
 
 
-def _estimate_of(row: dict) -> dict:
+def _estimate_of(row: Mapping[str, Any]) -> dict[str, Any]:
     """The keys saying a row's total is estimated (``_core._mark_estimated``); none for an
     exact row, so exact reports are as they were."""
     if not row.get("estimated"):
@@ -54,9 +54,10 @@ def _estimate_of(row: dict) -> dict:
     return {"estimated": True, "untimed": row.get("untimed") or 0, "total_error_ns": row.get("total_error_ns") or 0}
 
 
-def build_report(functions: Sequence[dict], *, tests: Sequence[dict] | None = None,
-                 events: Sequence[dict] | None = None, instrumented: Iterable[str] | None = None,
-                 events_dropped: int = 0, meta: dict | None = None, self_time: dict | None = None) -> dict:
+def build_report(functions: Sequence[Mapping[str, Any]], *, tests: Sequence[Mapping[str, Any]] | None = None,
+                 events: Sequence[Mapping[str, Any]] | None = None, instrumented: Iterable[str] | None = None,
+                 events_dropped: int = 0, meta: Mapping[str, Any] | None = None,
+                 self_time: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The report (version ``VERSION``) from snapshot rows.
 
     ``functions``: ``snapshot()`` rows (merged with ``merge_snapshots`` when there are
@@ -64,7 +65,7 @@ def build_report(functions: Sequence[dict], *, tests: Sequence[dict] | None = No
     ``instrumented``: ``module:qualname`` of every instrumented function, to list those never
     called. ``meta``: anything JSON-serialisable to keep with it. ``self_time``: how self
     time was sampled (``_core.self_time()``), None when it was not."""
-    per_test: dict[Any, list[dict]] = {}
+    per_test: dict[Any, list[Mapping[str, Any]]] = {}
     for row in tests or ():
         if row.get("count"):
             per_test.setdefault(row.get("test"), []).append(row)
@@ -124,7 +125,7 @@ def build_report(functions: Sequence[dict], *, tests: Sequence[dict] | None = No
 
 
 def from_runtime(runtime: Any = None, *, instrumented: Iterable[str] | None = None,
-                 meta: dict | None = None) -> dict:
+                 meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The report of a live runtime module (default: this package's)."""
     runtime = runtime or _core
     sampled = getattr(runtime, "self_time", None)
@@ -145,7 +146,7 @@ def write_from_runtime(path: str, runtime: Any = None) -> None:
 # -- JSON ---------------------------------------------------------------------------------------
 
 
-def write_json(path: str | os.PathLike[str], report: dict) -> None:
+def write_json(path: str | os.PathLike[str], report: Mapping[str, Any]) -> None:
     """Write the report as JSON (indented, UTF-8)."""
     Path(path).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
 
@@ -154,7 +155,7 @@ class ReportFormatError(ValueError):
     """Not a report this version can read."""
 
 
-def load_json(path: str | os.PathLike[str]) -> dict:
+def load_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a JSON report, checking its format and version (upgrading older versions)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -168,7 +169,7 @@ def load_json(path: str | os.PathLike[str]) -> dict:
     return data
 
 
-def from_jsonl(path: str | os.PathLike[str], *, instrumented: Iterable[str] | None = None) -> dict:
+def from_jsonl(path: str | os.PathLike[str], *, instrumented: Iterable[str] | None = None) -> dict[str, Any]:
     """A report from a JSONL event file (``TELEMETRY_INJECT_JSONL``): the aggregate is
     rebuilt from the events, so it covers only the calls that were emitted (see
     ``min_duration`` and the sample rate)."""
@@ -178,8 +179,8 @@ def from_jsonl(path: str | os.PathLike[str], *, instrumented: Iterable[str] | No
             line = line.strip()
             if line:
                 events.append(json.loads(line))
-    functions: dict[tuple, list] = {}
-    tests: dict[tuple, list] = {}
+    functions: dict[tuple[Any, ...], list[Any]] = {}
+    tests: dict[tuple[Any, ...], list[Any]] = {}
     for event in events:
         error = event.get("exception")
         for table, key in ((functions, (event["module"], event["name"])),
@@ -188,7 +189,7 @@ def from_jsonl(path: str | os.PathLike[str], *, instrumented: Iterable[str] | No
             _core._fold(stats, [1, event["duration_ns"], event["duration_ns"], event["duration_ns"],
                                 1 if error else 0, {error: 1} if error else None])
 
-    def rows(table: dict, per_test: bool) -> list[dict]:
+    def rows(table: dict[tuple[Any, ...], list[Any]], per_test: bool) -> list[dict[str, Any]]:
         out = []
         for key, s in table.items():
             row = {"module": key[0], "name": key[1], "count": s[0], "total_ns": s[1], "min_ns": s[2],
@@ -205,7 +206,7 @@ def from_jsonl(path: str | os.PathLike[str], *, instrumented: Iterable[str] | No
 # -- terminal -----------------------------------------------------------------------------------
 
 
-def format_terminal(report: dict, *, top: int = 25, width: int = 60) -> str:
+def format_terminal(report: Mapping[str, Any], *, top: int = 25, width: int = 60) -> str:
     """The terminal table: top functions by total time, the exceptions, the functions never
     called (when the report knows what was instrumented) and the slowest tests."""
     instrumented = None
@@ -226,15 +227,15 @@ def format_terminal(report: dict, *, top: int = 25, width: int = 60) -> str:
 # -- HTML -----------------------------------------------------------------------------------------
 
 
-def _chart_events(report: dict) -> dict:
+def _chart_events(report: Mapping[str, Any]) -> dict[str, list[list[Any]]]:
     """Per test, the events the page draws (the longest ``MAX_EVENTS_PER_TEST``), with the
     fields it uses only."""
-    by_test: dict[Any, list[dict]] = {}
+    by_test: dict[Any, list[Mapping[str, Any]]] = {}
     for event in report.get("events") or ():
         by_test.setdefault(event.get("test"), []).append(event)
     order = [t["test"] for t in report.get("tests") or ()]
     order += [t for t in by_test if t not in order]
-    out: dict[str, list] = {}
+    out: dict[str, list[list[Any]]] = {}
     for test in order[:MAX_TESTS_CHARTED]:
         items = by_test.get(test)
         if not items:
@@ -247,7 +248,7 @@ def _chart_events(report: dict) -> dict:
     return out
 
 
-def render_html(report: dict, *, title: str = "Telemetry report") -> str:
+def render_html(report: Mapping[str, Any], *, title: str = "Telemetry report") -> str:
     """The report as one self-contained HTML page (no network access)."""
     charts = _chart_events(report)
     tests = []
@@ -280,7 +281,7 @@ def fill_page(page: str, title: str, data: object) -> str:
     return page.replace("__TITLE__", escaped_title).replace("__DATA__", payload)
 
 
-def write_html(path: str | os.PathLike[str], report: dict, *, title: str = "Telemetry report") -> None:
+def write_html(path: str | os.PathLike[str], report: Mapping[str, Any], *, title: str = "Telemetry report") -> None:
     """Write the report as one self-contained HTML page."""
     Path(path).write_text(render_html(report, title=title), encoding="utf-8")
 
