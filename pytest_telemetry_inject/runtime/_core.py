@@ -252,6 +252,12 @@ class _Site:
         self.shown = True
         _unsample(self)
 
+    def __reduce__(self) -> tuple:
+        # A site bound into a function's code (bind_site) travels with it when the code is
+        # pickled by value (cloudpickle): unpickled, it is the site of that module and name
+        # in the receiving process, not a copy that counts for no one.
+        return (bind_site, (self.module, self.name, self.file, self.line))
+
     def otel_attributes(self) -> dict:
         """OpenTelemetry code attributes, by the current semantic conventions (``code.function.name``
         fully qualified, ``code.file.path``, ``code.line.number``: the names ``code.function``,

@@ -145,3 +145,11 @@ def test_a_site_decided_slow_that_turns_cheap_is_sampled() -> None:
     cheap_then_slow(m, 100)
     row = rows(m)["leaf"]
     assert row["count"] == 190 and row["untimed"] > 0
+
+
+def test_a_bound_site_pickles_as_the_site_of_its_module_and_name() -> None:
+    import pickle
+
+    m = load()
+    site = _core._sites[(m.__name__, "leaf")]
+    assert pickle.loads(pickle.dumps(site)) is site
