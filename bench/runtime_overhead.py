@@ -130,6 +130,7 @@ def on_the_fly(folder: Path, name: str) -> Callable[[int], int]:
 
     from pytest_telemetry_inject.engine.compiler import compile_mapped
     from pytest_telemetry_inject.engine.pipeline import Engine
+    from pytest_telemetry_inject.plugin.importhook import _bound
     from pytest_telemetry_inject.settings import Settings
 
     path = folder / f"{name}.py"
@@ -139,7 +140,8 @@ def on_the_fly(folder: Path, name: str) -> Callable[[int], int]:
     module = types.ModuleType(name)
     module.__file__ = str(path)
     sys.modules[name] = module
-    exec(compile_mapped(result.output.decode(), result.get_line_map(), str(path), style="try"), module.__dict__)
+    code = compile_mapped(result.output.decode(), result.get_line_map(), str(path), style="try")
+    exec(_bound(code, name), module.__dict__)  # bound as the import hook binds it
     return module.f  # type: ignore[no-any-return]
 
 

@@ -37,9 +37,10 @@ from __future__ import annotations
 
 import dis
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import CodeType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     # A code unit's (line, end line, column, end column), as ``co_positions()`` gives them.
@@ -439,6 +440,7 @@ def hide_slot(code: CodeType, marker: str, end_name: str = "end", raised_name: s
                     piece = replace(piece, lasti=True)
             new_entries.append(piece)
     constants = tuple(None if isinstance(value, str) and value == marker else value for value in code.co_consts)
+    co_names, constants = _own_slots(edited, instructions, index, markers, end_load, co_names, constants)
     result = code.replace(co_code=bytes(edited.raw),  # type: ignore[call-arg, unused-ignore]  # (3.11+)
                           co_exceptiontable=write_table(new_entries),
                           co_stacksize=code.co_stacksize + 2, co_names=co_names, co_consts=constants)
@@ -446,6 +448,71 @@ def hide_slot(code: CodeType, marker: str, end_name: str = "end", raised_name: s
     # The entry code without a location (see unline_with_entry): the first line event is
     # the body's own.
     return unline(result, instructions[_first_traceable(instructions)].offset, after_push)
+
+
+# The last constant of a function whose end() calls :func:`bind_sites` can bind: (SITES_TAG,
+# the index of the constant holding its span name, the index of the name ``end`` its calls use).
+SITES_TAG = "\x00telemetry site"
+BOUND_END = "end_site"  # the tracer's method a bound function's end() calls: given the site itself
+
+
+def _own_slots(edited: _Code, instructions: list[dis.Instruction], index: dict[int, int],
+               markers: list[dis.Instruction], end_load: dis.Instruction, names: tuple[str, ...],
+               constants: tuple[Any, ...]) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """The names and constants of the code, with the end() calls given a constant and a name
+    of their own (each shared with nothing else in the function), for :func:`bind_sites`.
+
+    The span name moves into the marker's constant slot (the marker is gone, every marker load
+    is a ``COPY`` now) and every call's name load points there; the normal path's
+    ``LOAD_ATTR end`` (not ``end_load``, the exception path's, which loads ``raised`` now)
+    points to a new ``end`` entry of ``co_names``; a tag at the end of the constants says
+    where both are. Unbound, the code calls ``end("Q", t)`` as before. When the calls are not
+    in the expected shape, nothing changes (the function stays unbound)."""
+    slot = markers[0].arg
+    if slot is None:
+        return names, constants
+    own = len(names)
+    units: list[tuple[int, str, int]] = []
+    name = None
+    for ins in markers:
+        at = index[ins.offset]
+        load, attr = instructions[at - 1], instructions[at - 2]
+        if load.opname != "LOAD_CONST" or not isinstance(load.argval, str) or name not in (None, load.argval):
+            return names, constants
+        name = load.argval
+        units.append((load.offset, "LOAD_CONST", slot))
+        if attr.opname in _ATTR_LOADS and attr.argval == end_load.argval and attr.offset != end_load.offset:
+            low = (attr.arg or 0) & 1 if attr.opname == "LOAD_ATTR" and sys.version_info >= (3, 12) else None
+            units.append((attr.offset, attr.opname, own if low is None else own << 1 | low))
+    if name is None or any(arg > 255 or edited.has_prefix(at) for at, _, arg in units):
+        return names, constants
+    for at, opname, arg in units:
+        edited.set(at, opname, arg)
+    constants = (*constants[:slot], name, *constants[slot + 1:], (SITES_TAG, slot, own))
+    return (*names, end_load.argval), constants
+
+
+def bind_sites(code: CodeType, site_of: Callable[[str, CodeType], object]) -> CodeType:
+    """``code`` and its nested code objects with each bindable function's end() calls given
+    its site (``site_of(span name, the function's code)``, None: left unbound) and calling
+    :data:`BOUND_END`: the runtime then finds the site without a lookup by name. Runs on each
+    load (a site cannot be marshalled into the cache of compiled code)."""
+    consts = list(code.co_consts)
+    changed = False
+    for at, const in enumerate(consts):
+        if isinstance(const, CodeType):
+            new = bind_sites(const, site_of)
+            if new is not const:
+                consts[at], changed = new, True
+    names = code.co_names
+    tag = consts[-1] if consts else None
+    if type(tag) is tuple and len(tag) == 3 and tag[0] == SITES_TAG:
+        _, slot, own = tag
+        site = site_of(consts[slot], code)
+        if site is not None:
+            consts[slot], consts[-1], changed = site, None, True
+            names = (*names[:own], BOUND_END, *names[own + 1:])
+    return code.replace(co_consts=tuple(consts), co_names=names) if changed else code
 
 
 def _check(code: CodeType, markers: list[dis.Instruction], before: dict[int, int], push: dis.Instruction,

@@ -174,7 +174,7 @@ class TelemetryFinder:
                 code = compile_mapped(text.lstrip("\ufeff"), line_map, path, style=self.engine.settings.style)
                 self._store_code(key, code)
             self.state.instrumented[fullname] = path
-            return code
+            return _bound(code, fullname) if self.engine.settings.target == "runtime" else code
         finally:
             self._busy.active = False
 
@@ -226,6 +226,22 @@ def _package_by_folder(fullname: str, path: Sequence[str] | None) -> ModuleSpec 
     if os.path.basename(os.path.normpath(folder)) == fullname.rpartition(".")[2] and os.path.isfile(init):
         return importlib.util.spec_from_file_location(fullname, init, submodule_search_locations=[folder])
     return None
+
+
+def _bound(code: CodeType, module: str) -> CodeType:
+    """``code`` with each try-form function's site bound into it (``bytecode.bind_sites``), on
+    every load, cached or not: its ``end()`` then skips the lookup of the site by name. A site
+    the runtime cannot give leaves its function unbound (it finds its site by name)."""
+    from ..engine.bytecode import bind_sites
+    from ..runtime import _core
+
+    def site_of(name: str, function: CodeType) -> object:
+        try:
+            return _core.bind_site(module, name, function.co_filename, function.co_firstlineno)
+        except Exception:
+            return None
+
+    return bind_sites(code, site_of)
 
 
 def _fix_filename(code: CodeType, path: str) -> CodeType:

@@ -296,7 +296,7 @@ class _Site:
     its aggregate per test (``None``: outside any test)."""
 
     __slots__ = ("module", "name", "file", "line", "n", "total", "low", "high", "errs", "stats", "ot", "_attrs",
-                 "left", "given", "every", "sm", "ss", "sq", "seen", "seen_s")
+                 "left", "given", "every", "sm", "ss", "sq", "seen", "seen_s", "rn", "rs", "shown")
     # Set by _unsample (see there).
     left: int
     given: int
@@ -306,6 +306,8 @@ class _Site:
     sq: float
     seen: int
     seen_s: float
+    rn: int
+    rs: float
 
     def __init__(self, module: str, name: str, file: str | None, line: int | None) -> None:
         self.module = module
@@ -321,7 +323,15 @@ class _Site:
         self.stats: dict[str | None, _Stats] = {}
         self.ot = None  # the module's OpenTelemetry tracer, when that sink is on
         self._attrs: dict[str, Any] | None = None
+        # In snapshot() before any call (a site bound at import, ``bind_site``, is not).
+        self.shown = True
         _unsample(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A site bound into a function's code (bind_site) travels with it when the code is
+        # pickled by value (cloudpickle): unpickled, it is the site of that module and name
+        # in the receiving process, not a copy that counts for no one.
+        return (bind_site, (self.module, self.name, self.file, self.line))
 
     def otel_attributes(self) -> dict[str, Any]:
         """OpenTelemetry code attributes, by the current semantic conventions (``code.function.name``
@@ -414,6 +424,7 @@ def _drain(site: _Site) -> None:
     stats = site.stats.get(_test)
     if stats is None:
         stats = site.stats[_test] = _new_stats()
+        site.shown = True
     if n:
         low_ns, high_ns = _ns(low), _ns(high)
         if not stats[0] or low_ns < stats[2]:
@@ -424,6 +435,8 @@ def _drain(site: _Site) -> None:
         stats[1] += _ns(total)
         site.seen += n
         site.seen_s += total
+        if site.every:
+            _redecide(site, n, total)
     if untimed:
         guess, bound = _estimate(site, untimed)
         stats[0] += untimed
@@ -510,9 +523,9 @@ def _unsample(site: _Site) -> None:
     the last fold; ``every``: 0 undecided, -1 decided to time every call, else the sampling
     period; ``sm``, ``ss``, ``sq``: count, sum and sum of squares (seconds) of the calls
     timed while sampled; ``seen``, ``seen_s``: timed calls folded and their seconds."""
-    site.given = site.every = site.sm = site.seen = 0
+    site.given = site.every = site.sm = site.seen = site.rn = 0
     site.left = -_AFTER if _EVERY > 1 and not _FREE_THREADED else 0
-    site.ss = site.sq = site.seen_s = 0.0
+    site.ss = site.sq = site.seen_s = site.rs = 0.0
 
 
 def _decide(site: _Site, count: int, seconds: float) -> None:
@@ -522,12 +535,34 @@ def _decide(site: _Site, count: int, seconds: float) -> None:
     if site.every or _EVERY < 2 or _FREE_THREADED or not count:
         site.left = max(0, site.left)
         return
+    site.rn, site.rs = 0, 0.0
     if seconds < _BELOW * count:
         site.every = _EVERY
         site.left = 1
     else:
         site.every = -1
         site.left = 0
+
+
+def _redecide(site: _Site, n: int, seconds: float) -> None:
+    """(From a fold of a decided site's ``n`` timed calls of ``seconds``) decide again, both
+    ways, once the calls folded since the last decision make a window of ``timing_after``
+    calls (a sampled site's timed calls standing for ``every`` calls each): the first
+    decision saw a function's first calls, often its slowest (caches, imports, the
+    interpreter's warm-up), and a cheap function can turn slow (a lock under contention).
+    At folds only: the hot path pays nothing for it. ``rn``, ``rs``: the window so far."""
+    site.rn += n
+    site.rs += seconds
+    every = site.every
+    if site.rn * max(every, 1) < _AFTER:
+        return
+    cheap = site.rs < _BELOW * site.rn
+    site.rn, site.rs = 0, 0.0
+    if every > 0 and not cheap:  # sampled, now slow: every call timed again
+        site.every, site.left = -1, 0
+    elif every < 0 and cheap and _EVERY > 1:  # timed on every call, now cheap: sampled
+        site.sm, site.ss, site.sq = 0, 0.0, 0.0
+        site.every, site.left = _EVERY, 1
 
 
 def _hot(site: _Site) -> None:
@@ -1113,7 +1148,7 @@ class Tracer:
     The base class's ``span`` / ``generator_span`` slots serve vendored copies' tracers that
     forward to the collector's (``_FollowTracer``)."""
 
-    __slots__ = ("module", "span", "generator_span", "start", "start_generator", "end", "fail", "raised",
+    __slots__ = ("module", "span", "generator_span", "start", "start_generator", "end", "end_site", "fail", "raised",
                  "_by_name", "_by_code", "_where", "_lead", "_followers",
                  "__weakref__")
     # the span classes of span() and generator_span()
@@ -1124,12 +1159,14 @@ class Tracer:
     start: Callable[[], object]
     start_generator: Callable[[], object]
     end: Callable[[str, object], None]
+    end_site: Callable[[_Site, object], None]
     fail: Callable[[str, object], object]
     raised: Callable[[str, object], None]
 
     def __init__(self, module: str) -> None:
         self.module = module
-        self._by_name: dict[str | None, _Site] = {}  # name -> _Site (this module's sites seen so far)
+        # name -> _Site (this module's sites seen so far; a bound site also under itself)
+        self._by_name: dict[str | _Site | None, _Site] = {}
         # code object -> _Site, learnt by the try form's end() in the span modes, so that its
         # start() begins the span under its real name (no rename, no attributes set late).
         self._by_code: dict[CodeType, _Site] = {}
@@ -1217,6 +1254,50 @@ class Tracer:
         except Exception:  # the first call of the site, an error, or a state of another mode
             self._end_other(name, state)
 
+    def _end_site_agg(self, site: _Site, state: object) -> None:
+        """``end`` of the try form as compiled on the fly, bound (``engine/bytecode.py``,
+        ``bind_sites``): given the site itself, not its name, so no lookup. A site timed on
+        every call (decided so, or sampling off) pays one test for the sampling; the other
+        paths (``left`` nonzero, see ``_unsample``) are apart, each complete."""
+        try:
+            left = site.left
+            if left:
+                if left > 1:  # a sampled site's untimed call: counted by the countdown alone
+                    site.left = left - 1
+                    return
+                seconds = _seconds() - state  # type: ignore[operator]
+                if left < 0:  # not decided yet: timed, counting down to the decision
+                    site.left = left + 1
+                else:  # a sampled site's timed call; the next every - 1 calls are not
+                    every = site.every
+                    site.left = every
+                    site.given += every - 1
+                    site.sm += 1
+                    site.ss += seconds
+                    site.sq += seconds * seconds
+                site.n += 1  # _account, inlined
+                site.total += seconds
+                if seconds > site.high:
+                    site.high = seconds
+                if seconds < site.low:
+                    site.low = seconds
+                    if site.n == 1:  # the first call since the last fold: see _recent
+                        _recent.append(site)
+                if left == -1:
+                    _hot(site)
+                return
+            seconds = _seconds() - state  # type: ignore[operator]
+            site.n += 1  # _account, inlined
+            site.total += seconds
+            if seconds > site.high:
+                site.high = seconds
+            if seconds < site.low:
+                site.low = seconds
+                if site.n == 1:
+                    _recent.append(site)
+        except Exception:  # a state of another mode, or an internal fault
+            self._end_other(site, state)
+
     def _fail_agg(self, name: str, state: object) -> object:
         try:
             kind = sys.exc_info()[0]
@@ -1265,7 +1346,7 @@ class Tracer:
             _fault("start")
             return None
 
-    def _end_span(self, name: str, state: object) -> None:
+    def _end_span(self, name: str | _Site, state: object) -> None:
         try:  # the common case: a span begun on its own site, no error
             fast = state._site is self._by_name[name] and state._err is None  # type: ignore[attr-defined]
         except Exception:
@@ -1275,7 +1356,7 @@ class Tracer:
             return
         self._end_span_slow(name, state, 2)
 
-    def _end_span_slow(self, name: str, state: object, depth: int) -> None:
+    def _end_span_slow(self, name: str | _Site, state: object, depth: int) -> None:
         """``end`` of the span modes off the fast path; ``depth``: frames from this one up to
         the user's function."""
         try:
@@ -1337,7 +1418,7 @@ class Tracer:
         except Exception:
             _fault("end (raised)")
 
-    def _end_other(self, name: str, state: object) -> None:
+    def _end_other(self, name: str | _Site, state: object) -> None:
         """``end`` off its fast path: the site's first call, a span of another mode (the mode
         changed during the call), an error recorded by ``fail``."""
         try:
@@ -1361,7 +1442,7 @@ class Tracer:
         except Exception:
             _fault("end")
 
-    def _end_counted(self, name: str, state: object) -> None:
+    def _end_counted(self, name: str | _Site, state: object) -> None:
         """``end`` of the aggregate mode on a free-threaded build: every call through
         ``_account`` (and its lock)."""
         self._end_other(name, state)
@@ -1376,7 +1457,9 @@ class Tracer:
             _fault("first call")
             return _OFF
 
-    def _site(self, name: str, depth: int) -> _Site:
+    def _site(self, name: str | _Site, depth: int) -> _Site:
+        if isinstance(name, _Site):  # bound by another tracer's module name (bind_site)
+            return name
         key = (self.module, name)
         site = _sites.get(key)
         if site is None:
@@ -1426,7 +1509,7 @@ class Tracer:
         self.span = lead.span
         self.generator_span = lead.generator_span
         self.start, self.start_generator = lead.start, lead.start_generator
-        self.end, self.fail, self.raised = lead.end, lead.fail, lead.raised
+        self.end, self.end_site, self.fail, self.raised = lead.end, lead.end_site, lead.fail, lead.raised
 
     def _unfollow(self) -> None:
         self._lead = None
@@ -1450,6 +1533,7 @@ class _AggTracer(Tracer):
     generator_span = Tracer._span_agg
     start = start_generator = _seconds  # a C function: the try form's start costs a clock read
     end = Tracer._end_counted if _FREE_THREADED else Tracer._end_agg
+    end_site = Tracer._end_counted if _FREE_THREADED else Tracer._end_site_agg
     fail = Tracer._fail_agg
     raised = Tracer._raised
 
@@ -1462,7 +1546,7 @@ class _SpanTracer(Tracer):
     generator_span = Tracer._gspan_of_kind
     start = Tracer._start_span
     start_generator = Tracer._start_generator_span
-    end = Tracer._end_span
+    end = end_site = Tracer._end_span
     fail = Tracer._fail_span
     raised = Tracer._raised
 
@@ -1484,7 +1568,7 @@ class _OffTracer(Tracer):
     # C functions, not Python ones: a disabled try-form call costs two C calls.
     # ({}.clear() -> None; {}.get(name, state) -> state.)
     start = start_generator = _NOTHING.clear
-    fail = end = raised = _NOTHING.get
+    fail = end = end_site = raised = _NOTHING.get
 
 
 class _FollowTracer(Tracer):
@@ -1507,6 +1591,26 @@ def _install(tr: Tracer) -> None:
             follower._follow(tr)
         except Exception:
             _fault("vendored copy")
+
+
+def bind_site(module: str, name: str, file: str | None, line: int | None) -> _Site:
+    """The site of function ``name`` of ``module`` (at ``file``, ``line``: where its code is),
+    made now if the function has not been called yet, for the import hook to bind into the
+    function's code (``engine/bytecode.py``, ``bind_sites``). Known to the module's tracer by
+    name and by itself, so that every path of ``end_site`` finds it. A site made here is left
+    out of snapshots until its first call."""
+    tr = tracer(module)
+    site = tr._by_name.get(name)
+    if site is None:
+        key = (module, name)
+        site = _sites.get(key)
+        if site is None:
+            fresh = _Site(module, name, file, line)
+            fresh.shown = False
+            site = _sites.setdefault(key, fresh)
+        tr._by_name[name] = site
+    tr._by_name[site] = site
+    return site
 
 
 def tracer(module: str) -> Tracer:
@@ -2108,6 +2212,8 @@ def _rows(per_test: bool) -> list[SnapshotRow]:
     """``snapshot()``'s rows (the caller holds ``_lock`` and has folded the buffers)."""
     rows: list[SnapshotRow] = []
     for site in list(_sites.values()):
+        if not site.shown and not site.stats:
+            continue  # bound at import, never called
         if per_test:
             for test, stats in list(site.stats.items()):
                 rows.append(_row(site, stats, test, True))

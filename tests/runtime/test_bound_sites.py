@@ -1,0 +1,155 @@
+"""The try form as the import hook loads it: each function's site bound into its code
+(``engine/bytecode.py`` ``bind_sites``, ``runtime._core.bind_site``), so that ``end`` finds the
+site without a lookup by name. Bound or not, the counts, errors and rows are the same; a site
+bound but never called is in no snapshot; and a decided site decides again at folds."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import textwrap
+import types
+
+import pytest
+
+from pytest_telemetry_inject import runtime
+from pytest_telemetry_inject.engine import bytecode
+from pytest_telemetry_inject.engine.compiler import compile_mapped
+from pytest_telemetry_inject.engine.pipeline import Engine
+from pytest_telemetry_inject.plugin.importhook import _bound
+from pytest_telemetry_inject.runtime import _core
+from pytest_telemetry_inject.settings import Settings
+
+from .test_on_the_fly_form import EXPECTED, SOURCE, exercise, rows
+
+pytestmark = pytest.mark.skipif(not bytecode.SUPPORTED, reason="the try form needs CPython 3.11 to 3.13")
+
+NAMES = '''
+    def named(x):
+        if x:
+            return "named"
+        return "other"
+'''
+_names = itertools.count()
+
+
+def load(source: str = SOURCE, *, bind: bool = True) -> types.ModuleType:
+    text = textwrap.dedent(source)
+    name = f"ti_bound_{next(_names)}"
+    result = Engine(Settings(style="try", target="runtime"), cache=None).instrument(text.encode(), f"{name}.py",
+                                                                                      import_name="")
+    code = compile_mapped(result.output.decode(), result.get_line_map(), f"{name}.py")
+    module = types.ModuleType(name)
+    sys.modules[name] = module
+    exec(_bound(code, name) if bind else code, module.__dict__)
+    return module
+
+
+def is_bound(function: types.FunctionType) -> bool:
+    return any(isinstance(const, _core._Site) for const in function.__code__.co_consts)
+
+
+def test_bound_counts_errors_and_rows_are_the_unbound_ones() -> None:
+    bound, unbound = load(), load(bind=False)
+    assert is_bound(bound.leaf) and is_bound(bound.gen) and not is_bound(unbound.leaf)
+    exercise(bound)
+    exercise(unbound)
+    found, expected = rows(bound), rows(unbound)
+    assert {name: (row["count"], row["errors"]) for name, row in found.items()} == EXPECTED
+    for name, row in found.items():
+        other = expected[name]
+        assert (row["file"], row["line"], row["exceptions"]) == (
+            other["file"].replace(unbound.__name__, bound.__name__), other["line"], other["exceptions"])
+
+
+def test_a_constant_equal_to_the_span_name_stays_a_string() -> None:
+    m = load(NAMES)
+    assert is_bound(m.named)
+    assert (m.named(1), m.named(0)) == ("named", "other")
+    assert rows(m)["named"]["count"] == 2
+
+
+def test_a_site_bound_but_never_called_is_in_no_snapshot() -> None:
+    m = load()
+    assert rows(m) == {}
+    m.leaf(1)
+    assert set(rows(m)) == {"leaf"}
+    runtime.reset()  # a site once called stays, with count 0, as before
+    assert rows(m)["leaf"]["count"] == 0
+
+
+@pytest.mark.parametrize("settings", [{"disabled": True}, {"keep_events": True}])
+def test_bound_code_in_the_other_modes(settings: dict) -> None:
+    m = load()
+    runtime.configure(**settings)
+    exercise(m)
+    counts = {name: (row["count"], row["errors"]) for name, row in rows(m).items()}
+    if settings.get("disabled"):
+        assert not counts
+    else:
+        assert counts == EXPECTED
+        assert {e["name"] for e in runtime.events() if e["module"] == m.__name__} == set(EXPECTED)
+
+
+def test_bound_under_another_module_name() -> None:
+    """Code bound for one module name, run under another (``python -m``: ``__main__``)."""
+    text = textwrap.dedent(SOURCE)
+    result = Engine(Settings(style="try", target="runtime"), cache=None).instrument(text.encode(), "x.py",
+                                                                                      import_name="")
+    code = _bound(compile_mapped(result.output.decode(), result.get_line_map(), "x.py"), "ti_bound_real")
+    module = types.ModuleType("ti_bound_main")
+    exec(code, module.__dict__)
+    runtime.configure(keep_events=True)  # the span modes look sites up by name first
+    with pytest.raises(module.Boom):
+        module.fails(1)
+    runtime.configure(keep_events=False)
+    module.leaf(1)
+    found = {row["name"]: row for row in runtime.snapshot() if row["module"] == "ti_bound_real"}
+    assert (found["fails"]["count"], found["fails"]["errors"], found["leaf"]["count"]) == (1, 1, 1)
+
+
+def cheap_then_slow(m: types.ModuleType, calls: int) -> None:
+    for i in range(calls):
+        m.leaf(i)
+
+
+def test_a_sampled_site_that_turns_slow_is_timed_on_every_call_again() -> None:
+    _core.configure(timing_every=4, timing_after=20, timing_below=10.0)
+    m = load()
+    cheap_then_slow(m, 100)
+    site = _core._sites[(m.__name__, "leaf")]
+    assert site.every == 4
+    _core.configure(timing_below=1e-12)  # (sampled sites stay sampled: only a fold decides again)
+    assert site.every == 4
+    for _ in range(10):
+        cheap_then_slow(m, 40)
+        runtime.snapshot()  # a fold
+    assert site.every == -1 and site.left == 0
+    before = rows(m)["leaf"]
+    cheap_then_slow(m, 50)
+    after = rows(m)["leaf"]
+    assert after["count"] == before["count"] + 50 and after["untimed"] == before["untimed"]
+
+
+def test_a_site_decided_slow_that_turns_cheap_is_sampled() -> None:
+    _core.configure(timing_every=4, timing_after=20, timing_below=1e-12)
+    m = load()
+    cheap_then_slow(m, 30)
+    site = _core._sites[(m.__name__, "leaf")]
+    assert site.every == -1
+    _core.configure(timing_below=10.0)
+    for _ in range(3):
+        cheap_then_slow(m, 20)
+        runtime.snapshot()
+    assert site.every == 4
+    cheap_then_slow(m, 100)
+    row = rows(m)["leaf"]
+    assert row["count"] == 190 and row["untimed"] > 0
+
+
+def test_a_bound_site_pickles_as_the_site_of_its_module_and_name() -> None:
+    import pickle
+
+    m = load()
+    site = _core._sites[(m.__name__, "leaf")]
+    assert pickle.loads(pickle.dumps(site)) is site
