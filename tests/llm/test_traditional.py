@@ -206,3 +206,22 @@ def test_the_cli_writes_strips_and_reports(tmp_path: Path, fake_llm, monkeypatch
     monkeypatch.delenv("LLM_MODEL")
     assert main(["--traditional", str(project)]) == 2
     assert "set LLM_MODEL" in capsys.readouterr().err
+
+
+def test_traditional_writes_like_a_run_a_read_only_file_is_refused(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """--traditional writes through the runner's writer: in place, a read-only file is refused
+    (one line, the file unchanged, exit 3) unless --write-read-only says to rewrite it, and
+    its mode is kept."""
+    source = tmp_path / "shop.py"
+    marked = f"import logging  # {MARKER}\n\n\ndef total(a, b):\n    return a + b\n"
+    source.write_text(marked)
+    source.chmod(0o444)
+    try:
+        assert main(["--traditional", "--strip", str(source), "--in-place"]) == 3
+        assert "read-only" in capsys.readouterr().err
+        assert source.read_text() == marked
+        assert main(["--traditional", "--strip", str(source), "--in-place", "--write-read-only"]) == 0
+        assert source.read_text() == strip_marked(marked) != marked
+        assert source.stat().st_mode & 0o777 == 0o444
+    finally:
+        source.chmod(0o644)
