@@ -51,7 +51,11 @@ def is_bound(function: types.FunctionType) -> bool:
 
 def test_bound_counts_errors_and_rows_are_the_unbound_ones() -> None:
     bound, unbound = load(), load(bind=False)
-    assert is_bound(bound.leaf) and is_bound(bound.gen) and not is_bound(unbound.leaf)
+    # A generator whose code cannot take the try form's edits (3.12 and later) is compiled in the
+    # with form, which has no end() to bind; in the try form it is bound.
+    try_form_gen = "start_generator" in bound.gen.__code__.co_names
+    assert is_bound(bound.leaf) and is_bound(bound.gen) == try_form_gen and not is_bound(unbound.leaf)
+    assert try_form_gen or sys.version_info >= (3, 12)
     exercise(bound)
     exercise(unbound)
     found, expected = rows(bound), rows(unbound)
