@@ -1258,7 +1258,10 @@ class Tracer:
         """``end`` of the try form as compiled on the fly, bound (``engine/bytecode.py``,
         ``bind_sites``): given the site itself, not its name, so no lookup. A site timed on
         every call (decided so, or sampling off) pays one test for the sampling; the other
-        paths (``left`` nonzero, see ``_unsample``) are apart, each complete."""
+        paths (``left`` nonzero, see ``_unsample``) are apart, each complete. Inline, not a
+        call of ``_account`` or a helper: a call between the countdown and the count would
+        let a fold of another thread see the one without the other (see ``_take``; the race
+        tests of test_semantics.py catch it)."""
         try:
             left = site.left
             if left:
