@@ -296,10 +296,11 @@ class _Site:
     its aggregate per test (``None``: outside any test)."""
 
     __slots__ = ("module", "name", "file", "line", "n", "total", "low", "high", "errs", "stats", "ot", "_attrs",
-                 "left", "given", "every", "sm", "ss", "sq", "seen", "seen_s", "rn", "rs", "shown")
+                 "left", "given", "carry", "every", "sm", "ss", "sq", "seen", "seen_s", "rn", "rs", "shown")
     # Set by _unsample (see there).
     left: int
     given: int
+    carry: int
     every: int
     sm: int
     ss: float
@@ -390,15 +391,17 @@ def _take(site: _Site) -> tuple[int, float, float, float, int]:
     """The site's pending timed count, total, low and high and its untimed calls, reset in
     one step (see ``_acc_lock``; no call and no backward jump in between, so with a GIL no
     call of another thread is counted half). A sampled site's untimed calls are the slots
-    handed out (``given``) less those not used yet (``left - 1``); it starts again with
-    the next call timed (``left`` 1), which appends it to ``_recent`` (its minimum is
-    infinite then), so a test switch never misses its untimed calls. A countdown to the
-    decision (``left`` below 0) goes on across folds."""
+    handed out (``given``) less those not used yet (``left - 1``), plus those kept by a
+    change of its sampling since the last fold (``carry``, see ``_retime``); it starts
+    again with the next call timed (``left`` 1), which appends it to ``_recent`` (its
+    minimum is infinite then), so a test switch never misses its untimed calls. A
+    countdown to the decision (``left`` below 0) goes on across folds."""
     with _acc_lock:
         left = site.left
-        pending = site.n, site.total, site.low, site.high, site.given - left + 1 if left > 0 else 0
+        pending = (site.n, site.total, site.low, site.high,
+                   site.given - left + 1 + site.carry if left > 0 else site.carry)
         site.n, site.total, site.low, site.high = _NOTHING_PENDING
-        site.given = 0
+        site.given = site.carry = 0
         site.left = 1 if left > 0 else left
     return pending
 
@@ -473,7 +476,7 @@ def _drain_all() -> None:
     global _recent
     _recent = []
     for site in list(_sites.values()):
-        if site.n or site.errs or site.given:
+        if site.n or site.errs or site.given or site.carry:
             _drain(site)
 
 
@@ -523,7 +526,7 @@ def _unsample(site: _Site) -> None:
     the last fold; ``every``: 0 undecided, -1 decided to time every call, else the sampling
     period; ``sm``, ``ss``, ``sq``: count, sum and sum of squares (seconds) of the calls
     timed while sampled; ``seen``, ``seen_s``: timed calls folded and their seconds."""
-    site.given = site.every = site.sm = site.seen = site.rn = 0
+    site.given = site.carry = site.every = site.sm = site.seen = site.rn = 0
     site.left = -_AFTER if _EVERY > 1 and not _FREE_THREADED else 0
     site.ss = site.sq = site.seen_s = site.rs = 0.0
 
@@ -533,7 +536,8 @@ def _decide(site: _Site, count: int, seconds: float) -> None:
     in all, short enough on average (the next call is timed and starts the first block:
     ``left`` 1); or time every call of it from now on (``left`` 0)."""
     if site.every or _EVERY < 2 or _FREE_THREADED or not count:
-        site.left = max(0, site.left)
+        if site.left < 0:  # (no call between the test and the write: see _retime)
+            site.left = 0
         return
     site.rn, site.rs = 0, 0.0
     if seconds < _BELOW * count:
@@ -559,10 +563,24 @@ def _redecide(site: _Site, n: int, seconds: float) -> None:
     cheap = site.rs < _BELOW * site.rn
     site.rn, site.rs = 0, 0.0
     if every > 0 and not cheap:  # sampled, now slow: every call timed again
-        site.every, site.left = -1, 0
+        _retime(site, -1, 0)
     elif every < 0 and cheap and _EVERY > 1:  # timed on every call, now cheap: sampled
         site.sm, site.ss, site.sq = 0, 0.0, 0.0
-        site.every, site.left = _EVERY, 1
+        _retime(site, _EVERY, 1)
+
+
+def _retime(site: _Site, every: int, left: int) -> None:
+    """Give a site a new sampling period and countdown (a fold or ``configure``, holding
+    ``_lock``) while other threads go on counting its calls: the untimed calls it counted
+    since the last fold (slots handed out less those left) move to ``carry``, which the
+    next fold takes (``_take``). Read and written in one step, with no call in between:
+    with a GIL no end() of another thread runs inside it, so none of its countdown is lost
+    (setting ``left`` alone would drop the calls counted since the fold: the race tests of
+    test_semantics.py lost some hundreds of 36,000 calls that way)."""
+    old = site.left
+    site.carry += site.given - old + 1 if old > 0 else 0
+    site.given = 0
+    site.every, site.left = every, left
 
 
 def _hot(site: _Site) -> None:
@@ -599,9 +617,9 @@ def _set_timing(every: int, after: int, below: float) -> None:
     _EVERY, _AFTER, _BELOW = max(1, every), max(1, after), max(0.0, below)
     for site in list(_sites.values()):
         if _EVERY < 2 or _FREE_THREADED:
-            site.every = site.given = site.left = 0
+            _retime(site, 0, 0)
         elif site.every > 0:
-            site.every = _EVERY
+            site.every = _EVERY  # (from its next timed call)
         elif not site.every:
             site.left = -_AFTER  # undecided: the countdown starts again
 
@@ -1258,23 +1276,27 @@ class Tracer:
         """``end`` of the try form as compiled on the fly, bound (``engine/bytecode.py``,
         ``bind_sites``): given the site itself, not its name, so no lookup. A site timed on
         every call (decided so, or sampling off) pays one test for the sampling; the other
-        paths (``left`` nonzero, see ``_unsample``) are apart, each complete. Inline, not a
-        call of ``_account`` or a helper: a call between the countdown and the count would
-        let a fold of another thread see the one without the other (see ``_take``; the race
-        tests of test_semantics.py catch it)."""
+        paths (``left`` nonzero, see ``_unsample``) are apart, each complete. With a GIL no
+        other thread runs between two instructions that make no call (nor backward jump):
+        so ``left`` is read and written back with no call in between (a clock read there
+        would let another thread's end() count down meanwhile, and one of the two writes
+        be lost), and a call's count (``_account``) is inline, not a call (a fold of another
+        thread in its middle would leave the site out of ``_recent``: see ``_take``; the
+        race tests of test_semantics.py and test_bound_sites.py catch both)."""
         try:
             left = site.left
             if left:
                 if left > 1:  # a sampled site's untimed call: counted by the countdown alone
                     site.left = left - 1
                     return
-                seconds = _seconds() - state  # type: ignore[operator]
                 if left < 0:  # not decided yet: timed, counting down to the decision
                     site.left = left + 1
                 else:  # a sampled site's timed call; the next every - 1 calls are not
                     every = site.every
                     site.left = every
                     site.given += every - 1
+                seconds = _seconds() - state  # type: ignore[operator]
+                if left == 1:
                     site.sm += 1
                     site.ss += seconds
                     site.sq += seconds * seconds

@@ -12,6 +12,7 @@ import traceback
 import pytest
 
 from pytest_telemetry_inject import runtime
+from pytest_telemetry_inject.engine import bytecode
 from pytest_telemetry_inject.runtime import _core
 
 MS = 1_000_000
@@ -515,9 +516,16 @@ _RACE = '''
     from pytest_telemetry_inject.settings import Settings
 
     SOURCE = b"def f(i):\\n    if i % 50 == 0:\\n        raise ValueError(i)\\n    return i\\n"
-    out = Engine(Settings(style="{style}", target="runtime"), cache=None).instrument(SOURCE, "race.py").output
+    style, bound = "{style}".partition("-bound")[::2]
+    result = Engine(Settings(style=style, target="runtime"), cache=None).instrument(SOURCE, "race.py")
+    code = compile(result.output, "race.py", "exec")
+    if bound:  # as the import hook loads it: end() given the site itself (bind_sites)
+        from pytest_telemetry_inject.engine.compiler import compile_mapped
+        from pytest_telemetry_inject.plugin.importhook import _bound
+        code = _bound(compile_mapped(result.output.decode(), result.get_line_map(), "race.py"), "race")
+        assert any(isinstance(c, _core._Site) for k in code.co_consts if hasattr(k, "co_consts") for c in k.co_consts)
     namespace = {{"__name__": "race"}}
-    exec(compile(out, "race.py", "exec"), namespace)
+    exec(code, namespace)
     f = namespace["f"]
     sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
     threads_n, calls = 6, 6000
@@ -538,8 +546,12 @@ _RACE = '''
         n, seen = 0, None
         while not done.is_set():
             runtime.set_current_test("t%d" % n)  # never the same test twice
-            if {snapshots}:
+            if "{folds}" == "switches-and-snapshots":
                 runtime.snapshot()
+            elif "{folds}" == "switches-and-resampling":
+                # Sampled sites are judged slow, and slow ones cheap, by turns: the folds
+                # change the site's sampling back and forth while the threads count.
+                runtime.configure(timing_after=32, timing_below=1e-12 if n % 2 else 10.0)
             n += 1
             if halfway.is_set():
                 if seen is None:
@@ -568,15 +580,17 @@ _RACE = '''
 '''
 
 
-@pytest.mark.parametrize("snapshots", [True, False], ids=["switches-and-snapshots", "switches"])
-@pytest.mark.parametrize("style", ["try", "with"])
+@pytest.mark.parametrize("folds", ["switches-and-snapshots", "switches", "switches-and-resampling"])
+@pytest.mark.parametrize("style", ["try", "try-bound", "with"])
 @pytest.mark.parametrize("locked", [False, True], ids=["gil", "free-threaded-paths"])
-def test_counts_stay_exact_while_folds_race_with_calls(kit, style: str, locked: bool, snapshots: bool) -> None:
+def test_counts_stay_exact_while_folds_race_with_calls(kit, style: str, locked: bool, folds: str) -> None:
     # The aggregate counts a call with unlocked attribute updates (atomic under the GIL);
     # a free-threaded build counts under a lock. The second case forces that choice (the
     # interpreter here has a GIL) so that the locked paths are proved too.
+    if style == "try-bound" and not bytecode.SUPPORTED:
+        pytest.skip("the try form is bound on CPython 3.11 to 3.13")
     prelude = "sys._is_gil_enabled = lambda: False" if locked else ""
-    result = kit.last_json(kit.run_python(_RACE.format(prelude=prelude, style=style, snapshots=snapshots),
+    result = kit.last_json(kit.run_python(_RACE.format(prelude=prelude, style=style, folds=folds),
                                           timeout=240))
     assert result["locked"] is locked
     assert result["pending"] == 0

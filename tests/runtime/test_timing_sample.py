@@ -129,6 +129,35 @@ def test_a_fold_in_the_middle_of_a_block_loses_no_call(kit) -> None:  # type: ig
         assert kit.rows_of(module)["leaf"]["count"] == total  # snapshot() folds mid-block
 
 
+@pytest.mark.parametrize("change", ["turned-slow", "timing-every-call"])
+def test_a_change_of_sampling_keeps_the_calls_counted_since_the_fold(kit, change: str) -> None:  # type: ignore[no-untyped-def]
+    # A fold (deciding again) or configure() changes a site's sampling while other threads
+    # go on counting its calls by the countdown alone: those counted since the last fold
+    # must outlive the new countdown (setting it alone once lost hundreds of 36,000 calls
+    # in the race tests). Here the calls come first and the change runs alone, as it would
+    # between two calls of another thread.
+    sample_fast(every=16)
+    module = kit.load(TRY_FORM)
+    call(module, range(100))
+    kit.rows_of(module)  # a fold
+    call(module, range(7))  # one timed, six counted by the countdown alone
+    site = _core._sites[(module.__name__, "leaf")]
+    assert site.every == 16 and site.left == 10
+    with _core._lock:
+        if change == "turned-slow":
+            _core._redecide(site, 10, 1000.0)  # a window of slow calls
+            assert (site.every, site.left) == (-1, 0)
+        else:
+            _core._set_timing(1, 10, 10.0)
+            assert (site.every, site.left) == (0, 0)
+    call(module, range(5))
+    row = kit.rows_of(module)["leaf"]
+    # untimed: 83 of the 89 calls after the first 11 (the site's first call, then 10 to the
+    # decision; then one of 16 timed), and the 6 counted by the countdown before the
+    # change; the 5 after it are timed
+    assert (row["count"], row["untimed"]) == (112, 89)
+
+
 def test_counts_exact_under_threads_and_folds(kit) -> None:  # type: ignore[no-untyped-def]
     sample_fast(every=8)
     module = kit.load(TRY_FORM)
