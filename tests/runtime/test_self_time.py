@@ -191,6 +191,13 @@ def test_every_report_carries_self_time(kit, tmp_path) -> None:
     _core.set_current_test("t::one")
     for _ in range(10):
         m.outer()
+    # (On a loaded machine the sampler's thread may get few turns: 10 calls give it some 20
+    # samples in outer's own time, 80 in leaf's. More calls, in a test of their own, until
+    # outer has one.)
+    _core.set_current_test("t::more")
+    deadline = time.monotonic() + 20
+    while not rows_of(m)["outer"]["self_ns"] and time.monotonic() < deadline:
+        m.outer()
     _core.set_current_test(None)
     _core.configure(self_time=0)
     built = report.from_runtime()
