@@ -25,6 +25,13 @@ original's) and leaves by an exception from the line that raised:
   instruction that raised before the exception goes on: a tracer, a debugger and
   ``frame.f_lineno`` see the frame leave from the line that raised, as without the wrapper.
 
+A function that is not a generator is compiled with an entry that may skip the call
+(``compiler._skipping``: ``if SITE.skip: ... SITE.off else: _telemetry.start()``): both
+branches' ``POP_TOP`` become ``NOP``, the exit's test of the state (``LOAD_CONST`` of the
+marker's ``TEST_SUFFIX``) is a ``COPY`` like the marker, the exception path loads
+``raises`` instead of ``ends``, and the body's first instructions without a location get the
+entry's (the two branches join there, where the compiler gives them none).
+
 Every edit replaces one code unit by another (no offset, jump or line-table entry moves).
 The result is checked by running the same stack analysis on the new code: every ``COPY``
 must reach the bottom item, every handler must keep it, the ``RERAISE 2`` must find the
@@ -359,25 +366,40 @@ def hide_slot(code: CodeType, marker: str, end_name: str = "end", raised_name: s
     index = {ins.offset: i for i, ins in enumerate(instructions)}
 
     # The push: the first POP_TOP after the call of start() (or start_generator()), reached
-    # in a straight line from the function's entry.
-    push = None
+    # in a straight line from the function's entry; or, where the entry can skip the call
+    # (the site's constant, ``compiler._skipping``), that one and the POP_TOP of the skipping
+    # branch's ``SITE.off``, both before the try block.
+    site_mark, test_mark = marker + SITE_SUFFIX, marker + TEST_SUFFIX
+    skipping = site_mark in code.co_consts
+    pushes = []
     for i, ins in enumerate(instructions):
-        if ins.opcode in _JUMPS or ins.opname in _NO_FALLTHROUGH:
+        if not skipping and (ins.opcode in _JUMPS or ins.opname in _NO_FALLTHROUGH):
             break
         if ins.opname in _ATTR_LOADS and ins.argval in ("start", "start_generator") and i + 1 < len(instructions):
             for later in instructions[i + 1:i + 4]:
                 if later.opname == "POP_TOP":
-                    push = later
+                    pushes.append(later)
                     break
             break
-    if push is None or depths.get(push.offset) != 1:
+        if (skipping and ins.opname in _ATTR_LOADS and ins.argval == "off" and instructions[i - 1].argval == site_mark
+                and instructions[i + 1].opname == "POP_TOP"):
+            pushes.append(instructions[i + 1])
+    if len(pushes) != 1 + skipping or any(depths.get(push.offset) != 1 for push in pushes):
         raise Unsupported("no start() call at the top of the function")
+    push = max(pushes, key=lambda ins: ins.offset)
     after_push = instructions[index[push.offset] + 1].offset
+    if entries and min(entry.start for entry in entries) < after_push:
+        raise Unsupported("the entry is not before the try block")
 
     markers = [ins for ins in instructions if ins.opname == "LOAD_CONST" and ins.argval == marker
                and isinstance(ins.argval, str)]
     if not markers:
         raise Unsupported("no end() call")
+    tests = [ins for ins in instructions if ins.opname == "LOAD_CONST" and ins.argval == test_mark]
+    if skipping != bool(tests):
+        raise Unsupported("the end() calls are not guarded")
+    if skipping:  # the exit calls one of a pair (compiler._skipping)
+        end_name, raised_name = SKIPPING_END, SKIPPING_RAISED
 
     # The finally block's exception copy: a handler target that starts PUSH_EXC_INFO, then
     # the end() call and RERAISE 0, in a straight line.
@@ -407,8 +429,9 @@ def hide_slot(code: CodeType, marker: str, end_name: str = "end", raised_name: s
     in_handler = range(handler, reraise.offset + 2)
 
     edited = _Code(code)
-    edited.set(push.offset, "NOP")
-    for ins in markers:
+    for each in pushes:
+        edited.set(each.offset, "NOP")
+    for ins in [*markers, *tests]:
         depth = depths.get(ins.offset)
         if depth is None:
             continue  # unreachable (the compiler left it)
@@ -439,38 +462,90 @@ def hide_slot(code: CodeType, marker: str, end_name: str = "end", raised_name: s
                 if entry.target == handler:
                     piece = replace(piece, lasti=True)
             new_entries.append(piece)
-    constants = tuple(None if isinstance(value, str) and value == marker else value for value in code.co_consts)
-    co_names, constants = _own_slots(edited, instructions, index, markers, end_load, co_names, constants)
+    constants = tuple(None if isinstance(value, str) and value in (marker, test_mark) else value
+                      for value in code.co_consts)
+    owned = _own_slots(edited, instructions, index, markers, end_load, co_names, constants,
+                       site_mark if skipping else None)
+    if owned is not None:
+        co_names, constants = owned
+    elif skipping:  # (its entry would read the skip of a string)
+        raise Unsupported("the end() calls cannot be bound")
     result = code.replace(co_code=bytes(edited.raw),  # type: ignore[call-arg, unused-ignore]  # (3.11+)
                           co_exceptiontable=write_table(new_entries),
                           co_stacksize=code.co_stacksize + 2, co_names=co_names, co_consts=constants)
-    _check(result, markers, depths, push, handler, reraise)
+    _check(result, [*markers, *tests], depths, push, handler, reraise)
     # The entry code without a location (see unline_with_entry): the first line event is
     # the body's own.
+    if skipping:
+        result = _lead_in(result, instructions, index[after_push], positions(code)[push.offset // 2])
     return unline(result, instructions[_first_traceable(instructions)].offset, after_push)
 
 
+def _lead_in(code: CodeType, instructions: list[dis.Instruction], first: int, entry: _Position) -> CodeType:
+    """``code`` with the body's leading instructions that have no location of their own
+    given the entry's (``entry``), from ``instructions[first]`` to the first that has one.
+    Straight after a one-line entry the compiler gives them the entry's line, as the body's
+    first statement usually has it (see ``compiler._entry_line``); after the skipping entry
+    (``compiler._skipping``) two branches join there, and the compiler gives them none."""
+    new = positions(code)
+    changed = False
+    for ins in instructions[first:]:
+        if new[ins.offset // 2][0] is not None:
+            break
+        for unit in range(ins.offset // 2, ins.offset // 2 + 1 + _caches(ins.opname)):
+            new[unit] = entry
+        changed = True
+        if ins.opcode in _JUMPS or ins.opname in _NO_FALLTHROUGH:
+            break
+    return with_positions(code, new) if changed else code
+
+
+def _caches(opname: str) -> int:
+    """Cache units after an instruction (3.11 to 3.13 spell the table differently)."""
+    table = dis._inline_cache_entries  # type: ignore[attr-defined]
+    return int(table[_OP[opname]] if isinstance(table, list) else table.get(opname, 0))
+
+
 # The last constant of a function whose end() calls :func:`bind_sites` can bind: (SITES_TAG,
-# the index of the constant holding its span name, the index of the name ``end`` its calls use).
+# the index of the constant holding its span name, the index of the name ``end`` its calls use,
+# the index of the constant its entry reads the site's ``skip`` from, or -1).
 SITES_TAG = "\x00telemetry site"
+# The marker's suffixes of the entry's site constant and of the exit's test (``compiler._skipping``).
+SITE_SUFFIX = " site"
+TEST_SUFFIX = " test"
+# The tracer's pairs that a skipping function's exit picks its end() from (``compiler._skipping``),
+# on the normal and the exception path; bound, the first becomes SKIPPING_END + "_site".
+SKIPPING_END = "ends"
+SKIPPING_RAISED = "raises"
+
+
+class Unbound:
+    """The site constant of a function whose site the runtime could not give (``bind_sites``):
+    nothing to skip, so every call goes through ``start()`` and ``end()`` by name."""
+
+    __slots__ = ()
+    skip = 0
+
 BOUND_END = "end_site"  # the tracer's method a bound function's end() calls: given the site itself
 
 
 def _own_slots(edited: _Code, instructions: list[dis.Instruction], index: dict[int, int],
                markers: list[dis.Instruction], end_load: dis.Instruction, names: tuple[str, ...],
-               constants: tuple[Any, ...]) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+               constants: tuple[Any, ...], site_mark: str | None) -> tuple[tuple[str, ...], tuple[Any, ...]] | None:
     """The names and constants of the code, with the end() calls given a constant and a name
-    of their own (each shared with nothing else in the function), for :func:`bind_sites`.
+    of their own (each shared with nothing else in the function), for :func:`bind_sites`;
+    None when the calls are not in the expected shape (nothing edited: the function stays
+    unbound).
 
     The span name moves into the marker's constant slot (the marker is gone, every marker load
     is a ``COPY`` now) and every call's name load points there; the normal path's
     ``LOAD_ATTR end`` (not ``end_load``, the exception path's, which loads ``raised`` now)
     points to a new ``end`` entry of ``co_names``; a tag at the end of the constants says
-    where both are. Unbound, the code calls ``end("Q", t)`` as before. When the calls are not
-    in the expected shape, nothing changes (the function stays unbound)."""
+    where both are, and where the entry's site constant is (``site_mark``'s). Unbound, the
+    code calls ``end("Q", t)`` as before."""
     slot = markers[0].arg
     if slot is None:
-        return names, constants
+        return None
     own = len(names)
     units: list[tuple[int, str, int]] = []
     name = None
@@ -478,17 +553,21 @@ def _own_slots(edited: _Code, instructions: list[dis.Instruction], index: dict[i
         at = index[ins.offset]
         load, attr = instructions[at - 1], instructions[at - 2]
         if load.opname != "LOAD_CONST" or not isinstance(load.argval, str) or name not in (None, load.argval):
-            return names, constants
+            return None
         name = load.argval
         units.append((load.offset, "LOAD_CONST", slot))
+        if site_mark is not None:  # ends[TEST is None]: the attribute before the subscript
+            attr = next((ins for ins in reversed(instructions[max(0, at - 8):at])
+                         if ins.opname in _ATTR_LOADS and ins.argval == end_load.argval), attr)
         if attr.opname in _ATTR_LOADS and attr.argval == end_load.argval and attr.offset != end_load.offset:
             low = (attr.arg or 0) & 1 if attr.opname == "LOAD_ATTR" and sys.version_info >= (3, 12) else None
             units.append((attr.offset, attr.opname, own if low is None else own << 1 | low))
     if name is None or any(arg > 255 or edited.has_prefix(at) for at, _, arg in units):
-        return names, constants
+        return None
     for at, opname, arg in units:
         edited.set(at, opname, arg)
-    constants = (*constants[:slot], name, *constants[slot + 1:], (SITES_TAG, slot, own))
+    site = constants.index(site_mark) if site_mark is not None else -1
+    constants = (*constants[:slot], name, *constants[slot + 1:], (SITES_TAG, slot, own, site))
     return (*names, end_load.argval), constants
 
 
@@ -506,12 +585,14 @@ def bind_sites(code: CodeType, site_of: Callable[[str, CodeType], object]) -> Co
                 consts[at], changed = new, True
     names = code.co_names
     tag = consts[-1] if consts else None
-    if type(tag) is tuple and len(tag) == 3 and tag[0] == SITES_TAG:
-        _, slot, own = tag
+    if type(tag) is tuple and len(tag) == 4 and tag[0] == SITES_TAG:
+        _, slot, own, entry = tag
         site = site_of(consts[slot], code)
         if site is not None:
             consts[slot], consts[-1], changed = site, None, True
-            names = (*names[:own], BOUND_END, *names[own + 1:])
+            names = (*names[:own], BOUND_END if entry < 0 else SKIPPING_END + "_site", *names[own + 1:])
+        if entry >= 0:  # the entry's site constant: never left a string
+            consts[entry], changed = site if site is not None else Unbound(), True
     return code.replace(co_consts=tuple(consts), co_names=names) if changed else code
 
 

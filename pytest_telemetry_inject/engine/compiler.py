@@ -39,7 +39,8 @@ from .reconstruct import LineMap
 # it. 3: a return per path that falls off the body, the try form's start time on the value
 # stack, one-line bodies without the decorator's frame. 4: the try form's end() calls with a
 # name and a constant of their own, which the import hook binds to the site (``bytecode.bind_sites``).
-CODE_FORM = 4
+# 5: the try form's entry leaves a sampled site's untimed calls out of the runtime (``_skipping``).
+CODE_FORM = 5
 
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 # ``except*`` (3.11+; its fields are ``try``'s): ``try`` where there is none.
@@ -77,12 +78,16 @@ class _Plan:
     marker: str = ""
 
 
-def compile_mapped(text: str, line_map: LineMap, filename: str, *, style: str | None = None) -> CodeType:
+def compile_mapped(text: str, line_map: LineMap, filename: str, *, style: str | None = None,
+                   bindable: bool = False) -> CodeType:
     """The code of the instrumented module ``text``, with the positions of the original.
 
     ``style``: the session's style. ``decorator`` keeps the decorator of the functions the
     text instruments with it because their body shares the ``def`` line; any other gets
-    them the frameless form."""
+    them the frameless form. ``bindable``: the code as the import hook caches it (it
+    marshals), which must go through ``bytecode.bind_sites`` before it runs (the try form's
+    entry reads its site from a constant that is a string until then); by default it is
+    ready to run, its functions finding their sites by name."""
     tree = ast.parse(text, filename)
     lines = split_lines(text)
     wrapped = wrappers(tree, lines)  # found by the text's rows: before mapping
@@ -111,12 +116,18 @@ def compile_mapped(text: str, line_map: LineMap, filename: str, *, style: str | 
             _build(plan, form, stand_ins)
             if form == "try":
                 hidden.add(plan.marker)
-        code = compile(tree, filename, "exec", dont_inherit=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)  # ("is" with a literal: the marker's)
+            code = compile(tree, filename, "exec", dont_inherit=True)
         failed: set[str] = set()
         code = _finish(code, hidden, failed, stand_ins.lines)
         if not failed:
-            return code
+            return code if bindable else bytecode.bind_sites(code, _no_site)
         fallback |= failed  # rebuilt in the with form, compiled again
+
+
+def _no_site(name: str, code: CodeType) -> None:
+    return None
 
 
 # -- positions ---------------------------------------------------------------------------------
@@ -455,10 +466,15 @@ def _build(plan: _Plan, form: str, stand_ins: _StandIns) -> None:
     body = _closed(body)
     _stand_in_returns(body, stand_ins if form == "with" and bytecode.LINES_EDITABLE else None)
     if form == "try":
-        start = _place(ast.Expr(telemetry("start_generator" if plan.generator else "start")), line, col,
+        clock = _place(ast.Expr(telemetry("start_generator" if plan.generator else "start")), line, col,
                        subtree=False)
-        end = _lineless(ast.Expr(ast.Call(ast.Attribute(ast.Name("_telemetry", ast.Load()), "end", ast.Load()),
-                                          [ast.Constant(plan.name), ast.Constant(plan.marker)], [])))
+        if plan.generator:  # (a generator's calls are all timed: no skipping entry)
+            start: ast.stmt = clock
+            end: ast.stmt = _lineless(ast.Expr(ast.Call(ast.Attribute(ast.Name("_telemetry", ast.Load()), "end",
+                                                                      ast.Load()),
+                                                        [ast.Constant(plan.name), ast.Constant(plan.marker)], [])))
+        else:
+            start, end = _skipping(plan, clock, line, col)
         wrapper = _lineless(ast.Try(body=[], handlers=[], orelse=[], finalbody=[end]))
         wrapper.body = body
         plan.function.body = [*plan.keep, start, wrapper]
@@ -472,6 +488,39 @@ def _build(plan: _Plan, form: str, stand_ins: _StandIns) -> None:
     with_.items = [ast.withitem(telemetry(call, ast.Constant(plan.name)))]
     with_.body = body
     plan.function.body = [*plan.keep, with_]
+
+
+def _skipping(plan: _Plan, start: ast.Expr, line: int, col: int) -> tuple[ast.stmt, ast.stmt]:
+    """The try form's entry and exit for a call that a sampled site leaves untimed
+    (``bytecode.hide_slot``, ``bind_sites``; the runtime's ``_end_site_agg`` tells why)::
+
+        if SITE.skip:                   # SITE: the marker's site constant, bound on load
+            SITE.skip -= 1              # the call, counted (no call in between: one step)
+            SITE.off                    # None: the state, kept on the value stack
+        else:
+            _telemetry.start()
+        try:
+            ...body...
+        finally:
+            _telemetry.ends[TEST is None]("Q", STATE)    # TEST: a copy of the state
+
+    ``ends`` maps False to ``end`` and True to a C function that does nothing: an untimed
+    call reads no clock and calls no Python function of the runtime. The exit has no branch
+    (a branch there would make the compiler give the function's returns the lines of other
+    statements); the exception path calls ``raises``, which is ``raised`` either way."""
+    site = plan.marker + bytecode.SITE_SUFFIX
+
+    def attribute(name: str, ctx: ast.expr_context) -> ast.Attribute:
+        return ast.Attribute(ast.Constant(site), name, ctx)
+
+    skip = _place(ast.If(attribute("skip", ast.Load()),
+                         [ast.AugAssign(attribute("skip", ast.Store()), ast.Sub(), ast.Constant(1)),
+                          ast.Expr(attribute("off", ast.Load()))],
+                         []), line, col)
+    skip.orelse = [start]
+    test = ast.Compare(ast.Constant(plan.marker + bytecode.TEST_SUFFIX), [ast.Is()], [ast.Constant(None)])
+    ends = ast.Subscript(ast.Attribute(ast.Name("_telemetry", ast.Load()), "ends", ast.Load()), test, ast.Load())
+    return skip, _lineless(ast.Expr(ast.Call(ends, [ast.Constant(plan.name), ast.Constant(plan.marker)], [])))
 
 
 def _finish(code: CodeType, markers: set[str], failed: set[str], lines: dict[int, int]) -> CodeType:

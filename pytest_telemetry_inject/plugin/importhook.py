@@ -171,10 +171,11 @@ class TelemetryFinder:
                 if line_map is None:
                     self.state.problems[fullname] = "no line map"
                     return None
-                code = compile_mapped(text.lstrip("\ufeff"), line_map, path, style=self.engine.settings.style)
+                code = compile_mapped(text.lstrip("\ufeff"), line_map, path, style=self.engine.settings.style,
+                                      bindable=True)
                 self._store_code(key, code)
             self.state.instrumented[fullname] = path
-            return _bound(code, fullname) if self.engine.settings.target == "runtime" else code
+            return _bound(code, fullname if self.engine.settings.target == "runtime" else None)
         finally:
             self._busy.active = False
 
@@ -228,14 +229,18 @@ def _package_by_folder(fullname: str, path: Sequence[str] | None) -> ModuleSpec 
     return None
 
 
-def _bound(code: CodeType, module: str) -> CodeType:
+def _bound(code: CodeType, module: str | None) -> CodeType:
     """``code`` with each try-form function's site bound into it (``bytecode.bind_sites``), on
-    every load, cached or not: its ``end()`` then skips the lookup of the site by name. A site
-    the runtime cannot give leaves its function unbound (it finds its site by name)."""
+    every load, cached or not: its ``end()`` then skips the lookup of the site by name, and
+    its entry can leave a sampled site's calls untimed. A site the runtime cannot give (or
+    ``module`` None: not the runtime's target) leaves its function unbound (it finds its site
+    by name)."""
     from ..engine.bytecode import bind_sites
     from ..runtime import _core
 
     def site_of(name: str, function: CodeType) -> object:
+        if module is None:
+            return None
         try:
             return _core.bind_site(module, name, function.co_filename, function.co_firstlineno)
         except Exception:

@@ -296,11 +296,14 @@ class _Site:
     its aggregate per test (``None``: outside any test)."""
 
     __slots__ = ("module", "name", "file", "line", "n", "total", "low", "high", "errs", "stats", "ot", "_attrs",
-                 "left", "given", "carry", "every", "sm", "ss", "sq", "seen", "seen_s", "rn", "rs", "shown")
+                 "left", "given", "carry", "every", "sm", "ss", "sq", "seen", "seen_s", "rn", "rs", "shown",
+                 "skip", "granted", "off")
     # Set by _unsample (see there).
     left: int
     given: int
     carry: int
+    skip: int
+    granted: int
     every: int
     sm: int
     ss: float
@@ -326,6 +329,7 @@ class _Site:
         self._attrs: dict[str, Any] | None = None
         # In snapshot() before any call (a site bound at import, ``bind_site``, is not).
         self.shown = True
+        self.off = None  # the state of a call the entry left untimed (see _end_site_agg)
         _unsample(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -399,9 +403,9 @@ def _take(site: _Site) -> tuple[int, float, float, float, int]:
     with _acc_lock:
         left = site.left
         pending = (site.n, site.total, site.low, site.high,
-                   site.given - left + 1 + site.carry if left > 0 else site.carry)
+                   (site.given - left + 1 if left > 0 else 0) + site.carry + site.granted - site.skip)
         site.n, site.total, site.low, site.high = _NOTHING_PENDING
-        site.given = site.carry = 0
+        site.given = site.carry = site.granted = site.skip = 0
         site.left = 1 if left > 0 else left
     return pending
 
@@ -476,7 +480,7 @@ def _drain_all() -> None:
     global _recent
     _recent = []
     for site in list(_sites.values()):
-        if site.n or site.errs or site.given or site.carry:
+        if site.n or site.errs or site.given or site.carry or site.granted:
             _drain(site)
 
 
@@ -526,7 +530,7 @@ def _unsample(site: _Site) -> None:
     the last fold; ``every``: 0 undecided, -1 decided to time every call, else the sampling
     period; ``sm``, ``ss``, ``sq``: count, sum and sum of squares (seconds) of the calls
     timed while sampled; ``seen``, ``seen_s``: timed calls folded and their seconds."""
-    site.given = site.carry = site.every = site.sm = site.seen = site.rn = 0
+    site.given = site.carry = site.every = site.sm = site.seen = site.rn = site.skip = site.granted = 0
     site.left = -_AFTER if _EVERY > 1 and not _FREE_THREADED else 0
     site.ss = site.sq = site.seen_s = site.rs = 0.0
 
@@ -578,8 +582,8 @@ def _retime(site: _Site, every: int, left: int) -> None:
     (setting ``left`` alone would drop the calls counted since the fold: the race tests of
     test_semantics.py lost some hundreds of 36,000 calls that way)."""
     old = site.left
-    site.carry += site.given - old + 1 if old > 0 else 0
-    site.given = 0
+    site.carry += (site.given - old + 1 if old > 0 else 0) + site.granted - site.skip
+    site.given = site.granted = site.skip = 0
     site.every, site.left = every, left
 
 
@@ -1167,7 +1171,7 @@ class Tracer:
     forward to the collector's (``_FollowTracer``)."""
 
     __slots__ = ("module", "span", "generator_span", "start", "start_generator", "end", "end_site", "fail", "raised",
-                 "_by_name", "_by_code", "_where", "_lead", "_followers",
+                 "ends", "ends_site", "raises", "_by_name", "_by_code", "_where", "_lead", "_followers",
                  "__weakref__")
     # the span classes of span() and generator_span()
     _kinds: tuple[type[_AggSpan], type[_AggSpan]] = (_AggSpan, _AggSpan)
@@ -1180,6 +1184,12 @@ class Tracer:
     end_site: Callable[[_Site, object], None]
     fail: Callable[[str, object], object]
     raised: Callable[[str, object], None]
+    # What the try form's exit calls as compiled on the fly, by whether its entry left the
+    # call untimed (``engine.compiler._skipping``): {False: end, True: nothing} for a site's
+    # name and for the site itself, and raised either way on the exception path (_install).
+    ends: dict[bool, Callable[[str, object], object]]
+    ends_site: dict[bool, Callable[[_Site, object], object]]
+    raises: dict[bool, Callable[[str, object], None]]
 
     def __init__(self, module: str) -> None:
         self.module = module
@@ -1274,43 +1284,20 @@ class Tracer:
 
     def _end_site_agg(self, site: _Site, state: object) -> None:
         """``end`` of the try form as compiled on the fly, bound (``engine/bytecode.py``,
-        ``bind_sites``): given the site itself, not its name, so no lookup. A site timed on
-        every call (decided so, or sampling off) pays one test for the sampling; the other
-        paths (``left`` nonzero, see ``_unsample``) are apart, each complete. With a GIL no
-        other thread runs between two instructions that make no call (nor backward jump):
-        so ``left`` is read and written back with no call in between (a clock read there
-        would let another thread's end() count down meanwhile, and one of the two writes
-        be lost), and a call's count (``_account``) is inline, not a call (a fold of another
-        thread in its middle would leave the site out of ``_recent``: see ``_take``; the
-        race tests of test_semantics.py and test_bound_sites.py catch both)."""
+        ``bind_sites``): given the site itself, not its name, so no lookup. A sampled site's
+        untimed calls never get here: the function's entry (``compiler._skipping``) counts
+        them down from the ``skip`` that the site's timed call grants here (its untimed calls:
+        ``granted - skip``, see ``_take``) and hands its ``finally`` a state of None, for
+        which it calls nothing. With a GIL no other
+        thread runs between two instructions that make no call (nor backward jump): so the
+        entry's test and its counts are one step, ``left`` is read and written back with no
+        call in between, and a call's count (``_account``) is inline, not a call (a fold of
+        another thread in its middle would leave the site out of ``_recent``: see ``_take``;
+        the race tests of test_semantics.py catch it)."""
         try:
             left = site.left
-            if left:
-                if left > 1:  # a sampled site's untimed call: counted by the countdown alone
-                    site.left = left - 1
-                    return
-                if left < 0:  # not decided yet: timed, counting down to the decision
-                    site.left = left + 1
-                else:  # a sampled site's timed call; the next every - 1 calls are not
-                    every = site.every
-                    site.left = every
-                    site.given += every - 1
-                seconds = _seconds() - state  # type: ignore[operator]
-                if left == 1:
-                    site.sm += 1
-                    site.ss += seconds
-                    site.sq += seconds * seconds
-                site.n += 1  # _account, inlined
-                site.total += seconds
-                if seconds > site.high:
-                    site.high = seconds
-                if seconds < site.low:
-                    site.low = seconds
-                    if site.n == 1:  # the first call since the last fold: see _recent
-                        _recent.append(site)
-                if left == -1:
-                    _hot(site)
-                return
+            if left < 0:  # not decided yet: timed, counting down to the decision
+                site.left = left + 1
             seconds = _seconds() - state  # type: ignore[operator]
             site.n += 1  # _account, inlined
             site.total += seconds
@@ -1318,8 +1305,17 @@ class Tracer:
                 site.high = seconds
             if seconds < site.low:
                 site.low = seconds
-                if site.n == 1:
+                if site.n == 1:  # the first call since the last fold: see _recent
                     _recent.append(site)
+            every = site.every
+            if every > 0:  # sampled: the entry leaves the next every - 1 calls untimed
+                site.granted += every - 1 - site.skip  # (topped up: two timed calls at once
+                site.skip = every - 1                   # grant every - 1 in all)
+                site.sm += 1
+                site.ss += seconds
+                site.sq += seconds * seconds
+            if left == -1:
+                _hot(site)
         except Exception:  # a state of another mode, or an internal fault
             self._end_other(site, state)
 
@@ -1431,8 +1427,13 @@ class Tracer:
                     state._err = error
                 self._end_span_slow(name, state, 2)  # frames: that, this, the user's function
                 return
+            if state is None:  # an untimed call (counted by the entry), or started while disabled
+                if (_mode == "agg" and isinstance(name, _Site) and error is not None
+                        and not isinstance(error, _NOT_ERRORS)):
+                    _error(name, type(error))
+                return
             if state.__class__ is not float:
-                return  # started while disabled: nothing was measured
+                return  # nothing was measured
             seconds = _seconds() - state
             site = self._by_name.get(name)
             if site is None:  # frames: _site, this, the user's function
@@ -1535,6 +1536,7 @@ class Tracer:
         self.generator_span = lead.generator_span
         self.start, self.start_generator = lead.start, lead.start_generator
         self.end, self.end_site, self.fail, self.raised = lead.end, lead.end_site, lead.fail, lead.raised
+        self.ends, self.ends_site, self.raises = lead.ends, lead.ends_site, lead.raises
 
     def _unfollow(self) -> None:
         self._lead = None
@@ -1611,6 +1613,11 @@ def _install(tr: Tracer) -> None:
     if tr._lead is not None:
         return
     tr.__class__ = _TRACER_CLASSES[_mode]
+    # Dicts keyed by ``state is None`` (a dict's subscript specialises for any key, a tuple's
+    # not for a bool); a dict's get(name, state) is a C function that does nothing.
+    tr.ends = {False: tr.end, True: _NOTHING.get}
+    tr.ends_site = {False: tr.end_site, True: _NOTHING.get}
+    tr.raises = {False: tr.raised, True: tr.raised}
     for follower in list(tr._followers):
         try:
             follower._follow(tr)
@@ -1846,6 +1853,10 @@ def _apply() -> None:
     _mode = _wanted_mode()
     for tr in list(_tracers.values()):
         _install(tr)
+    if _mode != "agg":  # calls are left untimed (and end() uncalled) in the aggregate mode only
+        for site in list(_sites.values()):
+            site.carry += site.granted - site.skip  # (those counted so far; no call in between)
+            site.granted = site.skip = 0
 
 
 def _maybe_otel() -> None:

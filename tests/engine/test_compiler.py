@@ -253,8 +253,8 @@ def test_the_compiled_code_marshals() -> None:
     _plain, instrumented, text = instrument(SOURCE)
     result = Engine(Settings(style="try", target="runtime"), cache=None).instrument(SOURCE.encode(), "traced.py",
                                                                                       import_name="")
-    code = compile_mapped(result.output.decode(), result.get_line_map(), "traced.py")
-    namespace = _namespace(marshal.loads(marshal.dumps(code)), "traced")
+    code = compile_mapped(result.output.decode(), result.get_line_map(), "traced.py", bindable=True)
+    namespace = _namespace(bytecode.bind_sites(marshal.loads(marshal.dumps(code)), lambda name, code: None), "traced")
     assert list(namespace["gen"](3)) == [0, 1, 2]
     with pytest.raises(ValueError):
         namespace["fails"](1)

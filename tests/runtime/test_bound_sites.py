@@ -38,7 +38,7 @@ def load(source: str = SOURCE, *, bind: bool = True) -> types.ModuleType:
     name = f"ti_bound_{next(_names)}"
     result = Engine(Settings(style="try", target="runtime"), cache=None).instrument(text.encode(), f"{name}.py",
                                                                                       import_name="")
-    code = compile_mapped(result.output.decode(), result.get_line_map(), f"{name}.py")
+    code = compile_mapped(result.output.decode(), result.get_line_map(), f"{name}.py", bindable=bind)
     module = types.ModuleType(name)
     sys.modules[name] = module
     exec(_bound(code, name) if bind else code, module.__dict__)
@@ -100,7 +100,7 @@ def test_bound_under_another_module_name() -> None:
     text = textwrap.dedent(SOURCE)
     result = Engine(Settings(style="try", target="runtime"), cache=None).instrument(text.encode(), "x.py",
                                                                                       import_name="")
-    code = _bound(compile_mapped(result.output.decode(), result.get_line_map(), "x.py"), "ti_bound_real")
+    code = _bound(compile_mapped(result.output.decode(), result.get_line_map(), "x.py", bindable=True), "ti_bound_real")
     module = types.ModuleType("ti_bound_main")
     exec(code, module.__dict__)
     runtime.configure(keep_events=True)  # the span modes look sites up by name first
@@ -157,3 +157,102 @@ def test_a_bound_site_pickles_as_the_site_of_its_module_and_name() -> None:
     m = load()
     site = _core._sites[(m.__name__, "leaf")]
     assert pickle.loads(pickle.dumps(site)) is site
+
+
+SKIPPING = '''
+    class Boom(Exception):
+        pass
+
+
+    def maybe(x):
+        if x < 0:
+            raise Boom(x)
+        return x + 1
+'''
+
+
+def calls_into_the_runtime(action) -> int:  # type: ignore[no-untyped-def]
+    """Calls of the runtime's Python functions while ``action()`` runs (a profile hook)."""
+    seen = []
+
+    def profile(frame, event, arg):  # type: ignore[no-untyped-def]
+        if event == "call" and frame.f_code.co_filename == _core.__file__:
+            seen.append(frame.f_code.co_name)
+
+    sys.setprofile(profile)
+    try:
+        action()
+    finally:
+        sys.setprofile(None)
+    return len(seen)
+
+
+def test_an_untimed_call_makes_no_call_into_the_runtime_and_is_counted() -> None:
+    _core.configure(timing_every=4, timing_after=20, timing_below=10.0)
+    m = load(SKIPPING)
+    for i in range(40):
+        m.maybe(i)
+    site = _core._sites[(m.__name__, "maybe")]
+    assert site.every == 4
+    runtime.snapshot()  # a fold: the next call is timed, the 3 after it skipped
+    assert calls_into_the_runtime(lambda: m.maybe(1)) == 1  # end() of the timed call
+    assert site.skip == 3
+    assert calls_into_the_runtime(lambda: [m.maybe(i) for i in range(3)]) == 0
+    assert (site.skip, site.granted) == (0, 3)
+    row = rows(m)["maybe"]
+    assert (row["count"], row["errors"]) == (44, 0) and row["untimed"] >= 3
+
+
+def test_errors_of_untimed_calls_are_counted_and_their_tracebacks_are_the_originals() -> None:
+    _core.configure(timing_every=4, timing_after=20, timing_below=10.0)
+    m = load(SKIPPING)
+    values = [-1 if i % 7 == 3 else i for i in range(200)]
+    raised, lines = 0, set()
+    for value in values:
+        try:
+            m.maybe(value)
+        except m.Boom as error:
+            raised += 1
+            lines.add(error.__traceback__.tb_next.tb_lineno)  # type: ignore[union-attr]
+    row = rows(m)["maybe"]
+    assert row["untimed"] > 100
+    assert (row["count"], row["errors"], row["exceptions"]) == (200, raised, {"Boom": raised})
+    assert lines == {8}, "every call raised from the raise statement's line, timed or not"
+    assert m.maybe.__code__.co_varnames == ("x",)
+
+
+def test_untimed_calls_go_to_the_test_they_ran_in_and_survive_a_change_of_mode() -> None:
+    _core.configure(timing_every=8, timing_after=20, timing_below=10.0)
+    m = load(SKIPPING)
+    for i in range(30):
+        m.maybe(i)
+    runtime.set_current_test("t::a")
+    for i in range(5):  # one timed, four skipped: a block left half used
+        m.maybe(i)
+    runtime.set_current_test("t::b")
+    for i in range(11):
+        m.maybe(i)
+    site = _core._sites[(m.__name__, "maybe")]
+    assert site.granted > site.skip > 0
+    runtime.configure(keep_events=True)  # events: calls are no longer skipped
+    assert site.skip == site.granted == 0
+    m.maybe(1)
+    runtime.set_current_test(None)
+    by_test = {row["test"]: row["count"] for row in runtime.snapshot(per_test=True) if row["module"] == m.__name__}
+    assert (by_test["t::a"], by_test["t::b"]) == (5, 12)
+
+
+def test_the_disabled_runtime_skips_nothing_and_counts_nothing() -> None:
+    _core.configure(timing_every=4, timing_after=20, timing_below=10.0)
+    m = load(SKIPPING)
+    for i in range(40):
+        m.maybe(i)
+    runtime.configure(disabled=True)
+    site = _core._sites[(m.__name__, "maybe")]
+    assert site.skip == 0
+    before = site.granted
+    for i in range(20):
+        m.maybe(i)
+    assert (site.skip, site.granted) == (0, before)
+    runtime.configure(disabled=False)
+    assert rows(m)["maybe"]["count"] == 40

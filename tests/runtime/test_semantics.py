@@ -522,7 +522,7 @@ _RACE = '''
     if bound:  # as the import hook loads it: end() given the site itself (bind_sites)
         from pytest_telemetry_inject.engine.compiler import compile_mapped
         from pytest_telemetry_inject.plugin.importhook import _bound
-        code = _bound(compile_mapped(result.output.decode(), result.get_line_map(), "race.py"), "race")
+        code = _bound(compile_mapped(result.output.decode(), result.get_line_map(), "race.py", bindable=True), "race")
         assert any(isinstance(c, _core._Site) for k in code.co_consts if hasattr(k, "co_consts") for c in k.co_consts)
     namespace = {{"__name__": "race"}}
     exec(code, namespace)
