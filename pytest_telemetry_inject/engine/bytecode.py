@@ -53,6 +53,15 @@ if TYPE_CHECKING:
     # A code unit's (line, end line, column, end column), as ``co_positions()`` gives them.
     _Position = tuple[int | None, int | None, int | None, int | None]
 
+# The form of the code ``compiler.compile_mapped`` produces; a cache of compiled code should be
+# keyed by it. 3: a return per path that falls off the body, the try form's start time on the
+# value stack, one-line bodies without the decorator's frame. 4: the try form's end() calls with
+# a name and a constant of their own, which the import hook binds to the site (``bind_sites``).
+# 5: the try form's entry leaves a sampled site's untimed calls out of the runtime
+# (``compiler._skipping``). Here, not in compiler.py: the import hook reads it on every load,
+# and this module is the light one of the two.
+CODE_FORM = 5
+
 # The interpreters whose bytecode this was written and tested for (the exception table,
 # COPY and RERAISE's lasti came with 3.11).
 SUPPORTED = (3, 11) <= sys.version_info[:2] <= (3, 13)

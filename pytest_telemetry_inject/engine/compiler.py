@@ -35,12 +35,8 @@ from ..scriptlib import split_lines
 from . import bytecode
 from .reconstruct import LineMap
 
-# The form of the code compile_mapped produces; a cache of compiled code should be keyed by
-# it. 3: a return per path that falls off the body, the try form's start time on the value
-# stack, one-line bodies without the decorator's frame. 4: the try form's end() calls with a
-# name and a constant of their own, which the import hook binds to the site (``bytecode.bind_sites``).
-# 5: the try form's entry leaves a sampled site's untimed calls out of the runtime (``_skipping``).
-CODE_FORM = 5
+# The form of the code compile_mapped produces (its history: ``bytecode.CODE_FORM``).
+CODE_FORM = bytecode.CODE_FORM
 
 _FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 # ``except*`` (3.11+; its fields are ``try``'s): ``try`` where there is none.

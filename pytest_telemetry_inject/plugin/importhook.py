@@ -36,13 +36,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..engine.pipeline import Engine, FileResult
 
-# The form of the compiled code (``engine.compiler.CODE_FORM``: its docstring lists them)
+# The form of the compiled code (``engine.bytecode.CODE_FORM``: its comment lists them)
 # and the interpreter's bytecode version: a cached code object of another form is compiled
 # again. (The cache adds its own magic and this machine's seal around it.)
-# (Read when first needed: the compiler's import is not paid by a session that compiles nothing.)
+# (Read when first needed, from the bytecode module, which binding needs anyway: the
+# compiler's import, with the Python language's, is not paid by a session that compiles
+# nothing.)
 @functools.cache
 def _code_magic() -> bytes:
-    from ..engine.compiler import CODE_FORM
+    from ..engine.bytecode import CODE_FORM
 
     return f"TI-CODE{CODE_FORM}".encode() + importlib.util.MAGIC_NUMBER
 
@@ -152,8 +154,6 @@ class TelemetryFinder:
 
     def instrumented_code(self, fullname: str, path: str, data: bytes) -> CodeType | None:
         """The instrumented module's code, or None when it is left as it is (reason recorded)."""
-        from ..engine.compiler import compile_mapped
-
         self._busy.active = True
         try:
             result = self.engine.instrument(data, path, import_name="")
@@ -166,6 +166,8 @@ class TelemetryFinder:
             key = self._code_key(data, result.output)
             code = self._load_code(key, path)
             if code is None:
+                from ..engine.compiler import compile_mapped  # (only on a miss: see _code_magic)
+
                 text = result.output.decode(_encoding_of(result.output))
                 line_map = result.get_line_map()
                 if line_map is None:

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from pytest import TestReport
@@ -21,12 +21,14 @@ from ..engine.pipeline import Engine
 from ..engine.runner import run
 from ..engine.tasks import FileReport, RunOptions
 from ..errors import CacheError, ConfigError
-from ..otlp import OtelSession
 from ..settings import Settings
 from . import discovery, otel, reports, shipping
 from .importhook import TelemetryFinder
 from .items import TelemetryFile, TelemetryItem
 from .reports import Payload
+
+if TYPE_CHECKING:
+    from ..otlp import OtelSession
 
 
 class TelemetrySession:
@@ -184,6 +186,8 @@ class TelemetrySession:
         from .. import runtime
 
         if self.option("telemetry_otel"):
+            from ..otlp import OtelSession  # (only with the OpenTelemetry target)
+
             self.otel = OtelSession.start(self.config)
             runtime.configure(**self.otel.runtime_settings())
         if self.settings.target == "otel":
@@ -303,9 +307,8 @@ class TelemetrySession:
 
     def llm_lines(self, requests: int) -> list[str]:
         """The LLM budget's summary line(s) when a model was asked (or refused by the
-        budget): from the ledger the workers shared, else from this process's sessions."""
-        from ..llm.refactorer import shared_summary_lines
-
+        budget): from the ledger the workers shared, else from this process's sessions.
+        (The LLM layer is imported only then: a session that asked no model does not pay it.)"""
         if self._ledger and os.path.exists(self._ledger):
             from ..llm.config import LLMConfig
             from ..llm.cost import CostTracker
@@ -313,7 +316,11 @@ class TelemetrySession:
             tracker = CostTracker(LLMConfig.load(self.root).budget, self._ledger)
             snapshot = tracker.snapshot()
             return [tracker.summary_line()] if snapshot["calls"] or snapshot["refused"] else []
-        return shared_summary_lines() if requests else []
+        if not requests:
+            return []
+        from ..llm.refactorer import shared_summary_lines
+
+        return shared_summary_lines()
 
     def early_why(self, name: str) -> str:
         """Who imported a project module before the hook was in place, and what to do."""

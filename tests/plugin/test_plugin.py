@@ -151,6 +151,29 @@ def test_off_unless_asked(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1)
 
 
+def test_a_warm_session_loads_neither_the_compiler_nor_the_llm_layer(project: pytest.Pytester) -> None:
+    # The second session finds every module's compiled code in the cache: it binds it
+    # (engine.bytecode) and compiles nothing, and it asked no model. Importing the compiler
+    # (and the Python language's module with it) and the LLM layer cost a short suite
+    # ~0.6 billion instructions a session, most of its fixed cost.
+    (project.path / "tests" / "test_probe.py").write_text(textwrap.dedent('''
+        import sys
+
+        def test_probe():
+            assert "pkg.core" in sys.modules
+            loaded = {name for name in sys.modules if name.startswith("pytest_telemetry_inject.")}
+            print("LOADED", sorted(loaded))
+            assert "pytest_telemetry_inject.engine.bytecode" in loaded
+            unwanted = {"pytest_telemetry_inject.engine.compiler", "pytest_telemetry_inject.llm.refactorer"}
+            assert not loaded & unwanted, loaded & unwanted
+    '''))
+    (project.path / "tests" / "test_core.py").write_text("import pkg.core\n")
+    first = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-k", "not probe")
+    first.assert_outcomes(passed=1)  # the telemetry item: the cache is filled
+    warm = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-s", "-k", "probe")
+    warm.assert_outcomes(passed=1)
+
+
 def test_the_plugins_modules_are_not_assert_rewritten(pytester: pytest.Pytester,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # Installed from a wheel, this package's RECORD lists its modules, and pytest marks every
