@@ -311,9 +311,14 @@ def with_positions(code: CodeType, new: list[_Position]) -> CodeType:
 
 def unline(code: CodeType, start: int, end: int) -> CodeType:
     """``code`` with the instructions at offsets [start, end) without a location."""
+    return relocate(code, start, end, (None, None, None, None))
+
+
+def relocate(code: CodeType, start: int, end: int, where: _Position) -> CodeType:
+    """``code`` with the instructions at offsets [start, end) at ``where``."""
     new = positions(code)
     for unit in range(start // 2, end // 2):
-        new[unit] = (None, None, None, None)
+        new[unit] = where
     return with_positions(code, new)
 
 
@@ -364,7 +369,7 @@ def unline_with_entry(code: CodeType) -> CodeType:
     return code
 
 
-def hide_slot(code: CodeType, marker: str, end_name: str = "end", raised_name: str = "raised") -> CodeType:
+def hide_slot(code: CodeType, marker: str) -> CodeType:
     """The function's code with the start time kept on the value stack (see the module's
     docstring). ``code`` must contain ``marker`` among its constants."""
     if not SUPPORTED:
@@ -407,8 +412,9 @@ def hide_slot(code: CodeType, marker: str, end_name: str = "end", raised_name: s
     tests = [ins for ins in instructions if ins.opname == "LOAD_CONST" and ins.argval == test_mark]
     if skipping != bool(tests):
         raise Unsupported("the end() calls are not guarded")
-    if skipping:  # the exit calls one of a pair (compiler._skipping)
-        end_name, raised_name = SKIPPING_END, SKIPPING_RAISED
+    # The names the exit calls end() by, on the normal and the exception path: a skipping
+    # function's exit picks it from a pair (compiler._skipping).
+    end_name, raised_name = (SKIPPING_END, SKIPPING_RAISED) if skipping else ("end", "raised")
 
     # The finally block's exception copy: a handler target that starts PUSH_EXC_INFO, then
     # the end() call and RERAISE 0, in a straight line.
@@ -496,23 +502,17 @@ def _lead_in(code: CodeType, instructions: list[dis.Instruction], first: int, en
     Straight after a one-line entry the compiler gives them the entry's line, as the body's
     first statement usually has it (see ``compiler._entry_line``); after the skipping entry
     (``compiler._skipping``) two branches join there, and the compiler gives them none."""
-    new = positions(code)
-    changed = False
-    for ins in instructions[first:]:
-        if new[ins.offset // 2][0] is not None:
-            break
-        for unit in range(ins.offset // 2, ins.offset // 2 + 1 + _caches(ins.opname)):
-            new[unit] = entry
-        changed = True
+    lines = positions(code)
+    last = first
+    while last < len(instructions) and lines[instructions[last].offset // 2][0] is None:
+        ins = instructions[last]
+        last += 1
         if ins.opcode in _JUMPS or ins.opname in _NO_FALLTHROUGH:
             break
-    return with_positions(code, new) if changed else code
-
-
-def _caches(opname: str) -> int:
-    """Cache units after an instruction (3.11 to 3.13 spell the table differently)."""
-    table = dis._inline_cache_entries  # type: ignore[attr-defined]
-    return int(table[_OP[opname]] if isinstance(table, list) else table.get(opname, 0))
+    if last == first:
+        return code
+    end = instructions[last].offset if last < len(instructions) else len(code.co_code)
+    return relocate(code, instructions[first].offset, end, entry)
 
 
 # The last constant of a function whose end() calls :func:`bind_sites` can bind: (SITES_TAG,
@@ -535,7 +535,10 @@ class Unbound:
     __slots__ = ()
     skip = 0
 
+
+UNBOUND = Unbound()
 BOUND_END = "end_site"  # the tracer's method a bound function's end() calls: given the site itself
+SKIPPING_BOUND_END = "ends_site"  # and the pair a bound skipping function's exit picks it from
 
 
 def _own_slots(edited: _Code, instructions: list[dis.Instruction], index: dict[int, int],
@@ -599,9 +602,9 @@ def bind_sites(code: CodeType, site_of: Callable[[str, CodeType], object]) -> Co
         site = site_of(consts[slot], code)
         if site is not None:
             consts[slot], consts[-1], changed = site, None, True
-            names = (*names[:own], BOUND_END if entry < 0 else SKIPPING_END + "_site", *names[own + 1:])
+            names = (*names[:own], BOUND_END if entry < 0 else SKIPPING_BOUND_END, *names[own + 1:])
         if entry >= 0:  # the entry's site constant: never left a string
-            consts[entry], changed = site if site is not None else Unbound(), True
+            consts[entry], changed = site if site is not None else UNBOUND, True
     return code.replace(co_consts=tuple(consts), co_names=names) if changed else code
 
 

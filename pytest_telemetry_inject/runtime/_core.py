@@ -576,15 +576,26 @@ def _redecide(site: _Site, n: int, seconds: float) -> None:
 def _retime(site: _Site, every: int, left: int) -> None:
     """Give a site a new sampling period and countdown (a fold or ``configure``, holding
     ``_lock``) while other threads go on counting its calls: the untimed calls it counted
-    since the last fold (slots handed out less those left) move to ``carry``, which the
-    next fold takes (``_take``). Read and written in one step, with no call in between:
-    with a GIL no end() of another thread runs inside it, so none of its countdown is lost
+    since the last fold (slots handed out less those left, and what ``_withdraw`` takes of a
+    bound site's) move to ``carry``, which the next fold takes (``_take``). Each countdown
+    is read and written in one step, with no call in between: with a GIL no end() of
+    another thread runs inside it, so none of its countdown is lost
     (setting ``left`` alone would drop the calls counted since the fold: the race tests of
     test_semantics.py lost some hundreds of 36,000 calls that way)."""
     old = site.left
-    site.carry += (site.given - old + 1 if old > 0 else 0) + site.granted - site.skip
-    site.given = site.granted = site.skip = 0
+    site.carry += site.given - old + 1 if old > 0 else 0
+    site.given = 0
     site.every, site.left = every, left
+    _withdraw(site)
+
+
+def _withdraw(site: _Site) -> None:
+    """Stop a bound site's entry leaving calls untimed (``skip`` 0), its untimed calls so
+    far (granted less not used) moved to ``carry``: one step, no call in between. After a
+    change of sampling (``_retime``: after it, so that an end() of another thread grants by
+    the new period) and of mode (``_apply``)."""
+    site.carry += site.granted - site.skip
+    site.granted = site.skip = 0
 
 
 def _hot(site: _Site) -> None:
@@ -1288,12 +1299,12 @@ class Tracer:
         untimed calls never get here: the function's entry (``compiler._skipping``) counts
         them down from the ``skip`` that the site's timed call grants here (its untimed calls:
         ``granted - skip``, see ``_take``) and hands its ``finally`` a state of None, for
-        which it calls nothing. With a GIL no other
-        thread runs between two instructions that make no call (nor backward jump): so the
-        entry's test and its counts are one step, ``left`` is read and written back with no
-        call in between, and a call's count (``_account``) is inline, not a call (a fold of
-        another thread in its middle would leave the site out of ``_recent``: see ``_take``;
-        the race tests of test_semantics.py catch it)."""
+        which it calls nothing. With a GIL no other thread runs between two instructions
+        that make no call (nor backward jump): so the entry's test and its count are one
+        step, ``left`` is read and written back with no call in between, and a call's count
+        (``_account``) is inline, not a call (a fold of another thread in its middle would
+        leave the site out of ``_recent``: see ``_take``; the race tests of test_semantics.py
+        catch it)."""
         try:
             left = site.left
             if left < 0:  # not decided yet: timed, counting down to the decision
@@ -1855,8 +1866,7 @@ def _apply() -> None:
         _install(tr)
     if _mode != "agg":  # calls are left untimed (and end() uncalled) in the aggregate mode only
         for site in list(_sites.values()):
-            site.carry += site.granted - site.skip  # (those counted so far; no call in between)
-            site.granted = site.skip = 0
+            _withdraw(site)
 
 
 def _maybe_otel() -> None:
