@@ -32,7 +32,10 @@ marker's ``TEST_SUFFIX``) is a ``COPY`` like the marker, the exception path load
 ``raises`` instead of ``ends``, and the body's first instructions without a location get the
 entry's (the two branches join there, where the compiler gives them none).
 
-Every edit replaces one code unit by another (no offset, jump or line-table entry moves).
+On 3.11 the skipping exit's normal path then jumps over its call for an untimed call
+(:func:`_jump_exits`) instead of picking the call from a dict.
+
+Every edit replaces code units in place (no offset, jump or line-table entry moves).
 The result is checked by running the same stack analysis on the new code: every ``COPY``
 must reach the bottom item, every handler must keep it, the ``RERAISE 2`` must find the
 offset it restores. Anything unexpected (another interpreter's bytecode, a function with
@@ -58,9 +61,9 @@ if TYPE_CHECKING:
 # value stack, one-line bodies without the decorator's frame. 4: the try form's end() calls with
 # a name and a constant of their own, which the import hook binds to the site (``bind_sites``).
 # 5: the try form's entry leaves a sampled site's untimed calls out of the runtime
-# (``compiler._skipping``). Here, not in compiler.py: the import hook reads it on every load,
+# (``compiler._skipping``). 6: on 3.11 its exit jumps over the call for them (``_jump_exits``). Here, not in compiler.py: the import hook reads it on every load,
 # and this module is the light one of the two.
-CODE_FORM = 5
+CODE_FORM = 6
 
 # The interpreters whose bytecode this was written and tested for (the exception table,
 # COPY and RERAISE's lasti came with 3.11).
@@ -493,7 +496,89 @@ def hide_slot(code: CodeType, marker: str) -> CodeType:
     # the body's own.
     if skipping:
         result = _lead_in(result, instructions, index[after_push], positions(code)[push.offset // 2])
-    return unline(result, instructions[_first_traceable(instructions)].offset, after_push)
+    result = unline(result, instructions[_first_traceable(instructions)].offset, after_push)
+    return _jump_exits(result) if skipping else result
+
+
+def _unit(opname: str, arg: int = 0) -> bytes:
+    """One instruction with its (zeroed) inline caches (3.11's table: a list by opcode)."""
+    if not 0 <= arg <= 255:
+        raise Unsupported(f"{opname} {arg} does not fit one code unit")
+    caches: Any = getattr(dis, "_inline_cache_entries", None)
+    return bytes((_OP[opname], arg)) + b"\0\0" * (caches[_OP[opname]] if caches is not None else 0)
+
+
+# Where the skipping exit jumps over its call for an untimed call (:func:`_jump_exits`): 3.11,
+# whose tracers see lines only. From 3.12, ``sys.monitoring`` reports every conditional jump
+# that has a line as a BRANCH event, and a jump without one (or to an instruction without
+# one) makes the ``return`` after it a line event of its own: the exit keeps picking its call.
+JUMPING = sys.version_info[:2] == (3, 11)
+# The skipping exit as compiled (``compiler._skipping``), once hide_slot has made its marker
+# loads copies: ``_telemetry.ends[STATE is None](NAME, STATE)``.
+_PICKING_EXIT = ("LOAD_GLOBAL", "LOAD_ATTR", "COPY", "LOAD_CONST", "IS_OP", "BINARY_SUBSCR", "LOAD_CONST", "COPY",
+                 "PRECALL", "CALL", "POP_TOP")
+
+
+def _jump_exits(code: CodeType) -> CodeType:
+    """(3.11) The skipping function's exit on the normal path, ``ends[STATE is None](NAME,
+    STATE)`` (a dict lookup and a call for every call, the untimed ones included), as a jump
+    over the call for an untimed call::
+
+        COPY state; POP_JUMP_FORWARD_IF_NONE past; _telemetry.end(NAME, state); past:
+
+    in the code units of the exit it replaces (what is left over: ``NOP``, on the timed
+    path), so that no offset, jump target, handler or location moves. Every instruction of
+    the exit has the one location the compiler gave it (the line of the ``return`` it runs
+    for), and a forward jump within a line is no line event. The function's own name slot
+    (:func:`_own_slots`) becomes ``end`` instead of ``ends``; bound, :data:`BOUND_END`. All
+    exits or none: ``code`` unchanged where one is not in that shape or the result fails the
+    stack analysis (every ``COPY`` reaching the state)."""
+    tag = code.co_consts[-1] if code.co_consts else None
+    if not JUMPING or type(tag) is not tuple or len(tag) != 4 or tag[0] != SITES_TAG:
+        return code
+    _, slot, own, _ = tag
+    try:
+        instructions = [ins for ins in dis.get_instructions(code) if ins.opname != "CACHE"]
+        entries = read_table(code)
+        depths = stack_depths(code, instructions, entries)
+        where = positions(code)
+        edited = _Code(code)
+        copies = []
+        for i, ins in enumerate(instructions):
+            if not (ins.opname == "LOAD_ATTR" and ins.argval == SKIPPING_END and ins.arg == own):
+                continue
+            block = instructions[i - 1:i - 1 + len(_PICKING_EXIT)]
+            if (tuple(each.opname for each in block) != _PICKING_EXIT or block[0].argval != "_telemetry"
+                    or block[3].argval is not None or block[4].arg != 0 or block[6].arg != slot
+                    or block[9].arg != 2 or block[2].arg != depths.get(block[2].offset)
+                    or block[7].arg != depths.get(block[7].offset)):
+                raise Unsupported(f"the exit at offset {ins.offset} is not in the picking shape")
+            start, end = block[0].offset, block[-1].offset + 2
+            if len(set(where[start // 2:end // 2])) != 1 or edited.has_prefix(start) or any(
+                    _handler_at(entries, at) != _handler_at(entries, start) for at in range(start, end, 2)):
+                raise Unsupported(f"the exit at offset {ins.offset} spans two locations or handlers")
+            state = depths[start]  # (the state is the bottom item: COPY by the depth)
+            load = (_unit("LOAD_GLOBAL", (block[0].arg or 0) >> 1 << 1)  # (no NULL: a method call)
+                    + _unit("LOAD_METHOD", own) + _unit("LOAD_CONST", slot))
+            call = _unit("COPY", state + 3) + _unit("PRECALL", 2) + _unit("CALL", 2) + _unit("POP_TOP")
+            padding = (end - start - 4 - len(load) - len(call)) // 2
+            if padding < 0:
+                raise Unsupported(f"the exit at offset {ins.offset} is too short for the jump")
+            past = (end - start - 4) // 2  # (from the unit after the jump)
+            edited.raw[start:end] = (_unit("COPY", state) + _unit("POP_JUMP_FORWARD_IF_NONE", past)
+                                     + _unit("NOP") * padding + load + call)
+            copies += [start, end - len(call)]
+        if not copies:
+            return code
+        names = (*code.co_names[:own], "end", *code.co_names[own + 1:])
+        result = code.replace(co_code=bytes(edited.raw), co_names=names)
+        after = stack_depths(result, [ins for ins in dis.get_instructions(result) if ins.opname != "CACHE"],
+                             read_table(result))
+        if any(result.co_code[at] != _OP["COPY"] or after.get(at) != _arg(result, at) for at in copies):
+            raise Unsupported("a copy misses the state")
+        return result
+    except (Unsupported, IndexError, KeyError, ValueError):
+        return code
 
 
 def _lead_in(code: CodeType, instructions: list[dis.Instruction], first: int, entry: _Position) -> CodeType:
@@ -602,7 +687,7 @@ def bind_sites(code: CodeType, site_of: Callable[[str, CodeType], object]) -> Co
         site = site_of(consts[slot], code)
         if site is not None:
             consts[slot], consts[-1], changed = site, None, True
-            names = (*names[:own], BOUND_END if entry < 0 else SKIPPING_BOUND_END, *names[own + 1:])
+            names = (*names[:own], BOUND_END if names[own] == "end" else SKIPPING_BOUND_END, *names[own + 1:])
         if entry >= 0:  # the entry's site constant: never left a string
             consts[entry], changed = site if site is not None else UNBOUND, True
     return code.replace(co_consts=tuple(consts), co_names=names) if changed else code

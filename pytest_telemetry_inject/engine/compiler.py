@@ -503,7 +503,9 @@ def _skipping(plan: _Plan, start: ast.Expr, line: int, col: int) -> tuple[ast.st
     ``ends`` maps False to ``end`` and True to a C function that does nothing: an untimed
     call reads no clock and calls no Python function of the runtime. The exit has no branch
     (a branch there would make the compiler give the function's returns the lines of other
-    statements); the exception path calls ``raises``, which is ``raised`` either way."""
+    statements); on 3.11 ``bytecode.hide_slot`` puts one in after compiling, in the exit's
+    own code units (``bytecode._jump_exits``): an untimed call then calls nothing at all.
+    The exception path calls ``raises``, which is ``raised`` either way."""
     site = plan.marker + bytecode.SITE_SUFFIX
 
     def attribute(name: str, ctx: ast.expr_context) -> ast.Attribute:

@@ -1198,6 +1198,7 @@ class Tracer:
     # What the try form's exit calls as compiled on the fly, by whether its entry left the
     # call untimed (``engine.compiler._skipping``): {False: end, True: nothing} for a site's
     # name and for the site itself, and raised either way on the exception path (_install).
+    # (On 3.11 the normal path's exit jumps over its call instead: ``bytecode._jump_exits``.)
     ends: dict[bool, Callable[[str, object], object]]
     ends_site: dict[bool, Callable[[_Site, object], object]]
     raises: dict[bool, Callable[[str, object], None]]
@@ -1299,16 +1300,15 @@ class Tracer:
         untimed calls never get here: the function's entry (``compiler._skipping``) counts
         them down from the ``skip`` that the site's timed call grants here (its untimed calls:
         ``granted - skip``, see ``_take``) and hands its ``finally`` a state of None, for
-        which it calls nothing. With a GIL no other thread runs between two instructions
+        which it calls nothing (on 3.11 it jumps over the call; from 3.12 it calls a C
+        function that does nothing: ``engine/bytecode.py``, ``_jump_exits``). A site decided
+        to be timed on every call (``left`` 0) stops after its count: one test. With a GIL no other thread runs between two instructions
         that make no call (nor backward jump): so the entry's test and its count are one
         step, ``left`` is read and written back with no call in between, and a call's count
         (``_account``) is inline, not a call (a fold of another thread in its middle would
         leave the site out of ``_recent``: see ``_take``; the race tests of test_semantics.py
         catch it)."""
         try:
-            left = site.left
-            if left < 0:  # not decided yet: timed, counting down to the decision
-                site.left = left + 1
             seconds = _seconds() - state  # type: ignore[operator]
             site.n += 1  # _account, inlined
             site.total += seconds
@@ -1318,15 +1318,19 @@ class Tracer:
                 site.low = seconds
                 if site.n == 1:  # the first call since the last fold: see _recent
                     _recent.append(site)
-            every = site.every
-            if every > 0:  # sampled: the entry leaves the next every - 1 calls untimed
-                site.granted += every - 1 - site.skip  # (topped up: two timed calls at once
-                site.skip = every - 1                   # grant every - 1 in all)
-                site.sm += 1
-                site.ss += seconds
-                site.sq += seconds * seconds
-            if left == -1:
-                _hot(site)
+            if site.left:  # undecided or sampled (decided to time every call: 0, and done)
+                left = site.left
+                if left < 0:  # not decided yet: counting down to the decision
+                    site.left = left + 1
+                every = site.every
+                if every > 0:  # sampled: the entry leaves the next every - 1 calls untimed
+                    site.granted += every - 1 - site.skip  # (topped up: two timed calls at once
+                    site.skip = every - 1                   # grant every - 1 in all)
+                    site.sm += 1
+                    site.ss += seconds
+                    site.sq += seconds * seconds
+                if left == -1:
+                    _hot(site)
         except Exception:  # a state of another mode, or an internal fault
             self._end_other(site, state)
 

@@ -256,3 +256,63 @@ def test_the_disabled_runtime_skips_nothing_and_counts_nothing() -> None:
     assert (site.skip, site.granted) == (0, before)
     runtime.configure(disabled=False)
     assert rows(m)["maybe"]["count"] == 40
+
+
+def c_calls_of(function: types.FunctionType, action) -> list[str]:  # type: ignore[no-untyped-def]
+    """The C functions ``function``'s own frame calls while ``action()`` runs."""
+    seen: list[str] = []
+
+    def profile(frame, event, arg):  # type: ignore[no-untyped-def]
+        if event == "c_call" and frame.f_code is function.__code__:
+            seen.append(getattr(arg, "__qualname__", repr(arg)))
+
+    sys.setprofile(profile)
+    try:
+        action()
+    finally:
+        sys.setprofile(None)
+    return seen
+
+
+@pytest.mark.skipif(not bytecode.JUMPING, reason="the exit jumps over its call on 3.11 only")
+def test_on_3_11_an_untimed_call_calls_nothing_at_all_and_every_exit_jumps() -> None:
+    _core.configure(timing_every=4, timing_after=20, timing_below=10.0)
+    m = load(NAMES)
+    names = [ins.opname for ins in bytecode.dis.get_instructions(m.named)]
+    assert names.count("POP_JUMP_FORWARD_IF_NONE") == 2, "one jump per return's exit"
+    assert m.named.__code__.co_names.count("end_site") == 1 and "ends_site" not in m.named.__code__.co_names
+    for i in range(40):
+        m.named(i % 2)
+    runtime.snapshot()  # a fold: the next call is timed, the 3 after it skipped
+    assert c_calls_of(m.named, lambda: m.named(1)) == ["perf_counter"]  # (end_site: a Python call)
+    assert c_calls_of(m.named, lambda: [m.named(i) for i in (0, 1, 0)]) == []
+    runtime.configure(disabled=True)
+    assert c_calls_of(m.named, lambda: m.named(0)) == ["dict.clear"]  # the disabled start(); no exit call
+    runtime.configure(disabled=False)
+    assert rows(m)["named"]["count"] == 44
+
+
+@pytest.mark.skipif(bytecode.JUMPING or not bytecode.SUPPORTED, reason="3.12+: the exit picks its call")
+def test_from_3_12_the_exit_keeps_picking_its_call() -> None:
+    m = load(NAMES)
+    names = [ins.opname for ins in bytecode.dis.get_instructions(m.named)]
+    assert "BINARY_SUBSCR" in names and "ends_site" in m.named.__code__.co_names
+
+
+@pytest.mark.skipif(not bytecode.JUMPING, reason="the exit jumps over its call on 3.11 only")
+def test_an_exit_out_of_shape_leaves_every_exit_picking(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bytecode, "JUMPING", False)
+    text = textwrap.dedent(NAMES)
+    result = Engine(Settings(style="try", target="runtime"), cache=None).instrument(text.encode(), "shape.py",
+                                                                                      import_name="")
+    module = compile_mapped(result.output.decode(), result.get_line_map(), "shape.py", bindable=True)
+    (code,) = [const for const in module.co_consts if isinstance(const, types.CodeType)]
+    monkeypatch.setattr(bytecode, "JUMPING", True)
+    assert bytecode._jump_exits(code).co_code.count(bytecode.dis.opmap["POP_JUMP_FORWARD_IF_NONE"]) >= 2
+    # The second exit's ``STATE is None`` tests another constant: not the shape; neither exit jumps.
+    loads = [ins for ins in bytecode.dis.get_instructions(code) if ins.opname == "LOAD_CONST" and ins.argval is None]
+    raw = bytearray(code.co_code)
+    raw[loads[1].offset + 1] = len(code.co_consts) - 1
+    tampered = code.replace(co_code=bytes(raw))
+    assert bytecode._jump_exits(tampered) is tampered
+    assert bytecode._jump_exits(code.replace(co_consts=code.co_consts[:-1] + (None,))).co_code == code.co_code
