@@ -278,8 +278,13 @@ def c_calls_of(function: types.FunctionType, action) -> list[str]:  # type: igno
 def test_on_3_11_an_untimed_call_calls_nothing_at_all_and_every_exit_jumps() -> None:
     _core.configure(timing_every=4, timing_after=20, timing_below=10.0)
     m = load(NAMES)
-    names = [ins.opname for ins in bytecode.dis.get_instructions(m.named)]
+    instructions = [ins for ins in bytecode.dis.get_instructions(m.named) if ins.opname != "CACHE"]
+    names = [ins.opname for ins in instructions]
     assert names.count("POP_JUMP_FORWARD_IF_NONE") == 2, "one jump per return's exit"
+    # The entry's untimed branch: skip read once, None pushed as a constant (bytecode._tight_entry).
+    assert names[1:11] == ["LOAD_CONST", "LOAD_ATTR", "COPY", "POP_JUMP_FORWARD_IF_FALSE", "LOAD_CONST", "BINARY_OP",
+                           "LOAD_CONST", "STORE_ATTR", "LOAD_CONST", "JUMP_FORWARD"]
+    assert instructions[9].argval is None and "off" not in [ins.argval for ins in instructions]
     assert m.named.__code__.co_names.count("end_site") == 1 and "ends_site" not in m.named.__code__.co_names
     for i in range(40):
         m.named(i % 2)
@@ -316,3 +321,27 @@ def test_an_exit_out_of_shape_leaves_every_exit_picking(monkeypatch: pytest.Monk
     tampered = code.replace(co_code=bytes(raw))
     assert bytecode._jump_exits(tampered) is tampered
     assert bytecode._jump_exits(code.replace(co_consts=code.co_consts[:-1] + (None,))).co_code == code.co_code
+
+
+@pytest.mark.skipif(not bytecode.JUMPING, reason="the entry is rewritten on 3.11 only")
+def test_an_entry_out_of_shape_is_left_as_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bytecode, "JUMPING", False)
+    text = textwrap.dedent(NAMES)
+    result = Engine(Settings(style="try", target="runtime"), cache=None).instrument(text.encode(), "entry.py",
+                                                                                      import_name="")
+    module = compile_mapped(result.output.decode(), result.get_line_map(), "entry.py", bindable=True)
+    (code,) = [const for const in module.co_consts if isinstance(const, types.CodeType)]
+    monkeypatch.setattr(bytecode, "JUMPING", True)
+    tight = bytecode._tight_entry(code)
+    assert len(tight.co_code) == len(code.co_code) and tight.co_code != code.co_code
+    assert bytecode.stack_depths(tight, [i for i in bytecode.dis.get_instructions(tight) if i.opname != "CACHE"],
+                                 bytecode.read_table(tight))
+    # ``SITE.skip -= 1`` on another name than the test's: not the compiled shape.
+    store = next(ins for ins in bytecode.dis.get_instructions(code) if ins.opname == "STORE_ATTR")
+    raw = bytearray(code.co_code)
+    raw[store.offset + 1] = code.co_names.index("off")
+    tampered = code.replace(co_code=bytes(raw))
+    assert bytecode._tight_entry(tampered) is tampered
+    # No None among the constants: nothing to push for an untimed call.
+    nothing = code.replace(co_consts=tuple("none" if value is None else value for value in code.co_consts))
+    assert bytecode._tight_entry(nothing) is nothing
