@@ -9,8 +9,11 @@ files). Without litellm installed it raises ``LLMUnavailable``.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 import os
+import sys
 import threading
 import time
 import warnings
@@ -44,6 +47,32 @@ _LITELLM: Any = None
 _IMPORT_LOCK = threading.Lock()
 
 
+def _release_clients() -> None:
+    """(At exit, before the interpreter tears its modules down) drop litellm's cached HTTP
+    handlers, so that their ``__del__`` runs now. It imports a module; run while the
+    modules are torn down, that import waited forever on the import lock now and then
+    (``--check-api`` hung after its "ok" line, one run in six on a loaded machine: the
+    process's only thread in ``_get_module_lock``, called from
+    ``AsyncHTTPHandler.__del__``)."""
+    litellm = _LITELLM
+    if litellm is None:
+        return
+    try:
+        from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
+
+        cache = getattr(getattr(litellm, "in_memory_llm_clients_cache", None), "cache_dict", None)
+        if isinstance(cache, dict):
+            cache.clear()
+        for name, module in list(sys.modules.items()):
+            if module is not None and (name == "litellm" or name.startswith("litellm.")):
+                for attribute, value in list(vars(module).items()):
+                    if isinstance(value, AsyncHTTPHandler):
+                        setattr(module, attribute, None)
+        gc.collect()
+    except Exception:  # (never in the way of the exit)
+        pass
+
+
 def load_litellm() -> Any:
     global _LITELLM
     if _LITELLM is not None:
@@ -62,6 +91,7 @@ def load_litellm() -> Any:
                                      kind="unavailable") from None
             # pydantic warns about litellm's own types on their first use: not the user's concern.
             warnings.filterwarnings("ignore", message=r".*`ReadOnly` qualifier.*", category=UserWarning)
+            atexit.register(_release_clients)  # (after litellm's own: runs before them)
             litellm.suppress_debug_info = True
             litellm.drop_params = True  # num_ctx and friends are dropped for providers without them
             litellm.telemetry = False

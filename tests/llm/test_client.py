@@ -102,3 +102,28 @@ def test_ollama_through_its_own_api(tmp_path: Path, fake_llm) -> None:  # type: 
     assert chat.path == "/api/chat" and chat.model == "llama3.1:8b"
     assert chat.body["options"]["num_ctx"] == 16384  # from /api/show
     assert any(r.path == "/api/show" for r in fake.requests)
+
+
+def test_at_exit_litellm_s_http_handlers_are_released_before_the_modules_are_torn_down(  # type: ignore[no-untyped-def]
+        tmp_path: Path, fake_llm, litellm_module) -> None:
+    # Their __del__ imports a module; left to the interpreter's teardown, that import hung
+    # --check-api after its "ok" line now and then (the only thread in _get_module_lock).
+    import gc
+    import sys
+
+    from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
+
+    from pytest_telemetry_inject.llm import _litellm
+
+    def handlers() -> list[object]:
+        return [each for each in gc.get_objects() if isinstance(each, AsyncHTTPHandler)]
+
+    fake = fake_llm([Reply("hello")])
+    ask(tmp_path, fake)
+    held = [(name, attribute) for name, module in list(sys.modules.items())
+            if module is not None and name.startswith("litellm")
+            for attribute, value in list(vars(module).items()) if isinstance(value, AsyncHTTPHandler)]
+    assert handlers() or held or litellm_module.in_memory_llm_clients_cache.cache_dict, "nothing to release"
+    _litellm._release_clients()
+    assert not litellm_module.in_memory_llm_clients_cache.cache_dict
+    assert not [1 for name, attribute in held if isinstance(getattr(sys.modules[name], attribute), AsyncHTTPHandler)]
