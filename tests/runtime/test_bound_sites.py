@@ -281,10 +281,11 @@ def test_on_3_11_an_untimed_call_calls_nothing_at_all_and_every_exit_jumps() -> 
     instructions = [ins for ins in bytecode.dis.get_instructions(m.named) if ins.opname != "CACHE"]
     names = [ins.opname for ins in instructions]
     assert names.count("POP_JUMP_FORWARD_IF_NONE") == 2, "one jump per return's exit"
-    # The entry's untimed branch: skip read once, None pushed as a constant (bytecode._tight_entry).
-    assert names[1:11] == ["LOAD_CONST", "LOAD_ATTR", "COPY", "POP_JUMP_FORWARD_IF_FALSE", "LOAD_CONST", "BINARY_OP",
-                           "LOAD_CONST", "STORE_ATTR", "LOAD_CONST", "JUMP_FORWARD"]
-    assert instructions[9].argval is None and "off" not in [ins.argval for ins in instructions]
+    # The entry: skip read once and kept for the count, None pushed as a constant (bytecode._tight_entry).
+    assert names[1:4] == ["LOAD_CONST", "LOAD_ATTR", "JUMP_IF_TRUE_OR_POP"]
+    at = names.index("LOAD_CONST", [ins.offset for ins in instructions].index(instructions[3].argval))
+    assert names[at:at + 5] == ["LOAD_CONST", "BINARY_OP", "LOAD_CONST", "STORE_ATTR", "LOAD_CONST"]
+    assert instructions[at + 4].argval is None and "off" not in [ins.argval for ins in instructions]
     assert m.named.__code__.co_names.count("end_site") == 1 and "ends_site" not in m.named.__code__.co_names
     for i in range(40):
         m.named(i % 2)
