@@ -33,7 +33,8 @@ marker's ``TEST_SUFFIX``) is a ``COPY`` like the marker, the exception path load
 entry's (the two branches join there, where the compiler gives them none).
 
 On 3.11 the skipping exit's normal path then jumps over its call for an untimed call
-(:func:`_jump_exits`) instead of picking the call from a dict.
+(:func:`_jump_exits`) instead of picking the call from a dict, and the entry reads ``skip``
+once (:func:`_tight_entry`).
 
 Every edit replaces code units in place (no offset, jump or line-table entry moves).
 The result is checked by running the same stack analysis on the new code: every ``COPY``
@@ -61,8 +62,9 @@ if TYPE_CHECKING:
 # value stack, one-line bodies without the decorator's frame. 4: the try form's end() calls with
 # a name and a constant of their own, which the import hook binds to the site (``bind_sites``).
 # 5: the try form's entry leaves a sampled site's untimed calls out of the runtime
-# (``compiler._skipping``). 6: on 3.11 its exit jumps over the call for them (``_jump_exits``). Here, not in compiler.py: the import hook reads it on every load,
-# and this module is the light one of the two.
+# (``compiler._skipping``). 6: on 3.11 its exit jumps over the call for them (``_jump_exits``)
+# and its untimed branch is 8 instructions (``_tight_entry``). Here, not in compiler.py: the
+# import hook reads it on every load, and this module is the light one of the two.
 CODE_FORM = 6
 
 # The interpreters whose bytecode this was written and tested for (the exception table,

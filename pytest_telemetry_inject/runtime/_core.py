@@ -1298,8 +1298,9 @@ class Tracer:
         ``granted - skip``, see ``_take``) and hands its ``finally`` a state of None, for
         which it calls nothing (on 3.11 it jumps over the call; from 3.12 it calls a C
         function that does nothing: ``engine/bytecode.py``, ``_jump_exits``). A site decided
-        to be timed on every call (``left`` 0) stops after its count: one test. With a GIL no other thread runs between two instructions
-        that make no call (nor backward jump): so the entry's test and its count are one
+        to be timed on every call (``left`` 0) stops after its count: one test. With a GIL no
+        other thread runs between two instructions that make no call (nor backward jump):
+        so the entry's test and its count are one
         step, ``left`` is read and written back with no call in between, and a call's count
         (``_account``) is inline, not a call (a fold of another thread in its middle would
         leave the site out of ``_recent``: see ``_take``; the race tests of test_semantics.py
