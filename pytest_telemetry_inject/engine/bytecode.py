@@ -195,6 +195,16 @@ def stack_depths(code: CodeType, instructions: list[dis.Instruction], entries: l
     return depths
 
 
+def instructions_of(code: CodeType) -> list[dis.Instruction]:
+    """The code's instructions, without the inline cache entries (3.11+)."""
+    return [ins for ins in dis.get_instructions(code) if ins.opname != "CACHE"]
+
+
+def depths_of(code: CodeType) -> dict[int, int]:
+    """:func:`stack_depths` of the whole code object, by its own exception table."""
+    return stack_depths(code, instructions_of(code), read_table(code))
+
+
 class _Code:
     """A code object's bytes, editable one code unit at a time."""
 
@@ -359,7 +369,7 @@ def unline_with_entry(code: CodeType) -> CodeType:
     it. In a table without a location there, the first line event is the body's own."""
     if not LINES_EDITABLE:
         return code
-    instructions = [ins for ins in dis.get_instructions(code) if ins.opname != "CACHE"]
+    instructions = instructions_of(code)
     first = _first_traceable(instructions)
     head = instructions[first:first + 8]
     if (len(head) < 2 or head[0].opname != "LOAD_GLOBAL" or head[0].argval != "_telemetry"
@@ -379,7 +389,7 @@ def hide_slot(code: CodeType, marker: str) -> CodeType:
     docstring). ``code`` must contain ``marker`` among its constants."""
     if not SUPPORTED:
         raise Unsupported(f"Python {sys.version_info[0]}.{sys.version_info[1]}")
-    instructions = [ins for ins in dis.get_instructions(code) if ins.opname != "CACHE"]
+    instructions = instructions_of(code)
     entries = read_table(code)
     depths = stack_depths(code, instructions, entries)
     index = {ins.offset: i for i, ins in enumerate(instructions)}
@@ -547,7 +557,7 @@ def _tight_entry(code: CodeType) -> CodeType:
     if not JUMPING:
         return code
     try:
-        instructions = [ins for ins in dis.get_instructions(code) if ins.opname != "CACHE"]
+        instructions = instructions_of(code)
         first = _first_traceable(instructions)
         block = instructions[first:first + len(_SKIPPING_ENTRY)]
         names = tuple(ins.opname for ins in block)
@@ -581,8 +591,7 @@ def _tight_entry(code: CodeType) -> CodeType:
                               + timed + _unit("JUMP_FORWARD", (body - jump_at - 2) // 2)
                               + _unit("NOP") * filler + untimed)
         result = code.replace(co_code=bytes(raw))
-        depths = stack_depths(result, [ins for ins in dis.get_instructions(result) if ins.opname != "CACHE"],
-                              read_table(result))
+        depths = depths_of(result)
         if depths.get(body) != 1 or depths.get(untimed_at) != 1 or depths.get(jump_at) != 1:
             return code
         return result
@@ -609,7 +618,7 @@ def _jump_exits(code: CodeType) -> CodeType:
         return code
     _, slot, own, _ = tag
     try:
-        instructions = [ins for ins in dis.get_instructions(code) if ins.opname != "CACHE"]
+        instructions = instructions_of(code)
         entries = read_table(code)
         depths = stack_depths(code, instructions, entries)
         where = positions(code)
@@ -643,8 +652,7 @@ def _jump_exits(code: CodeType) -> CodeType:
             return code
         names = (*code.co_names[:own], "end", *code.co_names[own + 1:])
         result = code.replace(co_code=bytes(edited.raw), co_names=names)
-        after = stack_depths(result, [ins for ins in dis.get_instructions(result) if ins.opname != "CACHE"],
-                             read_table(result))
+        after = depths_of(result)
         if any(result.co_code[at] != _OP["COPY"] or after.get(at) != _arg(result, at) for at in copies):
             raise Unsupported("a copy misses the state")
         return result
@@ -768,7 +776,7 @@ def _check(code: CodeType, markers: list[dis.Instruction], before: dict[int, int
            handler: int, reraise: dis.Instruction) -> None:
     """The edited code by the same analysis: every COPY reaches the bottom item, no handler
     unwinds below it, the RERAISE finds the offset it restores."""
-    instructions = [ins for ins in dis.get_instructions(code) if ins.opname != "CACHE"]
+    instructions = instructions_of(code)
     entries = read_table(code)
     depths = stack_depths(code, instructions, entries)
     for ins in markers:

@@ -13,7 +13,6 @@ import atexit
 import gc
 import logging
 import os
-import sys
 import threading
 import time
 import warnings
@@ -49,7 +48,7 @@ _IMPORT_LOCK = threading.Lock()
 
 def _release_clients() -> None:
     """(At exit, before the interpreter tears its modules down) drop litellm's cached HTTP
-    handlers, so that their ``__del__`` runs now. It imports a module; run while the
+    handlers (its client cache: where its completions keep them), so that their ``__del__`` runs now. It imports a module; run while the
     modules are torn down, that import waited forever on the import lock now and then
     (``--check-api`` hung after its "ok" line, one run in six on a loaded machine: the
     process's only thread in ``_get_module_lock``, called from
@@ -58,16 +57,9 @@ def _release_clients() -> None:
     if litellm is None:
         return
     try:
-        from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
-
         cache = getattr(getattr(litellm, "in_memory_llm_clients_cache", None), "cache_dict", None)
         if isinstance(cache, dict):
             cache.clear()
-        for name, module in list(sys.modules.items()):
-            if module is not None and (name == "litellm" or name.startswith("litellm.")):
-                for attribute, value in list(vars(module).items()):
-                    if isinstance(value, AsyncHTTPHandler):
-                        setattr(module, attribute, None)
         gc.collect()
     except Exception:  # (never in the way of the exit)
         pass

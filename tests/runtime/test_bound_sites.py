@@ -278,7 +278,7 @@ def c_calls_of(function: types.FunctionType, action) -> list[str]:  # type: igno
 def test_on_3_11_an_untimed_call_calls_nothing_at_all_and_every_exit_jumps() -> None:
     _core.configure(timing_every=4, timing_after=20, timing_below=10.0)
     m = load(NAMES)
-    instructions = [ins for ins in bytecode.dis.get_instructions(m.named) if ins.opname != "CACHE"]
+    instructions = bytecode.instructions_of(m.named.__code__)
     names = [ins.opname for ins in instructions]
     assert names.count("POP_JUMP_FORWARD_IF_NONE") == 2, "one jump per return's exit"
     # The entry: skip read once and kept for the count, None pushed as a constant (bytecode._tight_entry).
@@ -305,15 +305,21 @@ def test_from_3_12_the_exit_keeps_picking_its_call() -> None:
     assert "BINARY_SUBSCR" in names and "ends_site" in m.named.__code__.co_names
 
 
-@pytest.mark.skipif(not bytecode.JUMPING, reason="the exit jumps over its call on 3.11 only")
-def test_an_exit_out_of_shape_leaves_every_exit_picking(monkeypatch: pytest.MonkeyPatch) -> None:
+def picking_code(monkeypatch: pytest.MonkeyPatch) -> types.CodeType:
+    """``named``'s code as compiled where the exit picks its call and the entry is not
+    rewritten (``bytecode.JUMPING`` off while compiling), before binding."""
     monkeypatch.setattr(bytecode, "JUMPING", False)
-    text = textwrap.dedent(NAMES)
-    result = Engine(Settings(style="try", target="runtime"), cache=None).instrument(text.encode(), "shape.py",
-                                                                                      import_name="")
-    module = compile_mapped(result.output.decode(), result.get_line_map(), "shape.py", bindable=True)
+    result = Engine(Settings(style="try", target="runtime"), cache=None).instrument(
+        textwrap.dedent(NAMES).encode(), "picking.py", import_name="")
+    module = compile_mapped(result.output.decode(), result.get_line_map(), "picking.py", bindable=True)
     (code,) = [const for const in module.co_consts if isinstance(const, types.CodeType)]
     monkeypatch.setattr(bytecode, "JUMPING", True)
+    return code
+
+
+@pytest.mark.skipif(not bytecode.JUMPING, reason="the exit jumps over its call on 3.11 only")
+def test_an_exit_out_of_shape_leaves_every_exit_picking(monkeypatch: pytest.MonkeyPatch) -> None:
+    code = picking_code(monkeypatch)
     assert bytecode._jump_exits(code).co_code.count(bytecode.dis.opmap["POP_JUMP_FORWARD_IF_NONE"]) >= 2
     # The second exit's ``STATE is None`` tests another constant: not the shape; neither exit jumps.
     loads = [ins for ins in bytecode.dis.get_instructions(code) if ins.opname == "LOAD_CONST" and ins.argval is None]
@@ -326,17 +332,10 @@ def test_an_exit_out_of_shape_leaves_every_exit_picking(monkeypatch: pytest.Monk
 
 @pytest.mark.skipif(not bytecode.JUMPING, reason="the entry is rewritten on 3.11 only")
 def test_an_entry_out_of_shape_is_left_as_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(bytecode, "JUMPING", False)
-    text = textwrap.dedent(NAMES)
-    result = Engine(Settings(style="try", target="runtime"), cache=None).instrument(text.encode(), "entry.py",
-                                                                                      import_name="")
-    module = compile_mapped(result.output.decode(), result.get_line_map(), "entry.py", bindable=True)
-    (code,) = [const for const in module.co_consts if isinstance(const, types.CodeType)]
-    monkeypatch.setattr(bytecode, "JUMPING", True)
+    code = picking_code(monkeypatch)
     tight = bytecode._tight_entry(code)
     assert len(tight.co_code) == len(code.co_code) and tight.co_code != code.co_code
-    assert bytecode.stack_depths(tight, [i for i in bytecode.dis.get_instructions(tight) if i.opname != "CACHE"],
-                                 bytecode.read_table(tight))
+    assert bytecode.depths_of(tight)
     # ``SITE.skip -= 1`` on another name than the test's: not the compiled shape.
     store = next(ins for ins in bytecode.dis.get_instructions(code) if ins.opname == "STORE_ATTR")
     raw = bytearray(code.co_code)
