@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .languages import get_language, language_for
+from .languages import extensions_of, language_name_for
 from .runtime.vendor import DEFAULT_MODULE, is_vendored
 from .settings import Settings
 
@@ -103,7 +103,7 @@ def scan(paths: Iterable[str | os.PathLike[str]], settings: Settings, *, project
     pytest plugin wants Python modules: no other language is loaded, no file is read). A
     ``build`` or ``dist`` folder is scanned when the package.json beside it names an entry
     point in it, else left out and listed in ``left_out``."""
-    wanted = None if languages is None else {ext for name in languages for ext in get_language(name).extensions}
+    wanted = None if languages is None else {ext for name in languages for ext in extensions_of(name)}
     excluded = {os.path.realpath(p) for p in exclude_dirs}
     excluded.add(os.path.realpath(project_root / settings.cache_dir))
     excluded_names = {os.path.basename(p) for p in excluded}
@@ -177,10 +177,10 @@ def _item(path: Path, root: Path, relative: Path, vendored_name: str) -> ScanIte
                 head = handle.read(256)
         except OSError as exc:
             return ScanItem(path, root, relative, None, f"cannot read: {exc.strerror}")
-    language = language_for(str(path), head)
+    language = language_name_for(str(path), head)
     if language is not None and path.name == vendored_name and is_vendored(path):
         return ScanItem(path, root, relative, None, VENDORED_REASON)
-    return ScanItem(path, root, relative, language.name if language else None)
+    return ScanItem(path, root, relative, language)
 
 
 def _excluded(relative: str, project_relative: str, patterns: list[str]) -> bool:

@@ -7,11 +7,16 @@ raises ``AssertionError`` with a one-line reason when it does not.
 
 from __future__ import annotations
 
+import functools
 import os
 import types
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .errors import TelemetryInjectError
+
+if TYPE_CHECKING:
+    from .languages import Language
 
 
 def import_path(path: str | os.PathLike[str], name: str) -> types.ModuleType:
@@ -37,15 +42,25 @@ def import_path(path: str | os.PathLike[str], name: str) -> types.ModuleType:
 class ScriptCheck:
     def __init__(self, script: str, *, language: str, span_name: str, original: str,
                  origin: str = "template") -> None:
-        from .languages import get_language
+        from .languages import BUILTIN, get_language
 
+        if language not in BUILTIN:
+            get_language(language)  # a name no language has fails here, as it always did
         self.script = script
-        self.language = get_language(language)
+        self.language_name = language
         self.span_name = span_name
         self.original = original
         self.origin = origin
         self._output: str | None = None
         self._transform: Callable[[str], str] | None = None
+
+    @functools.cached_property
+    def language(self) -> Language:
+        """The language (its module imported only when a check runs: ``key`` needs the name
+        alone, and a case that passed before is not run again)."""
+        from .languages import get_language
+
+        return get_language(self.language_name)
 
     @classmethod
     def for_test_file(cls, test_file: str, script_sha256: str, **kwargs: str) -> ScriptCheck:
@@ -118,7 +133,7 @@ class ScriptCheck:
 
         from . import __version__
 
-        parts = (__version__, sys.version, self.language.name, self.origin, sha256, self.span_name, self.original)
+        parts = (__version__, sys.version, self.language_name, self.origin, sha256, self.span_name, self.original)
         return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
 
     def run_all(self) -> list[str]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SourceError, TemplateNotApplicable
 from ..formats import (
@@ -37,18 +37,31 @@ from ..formats import (
     memo_key,
     read_function_list,
 )
-from ..languages import Language, language_for
-from ..languages.base import FunctionRecord, ParsedFile, Template
+from ..languages import get_language, language_for, language_name_for
 from ..settings import Settings
 from ..sourcefile import decode_source
 from ..trace import DEBUG, TRACE
 from ..types import FileStatus, FunctionStatus, Refactorer
 from .cache import CacheCounters, IndexEntry, Memo, ScriptCache
-from .compose import Composition, compose
-from .planning import Plan, Planner, function_key, plan_entry
-from .planning import llm_template as llm_template
-from .reconstruct import LineMap
-from .testgen import render_test_module, test_module_name
+
+# Composing, planning, line maps, generated tests and the languages' parsers are imported
+# when a file is first instrumented, not with the engine: a run (the pytest plugin's warm
+# start-up above all) whose files all come from the memo never needs them, and importing
+# them (their dataclasses are built at import) cost ~10 ms of each such session.
+if TYPE_CHECKING:
+    from ..languages import Language
+    from ..languages.base import FunctionRecord, ParsedFile, Template
+    from .compose import Composition
+    from .planning import Plan, Planner
+    from .reconstruct import LineMap
+
+
+def __getattr__(name: str) -> Any:
+    if name == "llm_template":  # (kept importable from here)
+        from .planning import llm_template
+
+        return llm_template
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -138,6 +151,8 @@ class FileResult:
 
     def get_line_map(self) -> LineMap | None:
         if isinstance(self.line_map, bytes):
+            from .reconstruct import LineMap
+
             self.line_map = LineMap.from_segments(decode_line_map(self.line_map))
         return self.line_map
 
@@ -172,19 +187,31 @@ class Engine:
         if refactorer is not None:
             # A run that may ask a model must not reuse the memo of a run that could not.
             self._fingerprint += "\0llm:" + str(refactorer.fingerprint)
-        self._planner = Planner(settings, self.cache, refactorer)
+        self._planner_made: Planner | None = None
         self._doubted: dict[str, bytes] = {}
         """Memo key -> the output of an unsealed memo the check could not settle (compared
         with the rebuilt output)."""
 
+    @property
+    def _planner(self) -> Planner:
+        if self._planner_made is None:
+            from .planning import Planner
+
+            self._planner_made = Planner(self.settings, self.cache, self.refactorer)
+        return self._planner_made
+
     # -- keys -------------------------------------------------------------------------------
 
     def function_key(self, record: FunctionRecord, template: Template) -> str:
+        from .planning import function_key
+
         return function_key(record, template)
 
-    def memo_key(self, data: bytes, language: Language, import_name: str, selection: str,
+    def memo_key(self, data: bytes, language: Language | str, import_name: str, selection: str,
                  fingerprint: str | None = None) -> str:
-        return memo_key(language=language.name, fingerprint=self._fingerprint if fingerprint is None else fingerprint,
+        """The key of a file's memo; ``language`` is the language or its name."""
+        name = language if isinstance(language, str) else language.name
+        return memo_key(language=name, fingerprint=self._fingerprint if fingerprint is None else fingerprint,
                         validate=self.settings.validate, import_name=import_name, selection=selection, data=data)
 
     # -- instrument -------------------------------------------------------------------------
@@ -194,12 +221,13 @@ class Engine:
         """Instrument one file's bytes. ``select`` limits the work to some functions (the
         pre-commit hook's changed ones); ``selection`` must then name that choice uniquely."""
         started = time.perf_counter()
-        language = language_for(path, data[:256])
-        if language is None:
+        name = language_name_for(path, data[:256])
+        if name is None:
             return FileResult(path, status="skipped", reason="not a supported language")
-        key = self.memo_key(data, language, import_name, selection) if self.cache is not None else ""
+        key = self.memo_key(data, name, import_name, selection) if self.cache is not None else ""
         result = self.lookup_memo(data, path, import_name=import_name, key=key)
         if result is None:
+            language = get_language(name)
             fixes_before, transient_before = self._planner.new_llm_fixes, self._planner.llm_transient
             doubted = self._doubted.pop(key, None)
             result = self._instrument(data, path, language, import_name, select, key)
@@ -228,10 +256,10 @@ class Engine:
         if self.cache is None:
             return None
         if not key:
-            language = language_for(path, data[:256])
-            if language is None:
+            name = language_name_for(path, data[:256])
+            if name is None:
                 return None
-            key = self.memo_key(data, language, import_name, selection)
+            key = self.memo_key(data, name, import_name, selection)
         if counted:
             memo = self.cache.get_memo(key)
         else:
@@ -279,6 +307,8 @@ class Engine:
 
     def _instrument(self, data: bytes, path: str, language: Language, import_name: str,
                     select: Callable[[FunctionRecord], bool] | None, key: str) -> FileResult:
+        from .compose import compose
+
         result = FileResult(path, language=language.name)
         try:
             decoded = decode_source(data)
@@ -336,6 +366,8 @@ class Engine:
             _skipped(result, composition.reason)
         elif composition.status == "error":
             result.status, result.reason = "error", composition.reason
+        from .testgen import render_test_module, test_module_name
+
         test_module = None
         if composition.text is not None:
             result.checks = [(sha, name, original, origin, composition.scripts.get(sha) or self._script_of(language, plan))
@@ -354,6 +386,8 @@ class Engine:
 
     def _make_entry(self, language: Language, parsed: ParsedFile, plan: Plan) -> tuple[IndexEntry, str]:
         """The index entry and the text of a plan's insertion script."""
+        from .planning import plan_entry
+
         return plan_entry(language, parsed, plan)
 
     def _script_of(self, language: Language, plan: Plan) -> str:
@@ -494,6 +528,8 @@ def _check_memo(data: bytes, path: str, memo: Memo, target: str,
                                            functions=instrumented)
     if verdict.status != "ok":
         return verdict.status, verdict.reason, None
+    from .reconstruct import LineMap
+
     try:
         line_map = LineMap.from_segments(decode_line_map(memo.sections[1]))
     except (ValueError, TypeError) as exc:

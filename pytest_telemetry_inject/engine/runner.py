@@ -16,13 +16,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..runtime.vendor import write_vendored
 from ..scan import VENDORED_REASON, ScanItem, scan
 from ..settings import Settings
 from ..types import Mode, Refactorer
-from . import _worker
 from .cache import CacheCounters, ScriptCache
 from .pipeline import Engine
 from .tasks import MODES as MODES
@@ -31,6 +30,9 @@ from .tasks import FileReport as FileReport
 from .tasks import FileTask as FileTask
 from .tasks import RunOptions as RunOptions
 from .vendoring import vendored_targets_of
+
+if TYPE_CHECKING:
+    from ._worker import WorkerSetup
 
 
 @dataclass
@@ -150,8 +152,7 @@ def run(paths: Iterable[str], settings: Settings, options: RunOptions, *, projec
     processor = FileProcessor(Engine(settings, cache, refactorer=refactorer), options)
     warm = options.mode == "instrument" and cache is not None
     misses = _serve_memos(processor, found.tasks, collected) if warm else found.tasks
-    setup = _worker.WorkerSetup(settings, str(cache.root) if cache else None, options, refactorer, os.getpid())
-    summary.workers = _process(misses, processor, setup, collected)
+    summary.workers = _process(misses, processor, cache, options, refactorer, collected)
     summary.files.extend(collected.reports[t.display] for t in found.tasks if t.display in collected.reports)
     summary.cache_warning = _cache_warning(cache, summary, options)
     if found.vendored and options.writes:
@@ -198,22 +199,29 @@ def _serve_memos(processor: FileProcessor, tasks: list[FileTask], collected: _Co
     return misses
 
 
-def _process(tasks: list[FileTask], processor: FileProcessor, setup: _worker.WorkerSetup,
-             collected: _Collected) -> int:
+def _process(tasks: list[FileTask], processor: FileProcessor, cache: ScriptCache | None, options: RunOptions,
+             refactorer: Refactorer | None, collected: _Collected) -> int:
     """Processes ``tasks`` in a pool of workers, or here when one would do; returns how many
-    processes worked."""
-    workers = min(setup.settings.workers(), len(tasks))
+    processes worked. (The workers' module is imported only for a pool: a warm run, whose
+    files all come from the memo, has no task left.)"""
+    settings = processor.engine.settings
+    workers = min(settings.workers(), len(tasks))
     if workers > 1:
+        from . import _worker
+
+        setup = _worker.WorkerSetup(settings, str(cache.root) if cache else None, options, refactorer, os.getpid())
         _in_pool(tasks, workers, setup, collected)
     else:
         _in_process(tasks, processor, collected)
     return max(workers, 1)
 
 
-def _in_pool(tasks: list[FileTask], workers: int, setup: _worker.WorkerSetup, collected: _Collected) -> None:
+def _in_pool(tasks: list[FileTask], workers: int, setup: WorkerSetup, collected: _Collected) -> None:
     """Largest files first, in batches (a worker appends to the index once per batch)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+
+    from . import _worker
 
     method = setup.options.start_method or ("fork" if sys.platform == "linux" else "spawn")
     batches = _batches(sorted(tasks, key=lambda t: _size(t.source), reverse=True), _BATCH)

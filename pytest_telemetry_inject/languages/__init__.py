@@ -9,10 +9,12 @@ from __future__ import annotations
 import importlib
 import os
 from functools import cache, lru_cache
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from .base import FunctionRecord, Language, ParsedFile, StripResult, Template
+if TYPE_CHECKING:
+    from .base import FunctionRecord, Language, ParsedFile, StripResult, Template
 
 __all__ = [
     "FunctionRecord",
@@ -21,9 +23,23 @@ __all__ = [
     "StripResult",
     "Template",
     "all_languages",
+    "extensions_of",
     "get_language",
     "language_for",
+    "language_name_for",
 ]
+
+_BASE_NAMES = ("FunctionRecord", "Language", "ParsedFile", "StripResult", "Template")
+
+
+def __getattr__(name: str) -> Any:
+    # The base classes are imported when first asked for: a session whose files all come
+    # from the memo never builds them (see language_name_for).
+    if name in _BASE_NAMES:
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 PROJECT = "pytest_telemetry_inject"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -38,7 +54,8 @@ class LanguageSpec:
 
 # The built-in languages: name -> (module, class, extensions, shebang interpreters). The
 # classes take their extensions and interpreters from here, so a file's language is found by
-# importing that language's module alone (the pytest plugin's start-up pays for Python only).
+# importing that language's module alone, and its name (``language_name_for``: all a memo's
+# key needs) by importing nothing: the pytest plugin's warm start-up imports no language.
 BUILTIN: dict[str, tuple[str, str, tuple[str, ...], tuple[str, ...]]] = {
     "python": ("python", "PythonLanguage", (".py", ".pyw"), ("python", "pypy", "python3")),
     "javascript": ("javascript", "JavaScriptLanguage", (".js", ".mjs", ".cjs", ".jsx"),
@@ -100,6 +117,22 @@ def get_language(name: str) -> Language:
         return _registry()[name]
     except KeyError:
         raise KeyError(f"no language {name!r}; known: {', '.join(sorted(_registry()))}") from None
+
+
+def language_name_for(path: str, head: bytes | None = None) -> str | None:
+    """The name of ``path``'s language (``language_for``'s), found without importing a
+    built-in language's module when its extension says which: a memo's key needs the name
+    alone, and the plugin's warm start-up then imports no parser at all."""
+    builtin = _BY_EXTENSION.get(os.path.splitext(path)[1].lower())
+    if builtin is not None:
+        return builtin
+    language = language_for(path, head)
+    return language.name if language is not None else None
+
+
+def extensions_of(name: str) -> tuple[str, ...]:
+    """A language's file extensions (a built-in one's without importing it)."""
+    return BUILTIN[name][2] if name in BUILTIN else get_language(name).extensions
 
 
 def language_for(path: str, head: bytes | None = None) -> Language | None:

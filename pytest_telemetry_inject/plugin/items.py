@@ -76,10 +76,10 @@ class TelemetryItem(pytest.Item):
 
     @staticmethod
     def _forget_memo(session: TelemetrySession, report: FileReport) -> None:
-        from ..languages import language_for
+        from ..languages import language_name_for
 
         data = Path(report.path).read_bytes()
-        language = language_for(report.path, data[:256])
+        language = language_name_for(report.path, data[:256])
         if session.cache is not None and language is not None:
             session.cache.drop_memo(session.engine.memo_key(data, language, "", ""))
 
@@ -124,7 +124,7 @@ class TelemetryItem(pytest.Item):
         module is read as data, never imported, and only with this machine's seal; the
         scripts only when their sha256 is their name. Without them (no cache, a read-only
         or foreign one) the file is instrumented again here and its cases come from that."""
-        from ..languages import language_for
+        from ..languages import language_name_for
 
         language = report.language or "python"
         data = Path(report.path).read_bytes()
@@ -142,7 +142,7 @@ class TelemetryItem(pytest.Item):
                     cases.append((*case, script))
                 else:
                     return result.tests, cases  # type: ignore[union-attr]
-            found = language_for(report.path, data[:256])
+            found = language_name_for(report.path, data[:256])
             if found is not None:  # rebuilt (and, where the cache can be written, stored sealed)
                 cache.drop_memo(session.engine.memo_key(data, found, "", ""))
         rebuilt = session.engine.instrument(data, report.path, import_name="")

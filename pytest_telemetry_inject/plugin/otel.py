@@ -8,11 +8,12 @@ that the counting and its wording live apart from the session's hooks.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..otlp import OtelSession
+if TYPE_CHECKING:  # (imported when OpenTelemetry is used: most sessions never do)
+    from ..otlp import OtelSession
 
 NO_OTEL = "telemetry_target = otel, but OpenTelemetry is not installed: nothing is recorded"
 NO_PROVIDER = ("telemetry_target = otel: the instrumented code calls OpenTelemetry's API, and no SDK "
@@ -34,6 +35,8 @@ def count_otel_target(config: pytest.Config, otel: OtelSession | None,
         provider = trace.get_tracer_provider()
         if not hasattr(provider, "add_span_processor"):
             return NO_PROVIDER, None
+        from ..otlp import OtelSession
+
         counter = OtelSession(config, provider, None)
         counter.count_spans_of(set(modules))
         return "", counter
