@@ -2,7 +2,8 @@
 
 Like pytest's assertion rewriting (its model), the finder bails out early on a cheap check
 and asks the other finders on ``sys.meta_path`` for the spec (as Logfire's does) only for
-candidate modules; the loader is a
+candidate modules (and hands over the answer it got for a module that is not one: the
+import system would get the same answer from the same finders); the loader is a
 ``SourceFileLoader`` (so ``importlib.resources``, ``python -m`` through ``get_code`` and
 everything else keep working) whose ``get_code`` returns the instrumented module compiled
 with the original positions. Compiled code is cached by content (source hash, settings,
@@ -86,12 +87,20 @@ class TelemetryFinder:
         if self._early_bailout(fullname):
             return None
         self._busy.active = True
+        self._busy.settled = False
         try:
             spec = self._find_spec(fullname, path, target)
         finally:
             self._busy.active = False
-        if spec is None or not self._claims(spec):
+        if spec is None:
             return None
+        if not self._claims(spec):
+            # Not ours: the import system would now ask the same finders, in the same order,
+            # and get this same answer; handing it over saves that second search (the stat
+            # calls of every folder on the path, for each test module and dependency). Only
+            # when every finder asked answered cleanly: after a failure the import system
+            # asks again and raises it, as without this finder.
+            return spec if self._busy.settled else None
         # Like Logfire's finder, we decide here, before any loader runs: once a loader is
         # returned the import is committed to it, and ours falls back to the original code.
         spec.loader = TelemetryLoader(fullname, spec.origin or "", self)
@@ -129,14 +138,17 @@ class TelemetryFinder:
         package up by its own folder (``find_spec("pkg", ["<root>/pkg"])``) and, when no
         finder answers, loads its ``__init__.py`` itself, uninstrumented. That lookup is
         answered here with the package's spec."""
+        failed = False
         for finder in list(sys.meta_path):
             if finder is self or not hasattr(finder, "find_spec"):
                 continue
             try:
                 spec = finder.find_spec(fullname, path, target)
             except Exception:  # another finder's failure is not ours to raise
+                failed = True
                 continue
             if spec is not None:
+                self._busy.settled = not failed
                 return spec
         return _package_by_folder(fullname, path)
 

@@ -263,11 +263,26 @@ def loaded_elsewhere(candidates: set[str], instrumented: dict[str, str], early: 
             origin = getattr(module, "__file__", None)
             if origin:
                 through_hook.add(os.path.realpath(origin))
+    # A module whose file is a candidate under another path (a link to it, a folder linked
+    # somewhere): told by the file's identity, one stat each, not by resolving every folder
+    # of its path (as many packages' ``__init__.py`` share a candidate's name, that took
+    # milliseconds of each session's end).
+    same_file: dict[str, set[tuple[int, int]]] = {}
+
+    def is_candidate(origin: str) -> bool:
+        if origin in candidates:
+            return True
+        base = os.path.basename(origin)
+        if base not in same_file:
+            same_file[base] = {i for i in map(_identity, (c for c in candidates if os.path.basename(c) == base)) if i}
+        found = _identity(origin)
+        return found is not None and found in same_file[base]
+
     for name, module in list(sys.modules.items()):
         origin = getattr(module, "__file__", None) or ""
         if os.path.basename(origin) not in names or name in instrumented or name in early:
             continue
-        if origin not in candidates and os.path.realpath(origin) not in candidates:
+        if not is_candidate(origin):
             continue
         loader = getattr(getattr(module, "__spec__", None), "loader", None)
         if isinstance(loader, TelemetryLoader):
@@ -277,3 +292,12 @@ def loaded_elsewhere(candidates: set[str], instrumented: dict[str, str], early: 
         found[name] = (f"imported by {type(loader).__name__ if loader is not None else 'an unknown loader'} "
                        "without going through the telemetry import hook")
     return found
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """The file's device and inode (links followed), or None when it cannot be read."""
+    try:
+        found = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return found.st_dev, found.st_ino

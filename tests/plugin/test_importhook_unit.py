@@ -82,7 +82,10 @@ def test_a_module_outside_the_project_is_not(project: Path, tmp_path: Path,
     finder = _finder(project)
     monkeypatch.setattr(sys, "meta_path", [finder, importlib.machinery.PathFinder])
     assert importlib.machinery.PathFinder.find_spec("pkg.mod", [str(tmp_path / "elsewhere" / "pkg")]) is not None
-    assert finder.find_spec("pkg.mod", [str(tmp_path / "elsewhere" / "pkg")]) is None
+    spec = finder.find_spec("pkg.mod", [str(tmp_path / "elsewhere" / "pkg")])
+    # Not ours: the path finder's own answer, unchanged (the import system would get it next).
+    assert spec is not None and type(spec.loader) is importlib.machinery.SourceFileLoader
+    assert spec.origin == str(tmp_path / "elsewhere" / "pkg" / "mod.py")
 
 
 def test_a_finder_that_answers_first_is_respected(project: Path, tmp_path: Path,
@@ -133,7 +136,8 @@ def test_a_spec_that_is_no_source_file_is_left_alone(project: Path, monkeypatch:
     native = MappingFinder(make)
     finder = _finder(project)
     monkeypatch.setattr(sys, "meta_path", [finder, native, importlib.machinery.PathFinder])
-    assert finder.find_spec("pkg.mod", [str(project / "pkg")]) is None
+    spec = finder.find_spec("pkg.mod", [str(project / "pkg")])
+    assert spec is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
     assert native.asked == ["pkg.mod"]
 
 
@@ -150,7 +154,8 @@ def test_a_source_file_with_someone_elses_loader_is_left_alone(project: Path,
                                                                            loader=OwnLoader()))
     finder = _finder(project)
     monkeypatch.setattr(sys, "meta_path", [finder, own, importlib.machinery.PathFinder])
-    assert finder.find_spec("pkg.mod", [str(project / "pkg")]) is None
+    spec = finder.find_spec("pkg.mod", [str(project / "pkg")])
+    assert spec is not None and isinstance(spec.loader, OwnLoader)
     assert own.asked == ["pkg.mod"]
 
 
@@ -162,8 +167,42 @@ def test_a_namespace_package_is_left_alone(project: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(sys, "meta_path", [finder, importlib.machinery.PathFinder])
     plain = importlib.machinery.PathFinder.find_spec("space")
     assert plain is not None and plain.submodule_search_locations  # the path finder's namespace spec
-    assert finder.find_spec("space") is None
+    spec = finder.find_spec("space")
+    assert spec is not None and spec.origin == plain.origin and not isinstance(spec.loader, TelemetryLoader)
+    assert list(spec.submodule_search_locations or ()) == list(plain.submodule_search_locations)
     assert finder.find_spec("space.inner", [str(project / "space")]) is not None  # its modules are claimed
+
+
+def test_a_module_not_ours_is_looked_up_once_per_import(project: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The hook hands over the answer it got, so the finders are not asked a second time.
+    _write(tmp_path / "elsewhere" / "not_ours_once.py", "VALUE = 7\n")
+    counting = MappingFinder(lambda name: importlib.util.spec_from_file_location(
+        name, tmp_path / "elsewhere" / "not_ours_once.py") if name == "not_ours_once" else None)
+    finder = _finder(project)
+    monkeypatch.setattr(sys, "meta_path", [finder, counting, importlib.machinery.PathFinder])
+    monkeypatch.delitem(sys.modules, "not_ours_once", raising=False)
+    module = importlib.import_module("not_ours_once")
+    assert module.VALUE == 7 and type(module.__spec__.loader) is importlib.machinery.SourceFileLoader
+    assert counting.asked == ["not_ours_once"]
+    monkeypatch.delitem(sys.modules, "not_ours_once")
+
+
+def test_after_a_finder_fails_the_import_system_asks_again_and_sees_the_failure(
+        project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(tmp_path / "elsewhere" / "not_ours_failing.py")
+
+    def fail(name: str) -> ModuleSpec | None:
+        raise RuntimeError("this finder is broken")
+
+    broken = MappingFinder(fail)
+    later = MappingFinder(lambda name: importlib.util.spec_from_file_location(
+        name, tmp_path / "elsewhere" / "not_ours_failing.py"))
+    finder = _finder(project)
+    monkeypatch.setattr(sys, "meta_path", [finder, broken, later])
+    assert finder.find_spec("not_ours_failing") is None  # (the later finder's answer is not handed over)
+    with pytest.raises(RuntimeError, match="this finder is broken"):
+        importlib.import_module("not_ours_failing")
 
 
 def test_names_never_wanted_ask_no_finder(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,3 +238,32 @@ def test_with_prefixes_other_names_ask_no_finder(project: Path, monkeypatch: pyt
     assert calls == []
     assert finder.find_spec("pkg") is not None and finder.find_spec("pkg.mod") is not None
     assert calls == ["pkg", "pkg.mod"]
+
+
+def test_a_module_loaded_around_the_hook_is_found_through_a_link_and_a_namesake_is_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``reports.loaded_elsewhere``: a project file imported by a plain loader under another
+    path (a folder linked to the project's) is reported; another package's ``__init__.py``,
+    which shares the candidate's name only, is not, nor is a module the hook loaded."""
+    from pytest_telemetry_inject.plugin.reports import loaded_elsewhere
+
+    project = tmp_path / "project"
+    _write(project / "pkg" / "__init__.py")
+    _write(project / "pkg" / "mod.py")
+    _write(tmp_path / "other" / "__init__.py")
+    (tmp_path / "linked").symlink_to(project / "pkg", target_is_directory=True)
+    candidates = {os.path.realpath(p) for p in (project / "pkg" / "__init__.py", project / "pkg" / "mod.py")}
+
+    def module(name: str, path: Path) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None
+        found = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, found)
+        return found
+
+    module("linked_mod", tmp_path / "linked" / "mod.py")
+    module("other", tmp_path / "other" / "__init__.py")
+    module("pkg", project / "pkg" / "__init__.py")
+    found = loaded_elsewhere(candidates, {"pkg": str(project / "pkg" / "__init__.py")}, [])
+    assert set(found) == {"linked_mod"}
+    assert "without going through the telemetry import hook" in found["linked_mod"]
