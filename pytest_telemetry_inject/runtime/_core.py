@@ -1337,12 +1337,16 @@ class Tracer:
             if kind is not None and not issubclass(kind, _NOT_ERRORS):
                 if state.__class__ is float:
                     site = self._by_name.get(name)
-                    if site is not None:
-                        # Counted here, so that end() stays on its fast path (a state of
-                        # another type would cost it a caught TypeError per error).
-                        _error(site, kind)
-                        return state
-                return (state, kind)  # the site's first call: end() makes the site
+                    if site is None:  # the site's first call (frames: _site, this, the user's function)
+                        site = self._by_name[name] = self._site(name, 2)
+                    # Counted here, so that end() stays on its fast path (a state of another
+                    # type would cost it a caught TypeError per error), and always here: an
+                    # error carried to end() in the state was lost when end() took the call
+                    # as one of a sampled site's untimed calls (a first call that raised
+                    # while other threads made the site sampled before its end() ran).
+                    _error(site, kind)
+                    return state
+                return (state, kind)  # a state of another mode: end() sorts it out
         except Exception:
             _fault("fail")
         return state

@@ -516,7 +516,7 @@ _RACE = '''
     from pytest_telemetry_inject.settings import Settings
 
     SOURCE = b"def f(i):\\n    if i % 50 == 0:\\n        raise ValueError(i)\\n    return i\\n"
-    style, bound = "{style}".partition("-bound")[::2]
+    style, bound, _ = "{style}".partition("-bound")  # ("try", "-bound", "") when bound
     result = Engine(Settings(style=style, target="runtime"), cache=None).instrument(SOURCE, "race.py")
     code = compile(result.output, "race.py", "exec")
     if bound:  # as the import hook loads it: end() given the site itself (bind_sites)

@@ -60,6 +60,27 @@ def test_counts_and_errors_stay_exact_when_sampled(kit) -> None:  # type: ignore
     assert row["min_ns"] <= row["total_ns"] / row["count"] <= row["max_ns"]
 
 
+def test_a_first_call_that_raises_keeps_its_error_when_its_end_comes_after_the_site_is_sampled(kit) -> None:  # type: ignore[no-untyped-def]  # noqa: E501
+    # A function's first call raises, and other threads' calls make its site sampled before
+    # that call's end() runs (a thread preempted in between, as the race tests of
+    # test_semantics.py hit once in some hundred runs). fail() once handed the error to
+    # end() in the state, and end() took the call for one of a sampled site's untimed
+    # calls: it counted the call and dropped the error.
+    sample_fast(every=4, after=10)
+    module = kit.load(TRY_FORM)
+    tracer = module._telemetry
+    state = tracer.start()
+    try:
+        raise module.Boom(-1)
+    except module.Boom:
+        state = tracer.fail("leaf", state)
+    assert call(module, range(30)) == 0  # the other thread: decided after 10 calls, then sampled
+    tracer.end("leaf", state)  # the first call ends now
+    row = kit.rows_of(module)["leaf"]
+    assert row["count"] == 31
+    assert row["errors"] == 1 and row["exceptions"] == {"Boom": 1}
+
+
 def test_exact_mode_times_every_call(kit) -> None:  # type: ignore[no-untyped-def]
     _core.configure(timing_every=1, timing_after=10, timing_below=10.0)
     module = kit.load(TRY_FORM)
