@@ -56,14 +56,6 @@ if TYPE_CHECKING:
     from .reconstruct import LineMap
 
 
-def __getattr__(name: str) -> Any:
-    if name == "llm_template":  # (kept importable from here)
-        from .planning import llm_template
-
-        return llm_template
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @dataclass
 class FunctionOutcome:
     """What happened to one function; in a memo, a ``formats.FunctionRow``."""
@@ -182,7 +174,9 @@ class Engine:
         self.settings = settings
         self.cache = cache if settings.use_cache else None
         self.refactorer = refactorer
-        self._base_fingerprint = settings.output_fingerprint()
+        self.output_fingerprint = settings.output_fingerprint()
+        """The settings that change what is written (``Settings.output_fingerprint``), once."""
+        self._base_fingerprint = self.output_fingerprint
         self._fingerprint = self._base_fingerprint
         if refactorer is not None:
             # A run that may ask a model must not reuse the memo of a run that could not.

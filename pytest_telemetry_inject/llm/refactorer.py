@@ -285,7 +285,7 @@ def record_fix(cache: Any, *, settings: Any, language: str, span_name: str, sour
                                   qualname=span_name, reason=one_line(reason)))
     scripts = {}
     if result is not None and result.ok and result.script:
-        from ..engine.pipeline import llm_template
+        from ..engine.planning import llm_template
 
         template = llm_template(get_language(language), settings)
         sha = sha256_text(result.script)

@@ -198,7 +198,7 @@ class TelemetryFinder:
         from (the same source can have another output: after an LLM repair, say)."""
         from .. import __version__
 
-        parts = (__version__, self.engine.settings.output_fingerprint(), sys.implementation.cache_tag or "",
+        parts = (__version__, self.engine.output_fingerprint, sys.implementation.cache_tag or "",
                  _code_magic().decode("latin-1"), hashlib.sha256(data).hexdigest(), hashlib.sha256(output).hexdigest())
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 

@@ -1462,25 +1462,19 @@ class Tracer:
 
     def _end_other(self, name: str | _Site, state: object) -> None:
         """``end`` off its fast path: the site's first call, a span of another mode (the mode
-        changed during the call), an error recorded by ``fail``."""
+        changed during the call). ``fail`` counts every error of a timed call itself; what
+        it hands on in a tuple is a state of another mode, where nothing was measured."""
         try:
             if isinstance(state, _AggSpan):
                 Tracer._end_span(self, name, state)
                 return
-            if state is None:
-                return  # started while disabled (or the start failed): nothing was measured
-            kind = None
-            if isinstance(state, tuple):
-                state, kind = state
             if state.__class__ is not float:
-                return
+                return  # started while disabled (None), or fail()'s tuple: nothing was measured
             seconds = _seconds() - state
             site = self._by_name.get(name)
             if site is None:  # frames: _site, this, end (either mode's), the user's function
                 site = self._by_name[name] = self._site(name, 3)
             _account(site, seconds)
-            if kind is not None:
-                _error(site, kind)
         except Exception:
             _fault("end")
 

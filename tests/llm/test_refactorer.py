@@ -11,7 +11,8 @@ import pytest
 from fakellm import HOSTILE, KEY, Reply, code_changing_fix, decorator_fix, openai_env, session_for
 
 from pytest_telemetry_inject.engine.cache import ScriptCache
-from pytest_telemetry_inject.engine.pipeline import Engine, llm_template
+from pytest_telemetry_inject.engine.pipeline import Engine
+from pytest_telemetry_inject.engine.planning import llm_template
 from pytest_telemetry_inject.engine.scripts import render_script
 from pytest_telemetry_inject.engine.testgen import parse_cases
 from pytest_telemetry_inject.languages import get_language
