@@ -18,6 +18,20 @@ if TYPE_CHECKING:
     from .session import TelemetrySession
 
 
+def module_key(language: str, name: str, text: str, cases: int) -> str:
+    """The key, kept with the keys of the cases that passed, that says every case of this
+    generated test module passed: its text (so each case's script sha256, function and span
+    name), how many cases it has, and this tool's and Python's versions, as ``ScriptCheck.key``."""
+    import hashlib
+    import sys
+
+    from .. import __version__
+
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    parts = ("every case passed", __version__, sys.version, language, name, str(cases), digest)
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
 class TelemetryFile(pytest.File):
     """A source file the plugin instrumented; its one item runs its scripts' generated tests."""
 
@@ -38,23 +52,33 @@ class TelemetryItem(pytest.Item):
     """Runs the generated tests of one file's insertion scripts (one per instrumented function)."""
 
     def runtest(self) -> None:
-        from ..testkit import ScriptCheck
-
         parent: TelemetryFile = self.parent  # type: ignore[assignment]
         session, report = parent.telemetry, parent.report
-        name, cases = self._cases(session, report)
-        failures: list[tuple[str, str]] = []
+        language = report.language or "python"
+        data = Path(report.path).read_bytes()
         # A case that passed before with the same inputs (script, function, tool and Python
-        # versions) passes again: only its script's integrity is checked again, unless
-        # --telemetry-recheck. The record is in the cache, beside the generated tests, and
-        # counts only with this machine's seal.
+        # versions) passes again, and is not run. The record is in the cache, beside the
+        # generated tests, and counts only with this machine's seal. When it says every case
+        # of this very module passed, nothing more is read: not the cases, not the scripts
+        # (the code that runs comes from the sealed memo; a script is read, its sha256 checked,
+        # only when it is run or the file is built again). --telemetry-recheck runs them all.
         cache = session.cache
         recheck = self.config.getoption("telemetry_recheck", False)
-        passed_before = set() if recheck or cache is None or not name else cache.checked(name)
+        module = self._sealed_module(session, report, data)
+        passed_before: set[str] = set()
+        if module is not None and cache is not None and not recheck:
+            count = report.tally[0].get("instrumented", 0)
+            passed_before = cache.checked(module[0])
+            if module_key(language, *module, count) in passed_before:
+                self.user_properties += [("insertion_scripts", count), ("checked_now", 0)]
+                return
+        from ..testkit import ScriptCheck
+
+        name, cases = self._cases(session, report, data, module)
+        failures: list[tuple[str, str]] = []
         passed: set[str] = set()
         for sha, span_name, original, origin, script in cases:
-            check = ScriptCheck(script, language=report.language or "python", span_name=span_name,
-                                original=original, origin=origin)
+            check = ScriptCheck(script, language=language, span_name=span_name, original=original, origin=origin)
             key = check.key(sha)
             if key in passed_before:
                 continue
@@ -62,10 +86,12 @@ class TelemetryItem(pytest.Item):
             failures += [(span_name, reason) for reason in reasons]
             if not reasons:
                 passed.add(key)
-        if passed and cache is not None and name:
-            cache.add_checked(name, passed)
         self.user_properties.append(("insertion_scripts", len(cases)))
         self.user_properties.append(("checked_now", len(passed) + len({n for n, _r in failures})))
+        if not failures and module is not None and module[0] == name:
+            passed.add(module_key(language, *module, len(cases)))  # every case of this module passed
+        if passed and cache is not None and name:
+            cache.add_checked(name, passed)
         if failures:
             failures = self._repair(session, report, cases, failures)
             # The memo holds this file built with the failing scripts: the next run rebuilds it,
@@ -119,7 +145,21 @@ class TelemetryItem(pytest.Item):
         return left
 
     @staticmethod
-    def _cases(session: TelemetrySession, report: FileReport) -> tuple[str, list[tuple[str, str, str, str, str]]]:
+    def _sealed_module(session: TelemetrySession, report: FileReport, data: bytes) -> tuple[str, str] | None:
+        """(name, text) of the file's generated test module, as its memo names it, when this
+        machine sealed it; None without it (no cache, no memo, a module from elsewhere)."""
+        cache = session.cache
+        if cache is None:
+            return None
+        result = session.engine.lookup_memo(data, report.path, import_name="")
+        if result is None or not result.tests:
+            return None
+        text = cache.read_test_module(report.language or "python", result.tests)
+        return (result.tests, text) if text is not None else None
+
+    @staticmethod
+    def _cases(session: TelemetrySession, report: FileReport, data: bytes,
+               module: tuple[str, str] | None) -> tuple[str, list[tuple[str, str, str, str, str]]]:
         """(name of the generated test module, its cases with their scripts' texts). The
         module is read as data, never imported, and only with this machine's seal; the
         scripts only when their sha256 is their name. Without them (no cache, a read-only
@@ -127,13 +167,10 @@ class TelemetryItem(pytest.Item):
         from ..languages import language_name_for
 
         language = report.language or "python"
-        data = Path(report.path).read_bytes()
         cache = session.cache
         if cache is not None:
-            result = session.engine.lookup_memo(data, report.path, import_name="")
-            text = cache.read_test_module(language, result.tests) if result is not None and result.tests else None
-            rows = read_cases(text) if text is not None else None
-            if rows is not None:
+            rows = read_cases(module[1]) if module is not None else None
+            if rows is not None and module is not None:
                 cases = []
                 for case in rows:
                     script = cache.read_script(language, case.sha)
@@ -141,7 +178,7 @@ class TelemetryItem(pytest.Item):
                         break
                     cases.append((*case, script))
                 else:
-                    return result.tests, cases  # type: ignore[union-attr]
+                    return module[0], cases
             found = language_name_for(report.path, data[:256])
             if found is not None:  # rebuilt (and, where the cache can be written, stored sealed)
                 cache.drop_memo(session.engine.memo_key(data, found, "", ""))

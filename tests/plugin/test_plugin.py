@@ -248,16 +248,55 @@ def test_a_tampered_script_is_rebuilt_before_its_item_runs_it(project: pytest.Py
     assert scripts
     for script in scripts:
         script.write_text(script.read_text().replace("EDITS = [", "EDITS = [  # changed\n"))
-    # A script whose sha256 is not its name is never run: the file is instrumented again,
-    # its scripts are written afresh, and the item checks those.
+    tampered = {script: script.read_bytes() for script in scripts}
+    # Every case passed before, as the sealed record says: the item reads no script (the code
+    # that runs comes from the sealed memo), so the changed ones are neither run nor noticed.
     result = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-k", "telemetry")
+    result.assert_outcomes(passed=1)
+    assert "cache entries were found" not in result.stdout.str()
+    assert {script: script.read_bytes() for script in scripts} == tampered
+    # Run again, a script whose sha256 is not its name is never run: the file is instrumented
+    # again, its scripts are written afresh, and the item checks those.
+    result = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-k", "telemetry",
+                                          "--telemetry-recheck")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"*{len(scripts)} damaged or foreign cache entries were found and rebuilt*"])
     for script in scripts:
         assert hashlib.sha256(script.read_bytes()).hexdigest() == script.name.removesuffix(".script")
-    again = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-k", "telemetry")
+    again = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-k", "telemetry",
+                                         "--telemetry-recheck")
     again.assert_outcomes(passed=1)
     assert "cache entries were found" not in again.stdout.str()
+
+
+def test_an_item_whose_cases_all_passed_reads_neither_cases_nor_scripts(project: pytest.Pytester) -> None:
+    import xml.etree.ElementTree as ET
+
+    def run(*args: str) -> tuple[pytest.RunResult, dict[str, int]]:
+        xml = project.path / "junit.xml"
+        result = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-k", "telemetry",
+                                              f"--junitxml={xml}", *args)
+        result.assert_outcomes(passed=1)
+        return result, {p.get("name"): int(p.get("value")) for p in ET.parse(xml).iter("property")}
+
+    _result, first = run()
+    cache = project.path / ".telemetry_cache"
+    scripts = sorted((cache / "scripts" / "python").rglob("*.script"))
+    assert len(scripts) == first["insertion_scripts"] >= 3
+    for script in scripts:
+        script.unlink()
+    # The sealed record says every case of this module passed: the scripts are not needed.
+    result, again = run()
+    assert again == {"insertion_scripts": first["insertion_scripts"], "checked_now": 0}
+    assert not list((cache / "scripts" / "python").rglob("*.script"))
+    # The record names the module's text: a module changed by anyone but this machine is
+    # refused, and the file is built again, its scripts written afresh and checked.
+    (module,) = (cache / "tests" / "python").iterdir()
+    module.write_text(module.read_text().replace("Generated tests", "Generated  tests"))
+    result, third = run()
+    assert third == first
+    result.stdout.fnmatch_lines(["*damaged or foreign cache entries were found and rebuilt*"])
+    assert len(list((cache / "scripts" / "python").rglob("*.script"))) == len(scripts)
 
 
 def test_scripts_that_passed_are_not_checked_again_unless_asked(project: pytest.Pytester) -> None:
