@@ -20,4 +20,11 @@ if "TELEMETRY_INJECT_KEY_FILE" not in os.environ:
     # The user's cache folder (of files outside any project) is this session's too.
     os.environ["XDG_CACHE_HOME"] = os.path.join(_home, "xdg-cache")
 os.environ.pop("TELEMETRY_INJECT_CACHE_KEY", None)
+# The tool's settings from the developer's shell (TELEMETRY_INJECT_RAISE_FAULTS, _STYLE,
+# _DISABLED, ...) would change what the tests' subprocesses do: they are dropped. Kept: where
+# the tests find their inputs and how long the stress tests run.
+_HARNESS = {"KEY_FILE", "WHEELHOUSE", "NPM_DIR", "TYPESCRIPT", "STRESS_SECONDS", "STRESS_RUNS"}
+for _name in [name for name in os.environ if name.startswith("TELEMETRY_INJECT_")]:
+    if _name.removeprefix("TELEMETRY_INJECT_") not in _HARNESS:
+        del os.environ[_name]
 seal.forget()
