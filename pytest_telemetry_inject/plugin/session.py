@@ -190,6 +190,9 @@ class TelemetrySession:
 
             self.otel = OtelSession.start(self.config)
             runtime.configure(**self.otel.runtime_settings())
+            # Each test's outcome goes on its span: a hook only a session with spans has (a
+            # wrapper on every phase of every test costs each suite that has none).
+            self.config.pluginmanager.register(_OtelOutcomes(self.otel), "telemetry-otel-outcomes")
         if self.settings.target == "otel":
             modules = {discovery.module_name(Path(path)) for path, report in self.reports.items()
                        if report.tally[0].get("instrumented")}
@@ -235,15 +238,6 @@ class TelemetrySession:
             if test_span is not None:
                 self.otel.end_test(item.nodeid, test_span)  # type: ignore[union-attr]
             runtime.set_current_test(None)
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(self, item: pytest.Item,
-                                  call: pytest.CallInfo[None]) -> Generator[None, TestReport, TestReport]:
-        report = yield
-        if self.otel is not None:
-            excinfo = call.excinfo
-            self.otel.report(report, excinfo.value if excinfo is not None and report.failed else None)
-        return report
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -424,3 +418,18 @@ def _ini_count(config: pytest.Config, name: str) -> int:
         raise pytest.UsageError(f"--inject-telemetry: {name} must be a whole number >= 0, not {value!r} "
                                 f"({ini_origin(config, name)})") from None
     return count
+
+
+class _OtelOutcomes:
+    """The outcome of each phase of each test, for its OpenTelemetry span."""
+
+    def __init__(self, otel: OtelSession) -> None:
+        self.otel = otel
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item,
+                                  call: pytest.CallInfo[None]) -> Generator[None, TestReport, TestReport]:
+        report = yield
+        excinfo = call.excinfo
+        self.otel.report(report, excinfo.value if excinfo is not None and report.failed else None)
+        return report
