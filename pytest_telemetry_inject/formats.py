@@ -34,11 +34,13 @@ import re
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import __version__
-from .scriptlib import Edit, Indent, Insert, InsertAfter, InsertText
-from .types import EntryStatus, FunctionStatus
+
+if TYPE_CHECKING:
+    from .scriptlib import Edit
+    from .types import EntryStatus, FunctionStatus
 
 CACHE_FORMAT = 3
 ENGINE_FORMAT = 1
@@ -97,6 +99,8 @@ def edits_to_json(edits: Sequence[Edit]) -> list[list[Any]]:
         ["insert_after",5,"    # end",4]               line, text[, maps_to when not 0]
         ["insert_text",1,4,"/*t*/"]                     line, column, text
     """
+    from .scriptlib import Indent, Insert, InsertAfter, InsertText  # (not for a memo: a warm session reads no edits)
+
     out: list[list[Any]] = []
     for edit in edits:
         if isinstance(edit, Indent):
@@ -115,6 +119,8 @@ def edits_to_json(edits: Sequence[Edit]) -> list[list[Any]]:
 def edits_from_json(data: Sequence[Sequence[Any]]) -> list[Edit]:
     """The edits of ``edits_to_json``; ValueError, TypeError or IndexError for an array of
     the wrong shape (the engine then treats the entry as damaged)."""
+    from .scriptlib import Indent, Insert, InsertAfter, InsertText
+
     edits: list[Edit] = []
     for item in data:
         kind = item[0]

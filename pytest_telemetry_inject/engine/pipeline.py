@@ -41,7 +41,6 @@ from ..languages import get_language, language_for, language_name_for
 from ..settings import Settings
 from ..sourcefile import decode_source
 from ..trace import DEBUG, TRACE
-from ..types import FileStatus, FunctionStatus, Refactorer
 from .cache import CacheCounters, IndexEntry, Memo, ScriptCache
 
 # Composing, planning, line maps, generated tests and the languages' parsers are imported
@@ -51,6 +50,7 @@ from .cache import CacheCounters, IndexEntry, Memo, ScriptCache
 if TYPE_CHECKING:
     from ..languages import Language
     from ..languages.base import FunctionRecord, ParsedFile, Template
+    from ..types import FileStatus, FunctionStatus, Refactorer
     from .compose import Composition
     from .planning import Plan, Planner
     from .reconstruct import LineMap

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from ..runtime.vendor import write_vendored
 from ..scan import VENDORED_REASON, ScanItem, scan
 from ..settings import Settings
-from ..types import Mode, Refactorer
 from .cache import CacheCounters, ScriptCache
 from .pipeline import Engine
 from .tasks import MODES as MODES
@@ -32,6 +31,7 @@ from .tasks import RunOptions as RunOptions
 from .vendoring import vendored_targets_of
 
 if TYPE_CHECKING:
+    from ..types import Mode, Refactorer
     from ._worker import WorkerSetup
 
 

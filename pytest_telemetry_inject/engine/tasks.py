@@ -13,11 +13,14 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..sourcefile import read_bytes, write_atomic
-from ..types import FileStatus, Mode
 from .cache import CacheCounters
 from .pipeline import Engine, FileResult, FunctionOutcome
+
+if TYPE_CHECKING:
+    from ..types import FileStatus, Mode
 
 MODES: tuple[Mode, ...] = ("instrument", "strip", "check")
 Tally = tuple[dict[str, int], dict[str, dict[str, int]]]

@@ -22,7 +22,7 @@ from ..engine.runner import run
 from ..engine.tasks import FileReport, RunOptions
 from ..errors import CacheError, ConfigError
 from ..settings import Settings
-from . import discovery, otel, reports, shipping
+from . import discovery, otel, reports
 from .importhook import TelemetryFinder
 from .items import TelemetryFile, TelemetryItem
 from .reports import Payload
@@ -293,6 +293,8 @@ class TelemetrySession:
 
     def write_output(self, folder: Path) -> dict[str, Any]:
         """The project's modules instrumented for shipping (``shipping.write_output``)."""
+        from . import shipping  # (only with --telemetry-output)
+
         return shipping.write_output(folder, self.candidates, self.settings, self.cache, self.root)
 
     def otel_lines(self, data: Payload) -> list[str]:

@@ -157,7 +157,9 @@ def test_a_warm_session_loads_neither_the_compiler_nor_the_llm_layer(project: py
     # (and the Python language's module with it) and the LLM layer cost a short suite
     # ~0.6 billion instructions a session, most of its fixed cost. Nor does it import the
     # languages (a memo's key needs the name alone), planning, composing, line maps,
-    # generated tests, the worker module or OTLP: ~10 ms of each session.
+    # generated tests, the worker module or OTLP: ~10 ms of each session; nor the shared
+    # types (annotations only), the script library (a memo holds no edits) or the shipping
+    # of instrumented sources (--telemetry-output only): 13 million instructions more.
     (project.path / "tests" / "test_probe.py").write_text(textwrap.dedent('''
         import sys
 
@@ -168,7 +170,8 @@ def test_a_warm_session_loads_neither_the_compiler_nor_the_llm_layer(project: py
             assert "pytest_telemetry_inject.engine.bytecode" in loaded
             unwanted = {"pytest_telemetry_inject." + name for name in (
                 "engine.compiler", "llm.refactorer", "languages.base", "languages.python", "engine.compose",
-                "engine.planning", "engine.reconstruct", "engine.testgen", "engine._worker", "otlp")}
+                "engine.planning", "engine.reconstruct", "engine.testgen", "engine._worker", "otlp",
+                "types", "scriptlib", "plugin.shipping")}
             assert not loaded & unwanted, loaded & unwanted
     '''))
     (project.path / "tests" / "test_core.py").write_text("import pkg.core\n")
