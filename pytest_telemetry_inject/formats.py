@@ -188,8 +188,7 @@ class IndexEntry:
 MEMO_MAGIC = b"TI-MEMO"
 
 
-@dataclass(frozen=True)
-class MemoFile:
+class MemoFile(NamedTuple):
     """A file memo, ``metadata/files/<xx>/<key>``: a first line, then the header JSON, the
     sections and the payload back to back::
 

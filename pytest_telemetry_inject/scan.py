@@ -12,8 +12,8 @@ import fnmatch
 import os
 import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .languages import extensions_of, language_name_for
 from .runtime.vendor import DEFAULT_MODULE, is_vendored
@@ -70,8 +70,7 @@ def _entry_points(folder: str) -> list[str]:
     return found
 
 
-@dataclass(frozen=True)
-class ScanItem:
+class ScanItem(NamedTuple):
     path: Path
     """The file, as found."""
     root: Path

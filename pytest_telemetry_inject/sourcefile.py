@@ -11,7 +11,7 @@ import itertools
 import os
 import re
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import UnsupportedSource
 
@@ -21,8 +21,7 @@ _COOKIE = re.compile(rb"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)")
 _BLANK_OR_COMMENT = re.compile(rb"^[ \t\f]*(?:[#\r\n]|$)")
 
 
-@dataclass(frozen=True)
-class DecodedSource:
+class DecodedSource(NamedTuple):
     text: str
     encoding: str  # a Python codec name
     bom: bool

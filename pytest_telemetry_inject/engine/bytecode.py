@@ -49,9 +49,8 @@ from __future__ import annotations
 import dis
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from types import CodeType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     # A code unit's (line, end line, column, end column), as ``co_positions()`` gives them.
@@ -85,8 +84,7 @@ class Unsupported(Exception):
     """The code is not in the shape this module edits; the caller uses the ``with`` form."""
 
 
-@dataclass(frozen=True)
-class _Entry:
+class _Entry(NamedTuple):
     """One exception-table entry: [start, end) in bytes, the handler, the stack depth the
     handler unwinds to, and whether it pushes the offset of the raising instruction."""
 
@@ -484,13 +482,13 @@ def hide_slot(code: CodeType, marker: str) -> CodeType:
     for entry in entries:
         pieces = [entry.start] + [cut for cut in cuts if entry.start < cut < entry.end] + [entry.end]
         for start, end in zip(pieces, pieces[1:]):
-            piece = replace(entry, start=start, end=end)
+            piece = entry._replace(start=start, end=end)
             if start >= after_push:
-                piece = replace(piece, depth=piece.depth + 1)
+                piece = piece._replace(depth=piece.depth + 1)
                 if start in in_handler:
-                    piece = replace(piece, depth=piece.depth + 1)
+                    piece = piece._replace(depth=piece.depth + 1)
                 if entry.target == handler:
-                    piece = replace(piece, lasti=True)
+                    piece = piece._replace(lasti=True)
             new_entries.append(piece)
     constants = tuple(None if isinstance(value, str) and value in (marker, test_mark) else value
                       for value in code.co_consts)

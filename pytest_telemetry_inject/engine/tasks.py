@@ -13,7 +13,7 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..sourcefile import read_bytes, write_atomic
 from .cache import CacheCounters
@@ -45,8 +45,7 @@ class RunOptions:
         return not self.dry_run and (self.in_place or self.output_dir is not None)
 
 
-@dataclass(frozen=True)
-class FileTask:
+class FileTask(NamedTuple):
     """One source file of a run, as the runner hands it to whoever processes it."""
 
     source: str
