@@ -256,13 +256,20 @@ def loaded_elsewhere(candidates: set[str], instrumented: dict[str, str], early: 
     names = {os.path.basename(c) for c in candidates}
     # An alias of a module that went through the hook (toolz's tlz package copies toolz's
     # modules under its own names: the functions are the instrumented ones, and a module
-    # the hook left as it was, with nothing to instrument, has none) is not one.
-    through_hook = {os.path.realpath(p) for p in instrumented.values()}
-    for module in list(sys.modules.values()):
-        if isinstance(getattr(getattr(module, "__spec__", None), "loader", None), TelemetryLoader):
-            origin = getattr(module, "__file__", None)
-            if origin:
-                through_hook.add(os.path.realpath(origin))
+    # the hook left as it was, with nothing to instrument, has none) is not one. Told by
+    # the file's identity, and only when some module needs it (most sessions have none).
+    through_hook: list[set[tuple[int, int]]] = []  # (made on first use)
+
+    def went_through_hook(origin: str) -> bool:
+        if not through_hook:
+            paths = set(instrumented.values())
+            for module in list(sys.modules.values()):
+                if isinstance(getattr(getattr(module, "__spec__", None), "loader", None), TelemetryLoader):
+                    paths.add(getattr(module, "__file__", None) or "")
+            through_hook.append({found for found in map(_identity, paths) if found})
+        found = _identity(origin)
+        return found is not None and found in through_hook[0]
+
     # A module whose file is a candidate under another path (a link to it, a folder linked
     # somewhere): told by the file's identity, one stat each, not by resolving every folder
     # of its path (as many packages' ``__init__.py`` share a candidate's name, that took
@@ -287,7 +294,7 @@ def loaded_elsewhere(candidates: set[str], instrumented: dict[str, str], early: 
         loader = getattr(getattr(module, "__spec__", None), "loader", None)
         if isinstance(loader, TelemetryLoader):
             continue  # through the hook, and left as it is for a reason it recorded
-        if os.path.realpath(origin) in through_hook:
+        if went_through_hook(origin):
             continue
         found[name] = (f"imported by {type(loader).__name__ if loader is not None else 'an unknown loader'} "
                        "without going through the telemetry import hook")
