@@ -74,6 +74,8 @@ class FileReport:
     written: str = ""
     cache_warning: str = ""
     """Why the cache could not be written, as the process that tried saw it."""
+    tests: str = ""
+    """The name of the file's generated test module in the cache (its memo's), or ''."""
 
 
 Done = tuple[FileReport, bool]
@@ -132,7 +134,7 @@ class FileProcessor:
     def _finish(self, result: FileResult, data: bytes, task: FileTask) -> FileReport:
         options = self.options
         report = FileReport(result.path, result.language, result.status, result.reason, result.functions,
-                            result.memo_hit, result.counters, result.counts())
+                            result.memo_hit, result.counters, result.counts(), tests=result.tests)
         if options.diff and result.output is not None:
             report.diff = _unified_diff(data, result.output, result.path)
         if options.writes and options.mode != "check":

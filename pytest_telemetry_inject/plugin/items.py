@@ -55,7 +55,6 @@ class TelemetryItem(pytest.Item):
         parent: TelemetryFile = self.parent  # type: ignore[assignment]
         session, report = parent.telemetry, parent.report
         language = report.language or "python"
-        data = Path(report.path).read_bytes()
         # A case that passed before with the same inputs (script, function, tool and Python
         # versions) passes again, and is not run. The record is in the cache, beside the
         # generated tests, and counts only with this machine's seal. When it says every case
@@ -64,7 +63,7 @@ class TelemetryItem(pytest.Item):
         # only when it is run or the file is built again). --telemetry-recheck runs them all.
         cache = session.cache
         recheck = self.config.getoption("telemetry_recheck", False)
-        module = self._sealed_module(session, report, data)
+        module = self._sealed_module(session, report)
         passed_before: set[str] = set()
         if module is not None and cache is not None and not recheck:
             count = report.tally[0].get("instrumented", 0)
@@ -74,7 +73,7 @@ class TelemetryItem(pytest.Item):
                 return
         from ..testkit import ScriptCheck
 
-        name, cases = self._cases(session, report, data, module)
+        name, cases = self._cases(session, report, module)
         failures: list[tuple[str, str]] = []
         passed: set[str] = set()
         for sha, span_name, original, origin, script in cases:
@@ -145,20 +144,18 @@ class TelemetryItem(pytest.Item):
         return left
 
     @staticmethod
-    def _sealed_module(session: TelemetrySession, report: FileReport, data: bytes) -> tuple[str, str] | None:
-        """(name, text) of the file's generated test module, as its memo names it, when this
-        machine sealed it; None without it (no cache, no memo, a module from elsewhere)."""
+    def _sealed_module(session: TelemetrySession, report: FileReport) -> tuple[str, str] | None:
+        """(name, text) of the file's generated test module, as its memo named it when the
+        session started (the file as it was instrumented), when this machine sealed it; None
+        without it (no cache, no memo, a module from elsewhere)."""
         cache = session.cache
-        if cache is None:
+        if cache is None or not report.tests:
             return None
-        result = session.engine.lookup_memo(data, report.path, import_name="")
-        if result is None or not result.tests:
-            return None
-        text = cache.read_test_module(report.language or "python", result.tests)
-        return (result.tests, text) if text is not None else None
+        text = cache.read_test_module(report.language or "python", report.tests)
+        return (report.tests, text) if text is not None else None
 
     @staticmethod
-    def _cases(session: TelemetrySession, report: FileReport, data: bytes,
+    def _cases(session: TelemetrySession, report: FileReport,
                module: tuple[str, str] | None) -> tuple[str, list[tuple[str, str, str, str, str]]]:
         """(name of the generated test module, its cases with their scripts' texts). The
         module is read as data, never imported, and only with this machine's seal; the
@@ -167,6 +164,7 @@ class TelemetryItem(pytest.Item):
         from ..languages import language_name_for
 
         language = report.language or "python"
+        data = Path(report.path).read_bytes()
         cache = session.cache
         if cache is not None:
             rows = read_cases(module[1]) if module is not None else None
