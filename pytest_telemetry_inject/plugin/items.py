@@ -64,9 +64,9 @@ class TelemetryItem(pytest.Item):
         cache = session.cache
         recheck = self.config.getoption("telemetry_recheck", False)
         module = self._sealed_module(session, report)
+        count = report.tally[0].get("instrumented", 0)  # (one case a function)
         passed_before: set[str] = set()
         if module is not None and cache is not None and not recheck:
-            count = report.tally[0].get("instrumented", 0)
             passed_before = cache.checked(module[0])
             if module_key(language, *module, count) in passed_before:
                 self.user_properties += [("insertion_scripts", count), ("checked_now", 0)]
@@ -87,8 +87,8 @@ class TelemetryItem(pytest.Item):
                 passed.add(key)
         self.user_properties.append(("insertion_scripts", len(cases)))
         self.user_properties.append(("checked_now", len(passed) + len({n for n, _r in failures})))
-        if not failures and module is not None and module[0] == name:
-            passed.add(module_key(language, *module, len(cases)))  # every case of this module passed
+        if not failures and module is not None and module[0] == name and len(cases) == count:
+            passed.add(module_key(language, *module, count))  # every case of this module passed
         if passed and cache is not None and name:
             cache.add_checked(name, passed)
         if failures:
