@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import secrets
 import stat
 import sys
 import threading
@@ -114,6 +113,8 @@ def _read_key(path: str) -> bytes:
 def _create_key(path: str) -> None:
     """Write a new key so that no reader ever sees a partial one: a private temporary file,
     then a hard link to the final name (which fails if another process won the race)."""
+    import secrets  # (only to make a key: a session that finds one does not import it)
+
     folder = os.path.dirname(path)
     os.makedirs(folder, mode=0o700, exist_ok=True)
     temporary = os.path.join(folder, f".key-{os.getpid()}-{secrets.token_hex(4)}")
