@@ -258,7 +258,7 @@ def loaded_elsewhere(candidates: set[str], instrumented: dict[str, str], early: 
     # modules under its own names: the functions are the instrumented ones, and a module
     # the hook left as it was, with nothing to instrument, has none) is not one. Told by
     # the file's identity, and only when some module needs it (most sessions have none).
-    through_hook: list[set[tuple[int, int]]] = []  # (made on first use)
+    through_hook: list[tuple[set[str], set[tuple[int, int]]]] = []  # (made on first use)
 
     def went_through_hook(origin: str) -> bool:
         if not through_hook:
@@ -266,9 +266,12 @@ def loaded_elsewhere(candidates: set[str], instrumented: dict[str, str], early: 
             for module in list(sys.modules.values()):
                 if isinstance(getattr(getattr(module, "__spec__", None), "loader", None), TelemetryLoader):
                     paths.add(getattr(module, "__file__", None) or "")
-            through_hook.append({found for found in map(_identity, paths) if found})
+            through_hook.append((paths, {found for found in map(_identity, paths) if found}))
+        paths, files = through_hook[0]
+        if origin in paths:
+            return True
         found = _identity(origin)
-        return found is not None and found in through_hook[0]
+        return found is not None and found in files
 
     # A module whose file is a candidate under another path (a link to it, a folder linked
     # somewhere): told by the file's identity, one stat each, not by resolving every folder
