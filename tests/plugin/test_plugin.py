@@ -258,8 +258,9 @@ def test_a_tampered_script_is_rebuilt_before_its_item_runs_it(project: pytest.Py
     result.assert_outcomes(passed=1)
     assert "cache entries were found" not in result.stdout.str()
     assert {script: script.read_bytes() for script in scripts} == tampered
-    # Run again, a script whose sha256 is not its name is never run: the file is instrumented
-    # again, its scripts are written afresh, and the item checks those.
+    # With --telemetry-recheck every case runs, so its script is read: one whose sha256 is not
+    # its name is never run, the file is instrumented again, its scripts are written afresh,
+    # and the item checks those.
     result = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-k", "telemetry",
                                           "--telemetry-recheck")
     result.assert_outcomes(passed=1)
