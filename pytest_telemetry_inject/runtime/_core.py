@@ -1345,8 +1345,8 @@ class Tracer:
                     # as one of a sampled site's untimed calls (a first call that raised
                     # while other threads made the site sampled before its end() ran).
                     _error(site, kind)
-                    return state
-                return (state, kind)  # a state of another mode: end() sorts it out
+                elif isinstance(state, _AggSpan):  # begun in a span mode: end() ends the span
+                    state._err = sys.exc_info()[1]
         except Exception:
             _fault("fail")
         return state
@@ -1462,14 +1462,14 @@ class Tracer:
 
     def _end_other(self, name: str | _Site, state: object) -> None:
         """``end`` off its fast path: the site's first call, a span of another mode (the mode
-        changed during the call). ``fail`` counts every error of a timed call itself; what
-        it hands on in a tuple is a state of another mode, where nothing was measured."""
+        changed during the call). ``fail`` counts every error of a timed call itself, and
+        puts one on a span of another mode."""
         try:
             if isinstance(state, _AggSpan):
                 Tracer._end_span(self, name, state)
                 return
             if state.__class__ is not float:
-                return  # started while disabled (None), or fail()'s tuple: nothing was measured
+                return  # started while disabled (None): nothing was measured
             seconds = _seconds() - state
             site = self._by_name.get(name)
             if site is None:  # frames: _site, this, end (either mode's), the user's function

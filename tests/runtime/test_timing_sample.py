@@ -279,3 +279,22 @@ def test_reports_show_which_totals_are_estimated(kit) -> None:  # type: ignore[n
     page = report.render_html(data)
     assert "estimated from a sample" in page
     assert "~" in report.format_terminal(data)
+
+
+def test_a_call_begun_as_a_span_that_fails_after_the_mode_changed_is_ended_with_its_error(kit) -> None:  # type: ignore[no-untyped-def]  # noqa: E501
+    # A call starts while events are kept (its state is a span), and the mode changes to the
+    # aggregator before it raises: the aggregator's fail() and end() meet a span. fail()
+    # once wrapped it in a tuple that end() then dropped: the call, and its error, were lost.
+    module = kit.load(TRY_FORM)
+    tracer = module._telemetry
+    _core.configure(keep_events=True)
+    state = tracer.start()
+    _core.configure(keep_events=False)
+    try:
+        raise module.Boom(-1)
+    except module.Boom:
+        state = tracer.fail("leaf", state)
+    tracer.end("leaf", state)
+    row = kit.rows_of(module)["leaf"]
+    assert row["count"] == 1
+    assert row["errors"] == 1 and row["exceptions"] == {"Boom": 1}
