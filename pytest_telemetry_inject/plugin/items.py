@@ -100,10 +100,12 @@ class TelemetryItem(pytest.Item):
             raise ScriptTestFailure(failures)
 
     @staticmethod
-    def _forget_memo(session: TelemetrySession, report: FileReport) -> None:
+    def _forget_memo(session: TelemetrySession, report: FileReport, data: bytes | None = None) -> None:
+        """Drop the memo of the file (as it is now, or as ``data``): it is built again."""
         from ..languages import language_name_for
 
-        data = Path(report.path).read_bytes()
+        if data is None:
+            data = Path(report.path).read_bytes()
         language = language_name_for(report.path, data[:256])
         if session.cache is not None and language is not None:
             session.cache.drop_memo(session.engine.memo_key(data, language, "", ""))
@@ -161,14 +163,12 @@ class TelemetryItem(pytest.Item):
         module is read as data, never imported, and only with this machine's seal; the
         scripts only when their sha256 is their name. Without them (no cache, a read-only
         or foreign one) the file is instrumented again here and its cases come from that."""
-        from ..languages import language_name_for
-
         language = report.language or "python"
         data = Path(report.path).read_bytes()
         cache = session.cache
         if cache is not None:
             rows = read_cases(module[1]) if module is not None else None
-            if rows is not None and module is not None:
+            if module is not None and rows is not None:
                 cases = []
                 for case in rows:
                     script = cache.read_script(language, case.sha)
@@ -177,9 +177,7 @@ class TelemetryItem(pytest.Item):
                     cases.append((*case, script))
                 else:
                     return module[0], cases
-            found = language_name_for(report.path, data[:256])
-            if found is not None:  # rebuilt (and, where the cache can be written, stored sealed)
-                cache.drop_memo(session.engine.memo_key(data, found, "", ""))
+            TelemetryItem._forget_memo(session, report, data)  # rebuilt (and stored sealed, where it can be)
         rebuilt = session.engine.instrument(data, report.path, import_name="")
         session.items_corrupt += rebuilt.counters.corrupt
         if rebuilt.checks is None:
