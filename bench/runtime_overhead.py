@@ -26,7 +26,8 @@ does anything.
 
 The rows marked "sampled" are a hot, cheap site after the runtime started timing one call
 of 16 (``timing_every``; every call still counted): the other rows time every call
-(``timing_every=1``).
+(``timing_every=1``). The "grown period" row is the same site after it stayed cheap long
+enough (more than 16,000 calls and a fold each 2,000) for the runtime to time one call of 256.
 
 ``--instructions`` counts, under valgrind's callgrind, the instructions one call of each
 targeted row executes above a bare call, and the OpenTelemetry sink's ratio to the
@@ -94,6 +95,7 @@ TARGET_FLY_NS = 200.0  # on the fly (pytest --inject-telemetry): the aggregator
 TARGET_FLY_OFF_NS = 60.0  # on the fly, disabled
 TARGET_OTEL_RATIO = 1.2
 SAMPLED = "runtime, on the fly: aggregator, sampled"
+GROWN = "runtime, on the fly: aggregator, sampled, grown period"
 
 
 class Variant:
@@ -188,6 +190,7 @@ def make_variants(work: Path, *, logfire_rows: bool = True) -> tuple[Callable[[i
     """The bare function, every variant (modules written under ``work``, which goes on
     ``sys.path``) and notes on the rows left out."""
     from pytest_telemetry_inject import runtime
+    from pytest_telemetry_inject.runtime import _core
 
     sys.path.insert(0, str(work))
     jsonl_path = work / "events.jsonl"
@@ -216,6 +219,22 @@ def make_variants(work: Path, *, logfire_rows: bool = True) -> tuple[Callable[[i
                     stale.unlink()
         return setup
 
+    def grown(func: Callable[[int], int]) -> Callable[[], None]:
+        # Sampled, then called with a fold (as a test switch makes) every 2,000 calls until
+        # the runtime lengthened the site's period to its longest.
+        sampled = configure(timing_every=16, timing_below=1.0)
+
+        def setup() -> None:
+            sampled()
+            for _ in range(200):
+                for _ in range(2_000):
+                    func(1)
+                runtime.snapshot()
+                if any(site.every >= 16 * _core._GROW_MAX for site in _core._sites.values()):
+                    return
+            raise SystemExit("the sampled site's period did not grow: see runtime/_core.py, _redecide")
+        return setup
+
     variants = [
         Variant("floor: empty with-block (C __enter__)", floor, configure(), "reference"),
         Variant("runtime: default aggregator", instrumented, configure(), "try style"),
@@ -227,6 +246,7 @@ def make_variants(work: Path, *, logfire_rows: bool = True) -> tuple[Callable[[i
         Variant(SAMPLED, compiled, configure(timing_every=16, timing_below=1.0), "1 call of 16 timed, all counted"),
         Variant("runtime: default aggregator, sampled", instrumented, configure(timing_every=16, timing_below=1.0),
                 "try style's text"),
+        Variant(GROWN, compiled, grown(compiled), "1 call of 256 timed, all counted"),
         Variant("runtime, with style: aggregator", styles["with"], configure()),
         Variant("runtime, with style: disabled", styles["with"], configure(disabled=True)),
         Variant("runtime, decorator style: aggregator", styles["decorator"], configure()),
@@ -301,7 +321,7 @@ def make_variants(work: Path, *, logfire_rows: bool = True) -> tuple[Callable[[i
 # the difference over LARGE - SMALL calls is the cost of one call, start-up cancelled out.
 
 COUNTED = ["runtime: default aggregator", "runtime: disabled", "runtime, on the fly: aggregator",
-           "runtime, on the fly: disabled", SAMPLED, "runtime: default aggregator, sampled",
+           "runtime, on the fly: disabled", SAMPLED, GROWN, "runtime: default aggregator, sampled",
            "runtime, with style: aggregator",
            "runtime: OpenTelemetry sink", "OpenTelemetry SDK span by hand", "by hand, with the 3 code attributes",
            "SDK calls a sink needs, inline"]

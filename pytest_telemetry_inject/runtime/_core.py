@@ -515,6 +515,13 @@ if _FREE_THREADED:  # (there neither the appends nor the swap are atomic: every 
 _EVERY = 16  # timing_every: time one call of this many on a sampled site (1: every call)
 _AFTER = 1024  # timing_after: timed calls of a site before it may be sampled
 _BELOW = 2e-6  # timing_below: seconds; only sites whose mean duration is shorter
+# A site still cheap after this many calls timed while sampled (its estimate's mean rests on
+# them) has its period made 4 times longer at each window that stays cheap, up to
+# ``_GROW_MAX`` times ``timing_every``: what a sampled call still costs is mostly its share
+# of the timed calls' (one of 16: ~130 instructions a call; one of 256: ~8), and the bound
+# says what the fewer timed calls leave uncertain (``_redecide``).
+_GROW_AFTER = 1024
+_GROW_MAX = 16
 
 
 def _unsample(site: _Site) -> None:
@@ -551,14 +558,20 @@ def _decide(site: _Site, count: int, seconds: float) -> None:
 def _redecide(site: _Site, n: int, seconds: float) -> None:
     """(From a fold of a decided site's ``n`` timed calls of ``seconds``) decide again, both
     ways, once the calls folded since the last decision make a window of ``timing_after``
-    calls (a sampled site's timed calls standing for ``every`` calls each): the first
+    calls (a sampled site's timed calls standing for ``timing_every`` calls each): the first
     decision saw a function's first calls, often its slowest (caches, imports, the
     interpreter's warm-up), and a cheap function can turn slow (a lock under contention).
-    At folds only: the hot path pays nothing for it. ``rn``, ``rs``: the window so far."""
+    A sampled site that stays cheap, once ``_GROW_AFTER`` of its calls were timed while
+    sampled, gets a period 4 times longer, up to ``_GROW_MAX`` times ``timing_every``; one
+    that turns slow starts again from timing every call, and from ``timing_every`` when it
+    is cheap again. At folds only: the hot path pays nothing for it. ``rn``, ``rs``: the
+    window so far."""
     site.rn += n
     site.rs += seconds
     every = site.every
-    if site.rn * max(every, 1) < _AFTER:
+    # (a window of a site sampled at a grown period is as many timed calls as at the first:
+    # a window of fewer would let one slow call turn the site back to timing every call)
+    if site.rn * (_EVERY if every > _EVERY else max(every, 1)) < _AFTER:
         return
     cheap = site.rs < _BELOW * site.rn
     site.rn, site.rs = 0, 0.0
@@ -567,6 +580,8 @@ def _redecide(site: _Site, n: int, seconds: float) -> None:
     elif every < 0 and cheap and _EVERY > 1:  # timed on every call, now cheap: sampled
         site.sm, site.ss, site.sq = 0, 0.0, 0.0
         _retime(site, _EVERY, 1)
+    elif every > 0 and site.sm >= _GROW_AFTER and every < _EVERY * _GROW_MAX:  # still cheap: a longer period
+        site.every = min(every * 4, _EVERY * _GROW_MAX)  # (from its next timed call, as _set_timing does)
 
 
 def _retime(site: _Site, every: int, left: int) -> None:

@@ -345,3 +345,22 @@ def test_an_entry_out_of_shape_is_left_as_compiled(monkeypatch: pytest.MonkeyPat
     # No None among the constants: nothing to push for an untimed call.
     nothing = code.replace(co_consts=tuple("none" if value is None else value for value in code.co_consts))
     assert bytecode._tight_entry(nothing) is nothing
+
+
+def test_a_bound_site_that_stays_cheap_leaves_more_calls_untimed(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # The grown period reaches the entry: the site's timed call grants its next every - 1
+    # calls to the entry's countdown, which makes no call into the runtime.
+    monkeypatch.setattr(_core, "_GROW_AFTER", 20)
+    _core.configure(timing_every=4, timing_after=20, timing_below=10.0)
+    m = load(SKIPPING)
+    for _ in range(10):
+        for i in range(200):
+            m.maybe(i)
+        runtime.snapshot()  # a fold
+    site = _core._sites[(m.__name__, "maybe")]
+    assert site.every == 4 * _core._GROW_MAX
+    assert calls_into_the_runtime(lambda: m.maybe(1)) == 1  # the first call after the fold: timed
+    assert site.skip == site.every - 1
+    assert calls_into_the_runtime(lambda: [m.maybe(i) for i in range(site.every - 1)]) == 0
+    row = rows(m)["maybe"]
+    assert row["count"] == 2_000 + site.every and row["untimed"] > 2_000 - 2_000 // 8

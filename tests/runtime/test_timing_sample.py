@@ -298,3 +298,35 @@ def test_a_call_begun_as_a_span_that_fails_after_the_mode_changed_is_ended_with_
     row = kit.rows_of(module)["leaf"]
     assert row["count"] == 1
     assert row["errors"] == 1 and row["exceptions"] == {"Boom": 1}
+
+
+def test_a_site_that_stays_cheap_is_timed_less_often(kit, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Once _GROW_AFTER of its calls were timed while sampled, each window that stays cheap
+    # makes the period 4 times longer, up to _GROW_MAX times timing_every. Every call is
+    # still counted; the bound speaks for the fewer timed calls.
+    monkeypatch.setattr(_core, "_GROW_AFTER", 20)
+    sample_fast(every=4, after=10)
+    module = kit.load(TRY_FORM)
+    module.leaf(0)
+    site = _core._sites[(module.__name__, "leaf")]
+    periods = []
+    for _ in range(30):
+        call(module, range(200))
+        kit.rows_of(module)  # a fold: the window is complete at each one here
+        periods.append(site.every)
+    # the first fold: sampled at 4 since the 10th call, 47 timed since (>= 20): 16; then 64,
+    # which is 4 x _GROW_MAX and stays
+    assert periods == [16] + [64] * 29
+    row = kit.rows_of(module)["leaf"]
+    assert row["count"] == 6_001 and row["estimated"] is True
+    timed = row["count"] - row["untimed"]
+    assert timed < 6_001 // 16  # one in 4 throughout would have timed 1,500
+    assert row["total_error_ns"] > 0
+    assert row["min_ns"] <= row["total_ns"] / row["count"] <= row["max_ns"]
+    with _core._lock:
+        _core._redecide(site, 100, 1000.0)  # a window of slow calls: every call timed again
+        assert (site.every, site.left) == (-1, 0)
+        _core._redecide(site, 1024, 0.0)  # cheap again: sampled from timing_every, not 64
+        assert site.every == 4
+    call(module, range(100))
+    assert kit.rows_of(module)["leaf"]["count"] == 6_101
