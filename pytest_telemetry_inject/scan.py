@@ -83,15 +83,43 @@ class ScanItem(NamedTuple):
     """For a link that stays inside the tree: what it points to (``-o`` copies the link)."""
 
 
+_LS_FILES = ("ls-files", "-z", "--cached", "--others", "--exclude-standard")
+_started: dict[str, subprocess.Popen[bytes]] = {}
+
+
+def start_git_files(folder: str) -> None:
+    """Start the ``git ls-files`` that ``_git_files(folder)`` will read, so that git works
+    while this process does something else (the pytest plugin starts it before importing
+    its session, ~15 ms on 2 cores). Nothing is started twice; ``stop_git_files`` waits for
+    any not read."""
+    if folder not in _started:
+        try:
+            _started[folder] = subprocess.Popen(["git", "-C", folder, *_LS_FILES], stdout=subprocess.PIPE,
+                                                stderr=subprocess.DEVNULL)
+        except OSError:
+            pass
+
+
+def stop_git_files() -> None:
+    """Wait for every ``git ls-files`` started and not read (no process is left behind)."""
+    while _started:
+        _started.popitem()[1].communicate()
+
+
 def _git_files(folder: str) -> set[str] | None:
     """The files under ``folder`` that git does not ignore, relative to it (one ``git
     ls-files``, run in the folder: git lists that folder's files, with paths relative to
-    it), or None outside a git work tree."""
-    try:
-        listing = subprocess.run(["git", "-C", folder, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                                 capture_output=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
+    it; the one ``start_git_files`` started, if any), or None outside a git work tree."""
+    started = _started.pop(folder, None)
+    if started is not None:
+        listing, _ = started.communicate()
+        if started.returncode:
+            return None
+    else:
+        try:
+            listing = subprocess.run(["git", "-C", folder, *_LS_FILES], capture_output=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return None
     return {os.fsdecode(name) for name in listing.split(b"\0") if name}
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_telemetry_inject import scan as scan_module
 from pytest_telemetry_inject.scan import scan
 from pytest_telemetry_inject.settings import Settings
 
@@ -72,6 +73,28 @@ def test_gitignore_through_git(tree: Path) -> None:
     assert "app/util.py" not in files and "notes.md" not in files
     assert "app/main.py" in files and "app/new_untracked.py" in files
     assert "app/util.py" in found(tree, respect_gitignore=False)
+
+
+def test_a_listing_started_early_is_the_one_read_and_none_is_left_running(tree: Path) -> None:
+    # The pytest plugin starts git ls-files before importing its session (start_git_files);
+    # scan reads that listing: the same files as a listing run then, and no process left.
+    write(tree, ".gitignore", "app/util.py\n*.md\n")
+    git("init", "-q", cwd=tree)
+    expected = found(tree)
+    scan_module.start_git_files(str(tree))
+    started = scan_module._started[str(tree)]
+    assert found(tree) == expected and "app/util.py" not in expected
+    assert started.returncode == 0 and not scan_module._started  # read, and gone
+    # Outside a work tree git fails: no listing, every file found, as without one.
+    outside = tree / "app"
+    (tree / ".git").rename(tree / "not-git")
+    scan_module.start_git_files(str(outside))
+    assert "util.py" in {item.relative.as_posix() for item in scan([outside], Settings(), project_root=tree)}
+    # One started and never read is waited for.
+    scan_module.start_git_files(str(tree))
+    waiting = scan_module._started[str(tree)]
+    scan_module.stop_git_files()
+    assert waiting.returncode is not None and not scan_module._started
 
 
 def test_subfolder_of_a_repository(tree: Path) -> None:

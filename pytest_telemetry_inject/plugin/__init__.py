@@ -132,11 +132,20 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     if getattr(known, "inject_telemetry", False) or getattr(known, "telemetry_save", None) is not None \
             or getattr(known, "telemetry_compare", None) is not None:
         _not_rewritten(early_config.pluginmanager)
-        from .session import TelemetrySession
+        from .. import scan
 
-        session = TelemetrySession(early_config)
-        early_config.pluginmanager.register(session, SESSION_NAME)
-        session.start()
+        # git lists the project's files while the session's modules import (the listing the
+        # session's start reads when it looks for files under the rootdir, as it does unless
+        # telemetry_modules names others; see scan.start_git_files).
+        scan.start_git_files(str(early_config.rootpath))
+        try:
+            from .session import TelemetrySession
+
+            session = TelemetrySession(early_config)
+            early_config.pluginmanager.register(session, SESSION_NAME)
+            session.start()
+        finally:
+            scan.stop_git_files()
     return (yield)
 
 
