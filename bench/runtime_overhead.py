@@ -207,7 +207,7 @@ def make_variants(work: Path, *, logfire_rows: bool = True) -> tuple[Callable[[i
         # Every call timed (timing_every 1) unless the row says otherwise: the rows before
         # the sampled ones measure the exact path.
         base = {"disabled": False, "jsonl": "", "trace": "", "otel": False, "keep_events": False,
-                "min_duration": 0.0, "sample_rate": 1.0, "timing_every": 1, "timing_after": 1024,
+                "min_duration": 0.0, "sample_rate": 1.0, "timing_every": 1, "timing_after": 256,
                 "timing_below": 2e-6}
         base.update(settings)
 
@@ -242,7 +242,7 @@ def make_variants(work: Path, *, logfire_rows: bool = True) -> tuple[Callable[[i
         Variant("runtime, on the fly: aggregator", compiled, configure(), "pytest --inject-telemetry"),
         Variant("runtime, on the fly: disabled", compiled, configure(disabled=True), "pytest --inject-telemetry"),
         # A hot, cheap site once sampled (the default settings: one call of 16 timed after
-        # 1,024; timing_below raised so that a slow machine, or valgrind, samples it too).
+        # 256; timing_below raised so that a slow machine, or valgrind, samples it too).
         Variant(SAMPLED, compiled, configure(timing_every=16, timing_below=1.0), "1 call of 16 timed, all counted"),
         Variant("runtime: default aggregator, sampled", instrumented, configure(timing_every=16, timing_below=1.0),
                 "try style's text"),
@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             if variant.setup:
                 variant.setup()
             for _ in range(1_300):  # warm the site (its first call makes its span class; a
-                variant.func(1)     # sampled row's site decides after 1,024 calls)
+                variant.func(1)     # sampled row's site decides after 256 calls)
             before = time_batch(bare, bare_number // 2)
             cost = time_batch(variant.func, variant.number)
             after = time_batch(bare, bare_number // 2)

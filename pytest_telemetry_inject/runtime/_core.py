@@ -27,7 +27,7 @@ memory for reports. It never raises into user code. Environment variables (read 
 - ``TELEMETRY_INJECT_SELF_TIME=MS``: sample self time every MS milliseconds (see ``_Sampler``).
 - ``TELEMETRY_INJECT_RAISE_FAULTS=1``: an internal fault is raised instead of swallowed (the
   runtime's own tests; see ``internal_faults()``).
-- ``TELEMETRY_INJECT_TIMING_EVERY=N`` (16), ``TELEMETRY_INJECT_TIMING_AFTER=N`` (1024),
+- ``TELEMETRY_INJECT_TIMING_EVERY=N`` (16), ``TELEMETRY_INJECT_TIMING_AFTER=N`` (256),
   ``TELEMETRY_INJECT_TIMING_BELOW=SECONDS`` (2e-6): a function with that many timed calls of
   a shorter mean is then timed on one call of N, every call counted (``_decide``); N=1:
   every call timed, exact totals.
@@ -248,7 +248,7 @@ class _Config:
         # totals) once they had ``timing_after`` timed calls with a mean below
         # ``timing_below`` seconds (see _decide).
         self.timing_every = 16
-        self.timing_after = 1024
+        self.timing_after = 256
         self.timing_below = 2e-6
 
     def as_dict(self) -> dict[str, Any]:
@@ -513,7 +513,8 @@ if _FREE_THREADED:  # (there neither the appends nor the swap are atomic: every 
 # and the event modes time every call).
 
 _EVERY = 16  # timing_every: time one call of this many on a sampled site (1: every call)
-_AFTER = 1024  # timing_after: timed calls of a site before it may be sampled
+_AFTER = 256  # timing_after: timed calls of a site before it may be sampled
+_WINDOW = 4  # a decided site decides again once its calls folded since make this many x timing_after
 _BELOW = 2e-6  # timing_below: seconds; only sites whose mean duration is shorter
 # A site still cheap after this many calls timed while sampled (its estimate's mean rests on
 # them) has its period made 4 times longer at each window that stays cheap, up to
@@ -557,8 +558,10 @@ def _decide(site: _Site, count: int, seconds: float) -> None:
 
 def _redecide(site: _Site, n: int, seconds: float) -> None:
     """(From a fold of a decided site's ``n`` timed calls of ``seconds``) decide again, both
-    ways, once the calls folded since the last decision make a window of ``timing_after``
-    calls (a sampled site's timed calls standing for ``timing_every`` calls each): the first
+    ways, once the calls folded since the last decision make a window of ``_WINDOW`` times
+    ``timing_after`` calls (a sampled site's timed calls standing for ``timing_every`` calls
+    each; by default 1,024 calls, 64 of them timed: fewer would let one slow call, a garbage
+    collection inside it, turn a cheap site back to timing every call): the first
     decision saw a function's first calls, often its slowest (caches, imports, the
     interpreter's warm-up), and a cheap function can turn slow (a lock under contention).
     A sampled site that stays cheap, once ``_GROW_AFTER`` of its calls were timed while
@@ -571,7 +574,7 @@ def _redecide(site: _Site, n: int, seconds: float) -> None:
     every = site.every
     # (a window of a site sampled at a grown period is as many timed calls as at the first:
     # a window of fewer would let one slow call turn the site back to timing every call)
-    if site.rn * (_EVERY if every > _EVERY else max(every, 1)) < _AFTER:
+    if site.rn * (_EVERY if every > _EVERY else max(every, 1)) < _WINDOW * _AFTER:
         return
     cheap = site.rs < _BELOW * site.rn
     site.rn, site.rs = 0, 0.0

@@ -324,7 +324,7 @@ def test_a_site_that_stays_cheap_is_timed_less_often(kit, monkeypatch) -> None: 
     assert row["total_error_ns"] > 0
     assert row["min_ns"] <= row["total_ns"] / row["count"] <= row["max_ns"]
     with _core._lock:
-        _core._redecide(site, 100, 1000.0)  # a window of slow calls: every call timed again
+        _core._redecide(site, 100, 1e6)  # a window of slow calls: every call timed again
         assert (site.every, site.left) == (-1, 0)
         _core._redecide(site, 1024, 0.0)  # cheap again: sampled from timing_every, not 64
         assert site.every == 4
