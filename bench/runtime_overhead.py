@@ -125,9 +125,10 @@ def write_module(folder: Path, name: str, text: str) -> Callable[[int], int]:
     return module.f
 
 
-def on_the_fly(folder: Path, name: str) -> Callable[[int], int]:
-    """BARE as ``pytest --inject-telemetry`` runs it: the try style's text compiled by the
-    import hook's compiler (the start time on the value stack, no ``fail`` call)."""
+def on_the_fly(folder: Path, name: str, source: str = BARE) -> Callable[[int], int]:
+    """``source`` (BARE) as ``pytest --inject-telemetry`` runs it: the try style's text
+    compiled by the import hook's compiler (the start time on the value stack, no ``fail``
+    call)."""
     import types
 
     from pytest_telemetry_inject.engine.compiler import compile_mapped
@@ -136,8 +137,8 @@ def on_the_fly(folder: Path, name: str) -> Callable[[int], int]:
     from pytest_telemetry_inject.settings import Settings
 
     path = folder / f"{name}.py"
-    path.write_text(BARE)
-    result = Engine(Settings(style="try", target="runtime"), cache=None).instrument(BARE.encode(), str(path))
+    path.write_text(source)
+    result = Engine(Settings(style="try", target="runtime"), cache=None).instrument(source.encode(), str(path))
     assert result.output is not None, result.reason
     module = types.ModuleType(name)
     module.__file__ = str(path)
@@ -463,6 +464,71 @@ def print_switch_costs(work: Path) -> list[tuple[int, float, float]]:
     return rows
 
 
+# -- calls that raise --------------------------------------------------------------------------
+#
+# A call that raises leaves through the try form's exception path, which counts its error:
+# a parser using exceptions for control flow makes many of them (pyparsing's suite: 15
+# million of its 72 million calls). Timed apart from the rows above: the loop catches.
+
+RAISING = "class Boom(Exception):\n    pass\n\n\ndef f(x):\n    raise Boom(x)\n"
+
+
+def raise_costs(work: Path, rounds: int, number: int = 100_000) -> dict[str, float]:
+    """Smallest ns per call, each in a loop that catches, of a function that raises: plain,
+    on the fly timed on every call, and on the fly sampled (its untimed calls), interleaved."""
+    from pytest_telemetry_inject import runtime
+
+    plain = write_module(work, "bench_raise_plain", RAISING)
+    fly = on_the_fly(work, "bench_raise_fly", RAISING)
+    boom = (sys.modules["bench_raise_plain"].Boom, sys.modules["bench_raise_fly"].Boom)
+
+    def batch(func: Callable[[int], int]) -> float:
+        gc_was = gc.isenabled()
+        gc.disable()
+        try:
+            start = time.perf_counter_ns()
+            for _ in range(number):
+                try:
+                    func(1)
+                except boom:
+                    pass
+            return (time.perf_counter_ns() - start) / number
+        finally:
+            if gc_was:
+                gc.enable()
+
+    def every_call() -> None:
+        runtime.configure(timing_every=1)
+        runtime.reset()
+
+    def sampled() -> None:
+        runtime.configure(timing_every=16, timing_after=256, timing_below=1.0)
+        runtime.reset()
+        for _ in range(20):
+            batch(fly)
+            runtime.snapshot()  # a fold
+
+    rows: dict[str, list[float]] = {"plain": [], "on the fly, every call timed": [], "on the fly, sampled": []}
+    for _ in range(rounds):
+        rows["plain"].append(batch(plain))
+        every_call()
+        rows["on the fly, every call timed"].append(batch(fly))
+        sampled()
+        rows["on the fly, sampled"].append(batch(fly))
+    runtime.configure(timing_every=16, timing_after=256, timing_below=2e-6)
+    runtime.reset()
+    return {label: min(values) for label, values in rows.items()}
+
+
+def print_raise_costs(work: Path, rounds: int) -> dict[str, float]:
+    costs = raise_costs(work, rounds)
+    print("\na call that raises (def f(x): raise Boom(x), caught by the loop), smallest of interleaved rounds:")
+    for label, ns in costs.items():
+        above = "" if label == "plain" else f"  ({ns - costs['plain']:7.1f} above plain)"
+        print(f"  {label:<30} {ns:8.1f} ns{above}")
+    return costs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (default 9)")
@@ -572,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         print(note)
 
     switch_rows = print_switch_costs(work)
+    raise_rows = print_raise_costs(work, max(3, args.rounds // 2))
     runtime.flush()
     shutil.rmtree(work, ignore_errors=True)
     pkg_us, core_us = import_time_us()
@@ -582,7 +649,8 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(), "bare_ns": bare_ns, "import_ms": pkg_us / 1000,
             "rows": [{"variant": r[0], "ns_above_bare_min": r[1], "ns_above_bare_median": r[2], "calls_per_batch": r[3],
                       "target": r[4], "result": r[5]} for r in rows],
-            "switch": [{"sites": n, "us_min": low, "us_median": median} for n, low, median in switch_rows]},
+            "switch": [{"sites": n, "us_min": low, "us_median": median} for n, low, median in switch_rows],
+            "raising_ns": raise_rows},
             indent=1))
     return 0
 

@@ -57,6 +57,7 @@ import itertools
 import os
 import sys
 import threading
+from collections import Counter as _Counter
 from time import perf_counter as _seconds
 from time import perf_counter_ns as _clock
 from time import time_ns as _time_ns
@@ -196,6 +197,8 @@ _get_ident = threading.get_ident
 # (later spans of that context may name the dead span as parent). 3.12 runs the GC only
 # between bytecodes: nothing to do there.
 _gc_thread: list[int | None] = [None]  # the thread collecting now, or None
+# The exception being handled (sys.exception, from 3.11: no tuple made, as exc_info makes).
+_handled: Callable[[], BaseException | None] = getattr(sys, "exception", None) or (lambda: sys.exc_info()[1])
 if sys.version_info < (3, 12):
     def _gc_watch(phase: str, info: dict[str, Any]) -> None:
         _gc_thread[0] = _get_ident() if phase == "start" else None
@@ -452,9 +455,9 @@ def _drain(site: _Site) -> None:
         if errs:  # errors counted meanwhile: the next fold takes them
             _recent.append(site)
         kinds = stats[5] if stats[5] is not None else {}
-        for kind in chunk:
+        for kind, times in _Counter(chunk).items():  # (counted in C: one name per class)
             key = _exception_name(kind)
-            kinds[key] = kinds.get(key, 0) + 1
+            kinds[key] = kinds.get(key, 0) + times
         stats[4] += m
         stats[5] = kinds
 
@@ -1209,9 +1212,11 @@ class Tracer:
     end_site: Callable[[_Site, object], None]
     fail: Callable[[str, object], object]
     raised: Callable[[str, object], None]
+    raised_untimed: Callable[[str, object], None]  # (a class attribute of each mode's class)
     # What the try form's exit calls as compiled on the fly, by whether its entry left the
     # call untimed (``engine.compiler._skipping``): {False: end, True: nothing} for a site's
-    # name and for the site itself, and raised either way on the exception path (_install).
+    # name and for the site itself, and on the exception path {False: raised, True: the
+    # mode's raised for an untimed call} (_install).
     # (On 3.11 the normal path's exit jumps over its call instead: ``bytecode._jump_exits``.)
     ends: dict[bool, Callable[[str, object], object]]
     ends_site: dict[bool, Callable[[_Site, object], object]]
@@ -1449,12 +1454,26 @@ class Tracer:
             _fault("fail")
         return state
 
-    def _raised(self, name: str, state: object) -> None:
+    def _raised(self, name: str | _Site, state: object) -> None:
         """``end`` for a call that raised: the try form as compiled on the fly calls it from
         its ``finally`` block's exception path (``engine/bytecode.py``), where the exception
-        on its way out is the one being handled, instead of ``fail`` then ``end``. Not a hot
-        path."""
+        on its way out is the one being handled, instead of ``fail`` then ``end``.
+
+        In the aggregate mode a bound site's timed call that raised is counted as one that
+        returned, by ``end_site`` (which grants a sampled site's next untimed calls and
+        counts down to the decision), and its error kept: calls that raise are sampled as
+        the others are, as the text's ``fail`` then ``end`` does. (A site whose calls mostly
+        raise, a parser's exceptions for control flow, was timed on every call and never
+        decided, and the estimate of its untimed calls took the mean of the timed calls that
+        returned alone.)"""
         try:
+            if state.__class__ is float and name.__class__ is _Site and _mode == "agg" and not _FREE_THREADED:
+                # A bound site's timed call, the common case (without the tests below)
+                error = _handled()
+                self._end_site_agg(name, state)
+                if error is not None and not isinstance(error, _NOT_ERRORS):
+                    _error(name, error.__class__)
+                return
             error = sys.exc_info()[1]
             if isinstance(state, _AggSpan):  # a span mode (or one begun before the mode changed)
                 if error is not None:
@@ -1477,6 +1496,29 @@ class Tracer:
                 _error(site, type(error))
         except Exception:
             _fault("end (raised)")
+
+    def _raised_untimed_agg(self, name: str | _Site, state: object) -> None:
+        """``raises[True]`` of the aggregate mode (``raised`` of a call with no state): a
+        bound site's untimed call, which its entry counted, so only its error is counted
+        here, inline. A parser that raises for control flow makes most of its calls so
+        (pyparsing's suite: 15 million of 72 million): this path is ``raised``'s without its
+        tests for the other cases (a span, a timed call), which go there."""
+        try:
+            if state is None and name.__class__ is _Site:
+                error = _handled()
+                if error is not None and not isinstance(error, _NOT_ERRORS):
+                    errs = name.errs
+                    errs.append(error.__class__)  # _error, inlined
+                    held = len(errs)
+                    if held == 1:
+                        _recent.append(name)
+                    elif held > _DRAIN_AT:
+                        _drain_soon(name)
+                return
+        except Exception:
+            _fault("end (raised)")
+            return
+        self._raised(name, state)
 
     def _end_other(self, name: str | _Site, state: object) -> None:
         """``end`` off its fast path: the site's first call, a span of another mode (the mode
@@ -1591,6 +1633,7 @@ class _AggTracer(Tracer):
     end_site = Tracer._end_counted if _FREE_THREADED else Tracer._end_site_agg
     fail = Tracer._fail_agg
     raised = Tracer._raised
+    raised_untimed = Tracer._raised if _FREE_THREADED else Tracer._raised_untimed_agg
 
 
 class _SpanTracer(Tracer):
@@ -1603,7 +1646,7 @@ class _SpanTracer(Tracer):
     start_generator = Tracer._start_generator_span
     end = end_site = Tracer._end_span
     fail = Tracer._fail_span
-    raised = Tracer._raised
+    raised = raised_untimed = Tracer._raised
 
 
 class _EvTracer(_SpanTracer):
@@ -1623,7 +1666,7 @@ class _OffTracer(Tracer):
     # C functions, not Python ones: a disabled try-form call costs two C calls.
     # ({}.clear() -> None; {}.get(name, state) -> state.)
     start = start_generator = _NOTHING.clear
-    fail = end = end_site = raised = _NOTHING.get
+    fail = end = end_site = raised = raised_untimed = _NOTHING.get
 
 
 class _FollowTracer(Tracer):
@@ -1645,7 +1688,7 @@ def _install(tr: Tracer) -> None:
     # not for a bool); a dict's get(name, state) is a C function that does nothing.
     tr.ends = {False: tr.end, True: _NOTHING.get}
     tr.ends_site = {False: tr.end_site, True: _NOTHING.get}
-    tr.raises = {False: tr.raised, True: tr.raised}
+    tr.raises = {False: tr.raised, True: tr.raised_untimed}
     for follower in list(tr._followers):
         try:
             follower._follow(tr)

@@ -364,3 +364,74 @@ def test_a_bound_site_that_stays_cheap_leaves_more_calls_untimed(monkeypatch) ->
     assert calls_into_the_runtime(lambda: [m.maybe(i) for i in range(site.every - 1)]) == 0
     row = rows(m)["maybe"]
     assert row["count"] == 2_000 + site.every and row["untimed"] > 2_000 - 2_000 // 8
+
+
+def test_a_bound_site_whose_calls_raise_is_sampled_as_any_other() -> None:
+    # A parser that raises for control flow: every call raises. Its timed calls go through
+    # raised(), which must count them toward the decision and grant the untimed ones, as
+    # end_site does (before, such a site never decided and was timed on every call).
+    _core.configure(timing_every=4, timing_after=20, timing_below=10.0)
+    m = load(SKIPPING)
+    raised = 0
+    for _ in range(5):
+        for i in range(100):
+            try:
+                m.maybe(-1 - i)
+            except m.Boom:
+                raised += 1
+        runtime.snapshot()  # a fold
+    site = _core._sites[(m.__name__, "maybe")]
+    assert site.every == 4
+    row = rows(m)["maybe"]
+    assert row["count"] == row["errors"] == raised == 500 and row["exceptions"] == {"Boom": 500}
+    assert row["estimated"] is True and 500 - 20 - 480 // 4 - 5 <= row["untimed"] < 480
+    assert row["min_ns"] <= row["total_ns"] / row["count"] <= row["max_ns"]
+
+
+MIXED = '''
+    class Boom(Exception):
+        pass
+
+
+    class Bang(LookupError):
+        pass
+
+
+    def mixed(x):
+        if x % 3 == 0:
+            raise Boom(x)
+        if x % 3 == 1:
+            raise Bang(x)
+        if x % 5 == 2:
+            raise StopIteration  # not an error (an iterator's end)
+        return x
+'''
+
+
+def test_untimed_calls_that_raise_keep_every_error_and_its_class() -> None:
+    # A sampled site's untimed calls that raise take raises[True], which counts the error
+    # inline, and a fold every 512 errors counts them by class: every count exact, classes
+    # included, StopIteration not an error, and the per-test map too.
+    _core.configure(timing_every=4, timing_after=20, timing_below=10.0)
+    m = load(MIXED)
+    outcomes = {"Boom": 0, "Bang": 0, "StopIteration": 0, "returned": 0}
+    runtime.set_current_test("t::one")
+    for x in range(3_000):
+        try:
+            m.mixed(x)
+            outcomes["returned"] += 1
+        except m.Boom:
+            outcomes["Boom"] += 1
+        except m.Bang:
+            outcomes["Bang"] += 1
+        except StopIteration:
+            outcomes["StopIteration"] += 1
+    runtime.set_current_test(None)
+    site = _core._sites[(m.__name__, "mixed")]
+    assert site.every > 0
+    row = rows(m)["mixed"]
+    assert row["count"] == 3_000 and row["untimed"] > 2_000
+    assert row["errors"] == outcomes["Boom"] + outcomes["Bang"] == 2_000
+    assert row["exceptions"] == {"Boom": outcomes["Boom"], "Bang": outcomes["Bang"]}
+    per_test = {r["test"]: r for r in runtime.snapshot(per_test=True) if r["module"] == m.__name__}
+    assert per_test["t::one"]["errors"] == 2_000 and per_test["t::one"]["count"] == 3_000
