@@ -300,7 +300,7 @@ class _Site:
 
     __slots__ = ("module", "name", "file", "line", "n", "total", "low", "high", "errs", "stats", "ot", "_attrs",
                  "left", "given", "carry", "every", "sm", "ss", "sq", "seen", "seen_s", "rn", "rs", "shown",
-                 "skip", "granted", "off")
+                 "skip", "granted", "off", "rw")
     # Set by _unsample (see there).
     left: int
     given: int
@@ -315,6 +315,7 @@ class _Site:
     seen_s: float
     rn: int
     rs: float
+    rw: float
 
     def __init__(self, module: str, name: str, file: str | None, line: int | None) -> None:
         self.module = module
@@ -526,6 +527,11 @@ _BELOW = 2e-6  # timing_below: seconds; only sites whose mean duration is shorte
 # says what the fewer timed calls leave uncertain (``_redecide``).
 _GROW_AFTER = 1024
 _GROW_MAX = 16
+# A site whose window of calls came faster than this many a second (wall clock, fold to
+# fold) is sampled however long its calls take: timing a call costs ~150 ns more than
+# counting it, 0.75% of a core at this rate, and a recursive function (a parser's) has a
+# long mean, its callees' time included, and as many calls as they (``_redecide``).
+_BUSY = 50_000
 
 
 def _unsample(site: _Site) -> None:
@@ -539,7 +545,7 @@ def _unsample(site: _Site) -> None:
     timed while sampled; ``seen``, ``seen_s``: timed calls folded and their seconds."""
     site.given = site.carry = site.every = site.sm = site.seen = site.rn = site.skip = site.granted = 0
     site.left = -_AFTER if _EVERY > 1 and not _FREE_THREADED else 0
-    site.ss = site.sq = site.seen_s = site.rs = 0.0
+    site.ss = site.sq = site.seen_s = site.rs = site.rw = 0.0
 
 
 def _decide(site: _Site, count: int, seconds: float) -> None:
@@ -550,7 +556,7 @@ def _decide(site: _Site, count: int, seconds: float) -> None:
         if site.left < 0:  # (no call between the test and the write: see _retime)
             site.left = 0
         return
-    site.rn, site.rs = 0, 0.0
+    site.rn, site.rs, site.rw = 0, 0.0, _seconds()
     if seconds < _BELOW * count:
         site.every = _EVERY
         site.left = 1
@@ -570,8 +576,10 @@ def _redecide(site: _Site, n: int, seconds: float) -> None:
     A sampled site that stays cheap, once ``_GROW_AFTER`` of its calls were timed while
     sampled, gets a period 4 times longer, up to ``_GROW_MAX`` times ``timing_every``; one
     that turns slow starts again from timing every call, and from ``timing_every`` when it
-    is cheap again. At folds only: the hot path pays nothing for it. ``rn``, ``rs``: the
-    window so far."""
+    is cheap again. A site whose window's calls came faster than ``_BUSY`` a second is
+    **busy**: sampled however long its calls (from ``timing_every``, and it grows only while
+    cheap). At folds only: the hot path pays nothing for it. ``rn``, ``rs``: the window so
+    far; ``rw``: when it began (``perf_counter``; 0: not known)."""
     site.rn += n
     site.rs += seconds
     every = site.every
@@ -580,13 +588,15 @@ def _redecide(site: _Site, n: int, seconds: float) -> None:
     if site.rn * (_EVERY if every > _EVERY else max(every, 1)) < _WINDOW * _AFTER:
         return
     cheap = site.rs < _BELOW * site.rn
-    site.rn, site.rs = 0, 0.0
-    if every > 0 and not cheap:  # sampled, now slow: every call timed again
+    now = _seconds()
+    busy = site.rw > 0.0 and site.rn * max(every, 1) > _BUSY * (now - site.rw)
+    site.rn, site.rs, site.rw = 0, 0.0, now
+    if every > 0 and not (cheap or busy):  # sampled, now slow and unhurried: every call timed again
         _retime(site, -1, 0)
-    elif every < 0 and cheap and _EVERY > 1:  # timed on every call, now cheap: sampled
+    elif every < 0 and (cheap or busy) and _EVERY > 1:  # timed on every call, now cheap or busy: sampled
         site.sm, site.ss, site.sq = 0, 0.0, 0.0
         _retime(site, _EVERY, 1)
-    elif every > 0 and site.sm >= _GROW_AFTER and every < _EVERY * _GROW_MAX:  # still cheap: a longer period
+    elif every > 0 and cheap and site.sm >= _GROW_AFTER and every < _EVERY * _GROW_MAX:  # a longer period
         site.every = min(every * 4, _EVERY * _GROW_MAX)  # (from its next timed call, as _set_timing does)
 
 

@@ -117,7 +117,8 @@ def cheap_then_slow(m: types.ModuleType, calls: int) -> None:
         m.leaf(i)
 
 
-def test_a_sampled_site_that_turns_slow_is_timed_on_every_call_again() -> None:
+def test_a_sampled_site_that_turns_slow_is_timed_on_every_call_again(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(_core, "_BUSY", float("inf"))  # (slow and unhurried: a busy site stays sampled)
     _core.configure(timing_every=4, timing_after=20, timing_below=10.0)
     m = load()
     cheap_then_slow(m, 100)

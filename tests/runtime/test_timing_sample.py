@@ -151,12 +151,13 @@ def test_a_fold_in_the_middle_of_a_block_loses_no_call(kit) -> None:  # type: ig
 
 
 @pytest.mark.parametrize("change", ["turned-slow", "timing-every-call"])
-def test_a_change_of_sampling_keeps_the_calls_counted_since_the_fold(kit, change: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_change_of_sampling_keeps_the_calls_counted_since_the_fold(kit, change: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]  # noqa: E501
     # A fold (deciding again) or configure() changes a site's sampling while other threads
     # go on counting its calls by the countdown alone: those counted since the last fold
     # must outlive the new countdown (setting it alone once lost hundreds of 36,000 calls
     # in the race tests). Here the calls come first and the change runs alone, as it would
     # between two calls of another thread.
+    monkeypatch.setattr(_core, "_BUSY", float("inf"))  # (slow and unhurried: a busy site stays sampled)
     sample_fast(every=16)
     module = kit.load(TRY_FORM)
     call(module, range(100))
@@ -305,6 +306,7 @@ def test_a_site_that_stays_cheap_is_timed_less_often(kit, monkeypatch) -> None: 
     # makes the period 4 times longer, up to _GROW_MAX times timing_every. Every call is
     # still counted; the bound speaks for the fewer timed calls.
     monkeypatch.setattr(_core, "_GROW_AFTER", 20)
+    monkeypatch.setattr(_core, "_BUSY", float("inf"))  # (slow and unhurried, below: a busy site stays sampled)
     sample_fast(every=4, after=10)
     module = kit.load(TRY_FORM)
     module.leaf(0)
@@ -330,3 +332,24 @@ def test_a_site_that_stays_cheap_is_timed_less_often(kit, monkeypatch) -> None: 
         assert site.every == 4
     call(module, range(100))
     assert kit.rows_of(module)["leaf"]["count"] == 6_101
+
+
+@pytest.mark.parametrize("busy", [True, False])
+def test_a_slow_site_called_fast_is_sampled(kit, monkeypatch, busy: bool) -> None:  # type: ignore[no-untyped-def]
+    # A recursive parser's functions have long means (their callees' time is theirs too) and
+    # as many calls: timed on every call after the first decision, sampled at the next
+    # window whose calls came faster than _BUSY a second; one called slower stays exact.
+    monkeypatch.setattr(_core, "_BUSY", 1_000 if busy else 10**12)
+    _core.configure(timing_every=4, timing_after=10, timing_below=1e-12)  # every site slow
+    module = kit.load(TRY_FORM)
+    module.leaf(0)
+    site = _core._sites[(module.__name__, "leaf")]
+    for _ in range(8):
+        call(module, range(100))
+        kit.rows_of(module)  # a fold: a window of 40 calls completes at each
+    row = kit.rows_of(module)["leaf"]
+    assert row["count"] == 801
+    if busy:
+        assert site.every == 4 and row["estimated"] is True and row["untimed"] > 0
+    else:
+        assert site.every == -1 and "estimated" not in row
