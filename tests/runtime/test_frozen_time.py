@@ -9,19 +9,9 @@ import pytest
 
 from pytest_telemetry_inject.runtime import _core
 
-freezegun = pytest.importorskip("freezegun")
+from .test_timing_sample import TRY_FORM
 
-TRY_FORM = '''
-def leaf(x):
-    _telemetry_t = _telemetry.start()
-    try:
-        return x + 1
-    except BaseException:
-        _telemetry_t = _telemetry.fail("leaf", _telemetry_t)
-        raise
-    finally:
-        _telemetry.end("leaf", _telemetry_t)
-'''
+freezegun = pytest.importorskip("freezegun")
 
 
 def test_calls_under_frozen_time_keep_real_durations(kit) -> None:  # type: ignore[no-untyped-def]
