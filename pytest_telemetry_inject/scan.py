@@ -109,17 +109,15 @@ def stop_git_files() -> None:
 def _git_files(folder: str) -> set[str] | None:
     """The files under ``folder`` that git does not ignore, relative to it (one ``git
     ls-files``, run in the folder: git lists that folder's files, with paths relative to
-    it; the one ``start_git_files`` started, if any), or None outside a git work tree."""
+    it; the one ``start_git_files`` started, else one started now), or None outside a git
+    work tree (or without git)."""
+    start_git_files(folder)
     started = _started.pop(folder, None)
-    if started is not None:
-        listing, _ = started.communicate()
-        if started.returncode:
-            return None
-    else:
-        try:
-            listing = subprocess.run(["git", "-C", folder, *_LS_FILES], capture_output=True, check=True).stdout
-        except (OSError, subprocess.CalledProcessError):
-            return None
+    if started is None:
+        return None
+    listing, _ = started.communicate()
+    if started.returncode:
+        return None
     return {os.fsdecode(name) for name in listing.split(b"\0") if name}
 
 
