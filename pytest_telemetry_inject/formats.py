@@ -33,10 +33,10 @@ import json
 import re
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import __version__
+from .record import Record
 
 if TYPE_CHECKING:
     from .scriptlib import Edit
@@ -141,8 +141,7 @@ def edits_from_json(data: Sequence[Sequence[Any]]) -> list[Edit]:
 # --- the index line (CACHE_FORMAT 3) -------------------------------------------------------
 
 
-@dataclass
-class IndexEntry:
+class IndexEntry(Record):
     """What the index knows of one function key: one line of ``metadata/index/<xx>.jsonl``,
     the crc32 of the JSON array, a space, the array (compact, UTF-8)::
 
@@ -153,17 +152,25 @@ class IndexEntry:
     edits, reason, version.
     """
 
+    __slots__ = ("key", "status", "template", "script", "language", "qualname", "origin", "edits", "reason",
+                 "version")
     key: str
     status: EntryStatus
     """``ok`` (a validated script) or ``failed`` (no template works; ``reason`` says why)."""
-    template: str = ""
-    script: str = ""
-    language: str = ""
-    qualname: str = ""
-    origin: str = "template"
-    edits: list[Any] | None = None
-    reason: str = ""
-    version: str = __version__
+    template: str
+    script: str
+    language: str
+    qualname: str
+    origin: str
+    edits: list[Any] | None
+    reason: str
+    version: str
+
+    def __init__(self, key: str, status: EntryStatus, template: str = "", script: str = "", language: str = "",
+                 qualname: str = "", origin: str = "template", edits: list[Any] | None = None, reason: str = "",
+                 version: str = __version__) -> None:
+        self.key, self.status, self.template, self.script, self.language = key, status, template, script, language
+        self.qualname, self.origin, self.edits, self.reason, self.version = qualname, origin, edits, reason, version
 
     def to_line(self) -> bytes:
         """One index line: the crc32 of the JSON record, a space, the record."""

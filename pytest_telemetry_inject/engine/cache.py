@@ -32,7 +32,6 @@ import os
 import stat
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,7 @@ from ..formats import (
     function_list_scripts,
 )
 from ..formats import IndexEntry as IndexEntry
+from ..record import Record
 from ..sourcefile import write_atomic
 from ..trace import DEBUG, TRACE
 from . import seal
@@ -62,28 +62,36 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _READ_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 
-@dataclass
-class CacheCounters:
-    memo_hits: int = 0
-    memo_misses: int = 0
-    script_hits: int = 0
-    script_misses: int = 0
-    corrupt: int = 0
-    write_errors: int = 0
+class CacheCounters(Record):
+    __slots__ = ("memo_hits", "memo_misses", "script_hits", "script_misses", "corrupt", "write_errors")
+    memo_hits: int
+    memo_misses: int
+    script_hits: int
+    script_misses: int
+    corrupt: int
+    write_errors: int
+
+    def __init__(self, memo_hits: int = 0, memo_misses: int = 0, script_hits: int = 0, script_misses: int = 0,
+                 corrupt: int = 0, write_errors: int = 0) -> None:
+        self.memo_hits, self.memo_misses, self.script_hits = memo_hits, memo_misses, script_hits
+        self.script_misses, self.corrupt, self.write_errors = script_misses, corrupt, write_errors
 
     def add(self, other: CacheCounters) -> None:
-        for name in self.__dataclass_fields__:
+        for name in self.__slots__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-@dataclass
-class Memo:
+class Memo(Record):
+    __slots__ = ("header", "sections", "payload", "sealed")
     header: dict[str, Any]
     sections: list[bytes]
     """Raw parts the reader decodes only if it needs them (function lists, line maps)."""
     payload: bytes
-    sealed: bool = False
+    sealed: bool
     """Whether it carries this machine's seal (else it must be checked before use)."""
+
+    def __init__(self, header: dict[str, Any], sections: list[bytes], payload: bytes, sealed: bool = False) -> None:
+        self.header, self.sections, self.payload, self.sealed = header, sections, payload, sealed
 
 
 _LASTING_ERRORS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ELOOP}

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SourceError, TemplateNotApplicable
@@ -38,6 +37,7 @@ from ..formats import (
     read_function_list,
 )
 from ..languages import get_language, language_for, language_name_for
+from ..record import Record
 from ..settings import Settings
 from ..sourcefile import decode_source
 from ..trace import DEBUG, TRACE
@@ -56,17 +56,22 @@ if TYPE_CHECKING:
     from .reconstruct import LineMap
 
 
-@dataclass
-class FunctionOutcome:
+class FunctionOutcome(Record):
     """What happened to one function; in a memo, a ``formats.FunctionRow``."""
 
+    __slots__ = ("qualname", "line", "status", "reason", "template", "script", "cached")
     qualname: str
     line: int
     status: FunctionStatus
-    reason: str = ""
-    template: str = ""
-    script: str = ""
-    cached: bool = False
+    reason: str
+    template: str
+    script: str
+    cached: bool
+
+    def __init__(self, qualname: str, line: int, status: FunctionStatus, reason: str = "", template: str = "",
+                 script: str = "", cached: bool = False) -> None:
+        self.qualname, self.line, self.status, self.reason = qualname, line, status, reason
+        self.template, self.script, self.cached = template, script, cached
 
     def to_row(self) -> FunctionRow:
         return FunctionRow(self.qualname, self.line, self.status, self.reason, self.template, self.script,
@@ -113,29 +118,42 @@ class LazyOutcomes(Sequence[FunctionOutcome]):
         return iter(self._load())
 
 
-@dataclass
-class FileResult:
+class FileResult(Record):
+    __slots__ = ("path", "language", "status", "reason", "output", "functions", "memo_hit", "line_map", "counters",
+                 "elapsed", "tests", "checks", "tally")
     path: str
-    language: str = ""
-    status: FileStatus = "unchanged"
+    language: str
+    status: FileStatus
     """``instrumented`` / ``stripped`` (output differs), ``unchanged``, ``skipped`` (left
     alone for a reason) or ``error`` (it could not be processed safely)."""
-    reason: str = ""
-    output: bytes | None = None
-    functions: Sequence[FunctionOutcome] = field(default_factory=list)
-    memo_hit: bool = False
-    line_map: LineMap | bytes | None = None
+    reason: str
+    output: bytes | None
+    functions: Sequence[FunctionOutcome]
+    memo_hit: bool
+    line_map: LineMap | bytes | None
     """The line map; raw JSON segments until ``get_line_map`` decodes them."""
-    counters: CacheCounters = field(default_factory=CacheCounters)
-    elapsed: float = 0.0
-    tests: str = ""
+    counters: CacheCounters
+    elapsed: float
+    tests: str
     """File name of the generated test module of this file's scripts (in the cache)."""
-    checks: list[tuple[str, str, str, str, str]] | None = None
+    checks: list[tuple[str, str, str, str, str]] | None
     """When the file was instrumented in this process: (script sha256, span name, original
     function source, origin, script text) of each instrumented function, what its generated
     tests check (the plugin runs them from here when the cache has no sealed test module)."""
-    tally: tuple[dict[str, int], dict[str, dict[str, int]]] | None = None
+    tally: tuple[dict[str, int], dict[str, dict[str, int]]] | None
     """(count per status, reason counts per status), known without decoding ``functions``."""
+
+    def __init__(self, path: str, language: str = "", status: FileStatus = "unchanged", reason: str = "",
+                 output: bytes | None = None, functions: Sequence[FunctionOutcome] | None = None,
+                 memo_hit: bool = False, line_map: LineMap | bytes | None = None,
+                 counters: CacheCounters | None = None, elapsed: float = 0.0, tests: str = "",
+                 checks: list[tuple[str, str, str, str, str]] | None = None,
+                 tally: tuple[dict[str, int], dict[str, dict[str, int]]] | None = None) -> None:
+        self.path, self.language, self.status, self.reason, self.output = path, language, status, reason, output
+        self.functions = [] if functions is None else functions
+        self.memo_hit, self.line_map = memo_hit, line_map
+        self.counters = CacheCounters() if counters is None else counters
+        self.elapsed, self.tests, self.checks, self.tally = elapsed, tests, checks, tally
 
     @property
     def changed(self) -> bool:

@@ -14,10 +14,10 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..record import Record
 from ..runtime.vendor import write_vendored
 from ..scan import VENDORED_REASON, ScanItem, scan
 from ..settings import Settings
@@ -35,19 +35,24 @@ if TYPE_CHECKING:
     from ._worker import WorkerSetup
 
 
-@dataclass
-class RunSummary:
+class RunSummary(Record):
+    __slots__ = ("mode", "files", "other_files", "vendored", "errors", "elapsed", "workers", "cache_path",
+                 "cache_warning", "left_out")
     mode: Mode
-    files: list[FileReport] = field(default_factory=list)
-    other_files: int = 0
-    vendored: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    elapsed: float = 0.0
-    workers: int = 1
-    cache_path: str = ""
-    cache_warning: str = ""
-    left_out: list[str] = field(default_factory=list)
+    files: list[FileReport]
+    other_files: int
+    vendored: list[str]
+    errors: list[str]
+    elapsed: float
+    workers: int
+    cache_path: str
+    cache_warning: str
+    left_out: list[str]
     """Folders the scan left out (build output no entry point leads to), with the reason."""
+
+    def __init__(self, mode: Mode) -> None:
+        self.mode, self.files, self.other_files, self.vendored, self.errors = mode, [], 0, [], []
+        self.elapsed, self.workers, self.cache_path, self.cache_warning, self.left_out = 0.0, 1, "", "", []
 
     def function_counts(self) -> Counter[str]:
         total: Counter[str] = Counter()
@@ -108,12 +113,12 @@ class RunSummary:
 _BATCH = 8  # files a worker processes between two appends to the cache index
 
 
-@dataclass
 class _Found:
     """The source files of a run, and the vendored runtime each one needs (by its path)."""
 
-    tasks: list[FileTask] = field(default_factory=list)
-    vendored: dict[str, dict[str, bytes | None]] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.tasks: list[FileTask] = []
+        self.vendored: dict[str, dict[str, bytes | None]] = {}
 
 
 class _Collected:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from ..record import Record
 from ..sourcefile import read_bytes, write_atomic
 from .cache import CacheCounters
 from .pipeline import Engine, FileResult, FunctionOutcome
@@ -27,18 +27,24 @@ Tally = tuple[dict[str, int], dict[str, dict[str, int]]]
 """(count per status, reason counts per status) of a file's functions."""
 
 
-@dataclass
-class RunOptions:
-    mode: Mode = "instrument"
-    output_dir: Path | None = None
-    in_place: bool = False
-    dry_run: bool = False
-    diff: bool = False
-    start_method: str = ""
+class RunOptions(Record):
+    __slots__ = ("mode", "output_dir", "in_place", "dry_run", "diff", "start_method", "write_read_only")
+    mode: Mode
+    output_dir: Path | None
+    in_place: bool
+    dry_run: bool
+    diff: bool
+    start_method: str
     """How worker processes start ("fork", "spawn", ...); default: fork on Linux. Inside a
     process that runs threads (a pytest-xdist worker) forking is unsafe: use "spawn"."""
-    write_read_only: bool = False
+    write_read_only: bool
     """With ``in_place``: rewrite files that are read-only too (refused by default)."""
+
+    def __init__(self, mode: Mode = "instrument", output_dir: Path | None = None, in_place: bool = False,
+                 dry_run: bool = False, diff: bool = False, start_method: str = "",
+                 write_read_only: bool = False) -> None:
+        self.mode, self.output_dir, self.in_place, self.dry_run = mode, output_dir, in_place, dry_run
+        self.diff, self.start_method, self.write_read_only = diff, start_method, write_read_only
 
     @property
     def writes(self) -> bool:
@@ -58,10 +64,11 @@ class FileTask(NamedTuple):
     """The import name of the vendored runtime the output imports ('' when not vendored)."""
 
 
-@dataclass
-class FileReport:
+class FileReport(Record):
     """What the summary keeps of a file (no content)."""
 
+    __slots__ = ("path", "language", "status", "reason", "functions", "memo_hit", "counters", "tally", "diff",
+                 "written", "cache_warning", "tests")
     path: str
     language: str
     status: FileStatus
@@ -69,13 +76,21 @@ class FileReport:
     functions: Sequence[FunctionOutcome]
     memo_hit: bool
     counters: CacheCounters
-    tally: Tally = ({}, {})
-    diff: str = ""
-    written: str = ""
-    cache_warning: str = ""
+    tally: Tally
+    diff: str
+    written: str
+    cache_warning: str
     """Why the cache could not be written, as the process that tried saw it."""
-    tests: str = ""
+    tests: str
     """The name of the file's generated test module in the cache (its memo's), or ''."""
+
+    def __init__(self, path: str, language: str, status: FileStatus, reason: str,
+                 functions: Sequence[FunctionOutcome], memo_hit: bool, counters: CacheCounters,
+                 tally: Tally = ({}, {}), diff: str = "", written: str = "", cache_warning: str = "",
+                 tests: str = "") -> None:
+        self.path, self.language, self.status, self.reason = path, language, status, reason
+        self.functions, self.memo_hit, self.counters, self.tally = functions, memo_hit, counters, tally
+        self.diff, self.written, self.cache_warning, self.tests = diff, written, cache_warning, tests
 
 
 Done = tuple[FileReport, bool]

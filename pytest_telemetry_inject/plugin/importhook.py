@@ -29,7 +29,6 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from importlib.machinery import ModuleSpec
 from types import CodeType, ModuleType
 from typing import TYPE_CHECKING
@@ -50,16 +49,16 @@ def _code_magic() -> bytes:
     return f"TI-CODE{CODE_FORM}".encode() + importlib.util.MAGIC_NUMBER
 
 
-@dataclass
 class HookState:
     """What the hook did, for the session's summary."""
 
-    instrumented: dict[str, str] = field(default_factory=dict)
-    """module name -> file, for modules imported instrumented."""
-    problems: dict[str, str] = field(default_factory=dict)
-    """module name -> one-line reason it was imported uninstrumented."""
-    corrupt: int = 0
-    """Cache entries found damaged or foreign (and rebuilt) while importing."""
+    def __init__(self) -> None:
+        self.instrumented: dict[str, str] = {}
+        """module name -> file, for modules imported instrumented."""
+        self.problems: dict[str, str] = {}
+        """module name -> one-line reason it was imported uninstrumented."""
+        self.corrupt = 0
+        """Cache entries found damaged or foreign (and rebuilt) while importing."""
 
 
 class TelemetryFinder:

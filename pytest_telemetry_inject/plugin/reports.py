@@ -12,8 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 Payload = dict[str, Any]
 """One process's telemetry, plain JSON (``TelemetrySession.local_payload``), or several merged."""
@@ -136,8 +135,7 @@ def write_reports(paths: dict[str, str], data: Payload, instrumented: list[str])
 
 # -- the terminal summary ----------------------------------------------------------------------
 
-@dataclass
-class SummaryFacts:
+class SummaryFacts(NamedTuple):
     """What the terminal summary says beside the payload's figures: the session's own facts,
     gathered by the session (the summary reads nothing else)."""
 
@@ -151,12 +149,12 @@ class SummaryFacts:
     self_time_ms: float
     keep_events: bool
     max_events: int
-    written: list[str] = field(default_factory=list)
-    unknown_prefixes: list[str] = field(default_factory=list)
+    written: Sequence[str] = ()
+    unknown_prefixes: Sequence[str] = ()
     cache_state: str = ""
-    llm_lines: list[str] = field(default_factory=list)
-    otel_lines: list[str] = field(default_factory=list)
-    early: list[tuple[str, str]] = field(default_factory=list)
+    llm_lines: Sequence[str] = ()
+    otel_lines: Sequence[str] = ()
+    early: Sequence[tuple[str, str]] = ()
     """Modules imported before the hook, each with who imported it and what to do."""
 
 
@@ -189,7 +187,7 @@ def _notes(data: Payload, facts: SummaryFacts) -> list[str]:
               "nothing of it was instrumented" for prefix in facts.unknown_prefixes]
     if facts.cache_state:
         lines.append(f"cache: {facts.cache_state}")
-    lines += facts.llm_lines + facts.otel_lines
+    lines += [*facts.llm_lines, *facts.otel_lines]
     if data.get("dropped") and facts.keep_events:
         lines.append(f"events: {data['dropped']} calls have no event in the HTML flame charts and the trace (the "
                      f"cap is {facts.max_events} events a process: --telemetry-max-events); the per-test and "
