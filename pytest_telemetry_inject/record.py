@@ -3,7 +3,7 @@
 ``__init__`` of their own, and a dataclass's ``repr`` and equality (by the slots, in order).
 
 Why not ``@dataclass``: making a dataclass compiles its ``__init__``, ``__repr__`` and
-``__eq__`` from text, 0.3 to 0.9 ms each at import on the 2-core development VM, and a warm
+``__eq__`` from text, 0.4 to 1 ms each at import on the 2-core development VM, and a warm
 session imported eleven of them: ~10 ms of every session's start (docs/plugin.md, Cost on
 real test suites). A record's instances have no ``__dict__`` either: one object fewer each
 for the garbage collector. ``Settings`` stays a dataclass: its fields are read by name, with
