@@ -1391,7 +1391,7 @@ class Tracer:
                     # while other threads made the site sampled before its end() ran).
                     _error(site, kind)
                 elif isinstance(state, _AggSpan):  # begun in a span mode: end() ends the span
-                    state._err = sys.exc_info()[1]
+                    state._err = _handled()
         except Exception:
             _fault("fail")
         return state
@@ -1469,7 +1469,7 @@ class Tracer:
 
     def _fail_span(self, name: str, state: object) -> object:
         try:
-            error = sys.exc_info()[1]
+            error = _handled()
             if isinstance(state, _AggSpan) and error is not None:
                 state._err = error
         except Exception:
@@ -1496,7 +1496,7 @@ class Tracer:
                 if error is not None and not isinstance(error, _NOT_ERRORS):
                     _error(name, error.__class__)
                 return
-            error = sys.exc_info()[1]
+            error = _handled()
             if isinstance(state, _AggSpan):  # a span mode (or one begun before the mode changed)
                 if error is not None:
                     state._err = error
