@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import pytest
 
 # Also read from here: active_session (by other plugins and tests).
-from ..plugin_registry import LOADED_BEFORE, SESSION_NAME, active_session  # noqa: F401
+from ..plugin_registry import LOADED_BEFORE, SESSION_NAME, active_session, gc_paused  # noqa: F401
 
 _PACKAGE = __name__.rpartition(".")[0]
 """The distribution's top-level package (``pytest_telemetry_inject``)."""
@@ -132,20 +132,21 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     if getattr(known, "inject_telemetry", False) or getattr(known, "telemetry_save", None) is not None \
             or getattr(known, "telemetry_compare", None) is not None:
         _not_rewritten(early_config.pluginmanager)
-        from .. import scan
+        with gc_paused():  # (no project code runs here: its conftests load after)
+            from .. import scan
 
-        # git lists the project's files while the session's modules import (the listing the
-        # session's start reads when it looks for files under the rootdir, as it does unless
-        # telemetry_modules names others; see scan.start_git_files).
-        scan.start_git_files(str(early_config.rootpath))
-        try:
-            from .session import TelemetrySession
+            # git lists the project's files while the session's modules import (the listing
+            # the session's start reads when it looks for files under the rootdir, as it does
+            # unless telemetry_modules names others; see scan.start_git_files).
+            scan.start_git_files(str(early_config.rootpath))
+            try:
+                from .session import TelemetrySession
 
-            session = TelemetrySession(early_config)
-            early_config.pluginmanager.register(session, SESSION_NAME)
-            session.start()
-        finally:
-            scan.stop_git_files()
+                session = TelemetrySession(early_config)
+                early_config.pluginmanager.register(session, SESSION_NAME)
+                session.start()
+            finally:
+                scan.stop_git_files()
     return (yield)
 
 

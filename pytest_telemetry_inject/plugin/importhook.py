@@ -33,6 +33,8 @@ from importlib.machinery import ModuleSpec
 from types import CodeType, ModuleType
 from typing import TYPE_CHECKING
 
+from ..plugin_registry import gc_paused
+
 if TYPE_CHECKING:
     from ..engine.pipeline import Engine, FileResult
 
@@ -167,30 +169,34 @@ class TelemetryFinder:
         """The instrumented module's code, or None when it is left as it is (reason recorded)."""
         self._busy.active = True
         try:
-            result = self.engine.instrument(data, path, import_name="")
-            self.state.corrupt += result.counters.corrupt
-            if result.status == "unchanged" and result.output is None:
-                return None  # nothing to instrument
-            if result.output is None:
-                self.state.problems[fullname] = result.reason or result.status
-                return None
-            key = self._code_key(data, result.output)
-            code = self._load_code(key, path)
-            if code is None:
-                from ..engine.compiler import compile_mapped  # (only on a miss: see _code_magic)
-
-                text = result.output.decode(_encoding_of(result.output))
-                line_map = result.get_line_map()
-                if line_map is None:
-                    self.state.problems[fullname] = "no line map"
-                    return None
-                code = compile_mapped(text.lstrip("\ufeff"), line_map, path, style=self.engine.settings.style,
-                                      bindable=True)
-                self._store_code(key, code)
-            self.state.instrumented[fullname] = path
-            return _bound(code, fullname if self.engine.settings.target == "runtime" else None)
+            with gc_paused():  # (the module's own code runs after, with the collector back on)
+                return self._instrumented_code(fullname, path, data)
         finally:
             self._busy.active = False
+
+    def _instrumented_code(self, fullname: str, path: str, data: bytes) -> CodeType | None:
+        result = self.engine.instrument(data, path, import_name="")
+        self.state.corrupt += result.counters.corrupt
+        if result.status == "unchanged" and result.output is None:
+            return None  # nothing to instrument
+        if result.output is None:
+            self.state.problems[fullname] = result.reason or result.status
+            return None
+        key = self._code_key(data, result.output)
+        code = self._load_code(key, path)
+        if code is None:
+            from ..engine.compiler import compile_mapped  # (only on a miss: see _code_magic)
+
+            text = result.output.decode(_encoding_of(result.output))
+            line_map = result.get_line_map()
+            if line_map is None:
+                self.state.problems[fullname] = "no line map"
+                return None
+            code = compile_mapped(text.lstrip("\ufeff"), line_map, path, style=self.engine.settings.style,
+                                  bindable=True)
+            self._store_code(key, code)
+        self.state.instrumented[fullname] = path
+        return _bound(code, fullname if self.engine.settings.target == "runtime" else None)
 
     def _code_key(self, data: bytes, output: bytes) -> str:
         """The compiled code's cache key: the source and the instrumented text it is compiled

@@ -21,6 +21,7 @@ from ..engine.pipeline import Engine
 from ..engine.runner import run
 from ..engine.tasks import FileReport, RunOptions
 from ..errors import CacheError, ConfigError
+from ..plugin_registry import gc_paused
 from ..settings import Settings
 from . import discovery, otel, reports
 from .importhook import TelemetryFinder
@@ -270,6 +271,10 @@ class TelemetrySession:
             self.worker_snapshots.append(json.loads(data))
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        with gc_paused():
+            self._finish()
+
+    def _finish(self) -> None:
         from .. import runtime
 
         runtime.flush()
@@ -382,9 +387,11 @@ class TelemetrySession:
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
         if self.is_worker:
             return
-        data = self.merged(full=False)
+        with gc_paused():
+            data = self.merged(full=False)
+            lines = reports.summary_lines(data, self._summary_facts(data))
         terminalreporter.section("telemetry")
-        for line in reports.summary_lines(data, self._summary_facts(data)):
+        for line in lines:
             terminalreporter.write_line(line)
 
     def _summary_facts(self, data: Payload) -> reports.SummaryFacts:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import textwrap
 from pathlib import Path
 
@@ -186,6 +187,55 @@ def test_a_warm_session_loads_neither_the_compiler_nor_the_llm_layer(project: py
     first.assert_outcomes(passed=1)  # the telemetry item: the cache is filled
     warm = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider", "-s", "-k", "probe")
     warm.assert_outcomes(passed=1)
+
+
+GC_CONFTEST = '''
+import gc
+
+_stats = gc.get_stats()
+YOUNG = _stats[0]["collections"] + _stats[1]["collections"]  # made before this file loaded
+FULL = _stats[2]["collections"]
+
+
+def pytest_report_header(config):
+    return f"YOUNG {YOUNG} FULL {FULL} ENABLED {gc.isenabled()}"
+'''
+
+
+def _gc_header(result: pytest.RunResult) -> tuple[int, int, str]:
+    line = next(line for line in result.outlines if line.startswith("YOUNG "))
+    _, young, _, full, _, enabled = line.split()
+    return int(young), int(full), enabled
+
+
+def test_the_sessions_own_work_sets_off_no_collections_of_the_project(project: pytest.Pytester) -> None:
+    # The session's start (its imports, the cache's records) allocates thousands of objects
+    # that stay alive. With the collector on, they made ~6 young collections before the
+    # project's first conftest loaded, and those count towards the project's own full
+    # collections (toolz's suite got a full collection it has none of without the plugin:
+    # ~15 ms). Held off (plugin_registry.gc_paused), they make one at most, and the
+    # collector is on again when the project's code runs.
+    (project.path / "conftest.py").write_text(GC_CONFTEST)
+    project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider").assert_outcomes(passed=4, failed=1)
+    plain = project.runpytest_subprocess("-p", "no:cacheprovider")
+    warm = project.runpytest_subprocess("--inject-telemetry", "-p", "no:cacheprovider")
+    warm.assert_outcomes(passed=4, failed=1)
+    (young_plain, full_plain, on_plain), (young_warm, full_warm, on_warm) = _gc_header(plain), _gc_header(warm)
+    assert on_plain == on_warm == "True"
+    assert young_warm - young_plain <= 1, (young_plain, young_warm)
+    assert full_warm == full_plain
+
+
+def test_a_collector_turned_off_stays_off(project: pytest.Pytester) -> None:
+    # A process that runs pytest with its collector off (gc.disable() before pytest.main)
+    # still has it off in the project's code: the session sets back what it found.
+    (project.path / "conftest.py").write_text(GC_CONFTEST)
+    (project.path / "run.py").write_text(
+        "import gc, sys\nimport pytest\n\nif __name__ == '__main__':\n    gc.disable()\n"
+        "    sys.exit(pytest.main(['--inject-telemetry', '-p', 'no:cacheprovider']))\n")
+    result = project.run(sys.executable, str(project.path / "run.py"))
+    result.assert_outcomes(passed=4, failed=1)
+    assert _gc_header(result)[2] == "False"
 
 
 def test_the_plugins_modules_are_not_assert_rewritten(pytester: pytest.Pytester,
