@@ -55,6 +55,7 @@ import functools
 import gc
 import itertools
 import os
+import struct
 import sys
 import threading
 from collections import Counter as _Counter
@@ -88,6 +89,8 @@ if TYPE_CHECKING:
     # errors, {exception name: count} or None, self ns, self-time samples, untimed calls,
     # the estimate's bound (ns).
     _Stats = list[Any]
+    # A test's aggregate as kept: _Stats, or packed into bytes once the test ended (_pack_finished).
+    _Row = _Stats | bytes
     # An event not yet handed to the sinks: site, start (perf_counter_ns), duration (ns),
     # thread id, span id, parent span id, exception type, test.
     _Event = tuple["_Site", int, int, int, "int | None", "int | None", "type | None", "str | None"]
@@ -191,6 +194,7 @@ _FREE_THREADED = not getattr(sys, "_is_gil_enabled", lambda: True)()
 _acc_lock = threading.Lock()
 _sites: dict[tuple[str, str], _Site] = {}  # (module, name) -> _Site
 _recent: list[_Site] = []  # sites with calls or errors counted since their last fold (_drain_recent)
+_rows_now: list[_Site] = []  # sites with an aggregate for the current test (_pack_finished)
 _tracers: dict[str, Tracer] = {}  # module -> Tracer
 _events: list[_Event] = []  # event tuples not yet handed to the sinks
 _thread_names: dict[int, str] = {}  # thread ident -> name, for events
@@ -339,8 +343,9 @@ class _Site:
         self.n, self.total, self.low, self.high = _NOTHING_PENDING
         self.errs: list[type] = []  # exception types not yet folded
         # test -> [count, total, min, max, errors, {exception name: count} or None,
-        #          sampled self time in ns, self-time samples] (see _new_stats)
-        self.stats: dict[str | None, _Stats] = {}
+        #          sampled self time in ns, self-time samples, ...] (see _new_stats), packed
+        #          into bytes once the test ended (see _pack_finished)
+        self.stats: dict[str | None, _Row] = {}
         self.ot = None  # the module's OpenTelemetry tracer, when that sink is on
         self._attrs: dict[str, Any] | None = None
         # In snapshot() before any call (a site bound at import, ``bind_site``, is not).
@@ -430,6 +435,50 @@ def _new_stats() -> _Stats:
     return [0, 0, 0, 0, 0, None, 0, 0, 0, 0.0]
 
 
+def _open_row(site: _Site, packed: bytes | None) -> _Stats:
+    """The site's aggregate for the current test, made (or unpacked: the same test run
+    again, by a plugin that reruns failures) to be added to. (``_drain`` makes a new one
+    inline.)"""
+    stats = site.stats[_test] = _new_stats() if packed is None else _unpack(packed)
+    site.shown = True
+    if _test is not None:
+        _rows_now.append(site)
+    return stats
+
+
+# A test's aggregates are lists while it runs (added to at each fold). When it ends they are
+# final and are packed into bytes: a list of ten items is an object the garbage collector
+# tracks, and a suite makes one per function a test calls (cachetools: 6,500; a large
+# project: hundreds of thousands). Each counts towards the collector's thresholds, so they
+# set off collections the project's own suite would not make, and each full collection walks
+# them all; bytes are not tracked, and take half the memory. Only aggregates without
+# exceptions (the dict of their names stays a list's) and of a test (not of the calls outside
+# any, which go on being added to).
+_PACKED = struct.Struct("=8qd")  # count, total, min, max, errors, self ns, self samples, untimed; bound
+
+
+def _pack_finished(test: str) -> None:
+    """Pack the finished test's aggregates (the caller holds ``_lock``, after the fold)."""
+    pack = _PACKED.pack
+    for site in _rows_now:
+        stats = site.stats.get(test)
+        if type(stats) is list:
+            count, total, low, high, errors, kinds, self_ns, samples, untimed, bound = stats
+            if kinds is None:
+                site.stats[test] = pack(count, total, low, high, errors, self_ns, samples, untimed, bound)
+    _rows_now.clear()
+
+
+def _unpack(packed: bytes) -> _Stats:
+    count, total, low, high, errors, self_ns, samples, untimed, bound = _PACKED.unpack(packed)
+    return [count, total, low, high, errors, None, self_ns, samples, untimed, bound]
+
+
+def _stats_of(row: _Row) -> _Stats:
+    """An aggregate to read, packed or not."""
+    return row if isinstance(row, list) else _unpack(row)
+
+
 def _drain(site: _Site) -> None:
     """Fold the site's pending calls and errors into the current test's aggregate.
     The caller holds ``_lock``. Counting goes on meanwhile: the pending figures are read
@@ -444,6 +493,10 @@ def _drain(site: _Site) -> None:
     if stats is None:
         stats = site.stats[_test] = _new_stats()
         site.shown = True
+        if _test is not None:
+            _rows_now.append(site)
+    elif not isinstance(stats, list):
+        stats = _open_row(site, stats)
     if n:
         low_ns, high_ns = round(low * 1e9), round(high * 1e9)  # (_ns, inlined: once per site a test)
         if not stats[0] or low_ns < stats[2]:
@@ -845,8 +898,8 @@ class _Sampler:
                             break
                         if known is not None:
                             stats = known.stats.get(_test)
-                            if stats is None:
-                                stats = known.stats[_test] = _new_stats()
+                            if not isinstance(stats, list):
+                                stats = _open_row(known, stats)
                             stats[6] += weight
                             stats[7] += 1
                             counts[1] += 1
@@ -2264,6 +2317,8 @@ def set_current_test(nodeid: str | None) -> None:
     try:
         with _lock:
             _drain_recent()
+            if _test is not None and _test != nodeid:
+                _pack_finished(_test)
             _test = nodeid
         if not _collecting:
             _set_collecting(True)
@@ -2344,11 +2399,11 @@ def _rows(per_test: bool) -> list[SnapshotRow]:
             continue  # bound at import, never called
         if per_test:
             for test, stats in list(site.stats.items()):
-                rows.append(_row(site, stats, test, True))
+                rows.append(_row(site, _stats_of(stats), test, True))
         else:
             total = _new_stats()
             for stats in list(site.stats.values()):
-                _fold(total, stats)
+                _fold(total, _stats_of(stats))
             rows.append(_row(site, total))
     return rows
 
@@ -2428,6 +2483,7 @@ def reset() -> None:
 def _reset_state() -> None:
     global _recent
     _recent = []
+    _rows_now.clear()
     for site in list(_sites.values()):
         _take(site)
         del site.errs[:]

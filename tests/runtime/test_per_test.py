@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 
 from pytest_telemetry_inject import runtime
+from pytest_telemetry_inject.runtime import _core
 
 SOURCE = '''
     import time
@@ -46,6 +48,58 @@ def test_calls_are_attributed_to_the_current_test(kit) -> None:
     assert total["max_ns"] == max(r["max_ns"] for r in per_test.values())
     assert total["min_ns"] == min(r["min_ns"] for r in per_test.values())
     assert total["total_ns"] == sum(r["total_ns"] for r in per_test.values())
+
+
+def test_a_finished_tests_aggregates_are_packed_and_read_back_exactly(kit) -> None:
+    # When a test ends its aggregates are final: packed into bytes, which the garbage
+    # collector does not track (a list each made cachetools' suite ~10 more young
+    # collections and one more full one). Read back, the figures are the same; a test run
+    # again (as pytest-rerunfailures does) adds to its own; an aggregate with exceptions
+    # keeps its names.
+    m = kit.load(SOURCE)
+    runtime.set_current_test("t::a")
+    for _ in range(3):
+        m.f()
+    runtime.set_current_test("t::b")
+    m.f(0.002)
+    try:
+        m.f(-1)
+    except ValueError:
+        pass
+    runtime.set_current_test(None)
+    before = kit.rows_of(m, per_test=True)
+    stats = next(site.stats for site in _core._sites.values() if site.module == m.__name__ and site.name == "f")
+    assert isinstance(stats["t::a"], bytes) and not gc.is_tracked(stats["t::a"])
+    assert isinstance(stats["t::b"], list)  # (its exception names)
+    runtime.set_current_test("t::a")  # run again
+    m.f()
+    runtime.set_current_test(None)
+    after = kit.rows_of(m, per_test=True)
+    assert isinstance(stats["t::a"], bytes)
+    a_before, a_after = before[("t::a", "f")], after[("t::a", "f")]
+    assert (a_before["count"], a_after["count"]) == (3, 4)
+    assert a_after["total_ns"] > a_before["total_ns"] and a_after["min_ns"] <= a_before["min_ns"]
+    assert after[("t::b", "f")] == before[("t::b", "f")]
+    assert before[("t::b", "f")]["exceptions"] == {"ValueError": 1} and before[("t::b", "f")]["max_ns"] >= 2_000_000
+    total = kit.rows_of(m)["f"]
+    assert total["count"] == 6 and total["errors"] == 1
+    assert total["total_ns"] == sum(r["total_ns"] for r in after.values())
+
+
+def test_the_objects_the_collector_tracks_do_not_grow_with_the_tests(kit) -> None:
+    m = kit.load(SOURCE)
+    runtime.set_current_test(None)
+    gc.collect()
+    before = len(gc.get_objects())
+    for n in range(2000):
+        runtime.set_current_test(f"t::{n}")
+        m.f()
+    runtime.set_current_test(None)
+    gc.collect()
+    grown = len(gc.get_objects()) - before
+    assert grown < 200, grown  # (a list an aggregate: 2,000 more)
+    rows = kit.rows_of(m, per_test=True)
+    assert len(rows) == 2000 and all(row["count"] == 1 for row in rows.values())
 
 
 def test_snapshots_are_plain_json(kit) -> None:
