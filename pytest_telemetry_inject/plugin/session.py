@@ -107,6 +107,8 @@ class TelemetrySession:
         files = self.project_files()
         self.candidates = {str(p) for p in files}
         if files:
+            if self.cache is not None:
+                self.cache.keep_memos(True)  # (read again by the import hook: until the tests run)
             options = RunOptions(mode="instrument", dry_run=True, start_method="spawn")
             summary = run([str(p) for p in files], self.settings, options, project_root=self.root, cache=self.cache)
             self.reports = {r.path: r for r in summary.files}
@@ -198,6 +200,13 @@ class TelemetrySession:
             modules = {discovery.module_name(Path(path)) for path, report in self.reports.items()
                        if report.tally[0].get("instrumented")}
             self.otel_note, self.otel_counter_session = otel.count_otel_target(self.config, self.otel, modules)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        """Collection is over (or, on pytest-xdist's controller, not made here): the memos
+        kept for the import hook are dropped; a module imported later reads its own."""
+        if self.cache is not None:
+            self.cache.keep_memos(False)
 
     def report_path(self, kind: str) -> str:
         """Where to write the ``json``/``html``/``trace`` report (option, else ini), or ''."""

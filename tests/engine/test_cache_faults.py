@@ -570,6 +570,44 @@ def _shift_section_boundary(path: Path, first: int, second: int) -> None:
     path.write_bytes(b" ".join(parts) + b"\n" + body)
 
 
+def test_a_kept_memo_serves_one_more_read_and_only_the_memo_on_disk(warm):
+    # keep_memos (a pytest session's dry run, then its import hook): a memo read and sealed
+    # here serves the next read of its key from memory, once. Each memo file is deleted or
+    # changed after the first read: what the second read gives proves where it came from.
+    first, dropped, rewritten, unsealed, left = memo_files(warm)[:5]
+    cache = ScriptCache(warm)
+    for path in (first, dropped, rewritten, unsealed, left):  # sealed by this process' key
+        memo, _ = cache.read_memo(path.name)
+        cache.put_memo(path.name, memo.header, memo.sections, memo.payload)
+    cache.keep_memos(True)
+    memo, damaged = cache.read_memo(first.name)
+    assert memo is not None and memo.sealed and not damaged
+    first.unlink()
+    assert cache.read_memo(first.name) == (memo, False)  # from memory
+    assert cache.read_memo(first.name) == (None, False)  # once
+    # Dropped, or written again under its key, meanwhile: not served from memory.
+    assert cache.read_memo(dropped.name)[0] is not None
+    cache.drop_memo(dropped.name)
+    assert cache.read_memo(dropped.name) == (None, False)
+    old, _ = cache.read_memo(rewritten.name)
+    assert old is not None
+    cache.put_memo(rewritten.name, old.header, old.sections, old.payload + b"# rewritten\n")
+    assert cache.read_memo(rewritten.name)[0].payload == old.payload + b"# rewritten\n"
+    # A memo this machine did not seal is checked at each read: never kept.
+    parts, body = _memo_parts(unsealed)
+    parts[3] = b"-"
+    unsealed.write_bytes(b" ".join(parts) + b"\n" + body)
+    memo, _ = cache.read_memo(unsealed.name)
+    assert memo is not None and not memo.sealed
+    unsealed.unlink()
+    assert cache.read_memo(unsealed.name) == (None, False)
+    # Turned off: what was kept is dropped.
+    assert cache.read_memo(left.name)[0] is not None
+    left.unlink()
+    cache.keep_memos(False)
+    assert cache.read_memo(left.name) == (None, False)
+
+
 def test_a_damaged_section_length_in_a_memo_header_is_detected(tree, reference, warm, tmp_path):
     for path in memo_files(warm):
         _shift_section_boundary(path, 0, +1)
