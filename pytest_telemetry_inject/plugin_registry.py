@@ -31,9 +31,9 @@ class gc_paused:  # noqa: N801 (used as a function: ``with gc_paused():``)
     imports and the session's start, an instrumented module's code, the reports), and set
     back as it was after.
 
-    The collector runs when the objects allocated since its last run pass a threshold, and
-    every tenth of those runs looks at older objects too; each tenth of *those* is a full
-    collection. The plugin's own work allocates thousands of objects that stay alive (its
+    The collector runs when the objects allocated since its last run pass a threshold (700),
+    and every eleventh of those runs looks at older objects too; each eleventh of *those* is
+    a full collection. The plugin's own work allocates thousands of objects that stay alive (its
     modules' functions and classes, the cache's records): left on, the collector would run
     over them several times for nothing, and those runs count towards the thresholds of the
     project's own collections, so a full collection can fall inside a suite that has none
