@@ -454,7 +454,9 @@ def _open_row(site: _Site, packed: bytes | None) -> _Stats:
 # them all; bytes are not tracked, and take half the memory. Only aggregates without
 # exceptions (the dict of their names stays a list's) and of a test (not of the calls outside
 # any, which go on being added to).
-_PACKED = struct.Struct("=8qd")  # count, total, min, max, errors, self ns, self samples, untimed; bound
+# count, total, min, max, errors, 0 (no exception names), self ns, self samples, untimed; bound:
+# unpacked, a tuple that reads as the list did (``_stats_of``).
+_PACKED = struct.Struct("=9qd")
 
 
 def _pack_finished(test: str) -> None:
@@ -465,18 +467,21 @@ def _pack_finished(test: str) -> None:
         if type(stats) is list:
             count, total, low, high, errors, kinds, self_ns, samples, untimed, bound = stats
             if kinds is None:
-                site.stats[test] = pack(count, total, low, high, errors, self_ns, samples, untimed, bound)
+                site.stats[test] = pack(count, total, low, high, errors, 0, self_ns, samples, untimed, bound)
     _rows_now.clear()
 
 
 def _unpack(packed: bytes) -> _Stats:
-    count, total, low, high, errors, self_ns, samples, untimed, bound = _PACKED.unpack(packed)
-    return [count, total, low, high, errors, None, self_ns, samples, untimed, bound]
+    """A packed aggregate to add to again (a list)."""
+    stats = list(_PACKED.unpack(packed))
+    stats[5] = None
+    return stats
 
 
-def _stats_of(row: _Row) -> _Stats:
-    """An aggregate to read, packed or not."""
-    return row if isinstance(row, list) else _unpack(row)
+def _stats_of(row: _Row) -> Sequence[Any]:
+    """An aggregate to read, packed or not (packed: the tuple ``struct`` gives, whose
+    exception slot is 0, which reads as no names)."""
+    return row if isinstance(row, list) else _PACKED.unpack(row)
 
 
 def _drain(site: _Site) -> None:
@@ -2332,7 +2337,7 @@ def current_test() -> str | None:
     return _test
 
 
-def _row(site: _Site, stats: _Stats, test: str | None = None, per_test: bool = False) -> SnapshotRow:
+def _row(site: _Site, stats: Sequence[Any], test: str | None = None, per_test: bool = False) -> SnapshotRow:
     # Sampled self time is an estimate: never more than the measured total.
     row: SnapshotRow = {"module": site.module, "name": site.name, "file": site.file, "line": site.line,
                         "count": stats[0], "total_ns": stats[1], "min_ns": stats[2], "max_ns": stats[3],
