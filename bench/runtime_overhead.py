@@ -25,9 +25,10 @@ every sink on this SDK. "floor" is a ``with`` block on an empty context manager 
 does anything.
 
 The rows marked "sampled" are a hot, cheap site after the runtime started timing one call
-of 16 (``timing_every``; every call still counted): the other rows time every call
-(``timing_every=1``). The "grown period" row is the same site after it stayed cheap long
-enough (more than 16,000 calls and a fold each 2,000) for the runtime to time one call of 256.
+of 16 (``timing_every``; every call still counted), its period kept from growing
+(``_core._GROW_MAX`` 1): the other rows time every call (``timing_every=1``). The "grown
+period" row is the same site after it stayed cheap long enough (more than 16,000 calls) for
+the runtime to time one call of 256.
 
 ``--instructions`` counts, under valgrind's callgrind, the instructions one call of each
 targeted row executes above a bare call, and the OpenTelemetry sink's ratio to the
@@ -204,15 +205,17 @@ def make_variants(work: Path, *, logfire_rows: bool = True) -> tuple[Callable[[i
     instrumented = styles["try"]
     compiled = on_the_fly(work, "bench_runtime_on_the_fly")
 
-    def configure(**settings: object) -> Callable[[], None]:
+    def configure(grow_max: int = _core._GROW_MAX, **settings: object) -> Callable[[], None]:
         # Every call timed (timing_every 1) unless the row says otherwise: the rows before
-        # the sampled ones measure the exact path.
+        # the sampled ones measure the exact path. ``grow_max`` 1: a sampled site keeps its
+        # first period (else, cheap, it grows within the row's batch: the grown row).
         base = {"disabled": False, "jsonl": "", "trace": "", "otel": False, "keep_events": False,
                 "min_duration": 0.0, "sample_rate": 1.0, "timing_every": 1, "timing_after": 256,
                 "timing_below": 2e-6}
         base.update(settings)
 
         def setup() -> None:
+            _core._GROW_MAX = grow_max
             runtime.configure(**base)
             runtime.reset()
             for stale in (jsonl_path, trace_path):
@@ -244,8 +247,8 @@ def make_variants(work: Path, *, logfire_rows: bool = True) -> tuple[Callable[[i
         Variant("runtime, on the fly: disabled", compiled, configure(disabled=True), "pytest --inject-telemetry"),
         # A hot, cheap site once sampled (the default settings: one call of 16 timed after
         # 256; timing_below raised so that a slow machine, or valgrind, samples it too).
-        Variant(SAMPLED, compiled, configure(timing_every=16, timing_below=1.0), "1 call of 16 timed, all counted"),
-        Variant("runtime: default aggregator, sampled", instrumented, configure(timing_every=16, timing_below=1.0),
+        Variant(SAMPLED, compiled, configure(1, timing_every=16, timing_below=1.0), "1 call of 16 timed, all counted"),
+        Variant("runtime: default aggregator, sampled", instrumented, configure(1, timing_every=16, timing_below=1.0),
                 "try style's text"),
         Variant(GROWN, compiled, grown(compiled), "1 call of 256 timed, all counted"),
         Variant("runtime, with style: aggregator", styles["with"], configure()),

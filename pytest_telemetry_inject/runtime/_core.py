@@ -316,7 +316,7 @@ class _Site:
 
     __slots__ = ("module", "name", "file", "line", "n", "total", "low", "high", "errs", "stats", "ot", "_attrs",
                  "left", "given", "carry", "every", "sm", "ss", "sq", "seen", "seen_s", "rn", "rs", "shown",
-                 "skip", "granted", "off", "rw")
+                 "skip", "granted", "off", "rw", "due")
     # Set by _unsample (see there).
     left: int
     given: int
@@ -332,6 +332,7 @@ class _Site:
     rn: int
     rs: float
     rw: float
+    due: int
 
     def __init__(self, module: str, name: str, file: str | None, line: int | None) -> None:
         self.module = module
@@ -597,6 +598,10 @@ _BELOW = 2e-6  # timing_below: seconds; only sites whose mean duration is shorte
 # says what the fewer timed calls leave uncertain (``_redecide``).
 _GROW_AFTER = 1024
 _GROW_MAX = 16
+# Timed calls of a sampled site that make a window (``_redecide``), at one of
+# ``timing_every``: between two looks of its hot path (``_look``, ``_due``).
+_LOOK_EVERY = -(-_WINDOW * _AFTER // _EVERY)
+_NEVER = sys.maxsize
 # A site whose window of calls came faster than this many a second (wall clock, fold to
 # fold) is sampled however long its calls take: timing a call costs ~150 ns more than
 # counting it, 0.75% of a core at this rate, and a recursive function (a parser's) has a
@@ -608,31 +613,49 @@ def _unsample(site: _Site) -> None:
     """The site back to timing every call, undecided, its sampling figures forgotten.
     ``left``: above 0, calls until the next timed one (1: the next); 0: every call timed
     (decided, or sampling off); below 0: timed, ``-left`` calls to go before the decision
-    (``_hot``): so a site decided to be timed on every call, the common case, pays one
-    test of ``left`` per call and nothing more. ``given``: untimed slots handed out since
-    the last fold; ``every``: 0 undecided, -1 decided to time every call, else the sampling
+    (``_hot``), or, decided to time every call, before its one look at the window after
+    the decision (``_decide``, ``_look``): so a site decided to be timed on every call, the
+    common case, pays one test of ``left`` per call and nothing more after that.
+    ``given``: untimed slots handed out since the last fold; ``every``: 0 undecided, -1 decided to time every call, else the sampling
     period; ``sm``, ``ss``, ``sq``: count, sum and sum of squares (seconds) of the calls
-    timed while sampled; ``seen``, ``seen_s``: timed calls folded and their seconds."""
+    timed while sampled; ``seen``, ``seen_s``: timed calls folded and their seconds;
+    ``due``: the ``sm`` at which a sampled site's hot path looks at its window (``_due``)."""
     site.given = site.carry = site.every = site.sm = site.seen = site.rn = site.skip = site.granted = 0
     site.left = -_AFTER if _EVERY > 1 and not _FREE_THREADED else 0
     site.ss = site.sq = site.seen_s = site.rs = site.rw = 0.0
+    site.due = _NEVER
+
+
+def _due(site: _Site) -> None:
+    """Set when the site's hot path looks at its window next (``_look``): on a sampled site
+    whose period can still grow, once ``_GROW_AFTER`` of its calls were timed while sampled
+    (a look before would decide nothing new), then at each window; never at its longest
+    period, nor on a site not sampled: there the test switch's folds decide again, as they
+    always did."""
+    every = site.every
+    site.due = _NEVER if every <= 0 or every >= _EVERY * _GROW_MAX else max(_GROW_AFTER, site.sm + _LOOK_EVERY)
 
 
 def _decide(site: _Site, count: int, seconds: float) -> None:
     """Sample the site's timing from now on when its ``count`` timed calls took ``seconds``
     in all, short enough on average (the next call is timed and starts the first block:
-    ``left`` 1); or time every call of it from now on (``left`` 0)."""
+    ``left`` 1); or time every call of it from now on, and look again once a window of those
+    calls is counted down (``left`` below 0, then 0; ``_look``): a function's first calls
+    are often its slowest (caches, imports, the interpreter's warm-up)."""
     if site.every or _EVERY < 2 or _FREE_THREADED or not count:
         if site.left < 0:  # (no call between the test and the write: see _retime)
             site.left = 0
         return
-    site.rn, site.rs, site.rw = 0, 0.0, _seconds()
+    # (the window of the next decision, ``_redecide``, starts after this call: the calls
+    # pending now, counted before the decision, are left out of it)
+    site.rn, site.rs, site.rw = -site.n, -site.total, _seconds()
     if seconds < _BELOW * count:
         site.every = _EVERY
         site.left = 1
-    else:
+        _due(site)
+    else:  # timed on every call: one window more of them, then a look (_hot)
         site.every = -1
-        site.left = 0
+        site.left = -_WINDOW * _AFTER
 
 
 def _redecide(site: _Site, n: int, seconds: float) -> None:
@@ -648,8 +671,11 @@ def _redecide(site: _Site, n: int, seconds: float) -> None:
     that turns slow starts again from timing every call, and from ``timing_every`` when it
     is cheap again. A site whose window's calls came faster than ``_BUSY`` a second is
     **busy**: sampled however long its calls (from ``timing_every``, and it grows only while
-    cheap). At folds only: the hot path pays nothing for it. ``rn``, ``rs``: the window so
-    far; ``rw``: when it began (``perf_counter``; 0: not known)."""
+    cheap). At folds; and, within a long test, the hot path's looks (``_look``) sample a site
+    decided to be timed on every call and lengthen a cheap one's period. ``rn``, ``rs``: the
+    window so far, folded (the pending calls are ``n`` and ``total``; ``rn`` below 0 leaves
+    pending calls before the window out); ``rw``: when it began (``perf_counter``; 0: not
+    known)."""
     site.rn += n
     site.rs += seconds
     every = site.every
@@ -668,6 +694,7 @@ def _redecide(site: _Site, n: int, seconds: float) -> None:
         _retime(site, _EVERY, 1)
     elif every > 0 and cheap and site.sm >= _GROW_AFTER and every < _EVERY * _GROW_MAX:  # a longer period
         site.every = min(every * 4, _EVERY * _GROW_MAX)  # (from its next timed call, as _set_timing does)
+    _due(site)
 
 
 def _retime(site: _Site, every: int, left: int) -> None:
@@ -684,6 +711,7 @@ def _retime(site: _Site, every: int, left: int) -> None:
     site.given = 0
     site.every, site.left = every, left
     _withdraw(site)
+    _due(site)
 
 
 def _withdraw(site: _Site) -> None:
@@ -696,12 +724,46 @@ def _withdraw(site: _Site) -> None:
 
 
 def _hot(site: _Site) -> None:
-    """(From end(), on the ``timing_after``-th timed call of an undecided site) decide on
-    the mean of its timed calls so far, folded or pending."""
+    """(From end()) on the ``timing_after``-th timed call of an undecided site, decide on
+    the mean of its timed calls so far, folded or pending (``_decide``); on a decided site's
+    window, look at it (``_look``)."""
     try:
-        _decide(site, site.seen + site.n, site.seen_s + site.total)
+        if site.every:
+            _look(site)
+        else:
+            _decide(site, site.seen + site.n, site.seen_s + site.total)
     except Exception:  # (counted, never raised: end() has counted this call already)
         _fault("timing sample", reraise=False)
+
+
+def _look(site: _Site) -> None:
+    """Decide again from the hot path, on the window so far (folded and pending), where a
+    fold would come too late: folds come at test switches, and a site decided in the middle
+    of a long test kept its decision until the test ended. markupsafe's ``escape``, slow in
+    its first 256 calls (2.2 µs), then cheap, was timed on all 80,000 calls of its leak
+    test; cachetools' ``LFUCache.__getitem__`` kept its first period (one call of 16) for
+    500,000 calls of one test. Two looks, both ways to fewer timed calls: a site decided to
+    be timed on every call, one window after the decision (counted down by ``left``), is
+    sampled if the window is cheap or busy (nothing of it is untimed: no count to carry);
+    a sampled site whose period can still grow (``due``) gets a longer one if the window is
+    cheap. Turning back to timing every call stays with the folds (``_redecide``). No
+    fold: a fold would make the test's aggregate in the middle of the test, an object the
+    garbage collector tracks, which a suite counting ``gc.get_objects()`` (markupsafe's
+    leak test) sees appear; here only floats are made."""
+    count, seconds = site.rn + site.n, site.rs + site.total
+    every = site.every
+    if count * (_EVERY if every > _EVERY else max(every, 1)) >= _WINDOW * _AFTER:
+        now = _seconds()
+        cheap = seconds < _BELOW * count
+        if every < 0:
+            if cheap or (site.rw > 0.0 and count > _BUSY * (now - site.rw)):  # as _decide samples
+                site.sm, site.ss, site.sq = 0, 0.0, 0.0
+                site.every = _EVERY
+                site.left = 1
+        elif cheap and site.sm >= _GROW_AFTER and every < _EVERY * _GROW_MAX:
+            site.every = min(every * 4, _EVERY * _GROW_MAX)  # (from its next timed call)
+        site.rn, site.rs, site.rw = -site.n, -site.total, now  # (a new window)
+    _due(site)
 
 
 def _estimate(site: _Site, untimed: int) -> tuple[float, float]:
@@ -725,13 +787,15 @@ def _estimate(site: _Site, untimed: int) -> tuple[float, float]:
 def _set_timing(every: int, after: int, below: float) -> None:
     """Apply the timing settings (``configure``, holding ``_lock`` after a fold of every
     site): sampled sites take the new period, or time every call again."""
-    global _EVERY, _AFTER, _BELOW
+    global _EVERY, _AFTER, _BELOW, _LOOK_EVERY
     _EVERY, _AFTER, _BELOW = max(1, every), max(1, after), max(0.0, below)
+    _LOOK_EVERY = -(-_WINDOW * _AFTER // _EVERY)
     for site in list(_sites.values()):
         if _EVERY < 2 or _FREE_THREADED:
             _retime(site, 0, 0)
         elif site.every > 0:
             site.every = _EVERY  # (from its next timed call)
+            _due(site)
         elif not site.every:
             site.left = -_AFTER  # undecided: the countdown starts again
 
@@ -1368,7 +1432,7 @@ class Tracer:
                 if left > 1:  # a sampled site's untimed call: counted by the countdown alone
                     site.left = left - 1
                     return
-                if left < 0:  # not decided yet: timed, counting down to the decision
+                if left < 0:  # timed, counting down to a decision (the first, or the one after it)
                     site.left = left + 1
                 else:  # a sampled site's timed call; the next every - 1 calls are not
                     every = site.every
@@ -1388,6 +1452,8 @@ class Tracer:
                     site.sm += 1
                     site.ss += seconds
                     site.sq += seconds * seconds
+                    if site.sm >= site.due:  # a window where the period may grow: a look
+                        _hot(site)
                 elif left == -1:
                     _hot(site)
         except Exception:  # the first call of the site, an error, or a state of another mode
@@ -1401,7 +1467,8 @@ class Tracer:
         ``granted - skip``, see ``_take``) and hands its ``finally`` a state of None, for
         which it calls nothing (on 3.11 it jumps over the call; from 3.12 it calls a C
         function that does nothing: ``engine/bytecode.py``, ``_jump_exits``). A site decided
-        to be timed on every call (``left`` 0) stops after its count: one test. With a GIL no
+        to be timed on every call (``left`` 0, once its window after the decision is counted
+        down) stops after its count: one test. With a GIL no
         other thread runs between two instructions that make no call (nor backward jump):
         so the entry's test and its count are one
         step, ``left`` is read and written back with no call in between, and a call's count
@@ -1420,7 +1487,7 @@ class Tracer:
                     _recent.append(site)
             if site.left:  # undecided or sampled (decided to time every call: 0, and done)
                 left = site.left
-                if left < 0:  # not decided yet: counting down to the decision
+                if left < 0:  # counting down to a decision (the first, or the one after it)
                     site.left = left + 1
                 every = site.every
                 if every > 0:  # sampled: the entry leaves the next every - 1 calls untimed
@@ -1429,6 +1496,8 @@ class Tracer:
                     site.sm += 1
                     site.ss += seconds
                     site.sq += seconds * seconds
+                    if site.sm >= site.due:  # a window where the period may grow: a look
+                        _hot(site)
                 if left == -1:
                     _hot(site)
         except Exception:  # a state of another mode, or an internal fault

@@ -143,13 +143,45 @@ def test_a_site_decided_slow_that_turns_cheap_is_sampled() -> None:
     site = _core._sites[(m.__name__, "leaf")]
     assert site.every == -1
     _core.configure(timing_below=10.0)
+    # decided at the 20th call; its window (80 calls, 4 x timing_after) leaves out the 20
+    # before the decision: complete at the 100th call, where the hot path folds it
     for _ in range(3):
         cheap_then_slow(m, 20)
         runtime.snapshot()
+    assert site.every == -1
+    cheap_then_slow(m, 20)
     assert site.every == 4
     cheap_then_slow(m, 100)
     row = rows(m)["leaf"]
-    assert row["count"] == 190 and row["untimed"] > 0
+    assert row["count"] == 210 and row["untimed"] > 0
+
+
+@pytest.mark.parametrize("bind", [True, False])
+def test_a_decision_is_taken_again_within_one_long_test(bind: bool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # One test, no fold (the test switch is the usual one): a site decided to be timed on
+    # every call (its first calls slow) is looked at again one window later, and a sampled
+    # site that stays cheap gets its longer periods, both by a look of its own hot path, which
+    # makes no aggregate (an object the garbage collector tracks) in the middle of the test.
+    # (markupsafe's escape was timed on all 80,000 calls of its leak test.)
+    monkeypatch.setattr(_core, "_BUSY", float("inf"))  # (cheap, not busy, decides here)
+    monkeypatch.setattr(_core, "_GROW_AFTER", 40)
+    _core.configure(timing_every=4, timing_after=20, timing_below=1e-12)
+    m = load(bind=bind)
+    cheap_then_slow(m, 30)
+    site = _core._sites[(m.__name__, "leaf")]
+    assert site.every == -1 and -71 <= site.left <= -70  # decided at the 20th call (unbound: 21st); 80 to go
+    _core.configure(timing_below=10.0)  # (from now on every window is cheap)
+    rows_before = dict(site.stats)  # (configure folded: the calls outside any test)
+    cheap_then_slow(m, 71)
+    assert site.every == 4  # the window's look sampled it (the 100th call; unbound, the 101st)
+    cheap_then_slow(m, 20_000)
+    assert site.every == 4 * _core._GROW_MAX  # grown within the test
+    assert site.stats == rows_before and all(site.stats[k] is v for k, v in rows_before.items())
+    row = rows(m)["leaf"]
+    timed = row["count"] - row["untimed"]
+    assert row["count"] == 20_101 and row["estimated"] is True
+    assert timed < 20_000 // 16  # at one of 4 throughout: 5,000
+    assert row["min_ns"] <= row["total_ns"] / row["count"] <= row["max_ns"]
 
 
 def test_a_bound_site_pickles_as_the_site_of_its_module_and_name() -> None:

@@ -90,7 +90,8 @@ def test_exact_mode_times_every_call(kit) -> None:  # type: ignore[no-untyped-de
     assert "estimated" not in row and "untimed" not in row and "total_error_ns" not in row
 
 
-def test_slow_sites_are_never_sampled(kit) -> None:  # type: ignore[no-untyped-def]
+def test_slow_sites_are_never_sampled(kit, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(_core, "_BUSY", float("inf"))  # (slow and unhurried: a busy site is sampled)
     _core.configure(timing_every=4, timing_after=10, timing_below=1e-12)
     module = kit.load(TRY_FORM)
     call(module, range(500))
