@@ -616,8 +616,8 @@ def _unsample(site: _Site) -> None:
     (``_hot``), or, decided to time every call, before its one look at the window after
     the decision (``_decide``, ``_look``): so a site decided to be timed on every call, the
     common case, pays one test of ``left`` per call and nothing more after that.
-    ``given``: untimed slots handed out since the last fold; ``every``: 0 undecided, -1 decided to time every call, else the sampling
-    period; ``sm``, ``ss``, ``sq``: count, sum and sum of squares (seconds) of the calls
+    ``given``: untimed slots handed out since the last fold; ``every``: 0 undecided, -1
+    decided to time every call, else the sampling period; ``sm``, ``ss``, ``sq``: count, sum and sum of squares (seconds) of the calls
     timed while sampled; ``seen``, ``seen_s``: timed calls folded and their seconds;
     ``due``: the ``sm`` at which a sampled site's hot path looks at its window (``_due``)."""
     site.given = site.carry = site.every = site.sm = site.seen = site.rn = site.skip = site.granted = 0
@@ -746,7 +746,8 @@ def _look(site: _Site) -> None:
     be timed on every call, one window after the decision (counted down by ``left``), is
     sampled if the window is cheap or busy (nothing of it is untimed: no count to carry);
     a sampled site whose period can still grow (``due``) gets a longer one if the window is
-    cheap. Turning back to timing every call stays with the folds (``_redecide``). No
+    cheap. A window that does neither goes on, and the next fold decides on it: turning
+    back to timing every call stays with the folds (``_redecide``). No
     fold: a fold would make the test's aggregate in the middle of the test, an object the
     garbage collector tracks, which a suite counting ``gc.get_objects()`` (markupsafe's
     leak test) sees appear; here only floats are made."""
@@ -755,14 +756,15 @@ def _look(site: _Site) -> None:
     if count * (_EVERY if every > _EVERY else max(every, 1)) >= _WINDOW * _AFTER:
         now = _seconds()
         cheap = seconds < _BELOW * count
-        if every < 0:
-            if cheap or (site.rw > 0.0 and count > _BUSY * (now - site.rw)):  # as _decide samples
-                site.sm, site.ss, site.sq = 0, 0.0, 0.0
-                site.every = _EVERY
-                site.left = 1
-        elif cheap and site.sm >= _GROW_AFTER and every < _EVERY * _GROW_MAX:
+        if every < 0 and (cheap or (site.rw > 0.0 and count > _BUSY * (now - site.rw))):  # as _decide samples
+            site.sm, site.ss, site.sq = 0, 0.0, 0.0
+            site.every = _EVERY
+            site.left = 1
+            site.rn, site.rs, site.rw = -site.n, -site.total, now  # (a new window)
+        elif every > 0 and cheap and site.sm >= _GROW_AFTER and every < _EVERY * _GROW_MAX:
             site.every = min(every * 4, _EVERY * _GROW_MAX)  # (from its next timed call)
-        site.rn, site.rs, site.rw = -site.n, -site.total, now  # (a new window)
+            site.rn, site.rs, site.rw = -site.n, -site.total, now
+        # (else the window goes on, for the next fold to decide on: _redecide)
     _due(site)
 
 

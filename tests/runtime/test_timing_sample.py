@@ -354,3 +354,22 @@ def test_a_slow_site_called_fast_is_sampled(kit, monkeypatch, busy: bool) -> Non
         assert site.every == 4 and row["estimated"] is True and row["untimed"] > 0
     else:
         assert site.every == -1 and "estimated" not in row
+
+
+def test_a_window_a_look_does_not_act_on_is_left_to_the_next_fold(kit, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # The hot path's looks only ever time fewer calls (a longer period, or sampled after
+    # being timed on every call). A window that turned slow is left as it is, so that the
+    # next fold (a test switch) times every call again on it; a look that started a new
+    # window each time would leave the fold too few calls to decide on.
+    monkeypatch.setattr(_core, "_BUSY", float("inf"))  # (slow and unhurried: a busy site stays sampled)
+    monkeypatch.setattr(_core, "_GROW_AFTER", 20)
+    sample_fast(every=4, after=10)
+    module = kit.load(TRY_FORM)
+    call(module, range(30))
+    site = _core._sites[(module.__name__, "leaf")]
+    assert site.every == 4 and site.sm < 20
+    monkeypatch.setattr(_core, "_BELOW", 1e-12)  # every window slow from here on
+    call(module, range(2_000))  # looks from the 20th call timed while sampled: none acts
+    assert site.every == 4
+    kit.rows_of(module)  # a fold
+    assert (site.every, site.left) == (-1, 0)
