@@ -196,6 +196,8 @@ def _report(summary: RunSummary, args: argparse.Namespace, options: RunOptions) 
         print(f"{PROG}: error: {message}", file=sys.stderr)
     if summary.cache_warning and not args.quiet:
         print(f"{PROG}: warning: {summary.cache_warning}", file=sys.stderr)
+    if summary.workers_warning and not args.quiet:
+        print(f"{PROG}: warning: {summary.workers_warning}", file=sys.stderr)
     if args.diff:
         for report in summary.files:
             if report.diff:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 class RunSummary(Record):
     __slots__ = ("mode", "files", "other_files", "vendored", "errors", "elapsed", "workers", "cache_path",
-                 "cache_warning", "left_out")
+                 "cache_warning", "left_out", "workers_warning")
     mode: Mode
     files: list[FileReport]
     other_files: int
@@ -49,10 +49,13 @@ class RunSummary(Record):
     cache_warning: str
     left_out: list[str]
     """Folders the scan left out (build output no entry point leads to), with the reason."""
+    workers_warning: str
+    """One line when the worker processes stopped and the files left were done here."""
 
     def __init__(self, mode: Mode) -> None:
         self.mode, self.files, self.other_files, self.vendored, self.errors = mode, [], 0, [], []
         self.elapsed, self.workers, self.cache_path, self.cache_warning, self.left_out = 0.0, 1, "", "", []
+        self.workers_warning = ""
 
     def function_counts(self) -> Counter[str]:
         total: Counter[str] = Counter()
@@ -157,7 +160,7 @@ def run(paths: Iterable[str], settings: Settings, options: RunOptions, *, projec
     processor = FileProcessor(Engine(settings, cache, refactorer=refactorer), options)
     warm = options.mode == "instrument" and cache is not None
     misses = _serve_memos(processor, found.tasks, collected) if warm else found.tasks
-    summary.workers = _process(misses, processor, cache, options, refactorer, collected)
+    summary.workers, summary.workers_warning = _process(misses, processor, cache, options, refactorer, collected)
     summary.files.extend(collected.reports[t.display] for t in found.tasks if t.display in collected.reports)
     summary.cache_warning = _cache_warning(cache, summary, options)
     if found.vendored and options.writes:
@@ -205,35 +208,50 @@ def _serve_memos(processor: FileProcessor, tasks: list[FileTask], collected: _Co
 
 
 def _process(tasks: list[FileTask], processor: FileProcessor, cache: ScriptCache | None, options: RunOptions,
-             refactorer: Refactorer | None, collected: _Collected) -> int:
+             refactorer: Refactorer | None, collected: _Collected) -> tuple[int, str]:
     """Processes ``tasks`` in a pool of workers, or here when one would do; returns how many
-    processes worked. (The workers' module is imported only for a pool: a warm run, whose
-    files all come from the memo, has no task left.)"""
+    processes worked, and one line when the pool stopped and the files left were processed
+    here. (The workers' module is imported only for a pool: a warm run, whose files all come
+    from the memo, has no task left.)"""
     settings = processor.engine.settings
     workers = min(settings.workers(), len(tasks))
     if workers > 1:
         from . import _worker
 
         setup = _worker.WorkerSetup(settings, str(cache.root) if cache else None, options, refactorer, os.getpid())
-        _in_pool(tasks, workers, setup, collected)
-    else:
-        _in_process(tasks, processor, collected)
-    return max(workers, 1)
+        left = _in_pool(tasks, workers, setup, collected)
+        if not left:
+            return workers, ""
+        _in_process(left, processor, collected)
+        return 1, (f"the worker processes stopped before they were done, and {len(left)} of {len(tasks)} files "
+                   "were processed in this one (a worker that cannot start: a script that calls pytest.main() "
+                   "or the engine needs an `if __name__ == \"__main__\":` guard for its spawned workers)")
+    _in_process(tasks, processor, collected)
+    return 1, ""
 
 
-def _in_pool(tasks: list[FileTask], workers: int, setup: WorkerSetup, collected: _Collected) -> None:
-    """Largest files first, in batches (a worker appends to the index once per batch)."""
+def _in_pool(tasks: list[FileTask], workers: int, setup: WorkerSetup, collected: _Collected) -> list[FileTask]:
+    """Largest files first, in batches (a worker appends to the index once per batch).
+    Returns the tasks of the batches not done when the pool broke (a worker killed, or one
+    that could not start), for this process to do: nothing is lost."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     from . import _worker
 
     method = setup.options.start_method or ("fork" if sys.platform == "linux" else "spawn")
     batches = _batches(sorted(tasks, key=lambda t: _size(t.source), reverse=True), _BATCH)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
-                             initializer=_worker.start, initargs=(setup,)) as pool:
-        for batch, results in zip(batches, pool.map(_worker.process_batch, batches)):
-            collected.add(batch, results)
+    done = 0
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                                 initializer=_worker.start, initargs=(setup,)) as pool:
+            for batch, results in zip(batches, pool.map(_worker.process_batch, batches)):
+                collected.add(batch, results)
+                done += 1
+    except BrokenProcessPool:
+        return [task for batch in batches[done:] for task in batch]
+    return []
 
 
 def _in_process(tasks: list[FileTask], processor: FileProcessor, collected: _Collected) -> None:

@@ -22,6 +22,7 @@ imported yet), the session (``session``):
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -131,6 +132,11 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     known = early_config.known_args_namespace
     if getattr(known, "inject_telemetry", False) or getattr(known, "telemetry_save", None) is not None \
             or getattr(known, "telemetry_compare", None) is not None:
+        if _starting_worker():
+            raise pytest.UsageError(
+                "pytest-telemetry-inject: --inject-telemetry in a worker process that is starting up: "
+                "multiprocessing imports the calling script again in each worker it spawns, and that script "
+                "calls pytest.main() as it is imported; put the call under `if __name__ == \"__main__\":`")
         _not_rewritten(early_config.pluginmanager)
         with gc_paused():  # (no project code runs here: its conftests load after)
             from .. import scan
@@ -148,6 +154,16 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
             finally:
                 scan.stop_git_files()
     return (yield)
+
+
+def _starting_worker() -> bool:
+    """This process is one that multiprocessing spawned, still importing its parent's main
+    script: the state in which multiprocessing itself refuses to start processes (and the
+    session's start spawns the engine's workers on a cold cache). Multiprocessing marks it
+    on the current process (``_inheriting``, what its own check reads); a worker running its
+    target, done importing, is not marked."""
+    process = sys.modules.get("multiprocessing.process")
+    return process is not None and bool(getattr(process.current_process(), "_inheriting", False))
 
 
 def _not_rewritten(pluginmanager: pytest.PytestPluginManager) -> None:

@@ -152,6 +152,7 @@ class SummaryFacts(NamedTuple):
     written: Sequence[str] = ()
     unknown_prefixes: Sequence[str] = ()
     cache_state: str = ""
+    workers_warning: str = ""
     llm_lines: Sequence[str] = ()
     otel_lines: Sequence[str] = ()
     early: Sequence[tuple[str, str]] = ()
@@ -187,6 +188,8 @@ def _notes(data: Payload, facts: SummaryFacts) -> list[str]:
               "nothing of it was instrumented" for prefix in facts.unknown_prefixes]
     if facts.cache_state:
         lines.append(f"cache: {facts.cache_state}")
+    if facts.workers_warning:
+        lines.append(f"workers: {facts.workers_warning}")
     lines += [*facts.llm_lines, *facts.otel_lines]
     if data.get("dropped") and facts.keep_events:
         lines.append(f"events: {data['dropped']} calls have no event in the HTML flame charts and the trace (the "
@@ -211,6 +214,9 @@ def early_why(name: str, *, by_prefix: bool, plugins_given: Sequence[str]) -> st
     the ``-p`` arguments)."""
     from ..plugin_registry import LOADED_BEFORE
 
+    if name in ("__main__", "__mp_main__"):  # (the second: multiprocessing's name for it)
+        return ("the script that started this process and called pytest.main(): it runs as it is (move its "
+                "functions into a module of the project to instrument them)")
     top = name.partition(".")[0]
     for entry in pytest_plugins():
         if entry.value.partition(".")[0].partition(":")[0] == top:

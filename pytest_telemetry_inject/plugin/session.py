@@ -58,6 +58,7 @@ class TelemetrySession:
         self.keep_events = False
         self.otel: OtelSession | None = None
         self.prepare_seconds = 0.0
+        self.workers_warning = ""  # the start's worker processes stopped (runner._process)
         # Requests this process sent to LLMs (the telemetry items' repairs; nothing else in a
         # plugin session asks a model): summed over xdist workers, printed and reported.
         self.llm_requests = 0
@@ -112,6 +113,7 @@ class TelemetrySession:
             options = RunOptions(mode="instrument", dry_run=True, start_method="spawn")
             summary = run([str(p) for p in files], self.settings, options, project_root=self.root, cache=self.cache)
             self.reports = {r.path: r for r in summary.files}
+            self.workers_warning = summary.workers_warning
         self.finder = TelemetryFinder(self.engine, lambda origin: os.path.realpath(origin) in self.candidates,
                                       prefixes=self.prefixes)
         self.finder.install()
@@ -411,6 +413,7 @@ class TelemetrySession:
             prepare_seconds=self.prepare_seconds, top=self.summary_top, sort=self.summary_sort,
             self_time_ms=self.self_time_ms, keep_events=self.keep_events, max_events=self._max_events,
             written=self.written, unknown_prefixes=self.unknown_prefixes, cache_state=self.cache_state(),
+            workers_warning=self.workers_warning,
             llm_lines=self.llm_lines(data["llm_requests"]), otel_lines=self.otel_lines(data),
             early=[(name, self.early_why(name)) for name in self.early])
 

@@ -468,3 +468,46 @@ def test_telemetry_output_writes_a_shippable_tree(project: pytest.Pytester, tmp_
                           "import pkg.core as c; print(c.double(5))"],
                          cwd=out, capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout == "10\n", run.stderr
+
+
+NO_GUARD = '''
+import sys
+
+import pytest
+
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "--inject-telemetry"]))
+'''
+
+
+def test_a_script_without_a_main_guard_gets_one_line_and_loses_nothing(pytester: pytest.Pytester) -> None:
+    # A cold session spawns the engine's workers, and multiprocessing imports the calling
+    # script again in each: a script that calls pytest.main() at its top level runs it again
+    # there, where starting processes is refused. The worker says why in one line and stops;
+    # the session does the files in its own process, says so, and every test runs.
+    import subprocess
+
+    pkg = pytester.path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "one.py").write_text("def a(x):\n    return x + 1\n")
+    (pkg / "two.py").write_text("def b(x):\n    return x * 2\n")
+    pytester.makepyfile(test_ab="from pkg.one import a\nfrom pkg.two import b\n\n\n"
+                                "def test_ab():\n    assert (a(1), b(2)) == (2, 4)\n")
+    (pytester.path / "run.py").write_text(NO_GUARD)
+    env = {**os.environ, "TELEMETRY_INJECT_MAX_PARALLEL": "2", "PYTHONPATH": str(pytester.path)}
+    done = subprocess.run([sys.executable, "run.py"], cwd=pytester.path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # (the test and the two files' ::telemetry items; both files instrumented)
+    assert "3 passed" in done.stdout and "failed" not in done.stdout
+    assert "2 functions instrumented in 2 files" in done.stdout
+    assert "workers: the worker processes stopped before they were done" in done.stdout
+    refusals = [line for line in done.stdout.splitlines() + done.stderr.splitlines()
+                if "in a worker process that is starting up" in line]
+    assert refusals and all(line.startswith("ERROR: pytest-telemetry-inject:") for line in refusals)
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "__main__: the script that started this process and called pytest.main()" in done.stdout
+    # The next session, warm, starts no worker and says nothing of them.
+    again = subprocess.run([sys.executable, "run.py"], cwd=pytester.path, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0 and "workers:" not in again.stdout and "starting up" not in again.stdout + again.stderr
