@@ -144,7 +144,7 @@ def test_a_site_decided_slow_that_turns_cheap_is_sampled() -> None:
     assert site.every == -1
     _core.configure(timing_below=10.0)
     # decided at the 20th call; its window (80 calls, 4 x timing_after) leaves out the 20
-    # before the decision: complete at the 100th call, where the hot path folds it
+    # before the decision: complete at the 100th call, where the hot path looks at it
     for _ in range(3):
         cheap_then_slow(m, 20)
         runtime.snapshot()
