@@ -756,7 +756,8 @@ def _look(site: _Site) -> None:
     if count * (_EVERY if every > _EVERY else max(every, 1)) >= _WINDOW * _AFTER:
         now = _seconds()
         cheap = seconds < _BELOW * count
-        if every < 0 and (cheap or (site.rw > 0.0 and count > _BUSY * (now - site.rw))):  # as _decide samples
+        busy = site.rw > 0.0 and count * max(every, 1) > _BUSY * (now - site.rw)
+        if every < 0 and _EVERY > 1 and (cheap or busy):  # sampled, as _decide samples
             site.sm, site.ss, site.sq = 0, 0.0, 0.0
             site.every = _EVERY
             site.left = 1
