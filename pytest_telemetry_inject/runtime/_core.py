@@ -617,8 +617,8 @@ def _unsample(site: _Site) -> None:
     the decision (``_decide``, ``_look``): so a site decided to be timed on every call, the
     common case, pays one test of ``left`` per call and nothing more after that.
     ``given``: untimed slots handed out since the last fold; ``every``: 0 undecided, -1
-    decided to time every call, else the sampling period; ``sm``, ``ss``, ``sq``: count, sum and sum of squares (seconds) of the calls
-    timed while sampled; ``seen``, ``seen_s``: timed calls folded and their seconds;
+    decided to time every call, else the sampling period; ``sm``, ``ss``, ``sq``: count,
+    sum and sum of squares (seconds) of the calls timed while sampled; ``seen``, ``seen_s``: timed calls folded and their seconds;
     ``due``: the ``sm`` at which a sampled site's hot path looks at its window (``_due``)."""
     site.given = site.carry = site.every = site.sm = site.seen = site.rn = site.skip = site.granted = 0
     site.left = -_AFTER if _EVERY > 1 and not _FREE_THREADED else 0
@@ -679,22 +679,41 @@ def _redecide(site: _Site, n: int, seconds: float) -> None:
     site.rn += n
     site.rs += seconds
     every = site.every
-    # (a window of a site sampled at a grown period is as many timed calls as at the first:
-    # a window of fewer would let one slow call turn the site back to timing every call)
-    if site.rn * (_EVERY if every > _EVERY else max(every, 1)) < _WINDOW * _AFTER:
+    judged = _judge(site, site.rn, site.rs, every)
+    if judged is None:
         return
-    cheap = site.rs < _BELOW * site.rn
-    now = _seconds()
-    busy = site.rw > 0.0 and site.rn * max(every, 1) > _BUSY * (now - site.rw)
+    cheap, busy, now = judged
     site.rn, site.rs, site.rw = 0, 0.0, now
     if every > 0 and not (cheap or busy):  # sampled, now slow and unhurried: every call timed again
         _retime(site, -1, 0)
     elif every < 0 and (cheap or busy) and _EVERY > 1:  # timed on every call, now cheap or busy: sampled
         site.sm, site.ss, site.sq = 0, 0.0, 0.0
         _retime(site, _EVERY, 1)
-    elif every > 0 and cheap and site.sm >= _GROW_AFTER and every < _EVERY * _GROW_MAX:  # a longer period
-        site.every = min(every * 4, _EVERY * _GROW_MAX)  # (from its next timed call, as _set_timing does)
+    else:
+        _grow(site, every, cheap)
     _due(site)
+
+
+def _judge(site: _Site, count: int, seconds: float, every: int) -> tuple[bool, bool, float] | None:
+    """The window of ``count`` timed calls of ``seconds`` (of a site sampling at ``every``):
+    None while it is not complete, else whether it is cheap, whether it is busy, and now
+    (the next window's start). A window of a site sampled at a grown period is as many
+    timed calls as at the first: a window of fewer would let one slow call turn the site
+    back to timing every call."""
+    if count * (_EVERY if every > _EVERY else max(every, 1)) < _WINDOW * _AFTER:
+        return None
+    now = _seconds()
+    return seconds < _BELOW * count, site.rw > 0.0 and count * max(every, 1) > _BUSY * (now - site.rw), now
+
+
+def _grow(site: _Site, every: int, cheap: bool) -> bool:
+    """Make a sampled site's period 4 times longer (from its next timed call, as
+    ``_set_timing`` does) when its window is cheap and ``_GROW_AFTER`` of its calls were
+    timed while sampled, up to ``_GROW_MAX`` times ``timing_every``; whether it did."""
+    if not (cheap and 0 < every < _EVERY * _GROW_MAX and site.sm >= _GROW_AFTER):
+        return False
+    site.every = min(every * 4, _EVERY * _GROW_MAX)
+    return True
 
 
 def _retime(site: _Site, every: int, left: int) -> None:
@@ -751,19 +770,16 @@ def _look(site: _Site) -> None:
     fold: a fold would make the test's aggregate in the middle of the test, an object the
     garbage collector tracks, which a suite counting ``gc.get_objects()`` (markupsafe's
     leak test) sees appear; here only floats are made."""
-    count, seconds = site.rn + site.n, site.rs + site.total
     every = site.every
-    if count * (_EVERY if every > _EVERY else max(every, 1)) >= _WINDOW * _AFTER:
-        now = _seconds()
-        cheap = seconds < _BELOW * count
-        busy = site.rw > 0.0 and count * max(every, 1) > _BUSY * (now - site.rw)
+    judged = _judge(site, site.rn + site.n, site.rs + site.total, every)
+    if judged is not None:
+        cheap, busy, now = judged
         if every < 0 and _EVERY > 1 and (cheap or busy):  # sampled, as _decide samples
             site.sm, site.ss, site.sq = 0, 0.0, 0.0
             site.every = _EVERY
             site.left = 1
             site.rn, site.rs, site.rw = -site.n, -site.total, now  # (a new window)
-        elif every > 0 and cheap and site.sm >= _GROW_AFTER and every < _EVERY * _GROW_MAX:
-            site.every = min(every * 4, _EVERY * _GROW_MAX)  # (from its next timed call)
+        elif _grow(site, every, cheap):
             site.rn, site.rs, site.rw = -site.n, -site.total, now
         # (else the window goes on, for the next fold to decide on: _redecide)
     _due(site)
