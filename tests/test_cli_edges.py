@@ -109,6 +109,48 @@ def test_workers_die_with_a_killed_run(tmp_path: Path) -> None:
     assert not alive, f"workers still alive after their parent was killed: {alive}"
 
 
+def test_a_killed_worker_loses_no_file_and_the_json_summary_says_so(tmp_path: Path) -> None:
+    # A worker killed in the middle of a run (the kernel's OOM killer, say): the run does the
+    # files left in its own process, writes every one, and says so in one line, on stderr
+    # and in the --json summary (which a CI step reads instead of stderr).
+    import json
+
+    root = tmp_path / "big"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    for i in range(400):  # (no two alike: none is a memo of another)
+        (root / "pkg" / f"m{i}.py").write_text("".join(f"def f{j}(x):\n    y = x + {i}\n    return y * {j}\n\n"
+                                                       for j in range(60)))
+    run = subprocess.Popen([*CLI, "pkg", "-o", "out", "--max-parallel", "2", "--json"], cwd=root,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    workers: set[int] = set()
+    while time.monotonic() < deadline and not workers and run.poll() is None:
+        workers = _children(run.pid)
+        time.sleep(0.02)
+    if run.poll() is not None or not workers:
+        run.communicate()
+        pytest.skip("the run ended before its workers could be seen")
+    os.kill(min(workers), signal.SIGKILL)
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["workers"] == 1
+    assert summary["workers_warning"].startswith("the worker processes stopped before they were done")
+    assert f"warning: {summary['workers_warning']}" in stderr
+    assert summary["files"]["total"] == 400 and summary["files"].get("instrumented") == 400, summary["files"]
+    assert len(list((root / "out").glob("m*.py"))) == 400
+    assert summary["functions"]["instrumented"] == 400 * 60
+
+
+def test_a_whole_run_leaves_the_json_summary_without_a_workers_warning(project: Path) -> None:
+    import json
+
+    done = cli("pkg", "--dry-run", "--json", cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["workers_warning"] == ""
+
+
 def test_a_temporary_file_left_by_a_killed_writer_is_removed_by_the_next_run(project: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)

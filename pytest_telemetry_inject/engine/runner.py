@@ -87,6 +87,7 @@ class RunSummary(Record):
             "mode": self.mode,
             "elapsed_s": round(self.elapsed, 4),
             "workers": self.workers,
+            "workers_warning": self.workers_warning,
             "files": {"total": len(self.files), **dict(sorted(files.items())), "other": self.other_files,
                       "skipped_reasons": dict(Counter(r.reason for r in self.files if r.status == "skipped")),
                       "errors": [{"path": r.path, "reason": r.reason} for r in self.files if r.status == "error"]},
