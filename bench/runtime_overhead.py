@@ -2,6 +2,7 @@
 
     python bench/runtime_overhead.py [--quick] [--rounds N] [--json PATH]
     python bench/runtime_overhead.py --instructions
+    python bench/runtime_overhead.py --switch | --coverage
 
 Every variant is a module holding ``def f(x): return x + 1`` as the engine instruments it
 (target ``runtime``, in each style: ``try`` — the pytest plugin's default —, ``with`` and
@@ -30,6 +31,10 @@ of 16 (``timing_every``; every call still counted), its period kept from growing
 period" row is the same site after it stayed cheap long enough (more than 16,000 calls) for
 the runtime to time one call of 256.
 
+After the table: the per-test switch, a call that raises, and the on-the-fly rows and a
+test's switches under coverage.py's tracer beside the same without it (``--switch`` and
+``--coverage`` print only those).
+
 ``--instructions`` counts, under valgrind's callgrind, the instructions one call of each
 targeted row executes above a bare call, and the OpenTelemetry sink's ratio to the
 hand-written span in instructions: a figure a busy machine does not move (each row runs in
@@ -42,6 +47,7 @@ import argparse
 import gc
 import importlib
 import json
+import math
 import os
 import platform
 import re
@@ -532,6 +538,110 @@ def print_raise_costs(work: Path, rounds: int) -> dict[str, float]:
     return costs
 
 
+# -- under coverage.py ---------------------------------------------------------------------------
+#
+# A suite run with ``pytest --cov`` runs under coverage.py's tracer. On CPython 3.11 that
+# tracer (a C function at ``sys.settrace``'s level) is called for every line of every Python
+# frame, measured or not, and a frame run under it runs each instruction unspecialised: the
+# runtime's own Python code (a timed call's end, a test switch's folds) costs several times
+# what it costs without, and so does the entry's count of an untimed call. Timed here beside
+# the same rows without the tracer: the function's own module is measured (with branches), as
+# ``--cov=<package> --cov-branch`` measures a project's.
+
+COVERAGE_ROWS = ("bare call", "on the fly, every call timed", "on the fly, sampled (1 of 16)",
+                 "a test's two switches")
+
+
+def coverage_costs(work: Path, rounds: int, number: int = 100_000) -> dict[str, dict[str, float]] | None:
+    """{"without": {row: ns}, "with": {row: ns}}: the smallest ns per call (the bare call's
+    own; the others above it) and per test (its two switches, after 10 functions were called
+    3 times each), without and with coverage.py tracing, interleaved; None without
+    coverage.py."""
+    try:
+        import coverage
+    except ImportError:
+        return None
+    from pytest_telemetry_inject import runtime
+    from pytest_telemetry_inject.runtime import _core
+
+    if str(work) not in sys.path:
+        sys.path.insert(0, str(work))
+    bare = write_module(work, "bench_cov_bare", BARE)
+    fly = on_the_fly(work, "bench_cov_fly")
+    called = [on_the_fly(work, f"bench_cov_switch{i}") for i in range(SWITCH_CALLED)]
+    base = {"disabled": False, "jsonl": "", "trace": "", "otel": False, "keep_events": False, "min_duration": 0.0,
+            "sample_rate": 1.0, "timing_after": 256, "timing_below": 1.0}
+    grow_max = _core._GROW_MAX
+
+    def timed_every() -> None:
+        runtime.configure(**base, timing_every=1)
+        runtime.reset()
+
+    def sampled() -> None:
+        _core._GROW_MAX = 1  # (its first period kept, as the sampled row of the table)
+        runtime.configure(**base, timing_every=16)
+        runtime.reset()
+        for _ in range(1_300):  # (decided after 256 timed calls)
+            fly(1)
+
+    def switches(count: int = 200) -> float:
+        best = math.inf
+        for k in range(count):
+            for function in called:
+                function(1)
+                function(2)
+                function(3)
+            start = time.perf_counter_ns()
+            runtime.set_current_test(f"t{k}")
+            runtime.set_current_test(None)
+            best = min(best, time.perf_counter_ns() - start)
+        return best
+
+    raw: dict[str, dict[str, list[float]]] = {kind: {row: [] for row in COVERAGE_ROWS} for kind in ("without", "with")}
+    tracer = coverage.Coverage(data_file=None, branch=True, source=[str(work)])
+    try:
+        for _ in range(rounds):
+            for kind in ("without", "with"):
+                if kind == "with":
+                    tracer.start()
+                try:
+                    rows = raw[kind]
+                    rows["bare call"].append(time_batch(bare, number))
+                    timed_every()
+                    rows["on the fly, every call timed"].append(time_batch(fly, number))
+                    sampled()
+                    rows["on the fly, sampled (1 of 16)"].append(time_batch(fly, number))
+                    _core._GROW_MAX = grow_max
+                    timed_every()
+                    rows["a test's two switches"].append(switches())
+                finally:
+                    if kind == "with":
+                        tracer.stop()
+    finally:
+        _core._GROW_MAX = grow_max
+        runtime.configure(**{**base, "timing_below": 2e-6}, timing_every=16)
+        runtime.reset()
+    out: dict[str, dict[str, float]] = {}
+    for kind, rows in raw.items():
+        bare_ns = min(rows["bare call"])
+        out[kind] = {row: min(values) - (bare_ns if row.startswith("on the fly") else 0.0)
+                     for row, values in rows.items()}
+    return out
+
+
+def print_coverage_costs(work: Path, rounds: int) -> dict[str, dict[str, float]] | None:
+    costs = coverage_costs(work, rounds)
+    if costs is None:
+        print("\nunder coverage.py: not installed (pip install coverage): rows skipped")
+        return None
+    print("\nunder coverage.py's tracer (branch coverage of the function's module), smallest of interleaved rounds:")
+    print(f"  {'':<32} {'without':>10} {'with':>10}")
+    for row in COVERAGE_ROWS:
+        above = " above bare" if row.startswith("on the fly") else ""
+        print(f"  {row:<32} {costs['without'][row]:>8.1f} ns {costs['with'][row]:>8.1f} ns{above}")
+    return costs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (default 9)")
@@ -542,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="count instructions per call under valgrind (callgrind) instead of timing: "
                              "the same figures on a busy machine, for the rows with targets")
     parser.add_argument("--switch", action="store_true", help="only the per-test switch's cost")
+    parser.add_argument("--coverage", action="store_true", help="only the rows under coverage.py's tracer")
     parser.add_argument("--run-calls", nargs=2, metavar=("LABEL", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.switch:
@@ -551,6 +662,16 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return 0
+    if args.coverage:
+        work = Path(tempfile.mkdtemp(prefix="ti-bench-"))
+        try:
+            coverage_rows = print_coverage_costs(work, args.rounds)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"python": platform.python_version(), "coverage": coverage_rows},
+                                                  indent=1))
+        return 0 if coverage_rows is not None else 1
     if args.quick:
         args.rounds, args.max_number = 3, 20_000
     if args.run_calls:
@@ -642,6 +763,7 @@ def main(argv: list[str] | None = None) -> int:
 
     switch_rows = print_switch_costs(work)
     raise_rows = print_raise_costs(work, max(3, args.rounds // 2))
+    coverage_rows = print_coverage_costs(work, max(3, args.rounds // 2))
     runtime.flush()
     shutil.rmtree(work, ignore_errors=True)
     pkg_us, core_us = import_time_us()
@@ -653,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows": [{"variant": r[0], "ns_above_bare_min": r[1], "ns_above_bare_median": r[2], "calls_per_batch": r[3],
                       "target": r[4], "result": r[5]} for r in rows],
             "switch": [{"sites": n, "us_min": low, "us_median": median} for n, low, median in switch_rows],
-            "raising_ns": raise_rows},
+            "raising_ns": raise_rows, "coverage": coverage_rows},
             indent=1))
     return 0
 
