@@ -413,12 +413,12 @@ def _take(site: _Site) -> tuple[int, float, float, float, int]:
     """The site's pending timed count, total, low and high and its untimed calls, reset in
     one step: no call and no backward jump in between, so with a GIL no call of another
     thread is counted half, and no lock is taken (a ``with`` block on one was a seventh of
-    what a test switch cost; a free-threaded build takes ``_acc_lock``). A sampled site's untimed calls are the slots
-    handed out (``given``) less those not used yet (``left - 1``), plus those kept by a
-    change of its sampling since the last fold (``carry``, see ``_retime``); it starts
-    again with the next call timed (``left`` 1), which appends it to ``_recent`` (its
-    minimum is infinite then), so a test switch never misses its untimed calls. A
-    countdown to the decision (``left`` below 0) goes on across folds."""
+    what a test switch cost; a free-threaded build takes ``_acc_lock``). A sampled site's
+    untimed calls are the slots handed out (``given``) less those not used yet (``left -
+    1``), plus those kept by a change of its sampling since the last fold (``carry``, see
+    ``_retime``); it starts again with the next call timed (``left`` 1), which appends it to
+    ``_recent`` (its minimum is infinite then), so a test switch never misses its untimed
+    calls. A countdown to the decision (``left`` below 0) goes on across folds."""
     left = site.left
     pending = (site.n, site.total, site.low, site.high,
                (site.given - left + 1 if left > 0 else 0) + site.carry + site.granted - site.skip)
