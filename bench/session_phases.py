@@ -29,7 +29,7 @@ Needs valgrind (Debian: ``apt-get install valgrind``).
 Under callgrind every call takes ~50 times as long, and the runtime decides which functions
 to sample by their measured durations (``timing_below``, 2 µs): left as it is, a function
 sampled at full speed would be timed on every call here (markupsafe's suite: +1,010 million
-instructions in its tests instead of +180). So the warm runs get ``timing_below`` 50 times
+instructions in its tests instead of +166). So the warm runs get ``timing_below`` 50 times
 longer (``--timing-below``, ``TELEMETRY_INJECT_TIMING_BELOW``), which makes about the same
 decisions as at full speed; the "busy" rule (calls faster than 50,000 a second) is not
 scaled, so a function sampled only for being busy is timed here.
