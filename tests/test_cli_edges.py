@@ -68,17 +68,18 @@ def test_a_loop_of_links_as_path_is_one_line_and_exit_2(project: Path) -> None:
     assert done.stderr.strip().count("\n") == 0 and "loop of symbolic links" in done.stderr
 
 
+def _proc(pid: int | str, name: str) -> bytes | None:
+    """``/proc/<pid>/<name>``, or None when the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes()
+    except OSError:
+        return None
+
+
 def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                status = (entry / "status").read_text()
-            except OSError:
-                continue
-            if f"\nPPid:\t{pid}\n" in status:
-                found.add(int(entry.name))
-    return found
+    parent = f"\nPPid:\t{pid}\n".encode()
+    return {int(entry.name) for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and parent in (_proc(entry.name, "status") or b"")}
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
@@ -112,18 +113,8 @@ def test_workers_die_with_a_killed_run(tmp_path: Path) -> None:
 def _forked(pid: int) -> set[int]:
     """The children of ``pid`` that are forks of it (its command line): its workers, not a
     ``git`` it runs."""
-    try:
-        own = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return set()
-    found = set()
-    for child in _children(pid):
-        try:
-            if Path(f"/proc/{child}/cmdline").read_bytes() == own:
-                found.add(child)
-        except OSError:
-            continue
-    return found
+    own = _proc(pid, "cmdline")
+    return {child for child in _children(pid) if own is not None and _proc(child, "cmdline") == own}
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
