@@ -316,7 +316,7 @@ class _Site:
 
     __slots__ = ("module", "name", "file", "line", "n", "total", "low", "high", "errs", "stats", "ot", "_attrs",
                  "left", "given", "carry", "every", "sm", "ss", "sq", "seen", "seen_s", "rn", "rs", "shown",
-                 "skip", "granted", "off", "rw", "due")
+                 "skip", "granted", "off", "rw", "due", "start")
     # Set by _unsample (see there).
     left: int
     given: int
@@ -351,6 +351,12 @@ class _Site:
         self._attrs: dict[str, Any] | None = None
         # In snapshot() before any call (a site bound at import, ``bind_site``, is not).
         self.shown = True
+        # What a bound entry calls for its start time on 3.11 (``engine/bytecode.py``,
+        # ``_tight_entry``): its module's tracer's ``start``, kept by ``_clock_sites`` on
+        # each change of mode (``perf_counter`` in the aggregate mode). A slot: its load
+        # specialises, where ``_telemetry.start``, a C function in the tracer's class, does
+        # not on 3.11 (no instruction for a method call on it).
+        self.start: Callable[[], object] = _seconds
         self.off = None  # the state of a call the entry left untimed (see _end_site_agg)
         _unsample(self)
 
@@ -1783,6 +1789,7 @@ class Tracer:
         self.start, self.start_generator = lead.start, lead.start_generator
         self.end, self.end_site, self.fail, self.raised = lead.end, lead.end_site, lead.fail, lead.raised
         self.ends, self.ends_site, self.raises = lead.ends, lead.ends_site, lead.raises
+        _clock_sites(self)
 
     def _unfollow(self) -> None:
         self._lead = None
@@ -1865,11 +1872,21 @@ def _install(tr: Tracer) -> None:
     tr.ends = {False: tr.end, True: _NOTHING.get}
     tr.ends_site = {False: tr.end_site, True: _NOTHING.get}
     tr.raises = {False: tr.raised, True: tr.raised_untimed}
+    _clock_sites(tr)
     for follower in list(tr._followers):
         try:
             follower._follow(tr)
         except Exception:
             _fault("vendored copy")
+
+
+def _clock_sites(tr: Tracer) -> None:
+    """The tracer's ``start`` into each of its module's sites (``_Site.start``): what a
+    bound entry calls for its start time on 3.11, in every mode."""
+    start = tr.start
+    for site in list(tr._by_name.values()):
+        if site.module == tr.module:
+            site.start = start
 
 
 def bind_site(module: str, name: str, file: str | None, line: int | None) -> _Site:
@@ -1889,6 +1906,7 @@ def bind_site(module: str, name: str, file: str | None, line: int | None) -> _Si
             site = _sites.setdefault(key, fresh)
         tr._by_name[name] = site
     tr._by_name[site] = site
+    site.start = tr.start
     return site
 
 

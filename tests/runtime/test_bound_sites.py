@@ -319,6 +319,10 @@ def test_on_3_11_an_untimed_call_calls_nothing_at_all_and_every_exit_jumps() -> 
     at = names.index("LOAD_CONST", [ins.offset for ins in instructions].index(instructions[3].argval))
     assert names[at:at + 5] == ["LOAD_CONST", "BINARY_OP", "LOAD_CONST", "STORE_ATTR", "LOAD_CONST"]
     assert instructions[at + 4].argval is None and "off" not in [ins.argval for ins in instructions]
+    # Timed, the clock is the site's own start (a slot), not _telemetry.start (LOAD_METHOD).
+    assert names[4:9] == ["PUSH_NULL", "LOAD_CONST", "LOAD_ATTR", "PRECALL", "CALL"]
+    assert instructions[5].argval is instructions[1].argval and instructions[6].argval == "start"
+    assert "LOAD_METHOD" not in names[:at]
     assert m.named.__code__.co_names.count("end_site") == 1 and "ends_site" not in m.named.__code__.co_names
     for i in range(40):
         m.named(i % 2)
@@ -329,6 +333,27 @@ def test_on_3_11_an_untimed_call_calls_nothing_at_all_and_every_exit_jumps() -> 
     assert c_calls_of(m.named, lambda: m.named(0)) == ["dict.clear"]  # the disabled start(); no exit call
     runtime.configure(disabled=False)
     assert rows(m)["named"]["count"] == 44
+
+
+@pytest.mark.skipif(not bytecode.JUMPING, reason="the entry reads the site's clock on 3.11 only")
+def test_on_3_11_the_entry_s_clock_follows_each_change_of_mode_bound_or_not() -> None:
+    """The bound entry calls ``SITE.start``, which the runtime keeps as its tracer's
+    ``start`` on every change of mode; an unbound entry's site (``bytecode.UNBOUND``) looks
+    the calling module's ``_telemetry`` up; a module without one leaves the call untimed."""
+    bound, unbound = load(NAMES), load(NAMES, bind=False)
+    site = next(const for const in bound.named.__code__.co_consts if isinstance(const, _core._Site))
+    for settings, start in (({"keep_events": True}, _core.Tracer._start_span), ({"disabled": True}, _core._NOTHING.clear),
+                            ({"disabled": False, "keep_events": False}, _core._seconds)):
+        runtime.configure(**settings)
+        assert site.start == bound._telemetry.start and getattr(site.start, "__func__", site.start) == start
+        for module in (bound, unbound):
+            assert module.named(1) == "named"
+        if settings.get("keep_events"):
+            runtime.flush()
+            events = [e["module"] for e in runtime.events() if e["name"] == "named"]
+            assert sorted(events) == sorted([bound.__name__, unbound.__name__])  # (a span each)
+    assert rows(bound)["named"]["count"] == rows(unbound)["named"]["count"] == 2  # (not while disabled)
+    assert bytecode.UNBOUND.start() is None  # (called from here: no _telemetry in this module)
 
 
 @pytest.mark.skipif(bytecode.JUMPING or not bytecode.SUPPORTED, reason="3.12+: the exit picks its call")
