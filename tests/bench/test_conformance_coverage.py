@@ -1,5 +1,6 @@
 """The conformance bench's coverage comparison (bench/conformance.py --coverage), on a small
-local project instead of the downloaded corpus: real pytest-cov runs, plain and instrumented."""
+local project instead of the downloaded corpus: real pytest-cov runs, plain and instrumented;
+and its paired ratio."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import importlib.util
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "conformance.py"
 
@@ -51,3 +54,15 @@ def test_coverage_is_compared_file_by_file(tmp_path: Path) -> None:
     assert not result["same"]
     assert result["differences"][0].startswith("lib/shapes.py: executed_branches [")
     assert result["differences"][1] == "test_lib.py: not measured"
+
+
+def test_the_paired_ratio_takes_each_warm_run_against_its_own_plain_run() -> None:
+    bench = load_bench()
+    # A slow spell over the second pair, a lucky plain run in the third: the fastest-of
+    # ratio says 1.22, two of the three pairs 1.1 (the third 1.67).
+    warm, plain = [1.1, 2.2, 1.5], [1.0, 2.0, 0.9]
+    assert min(warm) / min(plain) > 1.2
+    assert bench.paired_ratio(warm, plain) == pytest.approx(1.1)
+    assert bench.paired_ratio([1.0], [2.0]) == 0.5
+    with pytest.raises(ValueError, match="no pairs"):
+        bench.paired_ratio([1.0, 1.0], [1.0])
