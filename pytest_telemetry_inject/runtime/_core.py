@@ -1618,7 +1618,14 @@ class Tracer:
                     except Exception:
                         _fault("OpenTelemetry span name")
                 if _getframe is not None:  # the user's function: its next start() knows the site
-                    self._by_code[_getframe(depth).f_code] = site
+                    code = _getframe(depth).f_code
+                    self._by_code[code] = site
+                    # A bound function's start() is its site's (``_Site.start``): the tracer of
+                    # the module name it was bound for, not this one when the code runs under
+                    # another name (``python -m``: ``__main__``). It learns it too.
+                    owner = _tracers.get(site.module)
+                    if owner is not None and owner is not self:
+                        owner._by_code[code] = site
             error = getattr(state, "_err", None)
             if error is None:
                 state.__exit__(None, None, None)

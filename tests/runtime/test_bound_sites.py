@@ -112,6 +112,27 @@ def test_bound_under_another_module_name() -> None:
     assert (found["fails"]["count"], found["fails"]["errors"], found["leaf"]["count"]) == (1, 1, 1)
 
 
+def test_under_another_module_name_a_span_begins_on_its_site_after_the_first_call(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The start of a bound function is its site's tracer's (the name it was bound for), its
+    end the running module's: the end teaches the site's tracer the function's code too, so
+    only the first call begins on the placeholder (not every call)."""
+    text = textwrap.dedent(SOURCE)
+    result = Engine(Settings(style="try", target="runtime"), cache=None).instrument(text.encode(), "x.py",
+                                                                                      import_name="")
+    code = _bound(compile_mapped(result.output.decode(), result.get_line_map(), "x.py", bindable=True), "ti_bound_as")
+    module = types.ModuleType("ti_bound_run_as")
+    exec(code, module.__dict__)
+    placeholders = []
+    placeholder = _core.Tracer._placeholder
+    monkeypatch.setattr(_core.Tracer, "_placeholder", lambda self: placeholders.append(self.module) or placeholder(self))
+    runtime.configure(keep_events=True)
+    for i in range(3):
+        assert module.leaf(i) == i * 2
+    runtime.flush()
+    assert [e["name"] for e in runtime.events() if e["module"] == "ti_bound_as"] == ["leaf"] * 3
+    assert len(placeholders) == 1
+
+
 def cheap_then_slow(m: types.ModuleType, calls: int) -> None:
     for i in range(calls):
         m.leaf(i)
