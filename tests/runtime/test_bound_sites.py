@@ -95,14 +95,20 @@ def test_bound_code_in_the_other_modes(settings: dict) -> None:
         assert {e["name"] for e in runtime.events() if e["module"] == m.__name__} == set(EXPECTED)
 
 
-def test_bound_under_another_module_name() -> None:
-    """Code bound for one module name, run under another (``python -m``: ``__main__``)."""
+def run_as(bound_for: str, name: str) -> types.ModuleType:
+    """SOURCE's code bound for module ``bound_for``, run as module ``name``."""
     text = textwrap.dedent(SOURCE)
     result = Engine(Settings(style="try", target="runtime"), cache=None).instrument(text.encode(), "x.py",
                                                                                       import_name="")
-    code = _bound(compile_mapped(result.output.decode(), result.get_line_map(), "x.py", bindable=True), "ti_bound_real")
-    module = types.ModuleType("ti_bound_main")
+    code = _bound(compile_mapped(result.output.decode(), result.get_line_map(), "x.py", bindable=True), bound_for)
+    module = types.ModuleType(name)
     exec(code, module.__dict__)
+    return module
+
+
+def test_bound_under_another_module_name() -> None:
+    """Code bound for one module name, run under another (``python -m``: ``__main__``)."""
+    module = run_as("ti_bound_real", "ti_bound_main")
     runtime.configure(keep_events=True)  # the span modes look sites up by name first
     with pytest.raises(module.Boom):
         module.fails(1)
@@ -116,12 +122,7 @@ def test_under_another_module_name_a_span_begins_on_its_site_after_the_first_cal
     """The start of a bound function is its site's tracer's (the name it was bound for), its
     end the running module's: the end teaches the site's tracer the function's code too, so
     only the first call begins on the placeholder (not every call)."""
-    text = textwrap.dedent(SOURCE)
-    result = Engine(Settings(style="try", target="runtime"), cache=None).instrument(text.encode(), "x.py",
-                                                                                      import_name="")
-    code = _bound(compile_mapped(result.output.decode(), result.get_line_map(), "x.py", bindable=True), "ti_bound_as")
-    module = types.ModuleType("ti_bound_run_as")
-    exec(code, module.__dict__)
+    module = run_as("ti_bound_as", "ti_bound_run_as")
     placeholders = []
     placeholder = _core.Tracer._placeholder
     monkeypatch.setattr(_core.Tracer, "_placeholder", lambda self: placeholders.append(self.module) or placeholder(self))
