@@ -354,8 +354,8 @@ class _Site:
         # What a bound entry calls for its start time on 3.11 (``engine/bytecode.py``,
         # ``_tight_entry``): its module's tracer's ``start``, kept by ``_clock_sites`` on
         # each change of mode (``perf_counter`` in the aggregate mode). A slot: its load
-        # specialises, where ``_telemetry.start``, a C function in the tracer's class, does
-        # not on 3.11 (no instruction for a method call on it).
+        # specialises, where ``_telemetry.start`` does not on 3.11 (a C function in the
+        # tracer's class: 3.11 specialises a method call only on a Python function).
         self.start: Callable[[], object] = _seconds
         self.off = None  # the state of a call the entry left untimed (see _end_site_agg)
         _unsample(self)
@@ -1622,7 +1622,7 @@ class Tracer:
                     self._by_code[code] = site
                     # A bound function's start() is its site's (``_Site.start``): the tracer of
                     # the module name it was bound for, not this one when the code runs under
-                    # another name (``python -m``: ``__main__``). It learns it too.
+                    # another name (``python -m``: ``__main__``). That tracer learns it too.
                     owner = _tracers.get(site.module)
                     if owner is not None and owner is not self:
                         owner._by_code[code] = site
