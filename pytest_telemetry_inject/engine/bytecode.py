@@ -26,7 +26,7 @@ original's) and leaves by an exception from the line that raised:
   ``frame.f_lineno`` see the frame leave from the line that raised, as without the wrapper.
 
 A function that is not a generator is compiled with an entry that may skip the call
-(``compiler._skipping``: ``if SITE.skip: ... SITE.off else: _telemetry.start()``): both
+(``compiler._skipping``: ``if SITE.skip: ... SITE.off else: SITE.start()``): both
 branches' ``POP_TOP`` become ``NOP``, the exit's test of the state (``LOAD_CONST`` of the
 marker's ``TEST_SUFFIX``) is a ``COPY`` like the marker, the exception path loads
 ``raises`` instead of ``ends``, and the body's first instructions without a location get the
@@ -63,9 +63,10 @@ if TYPE_CHECKING:
 # 5: the try form's entry leaves a sampled site's untimed calls out of the runtime
 # (``compiler._skipping``). 6: on 3.11 its exit jumps over the call for them (``_jump_exits``)
 # and its untimed branch is 8 instructions (``_tight_entry``). 7: (3.11) the entry's clock is
-# the site's ``start`` (``_tight_entry``). Here, not in compiler.py: the
+# the site's ``start`` (``_tight_entry``). 8: so it is as compiled (``SITE.start()``, which
+# 3.12 specialises as it is). Here, not in compiler.py: the
 # import hook reads it on every load, and this module is the light one of the two.
-CODE_FORM = 7
+CODE_FORM = 8
 
 # The interpreters whose bytecode this was written and tested for (the exception table,
 # COPY and RERAISE's lasti came with 3.11).
@@ -531,11 +532,12 @@ _PICKING_EXIT = ("LOAD_GLOBAL", "LOAD_ATTR", "COPY", "LOAD_CONST", "IS_OP", "BIN
 
 
 # The skipping entry as compiled (``compiler._skipping``), once hide_slot has made its
-# pushes NOPs: the test, the untimed branch (``SITE.skip -= 1``, ``SITE.off``) and start().
+# pushes NOPs: the test, the untimed branch (``SITE.skip -= 1``, ``SITE.off``) and
+# ``SITE.start()`` (3.11's ``LOAD_METHOD`` of a slot does not specialise: ``_tight_entry``).
 _SKIPPING_ENTRY = ("LOAD_CONST", "LOAD_ATTR", "POP_JUMP_FORWARD_IF_FALSE",
                    "LOAD_CONST", "COPY", "LOAD_ATTR", "LOAD_CONST", "BINARY_OP", "SWAP", "STORE_ATTR", "LOAD_CONST",
                    "LOAD_ATTR", "NOP", "JUMP_FORWARD",
-                   "LOAD_GLOBAL", "LOAD_METHOD", "PRECALL", "CALL", "NOP")
+                   "LOAD_CONST", "LOAD_METHOD", "PRECALL", "CALL", "NOP")
 
 
 def _tight_entry(code: CodeType) -> CodeType:
@@ -567,7 +569,8 @@ def _tight_entry(code: CodeType) -> CodeType:
             return code
         site, skip, test, _, _, skip_again, one, minus, _, store, site_again, off, _, jump, load, start = block[:16]
         body = instructions[first + len(block)].offset
-        if (site.arg != site_again.arg or site.arg != block[3].arg or {skip.arg, skip_again.arg} != {store.arg}
+        if (site.arg != site_again.arg or site.arg != block[3].arg or site.arg != load.arg
+                or {skip.arg, skip_again.arg} != {store.arg}
                 or skip.argval != "skip" or off.argval != "off" or start.argval != "start" or one.argval != 1
                 or test.argval != load.offset or jump.argval != body or minus.arg is None
                 or block[4].arg != 1 or block[8].arg != 2 or block[17].arg != 0):

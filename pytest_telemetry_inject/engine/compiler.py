@@ -470,6 +470,13 @@ def _build(plan: _Plan, form: str, stand_ins: _StandIns) -> None:
                                                                       ast.Load()),
                                                         [ast.Constant(plan.name), ast.Constant(plan.marker)], [])))
         else:
+            # The skipping entry's clock is the site's own (``SITE.start()``: the runtime keeps
+            # its tracer's ``start`` there, a slot whose load specialises where
+            # ``_telemetry.start``, a C function in the tracer's class, does not).
+            site = ast.Constant(plan.marker + bytecode.SITE_SUFFIX)
+            clock = _place(ast.Expr(_place(ast.Call(_place(ast.Attribute(_place(site, line, col), "start", ast.Load()),
+                                                           line, col, subtree=False), [], []), -1, subtree=False)),
+                           line, col, subtree=False)
             start, end = _skipping(plan, clock, line, col)
         wrapper = _lineless(ast.Try(body=[], handlers=[], orelse=[], finalbody=[end]))
         wrapper.body = body
@@ -494,7 +501,7 @@ def _skipping(plan: _Plan, start: ast.Expr, line: int, col: int) -> tuple[ast.st
             SITE.skip -= 1              # the call, counted (no call in between: one step)
             SITE.off                    # None: the state, kept on the value stack
         else:
-            _telemetry.start()
+            SITE.start()                # the tracer's start(), kept in the site by the runtime
         try:
             ...body...
         finally:
