@@ -706,10 +706,10 @@ class Unbound:
 
     @property
     def start(self) -> Callable[[], object]:
-        """(3.11) What the entry calls for the start time (``_tight_entry`` reads it from the
-        site constant): the ``start`` of the calling module's ``_telemetry``, looked up on
-        each call (frames: this, the function); a clock that reads nothing if there is none
-        (the call is then left untimed, as a disabled one)."""
+        """What the skipping entry calls for the start time (``SITE.start()``,
+        ``compiler._skipping``): the ``start`` of the calling module's ``_telemetry``, looked
+        up on each call (frames: this, the function); a clock that reads nothing if there is
+        none (the call is then left untimed, as a disabled one)."""
         try:
             return sys._getframe(1).f_globals["_telemetry"].start  # type: ignore[no-any-return]
         except Exception:

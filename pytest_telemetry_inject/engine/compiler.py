@@ -448,11 +448,13 @@ def _build(plan: _Plan, form: str, stand_ins: _StandIns) -> None:
     a function whose bytecode cannot be edited is compiled again in the with form."""
     line, col = plan.line, plan.col
 
-    def telemetry(attribute: str, *args: ast.expr) -> ast.Call:
-        # The name and arguments at the entry line (see _entry_line); the call itself
-        # without a line, so that no call event of a tracer has a line the original lacks.
-        return _place(ast.Call(_place(ast.Attribute(_place(ast.Name("_telemetry", ast.Load()), line, col), attribute,
-                                                    ast.Load()), line, col, subtree=False),
+    def telemetry(attribute: str, *args: ast.expr, owner: ast.expr | None = None) -> ast.Call:
+        # ``owner.attribute(*args)`` (owner: ``_telemetry``). The owner and arguments at the
+        # entry line (see _entry_line); the call itself without a line, so that no call event
+        # of a tracer has a line the original lacks.
+        owner = ast.Name("_telemetry", ast.Load()) if owner is None else owner
+        return _place(ast.Call(_place(ast.Attribute(_place(owner, line, col), attribute, ast.Load()), line, col,
+                                      subtree=False),
                                [_place(arg, line, col) for arg in args], []), -1, subtree=False)
 
     # The rewrites below change nested statement lists in place, the same way each time; a
@@ -462,21 +464,18 @@ def _build(plan: _Plan, form: str, stand_ins: _StandIns) -> None:
     body = _closed(body)
     _stand_in_returns(body, stand_ins if form == "with" and bytecode.LINES_EDITABLE else None)
     if form == "try":
-        clock = _place(ast.Expr(telemetry("start_generator" if plan.generator else "start")), line, col,
-                       subtree=False)
+        # The skipping entry's clock is the site's own (``SITE.start()``: the runtime keeps its
+        # tracer's ``start`` there, a slot whose load specialises where ``_telemetry.start``,
+        # a C function in the tracer's class, does not).
+        clock = _place(ast.Expr(telemetry("start_generator") if plan.generator else
+                                telemetry("start", owner=ast.Constant(plan.marker + bytecode.SITE_SUFFIX))),
+                       line, col, subtree=False)
         if plan.generator:  # (a generator's calls are all timed: no skipping entry)
             start: ast.stmt = clock
             end: ast.stmt = _lineless(ast.Expr(ast.Call(ast.Attribute(ast.Name("_telemetry", ast.Load()), "end",
                                                                       ast.Load()),
                                                         [ast.Constant(plan.name), ast.Constant(plan.marker)], [])))
         else:
-            # The skipping entry's clock is the site's own (``SITE.start()``: the runtime keeps
-            # its tracer's ``start`` there, a slot whose load specialises where
-            # ``_telemetry.start``, a C function in the tracer's class, does not).
-            site = ast.Constant(plan.marker + bytecode.SITE_SUFFIX)
-            clock = _place(ast.Expr(_place(ast.Call(_place(ast.Attribute(_place(site, line, col), "start", ast.Load()),
-                                                           line, col, subtree=False), [], []), -1, subtree=False)),
-                           line, col, subtree=False)
             start, end = _skipping(plan, clock, line, col)
         wrapper = _lineless(ast.Try(body=[], handlers=[], orelse=[], finalbody=[end]))
         wrapper.body = body

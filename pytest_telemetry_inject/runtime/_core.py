@@ -351,11 +351,11 @@ class _Site:
         self._attrs: dict[str, Any] | None = None
         # In snapshot() before any call (a site bound at import, ``bind_site``, is not).
         self.shown = True
-        # What a bound entry calls for its start time on 3.11 (``engine/bytecode.py``,
-        # ``_tight_entry``): its module's tracer's ``start``, kept by ``_clock_sites`` on
-        # each change of mode (``perf_counter`` in the aggregate mode). A slot: its load
-        # specialises, where ``_telemetry.start`` does not on 3.11 (a C function in the
-        # tracer's class: 3.11 specialises a method call only on a Python function).
+        # What a bound entry calls for its start time (``SITE.start()``,
+        # ``engine/compiler.py`` ``_skipping``; on 3.11 ``engine/bytecode.py`` ``_tight_entry``):
+        # its module's tracer's ``start``, kept by ``_clock_sites`` on each change of mode
+        # (``perf_counter`` in the aggregate mode). A slot: its load specialises, where
+        # ``_telemetry.start`` (a C function in the tracer's class) does not on 3.11 or 3.12.
         self.start: Callable[[], object] = _seconds
         self.off = None  # the state of a call the entry left untimed (see _end_site_agg)
         _unsample(self)
@@ -1889,7 +1889,7 @@ def _install(tr: Tracer) -> None:
 
 def _clock_sites(tr: Tracer) -> None:
     """The tracer's ``start`` into each of its module's sites (``_Site.start``): what a
-    bound entry calls for its start time on 3.11, in every mode."""
+    bound entry calls for its start time, in every mode."""
     start = tr.start
     for site in list(tr._by_name.values()):
         if site.module == tr.module:
