@@ -9,10 +9,21 @@ pre-commit hook) sees the same machine. A test that plays another machine points
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 
 from pytest_telemetry_inject.engine import seal
+
+# litellm imports the importlib_metadata backport, which on its import takes the standard
+# library's finder of distributions off ``PathFinder`` and appends its own to
+# ``sys.meta_path``. First imported inside a pytester test (a fake LLM server's), whose
+# teardown restores ``sys.meta_path``, it left the worker with no finder of distributions at
+# all: every later import of litellm failed ("No package metadata was found for httpx2") and
+# the LLM tests after it were skipped. Imported here, before any test, its finder is part of
+# what pytester restores.
+with contextlib.suppress(ImportError):
+    import importlib_metadata  # noqa: F401
 
 if "TELEMETRY_INJECT_KEY_FILE" not in os.environ:
     _home = tempfile.mkdtemp(prefix="telemetry-inject-user-")
