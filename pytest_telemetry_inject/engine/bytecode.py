@@ -33,8 +33,8 @@ marker's ``TEST_SUFFIX``) is a ``COPY`` like the marker, the exception path load
 entry's (the two branches join there, where the compiler gives them none).
 
 On 3.11 the skipping exit's normal path then jumps over its call for an untimed call
-(:func:`_jump_exits`) instead of picking the call from a dict, and the entry reads ``skip``
-once (:func:`_tight_entry`).
+(:func:`_jump_exits`) instead of picking the call from a dict, and an untimed call takes a
+slot from the site's iterator of them instead of counting ``skip`` down (:func:`_tight_entry`).
 
 Every edit replaces code units in place (no offset, jump or line-table entry moves).
 The result is checked by running the same stack analysis on the new code: every ``COPY``
@@ -64,9 +64,10 @@ if TYPE_CHECKING:
 # (``compiler._skipping``). 6: on 3.11 its exit jumps over the call for them (``_jump_exits``)
 # and its untimed branch is 8 instructions (``_tight_entry``). 7: (3.11) the entry's clock is
 # the site's ``start`` (``_tight_entry``). 8: so it is as compiled (``SITE.start()``, which
-# 3.12 specialises as it is). Here, not in compiler.py: the
+# 3.12 specialises as it is). 9: (3.11) an untimed call takes a slot from the site's
+# ``ticks`` (``_tight_entry``). Here, not in compiler.py: the
 # import hook reads it on every load, and this module is the light one of the two.
-CODE_FORM = 8
+CODE_FORM = 9
 
 # The interpreters whose bytecode this was written and tested for (the exception table,
 # COPY and RERAISE's lasti came with 3.11).
@@ -541,23 +542,29 @@ _SKIPPING_ENTRY = ("LOAD_CONST", "LOAD_ATTR", "POP_JUMP_FORWARD_IF_FALSE",
 
 
 def _tight_entry(code: CodeType) -> CodeType:
-    """(3.11) The skipping entry in 8 or 9 instructions instead of 14 (untimed) and 8
-    (timed): ``skip`` is read once, kept for the count when it is not 0, None is pushed as a
-    constant, and the clock is the site's own (``SITE.start``, its tracer's ``start`` kept
-    in a slot by the runtime: that load specialises, ``LOAD_METHOD`` of ``_telemetry.start``,
-    a C function in the tracer's class, does not; ~120 instructions less per timed call)::
+    """(3.11) The skipping entry in 7 instructions for an untimed call instead of 14, and 8
+    for a timed one. An untimed call takes one of the slots that the site's last timed call
+    granted, from an iterator (``SITE.ticks``, a range's: ``FOR_ITER`` calls its C ``next``,
+    which makes no Python call and no object), where the compiled entry reads ``skip``,
+    subtracts one and stores it back (~110 machine instructions more a call, under
+    callgrind, than this entry, with ``skip`` read once). The runtime counts the untimed
+    calls as the slots granted less those left (``_core._take``). The clock is the site's
+    own (``SITE.start``, its tracer's ``start`` kept in a slot by the runtime: that load
+    specialises, ``LOAD_METHOD`` of ``_telemetry.start``, a C function in the tracer's class,
+    does not)::
 
-        LOAD_CONST SITE; LOAD_ATTR skip; JUMP_IF_TRUE_OR_POP untimed
-        PUSH_NULL; LOAD_CONST SITE; LOAD_ATTR start; PRECALL 0; CALL 0  # timed
+        LOAD_CONST SITE; LOAD_ATTR ticks; FOR_ITER timed   # a slot: pushed on the iterator
+        POP_TOP; POP_TOP; LOAD_CONST None                  # untimed: None is the state
         JUMP_FORWARD body
         (NOPs, never run)
-    untimed:
-        LOAD_CONST 1; BINARY_OP -=; LOAD_CONST SITE; STORE_ATTR skip    # no call: one step
-        LOAD_CONST None                                                 # falls into the body
+    timed:                                                 # none left: FOR_ITER popped the iterator
+        PUSH_NULL; LOAD_CONST SITE; LOAD_ATTR start; PRECALL 0; CALL 0  # falls into the body
 
     in the entry's own code units, which have no location: no offset, handler or location
-    moves. ``code`` unchanged where the entry is not in the compiled shape (or has no None
-    among its constants), or the result fails the stack analysis."""
+    moves. ``ticks`` is added to the names if the code has none. ``code`` unchanged where the
+    entry is not in the compiled shape (or has no None among its constants), or the result
+    fails the stack analysis; its ``skip`` then counts its untimed calls, which the runtime
+    on 3.11 never grants: every call of such a function is timed."""
     if not JUMPING:
         return code
     try:
@@ -580,24 +587,25 @@ def _tight_entry(code: CodeType) -> CodeType:
         start_at = site.offset
         if none is None or any(position[0] is not None for position in where[start_at // 2:body // 2]):
             return code
-        head = _unit("LOAD_CONST", site.arg or 0) + _unit("LOAD_ATTR", skip.arg or 0)
+        co_names = code.co_names
+        ticks = co_names.index(TICKS) if TICKS in co_names else len(co_names)
+        head = _unit("LOAD_CONST", site.arg or 0) + _unit("LOAD_ATTR", ticks)
+        untimed = _unit("POP_TOP") + _unit("POP_TOP") + _unit("LOAD_CONST", none)
         timed = (_unit("PUSH_NULL") + _unit("LOAD_CONST", site.arg or 0) + _unit("LOAD_ATTR", start.arg or 0)
                  + _unit("PRECALL", 0) + _unit("CALL", 0))
-        untimed = (_unit("LOAD_CONST", one.arg or 0) + _unit("BINARY_OP", minus.arg)
-                   + _unit("LOAD_CONST", site.arg or 0) + _unit("STORE_ATTR", store.arg or 0)
-                   + _unit("LOAD_CONST", none))
-        untimed_at = body - len(untimed)
-        jump_at = start_at + len(head) + 2 + len(timed)  # (JUMP_IF_TRUE_OR_POP: one code unit)
-        filler = (untimed_at - jump_at - 2) // 2
+        timed_at = body - len(timed)
+        jump_at = start_at + len(head) + 2 + len(untimed)  # (FOR_ITER: one code unit)
+        filler = (timed_at - jump_at - 2) // 2
         if filler < 0:
             return code
         raw = bytearray(code.co_code)
-        raw[start_at:body] = (head + _unit("JUMP_IF_TRUE_OR_POP", (untimed_at - start_at - len(head) - 2) // 2)
-                              + timed + _unit("JUMP_FORWARD", (body - jump_at - 2) // 2)
-                              + _unit("NOP") * filler + untimed)
-        result = code.replace(co_code=bytes(raw))
+        raw[start_at:body] = (head + _unit("FOR_ITER", (timed_at - start_at - len(head) - 2) // 2)
+                              + untimed + _unit("JUMP_FORWARD", (body - jump_at - 2) // 2)
+                              + _unit("NOP") * filler + timed)
+        result = code.replace(co_code=bytes(raw),
+                              co_names=co_names if ticks < len(co_names) else (*co_names, TICKS))
         depths = depths_of(result)
-        if depths.get(body) != 1 or depths.get(untimed_at) != 1 or depths.get(jump_at) != 1:
+        if depths.get(body) != 1 or depths.get(timed_at) != 0 or depths.get(jump_at) != 1:
             return code
         return result
     except (Unsupported, IndexError, KeyError, ValueError):
@@ -703,6 +711,7 @@ class Unbound:
 
     __slots__ = ()
     skip = 0
+    ticks = iter(range(0))  # (3.11, ``_tight_entry``: no slot, ever)
 
     @property
     def start(self) -> Callable[[], object]:
@@ -723,6 +732,7 @@ def _untimed() -> None:
 UNBOUND = Unbound()
 BOUND_END = "end_site"  # the tracer's method a bound function's end() calls: given the site itself
 SKIPPING_BOUND_END = "ends_site"  # and the pair a bound skipping function's exit picks it from
+TICKS = "ticks"  # (3.11) the site's slots for untimed calls, which the tight entry takes (``_tight_entry``)
 
 
 def _own_slots(edited: _Code, instructions: list[dis.Instruction], index: dict[int, int],

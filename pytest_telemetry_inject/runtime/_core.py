@@ -79,7 +79,7 @@ def __dir__() -> list[str]:
 # a type checker takes any ``TYPE_CHECKING`` name as typing's).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, Sequence
+    from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator, Mapping, Sequence
     from contextvars import Token
     from types import CodeType, FrameType, ModuleType
     from typing import Any, TypedDict, TypeVar
@@ -175,6 +175,13 @@ _NOT_ERRORS = (GeneratorExit, StopIteration, StopAsyncIteration)
 _NOTHING: dict[Any, Any] = {}  # its .get is the disabled try form's start/end/fail
 _DRAIN_AT = 512  # errors kept per site before they are folded into the aggregate
 _NOTHING_PENDING = (0, 0.0, float("inf"), 0.0)  # a site's pending count, total, low, high
+# (3.11) An untimed call of a bound function takes one of its site's slots, from an iterator
+# (``_Site.ticks``; ``engine/bytecode.py``, ``_tight_entry``); from 3.12 it counts ``skip`` down.
+# A range's iterator: its ``next`` is C and makes no object (small integers), and it is not an
+# object the garbage collector tracks (a suite that counts ``gc.get_objects()`` sees none).
+_TICKS = sys.version_info[:2] == (3, 11)
+_NO_TICKS: Iterator[int] = iter(range(0))  # no slot: the next call is timed
+_SLOTS: dict[int, range] = {}  # slots granted at once -> range(slots), whose iterator is the grant
 _SPILL_AT = 4096  # events kept before they are handed to the sinks
 _EPOCH_NS = _time_ns() - _clock()  # perf_counter_ns() + this = Unix time in ns
 
@@ -316,7 +323,7 @@ class _Site:
 
     __slots__ = ("module", "name", "file", "line", "n", "total", "low", "high", "errs", "stats", "ot", "_attrs",
                  "left", "given", "carry", "every", "sm", "ss", "sq", "seen", "seen_s", "rn", "rs", "shown",
-                 "skip", "granted", "off", "rw", "due", "start")
+                 "skip", "granted", "off", "rw", "due", "start", "ticks")
     # Set by _unsample (see there).
     left: int
     given: int
@@ -357,6 +364,9 @@ class _Site:
         # (``perf_counter`` in the aggregate mode). A slot: its load specialises, where
         # ``_telemetry.start`` (a C function in the tracer's class) does not on 3.11 or 3.12.
         self.start: Callable[[], object] = _seconds
+        # (3.11) The untimed calls granted and not made yet: an iterator that the entry
+        # takes one from per call (``_end_site_agg``'s grant, ``_take``).
+        self.ticks: Iterator[int] = _NO_TICKS
         self.off = None  # the state of a call the entry left untimed (see _end_site_agg)
         _unsample(self)
 
@@ -424,14 +434,21 @@ def _take(site: _Site) -> tuple[int, float, float, float, int]:
     1``), plus those kept by a change of its sampling since the last fold (``carry``, see
     ``_retime``); it starts again with the next call timed (``left`` 1), which appends it to
     ``_recent`` (its minimum is infinite then), so a test switch never misses its untimed
-    calls. A countdown to the decision (``left`` below 0) goes on across folds."""
+    calls. A countdown to the decision (``left`` below 0) goes on across folds. A bound
+    site's entry made ``granted`` less ``skip`` (from 3.12) or less the slots left in
+    ``ticks`` (3.11): those are taken away in the same step, and counted after it (no entry
+    can take one of them then)."""
     left = site.left
-    pending = (site.n, site.total, site.low, site.high,
-               (site.given - left + 1 if left > 0 else 0) + site.carry + site.granted - site.skip)
+    ticks = site.ticks
+    site.ticks = _NO_TICKS
+    n, total, low, high = site.n, site.total, site.low, site.high
+    untimed = (site.given - left + 1 if left > 0 else 0) + site.carry + site.granted - site.skip
     site.n, site.total, site.low, site.high = _NOTHING_PENDING
     site.given = site.carry = site.granted = site.skip = 0
     site.left = 1 if left > 0 else left
-    return pending
+    if ticks is not _NO_TICKS:
+        untimed -= ticks.__length_hint__()  # type: ignore[attr-defined]
+    return n, total, low, high, untimed
 
 
 if _FREE_THREADED:  # (there counts are made under _acc_lock, and so is their take)
@@ -635,6 +652,7 @@ def _unsample(site: _Site) -> None:
     sum and sum of squares (seconds) of the calls timed while sampled; ``seen``, ``seen_s``: timed calls folded and their seconds;
     ``due``: the ``sm`` at which a sampled site's hot path looks at its window (``_due``)."""
     site.given = site.carry = site.every = site.sm = site.seen = site.rn = site.skip = site.granted = 0
+    site.ticks = _NO_TICKS
     site.left = -_AFTER if _EVERY > 1 and not _FREE_THREADED else 0
     site.ss = site.sq = site.seen_s = site.rs = site.rw = 0.0
     site.due = _NEVER
@@ -748,12 +766,55 @@ def _retime(site: _Site, every: int, left: int) -> None:
 
 
 def _withdraw(site: _Site) -> None:
-    """Stop a bound site's entry leaving calls untimed (``skip`` 0), its untimed calls so
-    far (granted less not used) moved to ``carry``: one step, no call in between. After a
-    change of sampling (``_retime``: after it, so that an end() of another thread grants by
-    the new period) and of mode (``_apply``)."""
-    site.carry += site.granted - site.skip
+    """Stop a bound site's entry leaving calls untimed (``skip`` 0, no slot left in
+    ``ticks``), its untimed calls so far (granted less not used) moved to ``carry``: one
+    step, no call in between (on 3.11 after the slots left are counted, ``_unused``). After
+    a change of sampling (``_retime``: after it, so that an end() of another thread grants
+    by the new period) and of mode (``_apply``)."""
+    unused, ticks = _unused(site)
+    site.ticks = _NO_TICKS
+    site.carry += site.granted - site.skip - unused
     site.granted = site.skip = 0
+    _settle(site, ticks, unused)
+
+
+def _slots(slots: int) -> range:
+    """``range(slots)``, kept per number of slots: a timed call's grant is its iterator."""
+    grant = _SLOTS[slots] = range(slots)
+    return grant
+
+
+def _grant(site: _Site, new: Iterator[int], slots: int) -> None:
+    """(3.11) ``new`` (``slots`` slots) in the place of the site's ``ticks``, ``granted``
+    topped up by them less the slots left in the one it replaces: ``_end_site_agg``'s grant
+    where another thread replaced ``ticks`` while it counted them."""
+    unused, ticks = _unused(site)
+    site.ticks = new
+    site.granted += slots - unused
+    _settle(site, ticks, unused)
+
+
+def _unused(site: _Site) -> tuple[int, Iterator[int]]:
+    """The slots left in the site's ``ticks``, and that iterator, read so that no call comes
+    between the read of ``site.ticks`` that returns it and the caller's next statement:
+    the caller replaces it there, in one step with its count. (Other threads' calls may
+    still take slots between the count and that step: ``_settle`` adds them.)"""
+    while True:
+        ticks = site.ticks
+        unused = ticks.__length_hint__() if ticks is not _NO_TICKS else 0  # type: ignore[attr-defined]
+        if site.ticks is ticks:  # (no other thread replaced it during the count)
+            return unused, ticks
+
+
+def _settle(site: _Site, ticks: Iterator[int], unused: int) -> None:
+    """Count the slots of ``ticks`` that calls took after ``_unused`` counted ``unused`` and
+    before the caller replaced it (no entry can take one now): in ``granted`` they are
+    untimed calls made. Until this step they are missing from it; a fold in between leaves
+    them to the next one."""
+    if unused:
+        taken = unused - ticks.__length_hint__()  # type: ignore[attr-defined]
+        if taken:
+            site.granted += taken
 
 
 def _hot(site: _Site) -> None:
@@ -1497,7 +1558,8 @@ class Tracer:
         ``bind_sites``): given the site itself, not its name, so no lookup. A sampled site's
         untimed calls never get here: the function's entry (``compiler._skipping``) counts
         them down from the ``skip`` that the site's timed call grants here (its untimed calls:
-        ``granted - skip``, see ``_take``) and hands its ``finally`` a state of None, for
+        ``granted - skip``, see ``_take``; on 3.11 it takes them from the iterator of slots,
+        ``ticks``, granted here: ``bytecode._tight_entry``) and hands its ``finally`` a state of None, for
         which it calls nothing (on 3.11 it jumps over the call; from 3.12 it calls a C
         function that does nothing: ``engine/bytecode.py``, ``_jump_exits``). A site decided
         to be timed on every call (``left`` 0, once its window after the decision is counted
@@ -1524,8 +1586,20 @@ class Tracer:
                     site.left = left + 1
                 every = site.every
                 if every > 0:  # sampled: the entry leaves the next every - 1 calls untimed
-                    site.granted += every - 1 - site.skip  # (topped up: two timed calls at once
-                    site.skip = every - 1                   # grant every - 1 in all)
+                    if _TICKS:  # (3.11) as slots of an iterator, which the entry takes from
+                        new = iter(_SLOTS.get(every - 1) or _slots(every - 1))
+                        ticks = site.ticks  # (_unused, inlined: topped up, as below)
+                        unused = ticks.__length_hint__()  # type: ignore[attr-defined]
+                        if site.ticks is ticks:  # (no other thread's grant or fold during the count)
+                            site.ticks = new
+                            site.granted += every - 1 - unused
+                            if unused:
+                                _settle(site, ticks, unused)
+                        else:
+                            _grant(site, new, every - 1)
+                    else:
+                        site.granted += every - 1 - site.skip  # (topped up: two timed calls at once
+                        site.skip = every - 1                   # grant every - 1 in all)
                     site.sm += 1
                     site.ss += seconds
                     site.sq += seconds * seconds

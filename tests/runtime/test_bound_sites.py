@@ -242,6 +242,12 @@ def calls_into_the_runtime(action) -> int:  # type: ignore[no-untyped-def]
     return len(seen)
 
 
+def slots_left(site: _core._Site) -> int:
+    """The untimed calls the site's last timed call granted and its entry has not made yet:
+    ``skip``, or on 3.11 the slots left in ``ticks`` (``bytecode._tight_entry``)."""
+    return site.ticks.__length_hint__() if _core._TICKS else site.skip  # type: ignore[attr-defined, no-any-return]
+
+
 def test_an_untimed_call_makes_no_call_into_the_runtime_and_is_counted() -> None:
     _core.configure(timing_every=4, timing_after=20, timing_below=10.0)
     m = load(SKIPPING)
@@ -251,9 +257,9 @@ def test_an_untimed_call_makes_no_call_into_the_runtime_and_is_counted() -> None
     assert site.every == 4
     runtime.snapshot()  # a fold: the next call is timed, the 3 after it skipped
     assert calls_into_the_runtime(lambda: m.maybe(1)) == 1  # end() of the timed call
-    assert site.skip == 3
+    assert slots_left(site) == 3
     assert calls_into_the_runtime(lambda: [m.maybe(i) for i in range(3)]) == 0
-    assert (site.skip, site.granted) == (0, 3)
+    assert (slots_left(site), site.granted) == (0, 3)
     row = rows(m)["maybe"]
     assert (row["count"], row["errors"]) == (44, 0) and row["untimed"] >= 3
 
@@ -288,9 +294,9 @@ def test_untimed_calls_go_to_the_test_they_ran_in_and_survive_a_change_of_mode()
     for i in range(11):
         m.maybe(i)
     site = _core._sites[(m.__name__, "maybe")]
-    assert site.granted > site.skip > 0
+    assert site.granted > slots_left(site) > 0
     runtime.configure(keep_events=True)  # events: calls are no longer skipped
-    assert site.skip == site.granted == 0
+    assert slots_left(site) == site.granted == 0
     m.maybe(1)
     runtime.set_current_test(None)
     by_test = {row["test"]: row["count"] for row in runtime.snapshot(per_test=True) if row["module"] == m.__name__}
@@ -304,11 +310,11 @@ def test_the_disabled_runtime_skips_nothing_and_counts_nothing() -> None:
         m.maybe(i)
     runtime.configure(disabled=True)
     site = _core._sites[(m.__name__, "maybe")]
-    assert site.skip == 0
+    assert slots_left(site) == 0
     before = site.granted
     for i in range(20):
         m.maybe(i)
-    assert (site.skip, site.granted) == (0, before)
+    assert (slots_left(site), site.granted) == (0, before)
     runtime.configure(disabled=False)
     assert rows(m)["maybe"]["count"] == 40
 
@@ -336,15 +342,19 @@ def test_on_3_11_an_untimed_call_calls_nothing_at_all_and_every_exit_jumps() -> 
     instructions = bytecode.instructions_of(m.named.__code__)
     names = [ins.opname for ins in instructions]
     assert names.count("POP_JUMP_FORWARD_IF_NONE") == 2, "one jump per return's exit"
-    # The entry: skip read once and kept for the count, None pushed as a constant (bytecode._tight_entry).
-    assert names[1:4] == ["LOAD_CONST", "LOAD_ATTR", "JUMP_IF_TRUE_OR_POP"]
-    at = names.index("LOAD_CONST", [ins.offset for ins in instructions].index(instructions[3].argval))
-    assert names[at:at + 5] == ["LOAD_CONST", "BINARY_OP", "LOAD_CONST", "STORE_ATTR", "LOAD_CONST"]
-    assert instructions[at + 4].argval is None and "off" not in [ins.argval for ins in instructions]
-    # Timed, the clock is the site's own start (a slot), not _telemetry.start (LOAD_METHOD).
-    assert names[4:9] == ["PUSH_NULL", "LOAD_CONST", "LOAD_ATTR", "PRECALL", "CALL"]
-    assert instructions[5].argval is instructions[1].argval and instructions[6].argval == "start"
-    assert "LOAD_METHOD" not in names[:at]
+    # The entry (bytecode._tight_entry): an untimed call takes a slot from the site's ticks
+    # (FOR_ITER; the slot and the iterator dropped, None pushed as a constant) and jumps to
+    # the body, no count of its own.
+    assert names[1:8] == ["LOAD_CONST", "LOAD_ATTR", "FOR_ITER", "POP_TOP", "POP_TOP", "LOAD_CONST", "JUMP_FORWARD"]
+    assert instructions[2].argval == "ticks" and "skip" not in [ins.argval for ins in instructions]
+    assert instructions[6].argval is None and "off" not in [ins.argval for ins in instructions]
+    # Timed (no slot left), the clock is the site's own start (a slot), not _telemetry.start
+    # (LOAD_METHOD); it falls into the body.
+    at = [ins.offset for ins in instructions].index(instructions[3].argval)
+    assert names[at:at + 5] == ["PUSH_NULL", "LOAD_CONST", "LOAD_ATTR", "PRECALL", "CALL"]
+    assert instructions[at + 1].argval is instructions[1].argval and instructions[at + 2].argval == "start"
+    assert instructions[at + 5].offset == instructions[7].argval, "both branches join at the body"
+    assert "LOAD_METHOD" not in names[:at + 5]
     assert m.named.__code__.co_names.count("end_site") == 1 and "ends_site" not in m.named.__code__.co_names
     for i in range(40):
         m.named(i % 2)
@@ -416,12 +426,16 @@ def test_an_entry_out_of_shape_is_left_as_compiled(monkeypatch: pytest.MonkeyPat
     tight = bytecode._tight_entry(code)
     assert len(tight.co_code) == len(code.co_code) and tight.co_code != code.co_code
     assert bytecode.depths_of(tight)
+    assert tight.co_names == (*code.co_names, "ticks")  # (the name the entry reads, added)
     # ``SITE.skip -= 1`` on another name than the test's: not the compiled shape.
     store = next(ins for ins in bytecode.dis.get_instructions(code) if ins.opname == "STORE_ATTR")
     raw = bytearray(code.co_code)
     raw[store.offset + 1] = code.co_names.index("off")
     tampered = code.replace(co_code=bytes(raw))
     assert bytecode._tight_entry(tampered) is tampered
+    # A code with the name already (the function's own ``x.ticks``): the entry reads that one.
+    named = code.replace(co_names=(*code.co_names, "ticks"))
+    assert bytecode._tight_entry(named).co_names == named.co_names
     # No None among the constants: nothing to push for an untimed call.
     nothing = code.replace(co_consts=tuple("none" if value is None else value for value in code.co_consts))
     assert bytecode._tight_entry(nothing) is nothing
@@ -440,10 +454,114 @@ def test_a_bound_site_that_stays_cheap_leaves_more_calls_untimed(monkeypatch) ->
     site = _core._sites[(m.__name__, "maybe")]
     assert site.every == 4 * _core._GROW_MAX
     assert calls_into_the_runtime(lambda: m.maybe(1)) == 1  # the first call after the fold: timed
-    assert site.skip == site.every - 1
+    assert slots_left(site) == site.every - 1
     assert calls_into_the_runtime(lambda: [m.maybe(i) for i in range(site.every - 1)]) == 0
     row = rows(m)["maybe"]
     assert row["count"] == 2_000 + site.every and row["untimed"] > 2_000 - 2_000 // 8
+
+
+HOOKED = '''
+    def hooked(hook):
+        hook()
+        return 1
+
+
+    def down(n):
+        return 0 if n == 0 else 1 + down(n - 1)
+'''
+
+
+class Racing:
+    """A site's ``ticks`` (3.11) that runs ``race()`` inside its count of the slots left,
+    after reading it: what other threads may do between that count and the step that
+    replaces the iterator (``_core._unused``): take slots, or replace it."""
+
+    def __init__(self, slots: int, race) -> None:  # type: ignore[no-untyped-def]
+        self.left, self.race = slots, race
+
+    def __iter__(self) -> Racing:
+        return self
+
+    def __next__(self) -> int:
+        if self.left:
+            self.left -= 1
+            return self.left
+        raise StopIteration
+
+    def __length_hint__(self) -> int:
+        left, race = self.left, self.race
+        self.race = None
+        if race is not None:
+            race()
+        return left
+
+
+def sampled_hooked(every: int = 4) -> tuple[types.ModuleType, _core._Site]:
+    _core.configure(timing_every=every, timing_after=20, timing_below=10.0)
+    m = load(HOOKED)
+    for _ in range(40):
+        m.hooked(int)
+    runtime.snapshot()  # a fold: the next call is timed
+    site = _core._sites[(m.__name__, "hooked")]
+    assert site.every == every
+    return m, site
+
+
+@pytest.mark.skipif(not _core._TICKS, reason="3.11: untimed calls take slots from an iterator")
+@pytest.mark.parametrize("race", ["slots taken", "replaced by a fold"])
+def test_a_grant_counts_the_slots_other_threads_take_or_a_fold_takes_during_it(race: str) -> None:
+    """A timed call's end() counts the slots left in the iterator it replaces; slots taken
+    after the count (other threads' untimed calls) are added after the swap (``_settle``),
+    and an iterator replaced during the count (a fold, another grant) is counted again
+    (``_grant``). Either way every call is counted once."""
+    m, site = sampled_hooked()
+    folded = []
+
+    def install() -> None:  # (inside the timed call: another thread's grant of 3 slots)
+        if race == "slots taken":
+            site.ticks = Racing(3, lambda: [m.hooked(int) for _ in range(2)])
+        else:
+            site.ticks = Racing(3, lambda: folded.append(_core._take(site)))
+        site.granted += 3
+
+    m.hooked(install)  # timed (the fold left no slot); its end() grants 3 in place of the Racing
+    assert slots_left(site) == 3
+    for _ in range(100):
+        m.hooked(int)
+    made = 40 + 1 + 100 + (2 if race == "slots taken" else 0)
+    assert len(folded) == (race == "replaced by a fold")
+    assert sum(entry[0] + entry[4] for entry in folded) + rows(m)["hooked"]["count"] == made
+
+
+@pytest.mark.skipif(not _core._TICKS, reason="3.11: untimed calls take slots from an iterator")
+def test_a_withdrawal_counts_the_slots_taken_during_its_count() -> None:
+    m, site = sampled_hooked()
+    m.hooked(int)  # timed: 3 slots granted
+    site.ticks = Racing(3, lambda: [m.hooked(int) for _ in range(2)])  # (the same 3, racing)
+    _core._withdraw(site)  # (as a change of mode or of sampling does)
+    assert site.ticks is _core._NO_TICKS and slots_left(site) == 0
+    m.hooked(int)  # timed: none left
+    assert rows(m)["hooked"]["count"] == 40 + 1 + 2 + 1
+
+
+def test_recursive_calls_of_a_sampled_site_are_counted_once_each_in_their_test() -> None:
+    # An outer call's end() grants in place of an iterator its inner calls left half used.
+    _core.configure(timing_every=4, timing_after=20, timing_below=10.0)
+    m = load(HOOKED)
+    for _ in range(20):
+        m.down(3)
+    runtime.set_current_test("t::a")
+    for depth in range(12):
+        assert m.down(depth) == depth
+    runtime.set_current_test("t::b")
+    for depth in (5, 2, 7):
+        m.down(depth)
+    runtime.set_current_test(None)
+    by_test = {row["test"]: (row["count"], row["untimed"]) for row in runtime.snapshot(per_test=True)
+               if row["module"] == m.__name__ and row["name"] == "down"}
+    assert by_test["t::a"][0] == sum(depth + 1 for depth in range(12))
+    assert by_test["t::b"][0] == 6 + 3 + 8
+    assert by_test["t::a"][1] > 0, "sampled: some of the calls untimed"
 
 
 def test_a_bound_site_whose_calls_raise_is_sampled_as_any_other() -> None:
