@@ -536,7 +536,7 @@ def _drain(site: _Site) -> None:
         stats = _open_row(site, stats)
     if n:
         low_ns, high_ns = round(low * 1e9), round(high * 1e9)  # (_ns, inlined: once per site a test)
-        if not stats[0] or low_ns < stats[2]:
+        if stats[0] == stats[8] or low_ns < stats[2]:  # (no timed call in it yet: its min is 0)
             stats[2] = low_ns
         if high_ns > stats[3]:
             stats[3] = high_ns
@@ -2556,8 +2556,10 @@ def _mark_estimated(row: SnapshotRow | dict[str, Any], untimed: int, bound_ns: f
 
 
 def _fold(into: _Stats, stats: Sequence[Any]) -> None:
-    if stats[0]:
-        if not into[0] or stats[2] < into[2]:
+    # The minimum is that of the timed calls: a sampled row may have calls and none timed
+    # (its min 0), which must neither win nor keep a later timed minimum out.
+    if stats[0] > (stats[8] if len(stats) > 8 else 0):
+        if into[0] == (into[8] if len(into) > 8 else 0) or stats[2] < into[2]:
             into[2] = stats[2]
         into[3] = max(into[3], stats[3])
     into[0] += stats[0]
@@ -2610,7 +2612,8 @@ def _rows(per_test: bool) -> list[SnapshotRow]:
 
 def merge_snapshots(snapshots: Iterable[Iterable[Mapping[str, Any]]]) -> list[dict[str, Any]]:
     """Combine snapshots (e.g. of pytest-xdist workers) exactly: counts, totals and errors
-    add up, the smallest min and the largest max win. Rows are matched by module, name and
+    add up, the smallest min and the largest max win (of the rows with timed calls: a sampled
+    row without any has min and max 0, and takes no part). Rows are matched by module, name and
     (for per-test rows) test."""
     merged: dict[tuple[Any, ...], tuple[dict[str, Any], _Stats]] = {}
     for rows in snapshots:

@@ -544,6 +544,44 @@ def test_a_withdrawal_counts_the_slots_taken_during_its_count() -> None:
     assert rows(m)["hooked"]["count"] == 40 + 1 + 2 + 1
 
 
+@pytest.mark.skipif(not _core._TICKS, reason="3.11: untimed calls take slots from an iterator")
+def test_a_test_whose_first_fold_has_only_untimed_calls_takes_its_minimum_from_its_timed_ones() -> None:
+    # A fold between a timed call's count and its grant (another thread's test switch, here
+    # inside the grant's count) leaves the next test untimed calls and no timed one: its
+    # first fold has calls and a minimum of 0, which the timed calls after it must replace.
+    m, site = sampled_hooked()
+
+    def install() -> None:
+        site.ticks = Racing(3, lambda: runtime.set_current_test("t::a"))
+        site.granted += 3
+
+    runtime.set_current_test("t::before")
+    m.hooked(install)  # timed, counted; the switch to t::a runs before its grant
+    assert runtime.current_test() == "t::a" and slots_left(site) == 3
+    for _ in range(3):
+        m.hooked(int)  # untimed
+    runtime.snapshot()  # t::a's first fold: three calls, none timed
+    m.hooked(int)  # timed (the fold took the slots left: none)
+    runtime.set_current_test(None)
+    per_test = {row["test"]: row for row in runtime.snapshot(per_test=True) if row["module"] == m.__name__}
+    a = per_test["t::a"]
+    assert (per_test["t::before"]["count"], a["count"], a["untimed"]) == (1, 4, 3)
+    assert 0 < a["min_ns"] <= a["max_ns"]
+
+
+def test_rows_without_a_timed_call_take_no_part_in_the_minimum() -> None:
+    # The rows of a sampled function: some tests may have only untimed calls (min and max 0).
+    # The function's minimum, and a merge of snapshots (xdist workers), are the timed calls'.
+    timed = {"module": "m", "name": "f", "count": 5, "total_ns": 900, "min_ns": 150, "max_ns": 250,
+             "errors": 0, "exceptions": {}, "estimated": True, "untimed": 3, "total_error_ns": 40}
+    untimed = dict(timed, count=2, total_ns=400, min_ns=0, max_ns=0, untimed=2)
+    for order in ([untimed, timed], [timed, untimed], [untimed, timed, untimed]):
+        merged = runtime.merge_snapshots([[row] for row in order])
+        assert (merged[0]["min_ns"], merged[0]["max_ns"], merged[0]["count"]) == (
+            150, 250, sum(row["count"] for row in order))
+    assert runtime.merge_snapshots([[untimed], [untimed]])[0]["min_ns"] == 0
+
+
 def test_recursive_calls_of_a_sampled_site_are_counted_once_each_in_their_test() -> None:
     # An outer call's end() grants in place of an iterator its inner calls left half used.
     _core.configure(timing_every=4, timing_after=20, timing_below=10.0)
