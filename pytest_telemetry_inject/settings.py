@@ -174,17 +174,29 @@ def _env_fields(env: Mapping[str, str]) -> dict[str, str]:
 
 def read_tool_table(path: Path, *sub: str) -> dict[str, Any]:
     """``[tool.telemetry-inject]`` (or a sub-table of it, such as ``llm``) of a pyproject.toml;
-    {} when the file or the table is absent; a ConfigError when it cannot be read."""
+    {} when the file or the table is absent; a ConfigError when it cannot be read.
+
+    A file that cannot hold the table is not parsed (the TOML parser's import and run cost a
+    session's start a few milliseconds, and most projects' pyproject.toml is only other
+    tools'): the key ``telemetry-inject`` can be written only as itself (bare, or quoted:
+    a literal string has no escapes) or in a basic string with ``\\u``/``\\U`` escapes (no other
+    escape makes a letter or a hyphen), so a file with neither is not ours to read, even
+    when it is broken."""
     if not path.is_file():
+        return {}
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if b"telemetry-inject" not in raw and b"\\u" not in raw and b"\\U" not in raw:
         return {}
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # Python 3.10
         import tomli as tomllib
     try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     section, name = data.get("tool", {}).get("telemetry-inject", {}), "tool.telemetry-inject"
     for part in sub:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,35 @@ def test_broken_pyproject_is_reported(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text("[tool.telemetry-inject\n")
     with pytest.raises(ConfigError, match="cannot read"):
         Settings.load(tmp_path, env={})
+
+
+@pytest.mark.parametrize("table", ["[tool.telemetry-inject]", "[tool.'telemetry-inject']",
+                                   '[tool."telemetry-inject"]', '[tool."telemetry\\u002Dinject"]',
+                                   '[tool."\\U00000074elemetry-inject"]'])
+def test_the_table_is_read_however_its_key_is_written(tmp_path: Path, table: str) -> None:
+    (tmp_path / "pyproject.toml").write_text(f"[tool.black]\nline-length = 100\n{table}\nstyle = 'decorator'\n")
+    settings = Settings.load(tmp_path, env={})
+    assert settings.style == "decorator" and "pyproject.toml" in settings.origins["style"]
+
+
+def test_a_pyproject_that_cannot_hold_the_table_is_not_parsed(tmp_path: Path) -> None:
+    # Not ours to judge (pytest and the other tools say what they think of it), and not
+    # worth the TOML parser's import at each session's start.
+    (tmp_path / "pyproject.toml").write_text("[tool.black\nline-length = 'broken\n")
+    script = ("import sys; from pytest_telemetry_inject.settings import Settings; "
+              f"s = Settings.load({str(tmp_path)!r}, env={{}}); print(s.style, 'tomllib' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [Settings().style, "False"]
+    (tmp_path / "pyproject.toml").write_text("[tool.black\n[tool.telemetry-inject]\nstyle = 'try'\n")
+    with pytest.raises(ConfigError, match="cannot read"):
+        Settings.load(tmp_path, env={})
+
+
+def test_a_pyproject_that_is_not_utf_8_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_bytes("[tool.telemetry-inject]\n# caf\u00e9\nstyle = 'try'\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="cannot read") as info:
+        Settings.load(tmp_path, env={})
+    assert "\n" not in str(info.value)
 
 
 def test_output_fingerprint_covers_only_output_settings() -> None:
