@@ -178,10 +178,10 @@ def read_tool_table(path: Path, *sub: str) -> dict[str, Any]:
 
     A file that cannot hold the table is not parsed (the parse costs a session's start ~1 ms,
     the TOML parser's import ~3 ms more when pytest did not need it, and most projects'
-    pyproject.toml is only other tools'): the key ``telemetry-inject`` can be written only as itself (bare, or quoted:
-    a literal string has no escapes) or in a basic string with ``\\u``/``\\U`` escapes (no other
-    escape makes a letter or a hyphen), so a file with neither is not ours to read, even
-    when it is broken."""
+    pyproject.toml is only other tools'). The key ``telemetry-inject`` can be written only as
+    itself (bare, or quoted: a literal string has no escapes) or in a basic string with
+    ``\\u``/``\\U`` escapes (no other escape makes a letter or a hyphen), so a file with
+    neither is not ours to read, even when it is broken."""
     if not path.is_file():
         return {}
     try:
