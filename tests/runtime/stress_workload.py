@@ -14,10 +14,12 @@ is what the test that runs it looks for. Stdlib only (the runtime is)."""
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
 import importlib.util
 import os
 import random
+import signal
 import sys
 import tempfile
 import textwrap
@@ -371,8 +373,28 @@ def deterministic(w, t) -> None:
     check("events kept for outer", sum(1 for e in kept if e["name"] == "outer"), 1)
 
 
+def wait_child(pid: int, within: float) -> int:
+    """The forked child's exit status; a child still running after ``within`` seconds is
+    hung: SIGABRT makes its fault handler (inherited with ``-X faulthandler``) print where it
+    is stuck, to the stderr the test reads."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.01)
+    print(f"stress_workload: fork child {pid} hung for {within:.0f} s: its stack follows", file=sys.stderr)
+    sys.stderr.flush()
+    os.kill(pid, signal.SIGABRT)
+    return os.waitpid(pid, 0)[1]
+
+
 def main() -> int:
     seconds = float(os.environ.get("TELEMETRY_INJECT_STRESS_SECONDS", "1"))
+    # A hang (the test's subprocess times out after 120 s) prints every thread's stack and
+    # exits, instead of being killed without a word: where it hung is the finding.
+    hang = float(os.environ.get("TELEMETRY_INJECT_STRESS_HANG_AFTER", "90"))
+    faulthandler.dump_traceback_later(hang, exit=True)
     warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
     folder = Path(tempfile.mkdtemp(prefix="ti_stress_"))
     _core.configure(keep_events=True, jsonl=str(folder / "events-{pid}.jsonl"),
@@ -414,6 +436,8 @@ def main() -> int:
             if pid == 0:  # the child: calls of its own, with threads, then a quick exit
                 code = 0
                 try:
+                    if os.environ.get("TELEMETRY_INJECT_STRESS_CHILD_HANGS"):  # (test_stress: the report of a hang)
+                        threading.Event().wait()
                     _core.configure(disabled=False)  # the parent may have been off
                     w.outer(5)
                     list(w.gen(3))
@@ -429,8 +453,7 @@ def main() -> int:
                 except BaseException:  # noqa: BLE001
                     code = 4
                 os._exit(code)
-            _, status = os.waitpid(pid, 0)
-            check("fork child status", status, 0)
+            check("fork child status", wait_child(pid, hang / 2), 0)
         w.outer(3)
         time.sleep(0.002)
     stop.set()
@@ -445,6 +468,7 @@ def main() -> int:
         check("outer counted", rows.get("outer"), "a row")
     _core.flush()
     _core.configure(self_time=0)
+    faulthandler.cancel_dump_traceback_later()
     print(f"stress_workload: ok ({step} steps, {forked} forks, {len(_core.events())} events kept)")
     return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -32,6 +33,18 @@ def test_the_stress_workload_never_crashes(run: int) -> None:
     assert "Fatal Python error" not in result.stderr, result.stderr
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     assert "stress_workload: ok" in result.stdout
+
+
+def test_a_hang_prints_where_it_is_stuck_and_exits() -> None:
+    # A hung run is killed by nobody but itself: a fork child stuck past half the time
+    # allowed gets SIGABRT, and its fault handler prints its stack; the parent fails.
+    env = {**_env(), "TELEMETRY_INJECT_STRESS_HANG_AFTER": "12", "TELEMETRY_INJECT_STRESS_CHILD_HANGS": "1"}
+    result = subprocess.run([sys.executable, "-X", "dev", "-X", "faulthandler", str(WORKLOAD)],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 1 and "stress_workload: ok" not in result.stdout
+    assert "fork child" in result.stderr and "hung for 6 s" in result.stderr
+    assert "Fatal Python error: Aborted" in result.stderr and "in main" in result.stderr
+    assert f"fork child status: got {int(signal.SIGABRT)}, want 0" in result.stderr  # (killed by the signal)
 
 
 MODULE = '''
