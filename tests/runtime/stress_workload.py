@@ -395,6 +395,7 @@ def main() -> int:
     # exits, instead of being killed without a word: where it hung is the finding.
     hang = float(os.environ.get("TELEMETRY_INJECT_STRESS_HANG_AFTER", "90"))
     faulthandler.dump_traceback_later(hang, exit=True)
+    child_hang = float(os.environ.get("TELEMETRY_INJECT_STRESS_CHILD_HANG_AFTER", hang / 2))
     warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
     folder = Path(tempfile.mkdtemp(prefix="ti_stress_"))
     _core.configure(keep_events=True, jsonl=str(folder / "events-{pid}.jsonl"),
@@ -453,7 +454,7 @@ def main() -> int:
                 except BaseException:  # noqa: BLE001
                     code = 4
                 os._exit(code)
-            check("fork child status", wait_child(pid, hang / 2), 0)
+            check("fork child status", wait_child(pid, child_hang), 0)
         w.outer(3)
         time.sleep(0.002)
     stop.set()

@@ -36,13 +36,16 @@ def test_the_stress_workload_never_crashes(run: int) -> None:
 
 
 def test_a_hang_prints_where_it_is_stuck_and_exits() -> None:
-    # A hung run is killed by nobody but itself: a fork child stuck past half the time
-    # allowed gets SIGABRT, and its fault handler prints its stack; the parent fails.
-    env = {**_env(), "TELEMETRY_INJECT_STRESS_HANG_AFTER": "12", "TELEMETRY_INJECT_STRESS_CHILD_HANGS": "1"}
+    # A hung run is killed by nobody but itself: a fork child stuck past its time gets
+    # SIGABRT, and its fault handler prints its stack; the parent fails. (The parent's own
+    # limit, far away here, would print the parent's stacks only.)
+    env = {**_env(), "TELEMETRY_INJECT_STRESS_HANG_AFTER": "80", "TELEMETRY_INJECT_STRESS_CHILD_HANG_AFTER": "3",
+           "TELEMETRY_INJECT_STRESS_CHILD_HANGS": "1"}
     result = subprocess.run([sys.executable, "-X", "dev", "-X", "faulthandler", str(WORKLOAD)],
-                            capture_output=True, text=True, env=env, timeout=60)
+                            capture_output=True, text=True, env=env, timeout=110)
     assert result.returncode == 1 and "stress_workload: ok" not in result.stdout
-    assert "fork child" in result.stderr and "hung for 6 s" in result.stderr
+    assert "fork child" in result.stderr and "hung for 3 s" in result.stderr
+    assert "Timeout (" not in result.stderr, "the parent's own limit fired first"
     assert "Fatal Python error: Aborted" in result.stderr and "in main" in result.stderr
     assert f"fork child status: got {int(signal.SIGABRT)}, want 0" in result.stderr  # (killed by the signal)
 
