@@ -35,8 +35,11 @@ entry's (the two branches join there, where the compiler gives them none).
 On 3.11 the skipping exit's normal path then jumps over its call for an untimed call
 (:func:`_jump_exits`) instead of picking the call from a dict, and an untimed call takes a
 slot from the site's iterator of them instead of counting ``skip`` down (:func:`_tight_entry`).
+A timed call's exit then counts the call in the function's own code, without calling the
+runtime, where the site is timed on every call (:func:`_inline_exits`).
 
-Every edit replaces code units in place (no offset, jump or line-table entry moves).
+Every edit replaces code units in place (no offset, jump or line-table entry moves); the
+inline exits are appended after the last instruction.
 The result is checked by running the same stack analysis on the new code: every ``COPY``
 must reach the bottom item, every handler must keep it, the ``RERAISE 2`` must find the
 offset it restores. Anything unexpected (another interpreter's bytecode, a function with
@@ -65,9 +68,10 @@ if TYPE_CHECKING:
 # and its untimed branch is 8 instructions (``_tight_entry``). 7: (3.11) the entry's clock is
 # the site's ``start`` (``_tight_entry``). 8: so it is as compiled (``SITE.start()``, which
 # 3.12 specialises as it is). 9: (3.11) an untimed call takes a slot from the site's
-# ``ticks`` (``_tight_entry``). Here, not in compiler.py: the
+# ``ticks`` (``_tight_entry``). 10: (3.11) a timed call's exit is written into the function
+# (``_inline_exits``). Here, not in compiler.py: the
 # import hook reads it on every load, and this module is the light one of the two.
-CODE_FORM = 9
+CODE_FORM = 10
 
 # The interpreters whose bytecode this was written and tested for (the exception table,
 # COPY and RERAISE's lasti came with 3.11).
@@ -510,7 +514,7 @@ def hide_slot(code: CodeType, marker: str) -> CodeType:
     if skipping:
         result = _lead_in(result, instructions, index[after_push], positions(code)[push.offset // 2])
     result = unline(result, instructions[_first_traceable(instructions)].offset, after_push)
-    return _jump_exits(_tight_entry(result)) if skipping else result
+    return _inline_exits(_jump_exits(_tight_entry(result))) if skipping else result
 
 
 def _unit(opname: str, arg: int = 0) -> bytes:
@@ -612,6 +616,19 @@ def _tight_entry(code: CodeType) -> CodeType:
         return code
 
 
+def _sites_tag(code: CodeType) -> tuple[str, int, int, int] | None:
+    """The tag :func:`_own_slots` put last among the constants (see ``SITES_TAG``), or None."""
+    tag = code.co_consts[-1] if code.co_consts else None
+    return tag if type(tag) is tuple and len(tag) == 4 and tag[0] == SITES_TAG else None
+
+
+def _analysis(code: CodeType) -> tuple[list[dis.Instruction], list[_Entry], dict[int, int], list[_Position]]:
+    """The code's instructions, exception table, stack depths and positions."""
+    instructions = instructions_of(code)
+    entries = read_table(code)
+    return instructions, entries, stack_depths(code, instructions, entries), positions(code)
+
+
 def _jump_exits(code: CodeType) -> CodeType:
     """(3.11) The skipping function's exit on the normal path, ``ends[STATE is None](NAME,
     STATE)`` (a dict lookup and a call for every call, the untimed ones included), as a jump
@@ -626,15 +643,12 @@ def _jump_exits(code: CodeType) -> CodeType:
     (:func:`_own_slots`) becomes ``end`` instead of ``ends``; bound, :data:`BOUND_END`. All
     exits or none: ``code`` unchanged where one is not in that shape or the result fails the
     stack analysis (every ``COPY`` reaching the state)."""
-    tag = code.co_consts[-1] if code.co_consts else None
-    if not JUMPING or type(tag) is not tuple or len(tag) != 4 or tag[0] != SITES_TAG:
+    tag = _sites_tag(code)
+    if not JUMPING or tag is None:
         return code
     _, slot, own, _ = tag
     try:
-        instructions = instructions_of(code)
-        entries = read_table(code)
-        depths = stack_depths(code, instructions, entries)
-        where = positions(code)
+        instructions, entries, depths, where = _analysis(code)
         edited = _Code(code)
         copies = []
         for i, ins in enumerate(instructions):
@@ -670,6 +684,193 @@ def _jump_exits(code: CodeType) -> CodeType:
             raise Unsupported("a copy misses the state")
         return result
     except (Unsupported, IndexError, KeyError, ValueError):
+        return code
+
+
+def _units(opname: str, arg: int = 0) -> bytes:
+    """:func:`_unit` with ``EXTENDED_ARG`` prefixes for an argument above 255."""
+    prefix = b""
+    high = arg >> 8
+    while high:
+        prefix = bytes((_EXTENDED_ARG, high & 255)) + prefix
+        high >>= 8
+    return prefix + _unit(opname, arg & 255)
+
+
+# The exit that :func:`_jump_exits` writes, from its jump on: ``COPY state;
+# POP_JUMP_FORWARD_IF_NONE past; NOP...; LOAD_GLOBAL _telemetry; LOAD_METHOD end;
+# LOAD_CONST NAME; COPY; PRECALL 2; CALL 2; POP_TOP; past:`` and the return it runs for:
+# ``RETURN_VALUE``, or ``LOAD_CONST; RETURN_VALUE`` (a constant is loaded after the ``finally``).
+_JUMPING_CALL = ("LOAD_GLOBAL", "LOAD_METHOD", "LOAD_CONST", "COPY", "PRECALL", "CALL", "POP_TOP")
+# The site's slots that the inline exit reads and writes (``runtime._core._Site``).
+INLINE_NAMES = ("left", "limit", "start", "low", "high", "n", "total")
+_LT, _GT = dis.cmp_op.index("<"), dis.cmp_op.index(">")
+_ADD, _SUBTRACT = (next(at for at, (name, _) in enumerate(getattr(dis, "_nb_ops", ())) if name == op)
+                   if JUMPING else 0 for op in ("NB_ADD", "NB_SUBTRACT"))
+
+
+def _inline_block(site: int, names: dict[str, int], one: int, depth: int, call: bytes, returns: bytes,
+                  at: int) -> tuple[bytes, _Entry]:
+    """The exit of a timed call written into the function (:func:`_inline_exits`), to be
+    placed at offset ``at``, entered with the state at the bottom of the stack, ``depth``
+    deep, and ending in the return it came from (``returns``). What
+    ``_core.Tracer._end_site_agg`` does for a site timed on every call, with the site
+    constant ``site``; anything else, its ``call`` as the exit had it. With the
+    exception-table entry that sends an error of the counting (the site's slots corrupted:
+    the runtime's own ``end_site`` catches those) to that call, not to the user's code."""
+    def attr(name: str) -> bytes:
+        return _unit("LOAD_CONST", site) + _unit("LOAD_ATTR", names[name])
+
+    def store(name: str) -> bytes:
+        return _unit("LOAD_CONST", site) + _unit("STORE_ATTR", names[name])
+
+    # Built in pieces; each forward jump is patched once its target's offset is known.
+    pieces: list[Any] = [
+        attr("left"), ("POP_JUMP_FORWARD_IF_TRUE", "general"),  # sampled, undecided, or not a site
+        _unit("COPY", depth) + attr("limit") + _unit("COMPARE_OP", _LT),
+        ("POP_JUMP_FORWARD_IF_FALSE", "general"),  # not the aggregate mode's state (see _Site.limit)
+        _unit("PUSH_NULL") + attr("start") + _unit("PRECALL", 0) + _unit("CALL", 0)
+        + _unit("COPY", depth + 1) + _unit("BINARY_OP", _SUBTRACT),  # seconds = clock() - state
+        _unit("COPY", 1) + attr("low") + _unit("COMPARE_OP", _LT), ("POP_JUMP_FORWARD_IF_FALSE", "longer"),
+        attr("n"), ("POP_JUMP_FORWARD_IF_FALSE", "popped"),  # the first call since the last fold: _recent
+        _unit("COPY", 1) + store("low"),
+        "longer",
+        _unit("COPY", 1) + attr("high") + _unit("COMPARE_OP", _GT), ("POP_JUMP_FORWARD_IF_FALSE", "counted"),
+        _unit("COPY", 1) + store("high"),
+        "counted",
+        attr("total") + _unit("BINARY_OP", _ADD) + store("total"),  # (seconds + total: the same float)
+        attr("n") + _unit("LOAD_CONST", one) + _unit("BINARY_OP", _ADD) + store("n"),
+        "done",
+        returns,
+        "popped", _unit("POP_TOP"),  # (the seconds; or, from the handler, the error)
+        "general", call + returns,
+    ]
+    size = _unit("POP_JUMP_FORWARD_IF_TRUE")
+    offsets: dict[str, int] = {}
+    offset = at
+    for piece in pieces:
+        if isinstance(piece, str):
+            offsets[piece] = offset
+        else:
+            offset += len(size) if isinstance(piece, tuple) else len(piece)
+    out = bytearray()
+    for piece in pieces:
+        if isinstance(piece, tuple):
+            opname, target = piece
+            out += _unit(opname, (offsets[target] - (at + len(out) + 2)) // 2)
+        elif isinstance(piece, bytes):
+            out += piece
+    return bytes(out), _Entry(at, offsets["done"], offsets["popped"], depth, False)
+
+
+def _inline_exits(code: CodeType) -> CodeType:
+    """(3.11) The skipping function's exit for a timed call in the function's own code,
+    without the call of ``end_site`` and its frame: where :func:`_jump_exits` left
+    ``COPY state; POP_JUMP_FORWARD_IF_NONE past; ...the call...; past: return`` (the return:
+    ``RETURN_VALUE``, or ``LOAD_CONST; RETURN_VALUE``), the exit becomes ``COPY state;
+    POP_JUMP_FORWARD_IF_NOT_NONE block; return`` (an untimed call returns there) and each
+    exit's block, ending in a copy of its return, is appended to the code::
+
+        if SITE.left or not state < SITE.limit: the call as it was; return
+        seconds = SITE.start() - state
+        if seconds < SITE.low:
+            if not SITE.n: the call as it was; return      # the first call since a fold
+            SITE.low = seconds
+        if seconds > SITE.high: SITE.high = seconds
+        SITE.total += seconds; SITE.n += 1
+        return
+
+    ``left`` is 0 for a site decided to time every call, ``limit`` infinite in the
+    aggregate mode and minus infinity in the others (``_core._Site``), so that a state of
+    another mode (a span, where a ``<`` is False: ``_core._AggSpan``) or a call begun in
+    the aggregate mode and ending in another goes to the mode's ``end_site`` as before,
+    and the unbound site (:class:`Unbound`, ``left`` 1) to ``end``. An error in the block
+    (a slot of the site corrupted) goes to that call too, whose ``end_site`` counts it as
+    the runtime's fault: the user's code never sees it. As the call: no
+    instruction between the clock's call and the stores calls anything, so no other thread
+    runs in between (a fold, a change of mode). Every unit of a block has the location of the
+    exit it came from, which its return shares: the jump into the block is forward and
+    within the line, no line event. Nothing moves (the blocks come after
+    the last instruction, no handler covers them). ``code`` unchanged where an exit is not
+    in that shape (each exit on its own), or the result fails the stack analysis."""
+    tag = _sites_tag(code)
+    if not JUMPING or tag is None or tag[3] < 0:
+        return code
+    _, slot, own, site = tag
+    try:
+        instructions, entries, depths, where = _analysis(code)
+        if any(ins.opname == "LOAD_CONST" and ins.arg == len(code.co_consts) - 1 for ins in instructions):
+            return code
+        co_names = list(code.co_names)
+        names = {}
+        for name in INLINE_NAMES:
+            if name not in co_names:
+                co_names.append(name)
+            names[name] = co_names.index(name)
+        consts = list(code.co_consts[:-1])
+        one = next((at for at, value in enumerate(consts) if type(value) is int and value == 1), None)
+        if one is None:
+            one = len(consts)
+            consts.append(1)
+        if max(names.values()) > 255 or one > 255 or site > 255:
+            return code
+        by_offset = {ins.offset: i for i, ins in enumerate(instructions)}
+        edited = _Code(code)
+        blocks = bytearray()
+        block_positions: list[Any] = []
+        states = []
+        guards: list[_Entry] = []
+        end_of_code = len(code.co_code)
+        for i, ins in enumerate(instructions):
+            if ins.opname != "POP_JUMP_FORWARD_IF_NONE" or i == 0 or instructions[i - 1].opname != "COPY":
+                continue
+            copy = instructions[i - 1]
+            past = by_offset.get(ins.argval)
+            if past is None or past < len(_JUMPING_CALL) or past + 1 >= len(instructions):
+                continue
+            call = instructions[past - len(_JUMPING_CALL):past]
+            tail = instructions[past:past + 1] if instructions[past].opname == "RETURN_VALUE" else (
+                instructions[past:past + 2])
+            if (tuple(each.opname for each in call) != _JUMPING_CALL or call[1].arg != own
+                    or call[2].arg != slot or call[0].argval != "_telemetry" or tail[-1].opname != "RETURN_VALUE"
+                    or tail[0].opname not in ("RETURN_VALUE", "LOAD_CONST")):
+                continue
+            start, end, after_tail = copy.offset, tail[0].offset, tail[-1].offset + 2
+            state = depths.get(start)
+            if (state is None or copy.arg != state or call[3].arg != state + 3 or edited.has_prefix(start)
+                    or len(set(where[start // 2:after_tail // 2])) != 1
+                    or any(_handler_at(entries, at) is not None for at in range(start, after_tail, 2))):
+                continue
+            at = end_of_code + len(blocks)
+            returns = code.co_code[end:after_tail]
+            block, guard = _inline_block(site, names, one, state, code.co_code[call[0].offset:end], returns, at)
+            jump = _units("POP_JUMP_FORWARD_IF_NOT_NONE", (at - start - 4) // 2)
+            if len(jump) > 2:  # (the prefix moves the jump one unit on: the distance is one less)
+                jump = _units("POP_JUMP_FORWARD_IF_NOT_NONE", (at - start - 4 - len(jump) + 2) // 2)
+            head = _unit("COPY", state) + jump + returns
+            if len(head) > after_tail - start:
+                continue
+            edited.raw[start:after_tail] = head + _unit("NOP") * ((after_tail - start - len(head)) // 2)
+            blocks += block
+            block_positions += [where[start // 2]] * (len(block) // 2)
+            states.append((at, state))
+            guards.append(guard)
+        if not states:
+            return code
+        result = code.replace(co_code=bytes(edited.raw + blocks),  # type: ignore[call-arg, unused-ignore]  # (3.11+)
+                              co_names=tuple(co_names), co_consts=(*consts, tag),
+                              co_exceptiontable=write_table([*entries, *guards]))
+        result = with_positions(result, where + block_positions)
+        after = depths_of(result)
+        if any(after.get(at) != state for at, state in states) or any(
+                depth > result.co_stacksize for offset, depth in after.items() if offset >= end_of_code):
+            raise Unsupported("an inline exit misses the state")
+        for ins in instructions_of(result):  # every COPY deeper than the block's own reaches the state
+            if ins.offset >= end_of_code and ins.opname == "COPY" and (ins.arg or 0) > 2 and after.get(
+                    ins.offset) != ins.arg:
+                raise Unsupported(f"the copy at offset {ins.offset} misses the state")
+        return result
+    except (Unsupported, IndexError, KeyError, ValueError, StopIteration):
         return code
 
 
@@ -711,6 +912,7 @@ class Unbound:
 
     __slots__ = ()
     skip = 0
+    left = 1  # (3.11, ``_inline_exits``: not a site timed on every call, so the exit calls ``end``)
     ticks = iter(range(0))  # (3.11, ``_tight_entry``: no slot, ever)
 
     @property

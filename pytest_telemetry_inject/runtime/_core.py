@@ -174,7 +174,8 @@ _FALSE = ("0", "false", "no", "off")
 _NOT_ERRORS = (GeneratorExit, StopIteration, StopAsyncIteration)
 _NOTHING: dict[Any, Any] = {}  # its .get is the disabled try form's start/end/fail
 _DRAIN_AT = 512  # errors kept per site before they are folded into the aggregate
-_NOTHING_PENDING = (0, 0.0, float("inf"), 0.0)  # a site's pending count, total, low, high
+_INF = float("inf")
+_NOTHING_PENDING = (0, 0.0, _INF, 0.0)  # a site's pending count, total, low, high
 # (3.11) An untimed call of a bound function takes one of its site's slots, from an iterator
 # (``_Site.ticks``; ``engine/bytecode.py``, ``_tight_entry``); from 3.12 it counts ``skip`` down.
 # A range's iterator: its ``next`` is C and makes no object (small integers), and it is not an
@@ -323,7 +324,7 @@ class _Site:
 
     __slots__ = ("module", "name", "file", "line", "n", "total", "low", "high", "errs", "stats", "ot", "_attrs",
                  "left", "given", "carry", "every", "sm", "ss", "sq", "seen", "seen_s", "rn", "rs", "shown",
-                 "skip", "granted", "off", "rw", "due", "start", "ticks")
+                 "skip", "granted", "off", "rw", "due", "start", "ticks", "limit")
     # Set by _unsample (see there).
     left: int
     given: int
@@ -364,6 +365,11 @@ class _Site:
         # (``perf_counter`` in the aggregate mode). A slot: its load specialises, where
         # ``_telemetry.start`` (a C function in the tracer's class) does not on 3.11 or 3.12.
         self.start: Callable[[], object] = _seconds
+        # (3.11) What the exit written into a bound function (``engine/bytecode.py``,
+        # ``_inline_exits``) compares the call's state with: infinite while ``start`` is
+        # the aggregate mode's clock (its states are floats), minus infinity in the other
+        # modes, whose calls then go to their ``end_site``. Set with ``start`` (``_set_start``).
+        self.limit = _INF
         # (3.11) The untimed calls granted and not made yet: an iterator that the entry
         # takes one from per call (``_end_site_agg``'s grant, ``_take``).
         self.ticks: Iterator[int] = _NO_TICKS
@@ -1157,6 +1163,12 @@ class _AggSpan:
         self._t = _seconds()
         return self
 
+    def __lt__(self, other: object) -> bool:
+        """False: a span is the state of a call begun in a span mode, which the exit written
+        into a bound function tests with ``state < SITE.limit`` (``engine/bytecode.py``,
+        ``_inline_exits``) and then hands to the mode's ``end_site``."""
+        return False
+
     def __exit__(self, et: type | None, ev: BaseException | None, tb: object) -> None:
         try:
             seconds = _seconds() - self._t
@@ -1801,6 +1813,21 @@ class Tracer:
         except Exception:
             _fault("end")
 
+    def _end_off(self, name: str | _Site, state: object) -> None:
+        """``end_site`` disabled. A call that starts disabled has a state of None, for which
+        the bound exit calls nothing (it jumps over its call, or picks ``{}.get``): only a
+        call begun in another mode before the runtime was disabled gets here. Its span is
+        ended, so that it is not left current for the spans after it; a float (the
+        aggregate mode's) is dropped, as before: disabled counts nothing. (The text's try
+        form calls ``end``, which stays ``{}.get``: it gets every disabled call's None.)"""
+        if isinstance(state, _AggSpan):
+            Tracer._end_span(self, name, state)
+
+    def _raised_off(self, name: str | _Site, state: object) -> None:
+        """``raised`` disabled: as ``_end_off``, for a call that raised."""
+        if isinstance(state, _AggSpan):
+            Tracer._raised(self, name, state)
+
     def _end_counted(self, name: str | _Site, state: object) -> None:
         """``end`` of the aggregate mode on a free-threaded build: every call through
         ``_account`` (and its lock)."""
@@ -1930,7 +1957,9 @@ class _OffTracer(Tracer):
     # C functions, not Python ones: a disabled try-form call costs two C calls.
     # ({}.clear() -> None; {}.get(name, state) -> state.)
     start = start_generator = _NOTHING.clear
-    fail = end = end_site = raised = raised_untimed = _NOTHING.get
+    fail = end = raised_untimed = _NOTHING.get
+    end_site = Tracer._end_off
+    raised = Tracer._raised_off
 
 
 class _FollowTracer(Tracer):
@@ -1967,7 +1996,13 @@ def _clock_sites(tr: Tracer) -> None:
     start = tr.start
     for site in list(tr._by_name.values()):
         if site.module == tr.module:
-            site.start = start
+            _set_start(site, start)
+
+
+def _set_start(site: _Site, start: Callable[[], object]) -> None:
+    """The site's ``start`` and the ``limit`` that goes with it (see ``_Site``)."""
+    site.start = start
+    site.limit = _INF if start is _seconds and not _FREE_THREADED else -_INF
 
 
 def bind_site(module: str, name: str, file: str | None, line: int | None) -> _Site:
@@ -1987,7 +2022,7 @@ def bind_site(module: str, name: str, file: str | None, line: int | None) -> _Si
             site = _sites.setdefault(key, fresh)
         tr._by_name[name] = site
     tr._by_name[site] = site
-    site.start = tr.start
+    _set_start(site, tr.start)
     return site
 
 

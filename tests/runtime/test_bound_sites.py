@@ -341,7 +341,9 @@ def test_on_3_11_an_untimed_call_calls_nothing_at_all_and_every_exit_jumps() -> 
     m = load(NAMES)
     instructions = bytecode.instructions_of(m.named.__code__)
     names = [ins.opname for ins in instructions]
-    assert names.count("POP_JUMP_FORWARD_IF_NONE") == 2, "one jump per return's exit"
+    # (an untimed call returns at once; a timed one goes to the exit written after the code:
+    # bytecode._inline_exits)
+    assert names.count("POP_JUMP_FORWARD_IF_NOT_NONE") == 2, "one jump per return's exit"
     # The entry (bytecode._tight_entry): an untimed call takes a slot from the site's ticks
     # (FOR_ITER; the slot and the iterator dropped, None pushed as a constant) and jumps to
     # the body, no count of its own.
@@ -365,6 +367,157 @@ def test_on_3_11_an_untimed_call_calls_nothing_at_all_and_every_exit_jumps() -> 
     assert c_calls_of(m.named, lambda: m.named(0)) == ["dict.clear"]  # the disabled start(); no exit call
     runtime.configure(disabled=False)
     assert rows(m)["named"]["count"] == 44
+
+
+def line_events(function: types.FunctionType, *args: object) -> list[tuple[str, int]]:
+    """The line, return and exception events of ``function``'s own frame for one call."""
+    seen: list[tuple[str, int]] = []
+
+    def trace(frame, event, arg):  # type: ignore[no-untyped-def]
+        if frame.f_code is function.__code__:
+            seen.append((event, frame.f_lineno))
+            return trace
+        return None
+
+    sys.settrace(trace)
+    try:
+        function(*args)
+    finally:
+        sys.settrace(None)
+    return seen
+
+
+@pytest.mark.skipif(not bytecode.JUMPING, reason="the exit is written into the function on 3.11 only")
+def test_on_3_11_a_site_timed_on_every_call_ends_its_calls_in_the_function_itself() -> None:
+    """``bytecode._inline_exits``: a call of a site timed on every call reads the clock and
+    counts itself in its own frame, no call into the runtime; the first call after a fold
+    goes through ``end_site``, which puts the site among those the next fold reads."""
+    _core.configure(timing_every=1)
+    m = load(NAMES)
+    plain = line_events(m.named, 1) + line_events(m.named, 0)
+    site = _core._sites[(m.__name__, "named")]
+    assert site.left == 0 and site.limit == float("inf")
+    runtime.snapshot()  # a fold: the next call is the first since
+    assert calls_into_the_runtime(lambda: m.named(1)) == 1
+    assert calls_into_the_runtime(lambda: [m.named(i % 2) for i in range(20)]) == 0
+    assert c_calls_of(m.named, lambda: m.named(0)) == ["perf_counter", "perf_counter"]
+    row = rows(m)["named"]
+    assert (row["count"], row["errors"]) == (24, 0)
+    assert 0 < row["min_ns"] <= row["total_ns"] / row["count"] <= row["max_ns"]
+    # The next test's first call is a fold's first again: it is in that test's row, and the
+    # calls after it with it.
+    runtime.set_current_test("t::a")
+    for i in range(7):
+        m.named(i % 2)
+    runtime.set_current_test(None)
+    by_test = {r["test"]: r for r in runtime.snapshot(per_test=True) if r["module"] == m.__name__}
+    assert by_test["t::a"]["count"] == 7 and by_test["t::a"]["min_ns"] > 0
+    # A tracer sees the function's own lines and nothing of the exit, as before the edit.
+    assert line_events(m.named, 1) + line_events(m.named, 0) == plain
+    assert [event for event in plain if event[0] == "line"] == [("line", 3), ("line", 4), ("line", 3), ("line", 5)]
+
+
+@pytest.mark.skipif(not bytecode.JUMPING, reason="the exit is written into the function on 3.11 only")
+@pytest.mark.parametrize("slot", ["total", "n", "low", "high"])
+def test_on_3_11_a_corrupted_site_never_reaches_the_code_through_its_inline_exit(slot: str) -> None:
+    """An error in the exit written into the function goes to ``end_site``, which counts it
+    as the runtime's fault; the function returns what it returns."""
+    runtime.configure(raise_faults=False)  # faults on purpose: counted and swallowed, as in a program
+    _core.configure(timing_every=1)
+    m = load(NAMES)
+    assert (m.named(1), m.named(0)) == ("named", "other")  # (past the first call since the fold)
+    site = _core._sites[(m.__name__, "named")]
+    saved = getattr(site, slot)
+    setattr(site, slot, "corrupted")
+    try:
+        assert [m.named(i % 2) for i in range(4)] == ["other", "named"] * 2
+    finally:
+        setattr(site, slot, saved)
+    assert runtime.internal_faults(), "the runtime's own exit saw the corrupted slot"
+    assert calls_into_the_runtime(lambda: m.named(1)) == 0, "repaired, the exit counts in the function again"
+
+
+SWITCHES = '''
+    switch = None
+
+
+    def value(mode):
+        switch(mode)
+        return 7
+
+
+    def constant(mode):
+        switch(mode)
+        return "constant"
+
+
+    def raising(mode):
+        switch(mode)
+        raise ValueError(mode)
+'''
+MODES = {"agg": {"disabled": False, "keep_events": False}, "ev": {"disabled": False, "keep_events": True},
+         "off": {"disabled": True, "keep_events": False}}
+
+
+def in_flight(module: types.ModuleType, before: str, during: str) -> list[tuple[tuple[int, int], int]]:
+    """Each function called in mode ``before``, the mode turned to ``during`` inside the call:
+    its aggregate count and errors, and the spans it made, after a second call in ``during``."""
+    module.switch = lambda mode: runtime.configure(**MODES[mode])
+    found = []
+    for name in ("value", "constant", "raising"):
+        runtime.configure(**MODES[before])
+        function = getattr(module, name)
+        for _ in range(2):
+            try:
+                assert function(during) in (7, "constant")
+            except ValueError:
+                assert name == "raising"
+        runtime.configure(**MODES["agg"])
+        runtime.flush()
+        spans = [e for e in runtime.events() if e["module"] == module.__name__ and e["name"] == name]
+        row = rows(module).get(name, {"count": 0, "errors": 0})
+        found.append(((row["count"], row["errors"]), len(spans)))
+    return found
+
+
+@pytest.mark.parametrize(("before", "during"), [("agg", "ev"), ("ev", "agg"), ("agg", "off"), ("off", "agg"),
+                                                ("ev", "off"), ("agg", "agg")])
+def test_a_call_across_a_change_of_mode_ends_as_the_runtime_s_own_exit_ends_it(
+        before: str, during: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call begun in one mode and ended in another: on 3.11 the exit written into the
+    function hands it to the mode's ``end_site`` (a span's state, or the aggregate mode's
+    float in another mode, by ``_Site.limit``), which ends it as the function compiled
+    without that exit does (the counts, errors and spans of both alike); and a span begun
+    before the runtime was disabled is ended, not left current (``_end_off``)."""
+    _core.configure(timing_every=1)
+    inline = load(SWITCHES)
+    assert ("limit" in inline.value.__code__.co_names) == ("limit" in inline.constant.__code__.co_names) == (
+        bytecode.JUMPING)
+    with monkeypatch.context() as patch:
+        patch.setattr(bytecode, "_inline_exits", lambda code: code)
+        calling = load(SWITCHES)
+    assert "limit" not in calling.value.__code__.co_names
+    assert in_flight(inline, before, during) == in_flight(calling, before, during)
+    assert _core._current.get() is None, "a span begun before the change was left current"
+
+
+@pytest.mark.skipif(not bytecode.JUMPING, reason="the exit is written into the function on 3.11 only")
+def test_an_exit_out_of_shape_keeps_its_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    code = bytecode._jump_exits(bytecode._tight_entry(picking_code(monkeypatch)))
+    inline = bytecode._inline_exits(code)
+    assert inline.co_code[:len(code.co_code)] != code.co_code and len(inline.co_code) > len(code.co_code)
+    assert inline.co_consts[-1] == code.co_consts[-1], "the sites' tag stays last"
+    # Without the entry's site constant in the tag (-1), there is no site to read: unchanged.
+    untagged = code.replace(co_consts=(*code.co_consts[:-1], (*code.co_consts[-1][:3], -1)))
+    assert bytecode._inline_exits(untagged) is untagged
+    # The return's constant on another line than its exit: that exit keeps its call.
+    where = bytecode.positions(code)
+    returns = [ins for ins in bytecode.instructions_of(code) if ins.opname == "RETURN_VALUE"]
+    moved = bytecode.with_positions(code, [(p[0] + 1, p[1] + 1, p[2], p[3]) if at == returns[0].offset // 2 and
+                                           p[0] is not None else p for at, p in enumerate(where)])
+    partly = bytecode._inline_exits(moved)
+    jumps = [ins.opname for ins in bytecode.instructions_of(partly) if ins.opname.startswith("POP_JUMP_FORWARD_IF")]
+    assert "POP_JUMP_FORWARD_IF_NONE" in jumps and "POP_JUMP_FORWARD_IF_NOT_NONE" in jumps
 
 
 @pytest.mark.skipif(not bytecode.JUMPING, reason="the entry reads the site's clock on 3.11 only")
