@@ -790,8 +790,10 @@ def _inline_exits(code: CodeType) -> CodeType:
     instruction between the clock's call and the stores calls anything, so no other thread
     runs in between (a fold, a change of mode). Every unit of a block has the location of the
     exit it came from, which its return shares: the jump into the block is forward and
-    within the line, no line event. Nothing moves (the blocks come after
-    the last instruction, no handler covers them). ``code`` unchanged where an exit is not
+    within the line, no line event. Nothing moves: the blocks come after the last
+    instruction, where none of the function's handlers reaches (each block's own entry,
+    appended to the table, covers its counting only). A jump too long for one code unit
+    takes an ``EXTENDED_ARG`` from the exit's units. ``code`` unchanged where an exit is not
     in that shape (each exit on its own), or the result fails the stack analysis."""
     tag = _sites_tag(code)
     if not JUMPING or tag is None or tag[3] < 0:

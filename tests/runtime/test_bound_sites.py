@@ -437,6 +437,25 @@ def test_on_3_11_a_corrupted_site_never_reaches_the_code_through_its_inline_exit
     assert calls_into_the_runtime(lambda: m.named(1)) == 0, "repaired, the exit counts in the function again"
 
 
+@pytest.mark.skipif(not bytecode.JUMPING, reason="the exit is written into the function on 3.11 only")
+def test_on_3_11_the_exits_of_a_long_function_reach_their_blocks() -> None:
+    """A function longer than one code unit's jump: each exit's jump to its block after the
+    last instruction takes an ``EXTENDED_ARG``, and every return still returns its value."""
+    body = "".join(f"    x = x + {i}\n" for i in range(200))
+    source = ("def long(x, early):\n    if early == 1:\n        return 'first'\n" + body
+              + "    if early == 2:\n        return x\n" + body + "    return -x\n")
+    _core.configure(timing_every=1)
+    m = load(source)
+    instructions = bytecode.instructions_of(m.long.__code__)
+    jumps = [i for i, ins in enumerate(instructions) if ins.opname == "POP_JUMP_FORWARD_IF_NOT_NONE"]
+    assert len(jumps) == 3 and all(instructions[i - 1].opname == "EXTENDED_ARG" for i in jumps)
+    total = sum(range(200))
+    m.long(0, 0)  # (the first call since the fold)
+    assert calls_into_the_runtime(lambda: [m.long(1, 1), m.long(1, 2), m.long(1, 0)]) == 0
+    assert (m.long(1, 1), m.long(1, 2), m.long(1, 0)) == ("first", 1 + total, -(1 + 2 * total))
+    assert rows(m)["long"]["count"] == 7
+
+
 SWITCHES = '''
     switch = None
 
