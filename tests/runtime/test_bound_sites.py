@@ -370,7 +370,7 @@ def test_on_3_11_an_untimed_call_calls_nothing_at_all_and_every_exit_jumps() -> 
 
 
 def line_events(function: types.FunctionType, *args: object) -> list[tuple[str, int]]:
-    """The line, return and exception events of ``function``'s own frame for one call."""
+    """The trace events of ``function``'s own frame for one call (call, line, return), with their lines."""
     seen: list[tuple[str, int]] = []
 
     def trace(frame, event, arg):  # type: ignore[no-untyped-def]
