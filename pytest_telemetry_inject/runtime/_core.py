@@ -1801,7 +1801,10 @@ class Tracer:
         puts one on a span of another mode."""
         try:
             if isinstance(state, _AggSpan):
-                Tracer._end_span(self, name, state)
+                if state._site is self._by_name.get(name) and getattr(state, "_err", None) is None:
+                    state.__exit__(None, None, None)  # (as _end_span's fast path)
+                else:  # frames: that, this, end (either mode's), the user's function
+                    self._end_span_slow(name, state, 3)
                 return
             if state.__class__ is not float:
                 return  # started while disabled (None): nothing was measured
@@ -1812,21 +1815,6 @@ class Tracer:
             _account(site, seconds)
         except Exception:
             _fault("end")
-
-    def _end_off(self, name: str | _Site, state: object) -> None:
-        """``end_site`` disabled. A call that starts disabled has a state of None, for which
-        the bound exit calls nothing (it jumps over its call, or picks ``{}.get``): only a
-        call begun in another mode before the runtime was disabled gets here. Its span is
-        ended, so that it is not left current for the spans after it; a float (the
-        aggregate mode's) is dropped, as before: disabled counts nothing. (The text's try
-        form calls ``end``, which stays ``{}.get``: it gets every disabled call's None.)"""
-        if isinstance(state, _AggSpan):
-            Tracer._end_span(self, name, state)
-
-    def _raised_off(self, name: str | _Site, state: object) -> None:
-        """``raised`` disabled: as ``_end_off``, for a call that raised."""
-        if isinstance(state, _AggSpan):
-            Tracer._raised(self, name, state)
 
     def _end_counted(self, name: str | _Site, state: object) -> None:
         """``end`` of the aggregate mode on a free-threaded build: every call through
@@ -1958,8 +1946,13 @@ class _OffTracer(Tracer):
     # ({}.clear() -> None; {}.get(name, state) -> state.)
     start = start_generator = _NOTHING.clear
     fail = end = raised_untimed = _NOTHING.get
-    end_site = Tracer._end_off
-    raised = Tracer._raised_off
+    # A disabled call's state is None, for which a bound function's exit calls nothing (it
+    # jumps over its call, or picks ``{}.get``): these get only a call begun in another mode
+    # before the runtime was disabled, and end it as a span mode does (a span ended, not left
+    # current; the aggregate mode's float counted). The text's try form calls ``end``, which
+    # gets every disabled call's None.
+    end_site = Tracer._end_span
+    raised = Tracer._raised
 
 
 class _FollowTracer(Tracer):

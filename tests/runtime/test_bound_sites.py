@@ -507,7 +507,8 @@ def test_a_call_across_a_change_of_mode_ends_as_the_runtime_s_own_exit_ends_it(
     function hands it to the mode's ``end_site`` (a span's state, or the aggregate mode's
     float in another mode, by ``_Site.limit``), which ends it as the function compiled
     without that exit does (the counts, errors and spans of both alike); and a span begun
-    before the runtime was disabled is ended, not left current (``_end_off``)."""
+    before the runtime was disabled is ended, not left current (the disabled mode's
+    ``end_site`` and ``raised`` are the span modes'), by the function's own frame."""
     _core.configure(timing_every=1)
     inline = load(SWITCHES)
     assert ("limit" in inline.value.__code__.co_names) == ("limit" in inline.constant.__code__.co_names) == (
@@ -518,6 +519,8 @@ def test_a_call_across_a_change_of_mode_ends_as_the_runtime_s_own_exit_ends_it(
     assert "limit" not in calling.value.__code__.co_names
     assert in_flight(inline, before, during) == in_flight(calling, before, during)
     assert _core._current.get() is None, "a span begun before the change was left current"
+    learned = [code.co_filename for tr in _core._tracers.values() for code in tr._by_code]
+    assert _core.__file__ not in learned, "a span's end taught a runtime frame, not the function's"
 
 
 @pytest.mark.skipif(not bytecode.JUMPING, reason="the exit is written into the function on 3.11 only")
