@@ -745,14 +745,13 @@ def _inline_block(site: int, names: dict[str, int], one: int, depth: int, call: 
         "popped", _unit("POP_TOP"),  # (the seconds; or, from the handler, the error)
         "general", call + returns,
     ]
-    size = _unit("POP_JUMP_FORWARD_IF_TRUE")
     offsets: dict[str, int] = {}
     offset = at
     for piece in pieces:
         if isinstance(piece, str):
             offsets[piece] = offset
         else:
-            offset += len(size) if isinstance(piece, tuple) else len(piece)
+            offset += 2 if isinstance(piece, tuple) else len(piece)  # (a jump: one code unit)
     out = bytearray()
     for piece in pieces:
         if isinstance(piece, tuple):

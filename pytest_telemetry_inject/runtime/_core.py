@@ -1674,7 +1674,9 @@ class Tracer:
             _fault("start")
             return None
 
-    def _end_span(self, name: str | _Site, state: object) -> None:
+    def _end_span(self, name: str | _Site, state: object, depth: int = 2) -> None:
+        """``end`` of the span modes; ``depth``: frames from ``_end_span_slow`` up to the
+        user's function (2: this was called by it)."""
         try:  # the common case: a span begun on its own site, no error
             fast = state._site is self._by_name[name] and state._err is None  # type: ignore[attr-defined]
         except Exception:
@@ -1682,7 +1684,7 @@ class Tracer:
         if fast:
             state.__exit__(None, None, None)  # type: ignore[attr-defined]  # (never raises)
             return
-        self._end_span_slow(name, state, 2)
+        self._end_span_slow(name, state, depth)
 
     def _end_span_slow(self, name: str | _Site, state: object, depth: int) -> None:
         """``end`` of the span modes off the fast path; ``depth``: frames from this one up to
@@ -1801,10 +1803,8 @@ class Tracer:
         puts one on a span of another mode."""
         try:
             if isinstance(state, _AggSpan):
-                if state._site is self._by_name.get(name) and getattr(state, "_err", None) is None:
-                    state.__exit__(None, None, None)  # (as _end_span's fast path)
-                else:  # frames: that, this, end (either mode's), the user's function
-                    self._end_span_slow(name, state, 3)
+                # frames: _end_span_slow, _end_span, this, end (either mode's), the user's function
+                Tracer._end_span(self, name, state, 4)
                 return
             if state.__class__ is not float:
                 return  # started while disabled (None): nothing was measured
